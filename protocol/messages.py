@@ -1,0 +1,229 @@
+"""Typed wire messages (pydantic v2). docs/protocol.md is the prose version of this file.
+
+Every message is a JSON object with ``schema_version``, ``type``, ``msg_id`` (receivers
+de-duplicate on it: a retried publish carries the same id), ``device_id`` and ``sent_at``.
+Unknown fields are kept (``extra="allow"``) so a newer sender's fields survive a round trip
+through an older receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefleet.protocol.errors import MessageError
+
+SCHEMA_VERSION = 1
+
+KiB = 1024
+MAX_PAYLOAD: dict[str, int] = {
+    "hello": 16 * KiB,
+    "state": 16 * KiB,
+    "telemetry": 256 * KiB,
+    "events": 32 * KiB,
+    "status": 16 * KiB,
+    "cmd": 32 * KiB,
+}
+"""Largest accepted payload per topic kind, in bytes. Larger payloads are rejected unread."""
+
+UpdateStateName = Literal[
+    "idle", "downloading", "verifying", "staged", "activating", "health_check",
+    "committed", "failed", "rolled_back",
+]
+Outcome = Literal["committed", "failed", "rolled_back", "cancelled", "refused"]
+RuntimeName = Literal["onnx", "tflite"]
+
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+def new_msg_id() -> str:
+    return uuid.uuid4().hex
+
+
+class WireModel(BaseModel):
+    """Base of every wire structure: unknown fields survive a round trip."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Message(WireModel):
+    schema_version: int = SCHEMA_VERSION
+    type: str
+    msg_id: str = Field(default_factory=new_msg_id, min_length=1, max_length=64)
+    device_id: DeviceId
+    sent_at: float = Field(default_factory=time.time)
+
+
+class InstalledBundle(WireModel):
+    name: str
+    version: str
+    build: int
+    digest: Sha256Hex
+    runtime: RuntimeName
+    slot: str = ""
+
+
+class Hello(Message):
+    """Published on connect: what the device is and can run."""
+
+    type: Literal["hello"] = "hello"
+    agent_version: str
+    arch: str
+    os: str
+    runtimes: list[str]
+    hardware_class: str = "generic"
+    installed: InstalledBundle | None = None
+    free_disk_bytes: int = 0
+    tags: list[str] = []
+
+
+class State(Message):
+    """Retained on the state topic; also the last will (``status="offline"``) and the heartbeat."""
+
+    type: Literal["state"] = "state"
+    status: Literal["online", "offline"]
+    update_state: UpdateStateName = "idle"
+    deployment_id: str | None = None
+    installed: InstalledBundle | None = None
+    uptime_s: float = 0.0
+    heartbeat_interval_s: float = 30.0
+
+
+class DeploymentOrder(WireModel):
+    """The body the controller key signs. Times are integer Unix seconds (canonical JSON)."""
+
+    device_id: DeviceId
+    deployment_id: str = Field(min_length=1, max_length=64)
+    action: Literal["install", "cancel"] = "install"
+    bundle_digest: Sha256Hex | None = None
+    bundle_size: int | None = Field(default=None, ge=0)
+    bundle_url: str | None = None
+    bundle_name: str | None = None
+    bundle_version: str | None = None
+    sequence: int = Field(ge=1)
+    issued_at: int
+    expires_at: int
+    key_id: str = ""
+
+
+class Signature(WireModel):
+    keyid: str
+    sig: str
+    """Base64 of the Ed25519 signature over the canonical JSON of the signed body."""
+
+
+class SignedOrder(WireModel):
+    signed: DeploymentOrder
+    signatures: list[Signature] = Field(min_length=1, max_length=8)
+
+
+class OrderMessage(Message):
+    type: Literal["order"] = "order"
+    order: SignedOrder
+
+
+class StatusReport(Message):
+    """Deployment progress; ``final`` is true exactly once per (deployment, sequence)."""
+
+    type: Literal["status"] = "status"
+    deployment_id: str
+    sequence: int = 0
+    state: UpdateStateName
+    final: bool = False
+    outcome: Outcome | None = None
+    reason: str | None = None
+    detail: str | None = Field(default=None, max_length=2000)
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    bundle_digest: str | None = None
+    attempt: int = 0
+
+
+class Histogram(WireModel):
+    """Fixed-bin histogram: ``counts[i]`` counts values in ``(bounds[i-1], bounds[i]]``;
+    ``counts`` has ``len(bounds) + 1`` entries (the last is the overflow bin)."""
+
+    bounds: list[float]
+    counts: list[int]
+
+
+class DriftScores(WireModel):
+    psi: float
+    js: float
+    ks: float = 0.0
+    per_feature_psi: list[float] = []
+    prediction_psi: float | None = None
+    level: Literal["ok", "warn", "alarm", "insufficient"] = "ok"
+    samples: int = 0
+
+
+class TelemetryWindow(Message):
+    type: Literal["telemetry"] = "telemetry"
+    window_seq: int = Field(ge=0)
+    window_start: float
+    window_end: float
+    bundle: InstalledBundle | None = None
+    requests: int = 0
+    batches: int = 0
+    samples: int = 0
+    errors: int = 0
+    latency_ms: Histogram
+    features: list[list[int]] = []
+    predictions: dict[str, int] = {}
+    drift: DriftScores | None = None
+
+
+class Event(Message):
+    type: Literal["event"] = "event"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    kind: str
+    text: str = Field(default="", max_length=2000)
+    data: dict[str, Any] = {}
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    "hello": Hello,
+    "state": State,
+    "telemetry": TelemetryWindow,
+    "events": Event,
+    "status": StatusReport,
+    "cmd": OrderMessage,
+}
+"""The message model carried by each topic kind."""
+
+
+def encode(msg: Message) -> bytes:
+    return msg.model_dump_json(exclude_none=False).encode("utf-8")
+
+
+def decode(kind: str, payload: bytes) -> Message:
+    """Parse a payload received on a topic of ``kind``; raise :class:`MessageError` on any
+    problem (too large, not JSON, wrong type, wrong schema) without side effects."""
+    model = MESSAGE_TYPES.get(kind)
+    if model is None:
+        raise MessageError(f"unknown topic kind {kind!r}", where="topic")
+    limit = MAX_PAYLOAD[kind]
+    if len(payload) > limit:
+        raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
+                           code="payload_too_large", where=kind)
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"payload is not JSON: {exc}", where=kind) from None
+    if not isinstance(obj, dict):
+        raise MessageError("payload is not a JSON object", where=kind)
+    version = obj.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema_version {version!r}", code="unsupported_schema",
+                           where=kind, hint=f"this receiver speaks schema_version {SCHEMA_VERSION}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise MessageError(f"invalid {kind} message: {first['msg']}", where=f"{kind}.{loc}") from None
