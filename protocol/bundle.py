@@ -1,0 +1,360 @@
+"""Bundles: build (reproducibly), sign, read and verify. docs/bundle-format.md is the spec.
+
+A bundle is an uncompressed POSIX ustar archive, members in this order:
+
+* ``manifest.json``   -- canonical JSON of :class:`BundleManifest` (the signed bytes)
+* ``signatures.json`` -- canonical JSON list of ``{"keyid", "sig"}`` release-key signatures
+* ``files/<path>``    -- each file of the manifest, stored raw or zlib-deflated (per file, when
+  deflating saves at least 10 %, e.g. pruned weights), never anything else
+
+Every member has mtime 0, uid/gid 0, mode 0644 and no owner names, and files are sorted, so the
+same recipe, model and key give byte-identical bundles. :func:`verify_bundle` is a pure core:
+it takes bytes and keys and returns a verified bundle or raises; it never touches disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tomllib
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefleet.protocol.canonical import canonical_json
+from edgefleet.protocol.drift import DriftThresholds, build_profile
+from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatchError, SizeLimitError,
+                                       VerificationError)
+from edgefleet.protocol.keys import TrustedKeys, sign
+from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints)
+from edgefleet.protocol.messages import RuntimeName, Signature
+from edgefleet.protocol.runtimes import open_session
+
+MANIFEST = "manifest.json"
+SIGNATURES = "signatures.json"
+FILES_DIR = "files/"
+DEFLATE_MIN_SAVING = 0.10
+
+
+def bundle_digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- recipes
+
+class RecipeSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundleSection(RecipeSection):
+    name: str
+    version: str
+    build: int = Field(ge=0)
+    runtime: RuntimeName
+    model: str | None = None
+    """Model file, relative to the recipe (the CLI can override it)."""
+    description: str = ""
+    labels: list[str] | None = None
+
+
+class SmokeSection(RecipeSection):
+    vectors: int = Field(default=4, ge=1, le=64)
+    atol: float = Field(default=1e-4, ge=0)
+    rtol: float = Field(default=1e-3, ge=0)
+
+
+class ProfileSection(RecipeSection):
+    bins: int = Field(default=10, ge=2, le=64)
+
+
+class BundleRecipe(BaseModel):
+    """A declarative bundle recipe (TOML in ``firmware-bundles/``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    bundle: BundleSection
+    target: TargetConstraints = TargetConstraints()
+    preprocessing: dict[str, Any] = {}
+    smoke_test: SmokeSection = SmokeSection()
+    profile: ProfileSection = ProfileSection()
+    drift: DriftThresholds = DriftThresholds()
+    compression: dict[str, Any] | None = None
+    """Read by ``edgefleet.compression``; carried here untouched."""
+    path: Path | None = Field(default=None, exclude=True)
+
+    def model_path(self) -> Path | None:
+        if not self.bundle.model:
+            return None
+        base = self.path.parent if self.path else Path.cwd()
+        return (base / self.bundle.model).resolve()
+
+    def digest(self) -> str:
+        return bundle_digest(canonical_json(self.model_dump(mode="json", exclude={"path"})))
+
+
+def parse_recipe(data: dict[str, Any], where: str = "recipe") -> BundleRecipe:
+    try:
+        return BundleRecipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{first['msg']}", where=f"{where}: {loc}") from None
+
+
+def load_recipe(path: str | Path) -> BundleRecipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read recipe: {exc.strerror}", where=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", where=str(path)) from None
+    recipe = parse_recipe(data, where=str(path))
+    recipe.path = path
+    return recipe
+
+
+# --------------------------------------------------------------------------- building
+
+@dataclass
+class BuiltBundle:
+    data: bytes
+    manifest: BundleManifest
+
+    @cached_property
+    def digest(self) -> str:
+        return bundle_digest(self.data)
+
+
+def _encode(content: bytes) -> tuple[str, bytes]:
+    packed = zlib.compress(content, 9)
+    if len(packed) <= (1 - DEFLATE_MIN_SAVING) * len(content):
+        return "deflate", packed
+    return "identity", content
+
+
+def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info, io.BytesIO(data)
+
+
+def pack(manifest_bytes: bytes, signatures: list[Signature], stored: dict[str, bytes]) -> bytes:
+    """Write the archive (also used by tests to craft bad bundles)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(*_member(MANIFEST, manifest_bytes))
+        tar.addfile(*_member(SIGNATURES, canonical_json([s.model_dump(mode="json") for s in signatures])))
+        for path in sorted(stored):
+            tar.addfile(*_member(FILES_DIR + path, stored[path]))
+        end = tar.offset + 2 * tarfile.BLOCKSIZE
+    # Keep the end-of-archive marker, drop tarfile's padding to a 10 KiB record.
+    return buf.getvalue()[:end]
+
+
+def _as_feeds(samples: np.ndarray | dict[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(samples, dict):
+        return {k: np.asarray(v) for k, v in samples.items()}
+    return {input_names[0]: np.asarray(samples)}
+
+
+def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | dict[str, np.ndarray],
+                 release_key: Ed25519PrivateKey, compression_report: dict[str, Any] | None = None,
+                 lineage: Lineage | None = None, extra_files: dict[str, bytes] | None = None) -> BuiltBundle:
+    """Build and sign a bundle. ``samples`` (a batch for the model's first input, or a dict of
+    batches per input) feed the reference drift profile and the smoke-test vectors, whose
+    expected outputs are computed here with the same runtime code the device uses."""
+    b = recipe.bundle
+    session = open_session(b.runtime, model)
+    feeds = _as_feeds(samples, [s.name for s in session.inputs])
+    first = session.inputs[0].name
+    n_smoke = min(recipe.smoke_test.vectors, len(feeds[first]))
+    smoke_in = {k: v[:n_smoke] for k, v in feeds.items()}
+    smoke_out = session.run(smoke_in)
+    outputs = session.run(feeds)
+    first_out = outputs[session.outputs[0].name]
+    predictions = first_out.argmax(axis=1) if first_out.ndim == 2 and first_out.shape[1] > 1 else None
+    profile = build_profile(feeds[first], input_name=first, bins=recipe.profile.bins,
+                            predictions=predictions, labels=b.labels, thresholds=recipe.drift)
+    model_file = f"model.{b.runtime}"
+    contents = {model_file: model, **(extra_files or {})}
+    stored: dict[str, bytes] = {}
+    entries = []
+    for path in sorted(contents):
+        encoding, packed = _encode(contents[path])
+        stored[path] = packed
+        entries.append(FileEntry(path=path, size=len(contents[path]), sha256=bundle_digest(contents[path]),
+                                 encoding=encoding, stored_size=len(packed)))
+    lineage = lineage or Lineage()
+    lineage = lineage.model_copy(update={"recipe_digest": lineage.recipe_digest or recipe.digest(),
+                                         "source_digest": lineage.source_digest or bundle_digest(model)})
+    manifest = BundleManifest(
+        name=b.name, version=b.version, build=b.build, runtime=b.runtime, description=b.description,
+        target=recipe.target, inputs=session.inputs, outputs=session.outputs,
+        preprocessing=recipe.preprocessing, labels=b.labels, model_file=model_file, files=entries,
+        reference_profile=profile,
+        smoke_test=SmokeTest(inputs={k: v.tolist() for k, v in smoke_in.items()},
+                             expected={k: v.tolist() for k, v in smoke_out.items()},
+                             atol=recipe.smoke_test.atol, rtol=recipe.smoke_test.rtol),
+        compression=compression_report, lineage=lineage)
+    manifest_bytes = canonical_json(manifest.model_dump(mode="json"))
+    return BuiltBundle(pack(manifest_bytes, [sign(release_key, manifest_bytes)], stored), manifest)
+
+
+def add_signature(data: bytes, key: Ed25519PrivateKey) -> bytes:
+    """Return the bundle with one more release signature (for threshold signing, re-signing)."""
+    members = _members(memoryview(data), BundleLimits())
+    manifest_bytes = bytes(members.pop(MANIFEST))
+    sigs = _parse_signatures(bytes(members.pop(SIGNATURES)))
+    new = sign(key, manifest_bytes)
+    sigs = [s for s in sigs if s.keyid != new.keyid] + [new]
+    stored = {name[len(FILES_DIR):]: bytes(v) for name, v in members.items()}
+    return pack(manifest_bytes, sigs, stored)
+
+
+# --------------------------------------------------------------------------- reading / verifying
+
+class BundleLimits(BaseModel):
+    max_bundle_bytes: int = 512 * 1024 * 1024
+    max_unpacked_bytes: int = 1024 * 1024 * 1024
+    max_files: int = 64
+    max_manifest_bytes: int = 4 * 1024 * 1024
+
+
+@dataclass
+class VerifiedBundle:
+    manifest: BundleManifest
+    files: dict[str, bytes]
+    signed_by: set[str] = field(default_factory=set)
+    digest: str | None = None
+
+    @property
+    def model(self) -> bytes:
+        return self.files[self.manifest.model_file]
+
+
+def _members(data: memoryview, limits: BundleLimits) -> dict[str, memoryview]:
+    """Split the archive into member name -> bytes, refusing anything but safe regular files."""
+    out: dict[str, memoryview] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for info in tar:
+                name = info.name
+                if len(out) >= limits.max_files + 2:
+                    raise ArchiveError(f"more than {limits.max_files} files", where="bundle")
+                if not info.isreg():
+                    raise ArchiveError(f"member {name!r} is not a regular file ({_kind(info)})", where=name)
+                if name.startswith("/") or "\\" in name or any(p in {"", ".", ".."} for p in name.split("/")):
+                    raise ArchiveError(f"unsafe member path {name!r}", where=name)
+                if name in out:
+                    raise ArchiveError(f"duplicate member {name!r}", where=name)
+                if name not in (MANIFEST, SIGNATURES) and not name.startswith(FILES_DIR):
+                    raise ArchiveError(f"unexpected member {name!r}", where=name)
+                if info.offset_data + info.size > len(data):
+                    raise ArchiveError("archive is truncated", where=name)
+                out[name] = data[info.offset_data: info.offset_data + info.size]
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"not a valid bundle archive: {exc}", where="bundle") from None
+    for required in (MANIFEST, SIGNATURES):
+        if required not in out:
+            raise ArchiveError(f"missing {required}", where="bundle")
+    return out
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    return ("symlink" if info.issym() else "hard link" if info.islnk() else "directory" if info.isdir()
+            else "device" if info.ischr() or info.isblk() else "fifo" if info.isfifo() else "special")
+
+
+def _parse_signatures(raw: bytes) -> list[Signature]:
+    try:
+        return [Signature.model_validate(s) for s in json.loads(raw)]
+    except (ValueError, TypeError, ValidationError):
+        raise ArchiveError("signatures.json is malformed", where=SIGNATURES) from None
+
+
+def _parse_manifest(raw: bytes | memoryview) -> BundleManifest:
+    try:
+        return BundleManifest.model_validate_json(bytes(raw))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise VerificationError(f"manifest is invalid: {first['msg']}",
+                                where="manifest." + ".".join(str(p) for p in first["loc"])) from None
+
+
+def read_manifest(data: bytes) -> BundleManifest:
+    """The manifest WITHOUT any signature check (for ``inspect``); never trust it for installs."""
+    return _parse_manifest(_members(memoryview(data), BundleLimits())[MANIFEST])
+
+
+def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_digest: str | None = None,
+                  expected_size: int | None = None, limits: BundleLimits | None = None) -> VerifiedBundle:
+    """Verify ``data`` completely or raise a :class:`VerificationError` subclass.
+
+    Order: size bound, digest (when the order gave one), archive safety, release signature over
+    the raw manifest bytes, then every file's size and sha256 after decoding with a size bound.
+    """
+    limits = limits or BundleLimits()
+    view = memoryview(data)
+    if expected_size is not None and len(view) != expected_size:
+        raise SizeLimitError(f"bundle is {len(view)} bytes, the order says {expected_size}", where="bundle")
+    if len(view) > limits.max_bundle_bytes:
+        raise SizeLimitError(f"bundle is {len(view)} bytes, limit {limits.max_bundle_bytes}", where="bundle")
+    digest = None
+    if expected_digest is not None:
+        digest = bundle_digest(view)
+        if digest != expected_digest:
+            raise DigestMismatchError(f"bundle sha256 {digest[:16]}... differs from the signed {expected_digest[:16]}...",
+                                      where="bundle", hint="the download was altered or is the wrong file")
+    members = _members(view, limits)
+    manifest_raw = members[MANIFEST]
+    if len(manifest_raw) > limits.max_manifest_bytes:
+        raise SizeLimitError("manifest too large", where=MANIFEST)
+    signed_by = trusted.verify(bytes(manifest_raw), _parse_signatures(bytes(members[SIGNATURES])))
+    manifest = _parse_manifest(manifest_raw)
+    listed = {FILES_DIR + f.path for f in manifest.files}
+    unlisted = set(members) - listed - {MANIFEST, SIGNATURES}
+    if unlisted:
+        raise ArchiveError(f"members not listed in the manifest: {sorted(unlisted)}", where="bundle")
+    if manifest.model_file not in {f.path for f in manifest.files}:
+        raise VerificationError(f"model file {manifest.model_file!r} is not among the files", where="manifest.model_file")
+    total = sum(f.size for f in manifest.files)
+    if total > limits.max_unpacked_bytes:
+        raise SizeLimitError(f"files unpack to {total} bytes, limit {limits.max_unpacked_bytes}", where="manifest.files")
+    files: dict[str, bytes] = {}
+    for entry in manifest.files:
+        stored = members.get(FILES_DIR + entry.path)
+        if stored is None:
+            raise ArchiveError(f"file {entry.path!r} is missing", where=entry.path)
+        if len(stored) != entry.stored_size:
+            raise DigestMismatchError(f"stored size {len(stored)} != manifest {entry.stored_size}", where=entry.path)
+        if entry.encoding == "deflate":
+            content = _inflate(stored, entry.size, entry.path)
+        else:
+            content = stored
+        if len(content) != entry.size or bundle_digest(content) != entry.sha256:
+            raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
+        files[entry.path] = bytes(content)
+    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, digest=digest)
+
+
+def _inflate(stored: memoryview, size: int, where: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(stored, size + 1)
+    except zlib.error:
+        raise ArchiveError("corrupt deflate stream", where=where) from None
+    if len(out) > size or d.unconsumed_tail:
+        raise SizeLimitError("file inflates past its signed size", where=where)
+    return out

@@ -1,0 +1,204 @@
+"""Drift math shared by the bundle builder (reference profile) and the agent (live scores).
+
+Pure numpy, no I/O. The reference profile is built from sample inputs at bundle build time:
+per input feature, bin edges at the sample's quantiles and the fraction of samples per bin,
+plus the distribution of predicted classes. On the device, live inputs are counted on the same
+bins (mergeable integer histograms) and compared with PSI, Jensen-Shannon and a binned KS.
+
+Thresholds adapt to the window size: with few samples the histograms are noisy, so the alarm
+level is raised by the noise floor expected without any drift (chi-squared with bins-1 degrees
+of freedom scaled by 1/n + 1/m), which keeps false alarms rare in small windows while large
+windows still detect small shifts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgefleet.protocol.messages import DriftScores
+
+EPS = 1e-4
+"""Probability floor so empty bins do not make PSI infinite."""
+MAX_FEATURES = 256
+"""Inputs with more features are profiled by per-sample summaries (mean, std, min, max)."""
+
+
+class FeatureProfile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    edges: list[float] = Field(description="inner bin edges; bin i holds values in (edges[i-1], edges[i]]")
+    probs: list[float] = Field(description="reference fraction per bin, len(edges)+1")
+
+
+class DriftThresholds(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    psi_warn: float = 0.1
+    psi_alarm: float = 0.25
+    min_samples: int = 50
+    alpha: float = 0.001
+    """False-alarm probability used for the small-window noise floor."""
+
+
+class ReferenceProfile(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str = Field(description="name of the profiled model input")
+    mode: Literal["each", "summary"] = "each"
+    """``each``: one histogram per input feature; ``summary``: per-sample mean/std/min/max."""
+    features: list[FeatureProfile]
+    predictions: dict[str, float] = {}
+    samples: int
+    thresholds: DriftThresholds = DriftThresholds()
+
+
+def feature_matrix(batch: np.ndarray, mode: str) -> np.ndarray:
+    """Flatten a batch ``[N, ...]`` into the ``[N, F]`` matrix the profile describes."""
+    x = np.asarray(batch, dtype=np.float32).reshape(len(batch), -1)
+    if mode == "summary":
+        return np.stack([x.mean(1), x.std(1), x.min(1), x.max(1)], axis=1)
+    return x
+
+
+def build_profile(samples: np.ndarray, *, input_name: str, bins: int = 10,
+                  predictions: np.ndarray | None = None, labels: list[str] | None = None,
+                  thresholds: DriftThresholds | None = None) -> ReferenceProfile:
+    """Profile ``samples`` (``[N, ...]``); ``predictions`` are the model's class indices."""
+    n = len(samples)
+    flat = np.asarray(samples, dtype=np.float32).reshape(n, -1)
+    mode = "each" if flat.shape[1] <= MAX_FEATURES else "summary"
+    x = feature_matrix(samples, mode)
+    qs = np.linspace(0, 1, bins + 1)[1:-1]
+    features = []
+    for col in x.T:
+        edges = np.unique(np.quantile(col, qs).astype(np.float32))
+        counts = np.bincount(np.searchsorted(edges, col, side="left"), minlength=len(edges) + 1)
+        features.append(FeatureProfile(edges=[float(e) for e in edges],
+                                       probs=[float(c) / n for c in counts]))
+    preds: dict[str, float] = {}
+    if predictions is not None and len(predictions):
+        idx, cnt = np.unique(np.asarray(predictions), return_counts=True)
+        preds = {(labels[i] if labels and i < len(labels) else str(int(i))): float(c) / len(predictions)
+                 for i, c in zip(idx, cnt)}
+    return ReferenceProfile(input=input_name, mode=mode, features=features, predictions=preds,
+                            samples=n, thresholds=thresholds or DriftThresholds())
+
+
+class FeatureBinner:
+    """Counts batches on a profile's bins, vectorised over features (no per-sample loop)."""
+
+    def __init__(self, profile: ReferenceProfile) -> None:
+        self.profile = profile
+        self.n_features = len(profile.features)
+        self.n_bins = max(len(f.edges) for f in profile.features) + 1 if profile.features else 1
+        edges = np.full((self.n_features, self.n_bins - 1), np.inf, dtype=np.float32)
+        for i, f in enumerate(profile.features):
+            edges[i, : len(f.edges)] = f.edges
+        self._edges = edges
+        self._offsets = np.arange(self.n_features) * self.n_bins
+        self.sizes = [len(f.edges) + 1 for f in profile.features]
+
+    def counts(self, batch: np.ndarray) -> np.ndarray:
+        """Return ``[F, B]`` integer counts (B = widest feature's bins; padded bins stay 0)."""
+        x = feature_matrix(batch, self.profile.mode)
+        if x.shape[1] != self.n_features:
+            raise ValueError(f"batch has {x.shape[1]} features, profile has {self.n_features}")
+        idx = (x[:, :, None] > self._edges[None, :, :]).sum(axis=2) + self._offsets
+        return np.bincount(idx.ravel(), minlength=self.n_features * self.n_bins).reshape(
+            self.n_features, self.n_bins)
+
+    def trim(self, counts: np.ndarray) -> list[list[int]]:
+        """Per-feature count lists without the padding bins (the wire form)."""
+        return [[int(c) for c in row[:size]] for row, size in zip(counts, self.sizes)]
+
+
+def _smooth(p: np.ndarray) -> np.ndarray:
+    p = np.maximum(np.asarray(p, dtype=np.float64), EPS)
+    return p / p.sum()
+
+
+def psi(ref_probs, counts) -> float:
+    """Population stability index of live ``counts`` against reference probabilities."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return 0.0
+    p, q = _smooth(ref_probs), _smooth(counts / counts.sum())
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js(ref_probs, counts) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1])."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return 0.0
+    p, q = _smooth(ref_probs), _smooth(counts / counts.sum())
+    m = 0.5 * (p + q)
+    return float(0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m)))
+
+
+def ks(ref_probs, counts) -> float:
+    """Binned Kolmogorov-Smirnov statistic: largest gap between the two CDFs."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return 0.0
+    return float(np.max(np.abs(np.cumsum(ref_probs) - np.cumsum(counts / counts.sum()))))
+
+
+def _chi2_quantile(p: float, dof: int) -> float:
+    """Wilson-Hilferty approximation of the chi-squared quantile (no scipy on devices)."""
+    z = _normal_quantile(p)
+    k = max(dof, 1)
+    return k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+
+
+def _normal_quantile(p: float) -> float:
+    # Acklam-free bisection on erf: accurate enough for thresholds and dependency-free.
+    lo, hi = -10.0, 10.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def noise_floor(bins: int, n: int, m: int, alpha: float) -> float:
+    """PSI a window of ``n`` samples reaches with probability ``alpha`` without any drift,
+    against a reference of ``m`` samples (PSI ~ chi2(bins-1) * (1/n + 1/m))."""
+    if n <= 0:
+        return math.inf
+    return _chi2_quantile(1 - alpha, bins - 1) * (1 / n + 1 / max(m, 1))
+
+
+def score(profile: ReferenceProfile, feature_counts: list[list[int]] | np.ndarray,
+          prediction_counts: dict[str, int] | None = None) -> DriftScores:
+    """Drift scores of one window (or of merged windows) against the profile."""
+    rows = [np.asarray(r[: len(f.probs)], dtype=np.float64) for r, f in zip(feature_counts, profile.features)]
+    n = int(rows[0].sum()) if rows else 0
+    per_psi = [psi(f.probs, r) for f, r in zip(profile.features, rows)]
+    per_js = [js(f.probs, r) for f, r in zip(profile.features, rows)]
+    per_ks = [ks(f.probs, r) for f, r in zip(profile.features, rows)]
+    mean_psi = float(np.mean(per_psi)) if per_psi else 0.0
+    pred_psi = None
+    if prediction_counts and profile.predictions:
+        names = sorted(set(profile.predictions) | set(prediction_counts))
+        pred_psi = psi([profile.predictions.get(k, 0.0) for k in names],
+                       [prediction_counts.get(k, 0) for k in names])
+    t = profile.thresholds
+    if n < t.min_samples:
+        level = "insufficient"
+    else:
+        bins = int(np.median([len(f.probs) for f in profile.features])) if profile.features else 2
+        floor = noise_floor(bins, n, profile.samples, t.alpha)
+        if mean_psi >= max(t.psi_alarm, 2 * floor):
+            level = "alarm"
+        elif mean_psi >= max(t.psi_warn, floor):
+            level = "warn"
+        else:
+            level = "ok"
+    return DriftScores(psi=mean_psi, js=float(np.mean(per_js)) if per_js else 0.0,
+                       ks=float(np.max(per_ks)) if per_ks else 0.0,
+                       per_feature_psi=[round(v, 6) for v in per_psi], prediction_psi=pred_psi,
+                       level=level, samples=n)
