@@ -72,7 +72,7 @@ def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name)
 
 
-def train_mlp(data: DigitsData, seed: int = 0, hidden: tuple[int, ...] = (256, 128)) -> bytes:
+def train_mlp(data: DigitsData, seed: int = 0, hidden: tuple[int, ...] = (512, 256)) -> bytes:
     """Train an MLP (64 -> hidden... -> 10) with scikit-learn; return ONNX model bytes."""
     from sklearn.neural_network import MLPClassifier
 

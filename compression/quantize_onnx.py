@@ -1,0 +1,139 @@
+"""ONNX quantization with ``onnxruntime.quantization``: dynamic int8, static int8 QDQ, fp16.
+
+Every quantizer takes a normalised model (see :mod:`onnx_graph`) and ``exclude``, node names
+to keep in float (the automatic fallback grows that list one operator at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgefleet.compression.config import CalibrationConfig, CalibrationMethod
+from edgefleet.protocol.errors import CompressionError
+
+logger = logging.getLogger(__name__)
+
+#: Op types the fallback may keep in float, per mode (the ones each quantizer rewrites).
+DYNAMIC_OPS = ("MatMul", "Conv", "Gather", "LSTM", "Attention")
+STATIC_OPS = ("MatMul", "Conv", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool", "Flatten",
+              "Reshape", "Transpose", "Gather", "Concat", "Add", "Mul", "GlobalAveragePool")
+
+
+class BatchReader:
+    """A CalibrationDataReader that hands out one batch at a time.
+
+    onnxruntime collects calibration statistics per range set with :meth:`set_range` (we use
+    ranges of one batch), so the intermediate tensors held in memory stay one batch large no
+    matter how many samples calibrate the model.
+    """
+
+    def __init__(self, input_name: str, data: np.ndarray, batch_size: int) -> None:
+        self._input_name = input_name
+        self._data = data
+        self._batch_size = batch_size
+        self._batches = (len(data) + batch_size - 1) // batch_size
+        self._iter: Iterator[int] = iter(range(self._batches))
+
+    def __len__(self) -> int:
+        return self._batches
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._iter = iter(range(start_index, min(end_index, self._batches)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        index = next(self._iter, None)
+        if index is None:
+            return None
+        start = index * self._batch_size
+        return {self._input_name: np.ascontiguousarray(
+            self._data[start:start + self._batch_size], dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._iter = iter(range(self._batches))
+
+
+def _quantizable(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
+    """Node names the quantizer would rewrite (what the fallback can keep in float)."""
+    return _quantizable(model, STATIC_OPS if static else DYNAMIC_OPS)
+
+
+def _translate(exc: Exception, what: str) -> CompressionError:
+    return CompressionError(f"{what} failed: {type(exc).__name__}: {exc}", where="model")
+
+
+def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
+                          exclude: list[str]) -> bytes:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
+        out = Path(tmp) / "model.int8.onnx"
+        try:
+            quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=list(exclude),
+                             extra_options={"MatMulConstBOnly": True})
+        except Exception as exc:  # the quantizer raises bare ValueError/KeyError/...
+            raise _translate(exc, "dynamic int8 quantization") from exc
+        return out.read_bytes()
+
+
+_METHODS = {
+    CalibrationMethod.MINMAX: "MinMax",
+    CalibrationMethod.ENTROPY: "Entropy",
+    CalibrationMethod.PERCENTILE: "Percentile",
+}
+
+
+def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
+                         config: CalibrationConfig, per_channel: bool,
+                         exclude: list[str]) -> bytes:
+    """Static int8 QDQ (int8 weights per channel, int8 activations) calibrated on batches."""
+    from onnxruntime.quantization import (CalibrationMethod as OrtMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    samples = calibration[:config.max_samples]
+    reader = BatchReader(model.graph.input[0].name, samples, config.batch_size)
+    extra = {
+        "CalibStridedMinMax": 1,  # collect and merge statistics one batch at a time
+        "CalibPercentile": config.percentile,
+        "ActivationSymmetric": False,
+        "WeightSymmetric": True,
+    }
+    with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
+        prepared = Path(tmp) / "model.pre.onnx"
+        out = Path(tmp) / "model.qdq.onnx"
+        try:
+            # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm.
+            quant_pre_process(model, prepared, skip_optimization=True)
+            quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                            calibrate_method=getattr(OrtMethod, _METHODS[config.method]),
+                            extra_options=extra)
+        except CompressionError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, "static int8 quantization") from exc
+        return out.read_bytes()
+
+
+def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:
+    """float16 weights and compute; inputs and outputs stay float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    try:
+        converted = convert_float_to_float16(model, keep_io_types=True,
+                                             node_block_list=list(exclude) or None)
+    except Exception as exc:
+        raise _translate(exc, "fp16 conversion") from exc
+    return converted.SerializeToString()
