@@ -36,7 +36,7 @@ from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatch
 from edgefleet.protocol.keys import TrustedKeys, sign
 from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints)
 from edgefleet.protocol.messages import RuntimeName, Signature
-from edgefleet.protocol.runtimes import open_session
+from edgefleet.protocol.runtimes import TensorSpec, open_session
 
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures.json"
@@ -163,10 +163,15 @@ def pack(manifest_bytes: bytes, signatures: list[Signature], stored: dict[str, b
     return buf.getvalue()[:end]
 
 
-def _as_feeds(samples: np.ndarray | dict[str, np.ndarray], input_names: list[str]) -> dict[str, np.ndarray]:
+def _as_feeds(samples: np.ndarray | dict[str, np.ndarray], inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Samples per input; a flat ``[N, F]`` batch is reshaped to the first input's fixed shape."""
     if isinstance(samples, dict):
         return {k: np.asarray(v) for k, v in samples.items()}
-    return {input_names[0]: np.asarray(samples)}
+    x = np.asarray(samples)
+    dims = inputs[0].shape[1:]
+    if len(dims) != x.ndim - 1 and all(isinstance(d, int) for d in dims):
+        x = x.reshape(len(x), *dims)
+    return {inputs[0].name: x}
 
 
 def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | dict[str, np.ndarray],
@@ -177,7 +182,7 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
     expected outputs are computed here with the same runtime code the device uses."""
     b = recipe.bundle
     session = open_session(b.runtime, model)
-    feeds = _as_feeds(samples, [s.name for s in session.inputs])
+    feeds = _as_feeds(samples, session.inputs)
     first = session.inputs[0].name
     n_smoke = min(recipe.smoke_test.vectors, len(feeds[first]))
     smoke_in = {k: v[:n_smoke] for k, v in feeds.items()}

@@ -1,0 +1,184 @@
+"""``edgefleet keys ...`` and ``edgefleet bundle ...``: local key and bundle work, plus ``push``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from edgefleet.cloud.cli_output import console, print_fields, print_json, print_table, short
+from edgefleet.protocol import keys as keylib
+from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, bundle_digest,
+                                       load_recipe, read_manifest, verify_bundle)
+from edgefleet.protocol.errors import ConfigError
+
+keys_app = typer.Typer(no_args_is_help=True, help="Generate and inspect Ed25519 signing keys.")
+bundle_app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, inspect and push bundles.")
+
+PASSPHRASE = typer.Option(None, envvar="EDGEFLEET_KEY_PASSPHRASE", help="passphrase of the private key")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(bundle_app, name="bundle")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    name: str = typer.Argument(..., help="key name, e.g. 'release' or 'controller'"),
+    out: Path = typer.Option(Path("keys"), help="directory for NAME.key (mode 0600) and NAME.pub"),
+    passphrase: str = PASSPHRASE,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate an Ed25519 key pair."""
+    private_path = out / f"{name}.key"
+    if private_path.exists():
+        raise ConfigError("refusing to overwrite an existing key", where=str(private_path),
+                          hint="choose another name or directory")
+    key = keylib.generate_private_key()
+    keylib.save_private_key(key, private_path, passphrase)
+    public_path = keylib.save_public_key(key.public_key(), out / f"{name}.pub")
+    info = {"key_id": keylib.key_id(key.public_key()), "private": str(private_path), "public": str(public_path)}
+    print_json(info) if json_out else print_fields(info)
+
+
+@keys_app.command("show")
+def keys_show(path: Path = typer.Argument(..., help="a public (.pub) or private (.key) PEM file"),
+              passphrase: str = PASSPHRASE) -> None:
+    """Print a key's id."""
+    text = path.read_bytes() if path.exists() else b""
+    if b"PRIVATE KEY" in text:
+        public = keylib.load_private_key(path, passphrase).public_key()
+    else:
+        public = keylib.load_public_key(path)
+    console.print(keylib.key_id(public))
+
+
+def load_samples(spec: str) -> np.ndarray:
+    """``digits`` (the bundled scikit-learn digits, held-out split) or a .npy/.npz file."""
+    if spec == "digits":
+        from edgefleet.compression.samples import load_digits_split
+
+        return load_digits_split().x_test
+    path = Path(spec)
+    if not path.exists():
+        raise ConfigError("sample file not found", where=spec, hint="give a .npy/.npz file or 'digits'")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ConfigError(f"cannot read samples: {exc}", where=spec) from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        data = data[data.files[0]]
+    return np.asarray(data, dtype=np.float32)
+
+
+@bundle_app.command("build")
+def bundle_build(
+    recipe: Path = typer.Argument(..., help="bundle recipe (TOML, see firmware-bundles/)"),
+    key: Path = typer.Option(..., "--key", "-k", help="release private key"),
+    model: Path = typer.Option(None, help="model file (default: [bundle].model of the recipe)"),
+    samples: str = typer.Option("digits", help="sample inputs for the drift profile and smoke tests: "
+                                               ".npy/.npz file or 'digits'"),
+    out: Path = typer.Option(None, "--out", "-o", help="output file (default NAME-VERSION+BUILD.efb)"),
+    passphrase: str = PASSPHRASE,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Build and sign a bundle from a recipe and a model (byte-reproducible)."""
+    r = load_recipe(recipe)
+    model_path = model or r.model_path()
+    if model_path is None:
+        raise ConfigError("no model given", where=f"{recipe}: bundle.model", hint="set it or pass --model")
+    try:
+        model_bytes = Path(model_path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read model: {exc.strerror}", where=str(model_path)) from None
+    built = build_bundle(r, model_bytes, samples=load_samples(samples),
+                         release_key=keylib.load_private_key(key, passphrase))
+    out = out or Path(f"{r.bundle.name}-{r.bundle.version}+{r.bundle.build}.efb")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(built.data)
+    tmp.replace(out)
+    info = {"bundle": str(out), "name": r.bundle.name, "version": r.bundle.version, "build": r.bundle.build,
+            "runtime": r.bundle.runtime, "digest": built.digest, "size": len(built.data)}
+    print_json(info) if json_out else print_fields(info)
+
+
+@bundle_app.command("sign")
+def bundle_sign(bundle: Path = typer.Argument(...), key: Path = typer.Option(..., "--key", "-k"),
+                passphrase: str = PASSPHRASE) -> None:
+    """Add a release signature to a bundle (threshold signing, re-signing)."""
+    data = add_signature(bundle.read_bytes(), keylib.load_private_key(key, passphrase))
+    tmp = bundle.with_name(bundle.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(bundle)
+    console.print(f"signed {bundle} -> {bundle_digest(data)}")
+
+
+@bundle_app.command("verify")
+def bundle_verify(
+    bundle: Path = typer.Argument(...),
+    trusted: list[Path] = typer.Option(..., "--trusted", "-t", help="trusted release public key(s)"),
+    threshold: int = typer.Option(1, min=1),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Verify signatures and every file digest, as a device would."""
+    data = bundle.read_bytes()
+    verified = verify_bundle(data, trusted=keylib.TrustedKeys.from_files(trusted, role="release", threshold=threshold),
+                             limits=BundleLimits())
+    m = verified.manifest
+    info = {"ok": True, "name": m.name, "version": m.version, "build": m.build, "digest": bundle_digest(data),
+            "signed_by": sorted(verified.signed_by)}
+    print_json(info) if json_out else console.print(
+        f"[green]OK[/] {m.name} {m.version}+{m.build} signed by {', '.join(short(k) for k in verified.signed_by)}")
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(bundle: Path = typer.Argument(...), json_out: bool = typer.Option(False, "--json")) -> None:
+    """Show a bundle's manifest (NOT verified: use 'verify' for that)."""
+    data = bundle.read_bytes()
+    m = read_manifest(data)
+    if json_out:
+        print_json({"digest": bundle_digest(data), "size": len(data), "manifest": m.model_dump(mode="json")})
+        return
+    print_fields({"name": m.name, "version": f"{m.version} (build {m.build})", "runtime": m.runtime,
+                  "digest": bundle_digest(data), "size": f"{len(data)} bytes",
+                  "targets": f"archs={m.target.archs or 'any'} classes={m.target.hardware_classes or 'any'} "
+                             f"agent>={m.target.min_agent_version}",
+                  "inputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.inputs),
+                  "outputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.outputs),
+                  "smoke vectors": len(next(iter(m.smoke_test.inputs.values()))) if m.smoke_test else 0,
+                  "drift profile": f"{len(m.reference_profile.features)} features, {m.reference_profile.samples} samples"
+                  if m.reference_profile else "none",
+                  "compression": (m.compression or {}).get("mode", "none")})
+    print_table("files", ["path", "size", "stored", "encoding", "sha256"],
+                [(f.path, f.size, f.stored_size, f.encoding, short(f.sha256, 16)) for f in m.files])
+
+
+@bundle_app.command("push")
+def bundle_push(
+    bundle: Path = typer.Argument(...),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Upload a bundle to the controller (its signature is checked there)."""
+    from edgefleet.cloud.client import client_from_env
+
+    with client_from_env() as client:
+        result = client.upload_bundle(bundle)
+    print_json(result) if json_out else console.print(
+        f"pushed {result.get('name')} {result.get('version')} digest {short(result.get('digest'), 16)}")
+
+
+@bundle_app.command("list")
+def bundle_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Bundles registered on the controller."""
+    from edgefleet.cloud.client import client_from_env
+
+    with client_from_env() as client:
+        bundles = client.get("/api/v1/bundles")
+    if json_out:
+        print_json(bundles)
+        return
+    print_table(None, ["name", "version", "build", "runtime", "size", "digest"],
+                [(b.get("name"), b.get("version"), b.get("build"), b.get("runtime"), b.get("size"),
+                  short(b.get("digest"))) for b in bundles])

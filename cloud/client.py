@@ -1,0 +1,102 @@
+"""A small REST client for the controller, used by the CLI and the demo.
+
+HTTP and connection failures are translated here (the boundary) into EdgeFleet errors that
+carry the controller's error code, so the CLI can print one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from edgefleet.protocol.errors import ConfigError, EdgeFleetError, NotFoundError, TransportError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def cli_config_path() -> Path:
+    return Path(os.environ.get("EDGEFLEET_CLI_CONFIG", Path.home() / ".config" / "edgefleet" / "cli.toml"))
+
+
+def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    """URL and token from arguments, then ``EDGEFLEET_URL``/``EDGEFLEET_TOKEN``, then the config file."""
+    file_cfg: dict[str, Any] = {}
+    path = cli_config_path()
+    if path.exists():
+        try:
+            file_cfg = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", where=str(path)) from None
+    url = url or os.environ.get("EDGEFLEET_URL") or file_cfg.get("url") or DEFAULT_URL
+    token = token or os.environ.get("EDGEFLEET_TOKEN") or file_cfg.get("token")
+    return str(url).rstrip("/"), token
+
+
+class ApiError(EdgeFleetError):
+    """The controller refused a request; ``code`` is the controller's error code."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        message = err.get("message") or body.get("detail") or f"HTTP {status}"
+        if not isinstance(message, str):
+            message = str(message)
+        super().__init__(f"controller answered {status}: {message}", code=err.get("code") or f"http_{status}",
+                         where=err.get("where"), hint=err.get("hint"))
+        self.status = status
+
+
+class ControllerClient:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> "ControllerClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"cannot reach the controller: {exc}", where=self.url,
+                                 hint="is 'edgefleet serve' running? check --url / EDGEFLEET_URL") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"detail": resp.text[:200]}
+            if resp.status_code == 404 and not isinstance(body.get("error"), dict):
+                raise NotFoundError(f"{path} not found", where=self.url)
+            raise ApiError(resp.status_code, body if isinstance(body, dict) else {"detail": body})
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    def get(self, path: str, **params) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, json=body)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self.request("PATCH", path, json=body)
+
+    def upload_bundle(self, path: Path) -> dict[str, Any]:
+        with open(path, "rb") as fh:
+            return self.request("POST", "/api/v1/bundles", content=fh.read(),
+                                headers={"Content-Type": "application/octet-stream"})
+
+
+def client_from_env(url: str | None = None, token: str | None = None) -> ControllerClient:
+    return ControllerClient(*resolve_endpoint(url, token))
