@@ -48,6 +48,7 @@ def save_private_key(key: Ed25519PrivateKey, path: str | Path, passphrase: str |
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a stale temp file left by a crash keeps its old mode under O_CREAT
     with os.fdopen(fd, "wb") as fh:
         fh.write(private_key_pem(key, passphrase))
         fh.flush()
@@ -72,6 +73,9 @@ def load_private_key(path: str | Path, passphrase: str | None = None) -> Ed25519
     try:
         key = serialization.load_pem_private_key(data, passphrase.encode() if passphrase else None)
     except TypeError:
+        if passphrase:
+            raise ConfigError("a passphrase was given but the private key is not encrypted",
+                              where=str(path)) from None
         raise ConfigError("private key is encrypted", where=str(path),
                           hint="give the passphrase (EDGEFLEET_KEY_PASSPHRASE or --passphrase)") from None
     except ValueError:
@@ -126,6 +130,9 @@ class TrustedKeys:
         Raises :class:`UnknownKeyError` when no signature comes from a trusted key and
         :class:`SignatureError` when signatures from trusted keys do not verify.
         """
+        if self.threshold < 1:  # a threshold of 0 would accept unsigned content
+            raise ConfigError(f"{self.role} signature threshold must be at least 1, not {self.threshold}",
+                              where=f"{self.role} threshold")
         valid: set[str] = set()
         seen_trusted = False
         for s in signatures:

@@ -197,6 +197,10 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 """The message model carried by each topic kind."""
 
 
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def encode(msg: Message) -> bytes:
     return msg.model_dump_json(exclude_none=False).encode("utf-8")
 
@@ -212,13 +216,13 @@ def decode(kind: str, payload: bytes) -> Message:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
                            code="payload_too_large", where=kind)
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"payload is not JSON: {exc}", where=kind) from None
+        obj = json.loads(payload, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, NaN/Infinity, absurd nesting
+        raise MessageError(f"payload is not JSON: {str(exc)[:200]}", where=kind) from None
     if not isinstance(obj, dict):
         raise MessageError("payload is not a JSON object", where=kind)
     version = obj.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 and 1.0 == 1 in Python
         raise MessageError(f"unsupported schema_version {version!r}", code="unsupported_schema",
                            where=kind, hint=f"this receiver speaks schema_version {SCHEMA_VERSION}")
     try:
