@@ -26,12 +26,12 @@ from ai_edge_litert import schema_py_generated as tfl
 from onnx import numpy_helper
 
 from edgefleet.compression.onnx_graph import attribute, has_control_flow, load_onnx, normalise
+from edgefleet.compression.tflite_graph import TFLITE_IDENTIFIER
 from edgefleet.protocol.errors import UnsupportedModelError
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_KEY = "serving_default"
-TFLITE_IDENTIFIER = b"TFL3"
 
 Shape = list[int | None]
 
@@ -501,8 +501,3 @@ def export_tflite(onnx_bytes: bytes) -> bytes:
     data = _Converter(model).convert()
     logger.info("exported ONNX (%d B) to TFLite (%d B)", len(onnx_bytes), len(data))
     return data
-
-
-def is_tflite(data: bytes) -> bool:
-    """True when ``data`` carries the TFLite flatbuffer file identifier."""
-    return len(data) >= 8 and data[4:8] == TFLITE_IDENTIFIER
