@@ -1,0 +1,185 @@
+"""Agent configuration: a TOML file, overridden key by key by ``EDGEFLEET_AGENT_<KEY>``.
+
+Keys are flat (one TOML table, no nesting) so that every key has exactly one environment
+name, e.g. ``telemetry_interval_s`` <- ``EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S``. List values
+in the environment are comma-separated (or a JSON array). A bad value raises
+:class:`~edgefleet.protocol.errors.ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.protocol.errors import ConfigError, MessageError
+from edgefleet.protocol.topics import DEFAULT_PREFIX, validate_device_id
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+MiB = 1024 * 1024
+
+
+class BrokerAddress(BaseModel):
+    tls: bool
+    host: str
+    port: int
+
+
+class AgentConfig(BaseModel):
+    """Every tunable of the device agent. Times are seconds, sizes bytes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_id: str
+    state_dir: Path
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
+    clean_session: bool = False
+    topic_prefix: str = DEFAULT_PREFIX
+    controller_url: str | None = None
+    release_keys: list[Path] = Field(default_factory=list)
+    controller_keys: list[Path] = Field(default_factory=list)
+    hardware_class: str = "generic"
+    tags: list[str] = Field(default_factory=list)
+
+    telemetry_interval_s: float = Field(60.0, gt=0)
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    max_bundle_bytes: int = Field(512 * MiB, gt=0)
+    max_payload_bytes: int = Field(32 * 1024, gt=0)
+    max_request_bytes: int = Field(64 * MiB, gt=0)
+
+    inference_listen: str = "127.0.0.1:8470"
+    """``host:port`` of the local inference endpoint; port 0 picks a free port (written to
+    ``state_dir/inference.addr``); ``off`` disables the endpoint."""
+
+    health_check_inferences: int = Field(10, ge=0)
+    health_check_timeout_s: float = Field(60.0, gt=0)
+    update_timeout_s: float = Field(3600.0, gt=0)
+    download_attempts: int = Field(5, ge=1)
+    download_timeout_s: float = Field(30.0, gt=0)
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_cap_s: float = Field(60.0, gt=0)
+    stats_buffer_rows: int = Field(65536, gt=0)
+    fault_pause_in: list[str] = Field(default_factory=list)
+    """Testing only: update states in which the agent stops right after persisting the
+    state (before its side effect), so a test can kill it exactly there. Leave empty."""
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: str) -> str:
+        try:
+            return validate_device_id(value)
+        except MessageError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @field_validator("inference_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value != "off":
+            parse_listen(value)
+        return value
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return parse_broker_url(self.broker_url)
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        return None if self.inference_listen == "off" else parse_listen(self.inference_listen)
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker URL {url!r} has a bad port") from None
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(tls=tls, host=parts.hostname, port=port or (8883 if tls else 1883))
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (or 'off')")
+    return host.strip("[]"), int(port)
+
+
+def _env_value(field: str, raw: str) -> Any:
+    annotation = str(AgentConfig.model_fields[field].annotation)
+    if annotation.startswith("list"):
+        raw = raw.strip()
+        if raw.startswith("["):
+            return json.loads(raw)
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+def load_config(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` (TOML), apply ``EDGEFLEET_AGENT_*`` overrides, validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    source = str(path) if path is not None else "<environment>"
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("config file not found", where=source) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", where=source) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", where=source) from None
+        origin = {key: source for key in data}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in AgentConfig.model_fields:
+            raise ConfigError("unknown configuration key", where=f"{name} (environment)")
+        try:
+            data[key] = _env_value(key, raw)
+        except json.JSONDecodeError:
+            raise ConfigError("not a JSON array", where=f"{name} (environment)") from None
+        origin[key] = f"{name} (environment)"
+    base = Path(path).parent if path is not None else Path.cwd()
+    for key in ("state_dir", "ca_file"):
+        if isinstance(data.get(key), str) and origin.get(key) == source:
+            data[key] = str(base / data[key])
+    for key in ("release_keys", "controller_keys"):
+        if isinstance(data.get(key), list) and origin.get(key) == source:
+            data[key] = [str(base / p) if isinstance(p, str) else p for p in data[key]]
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "?"
+        where = f"{key} ({origin.get(key, source)})"
+        if first["type"] == "missing":
+            raise ConfigError("required key is missing", where=where) from None
+        if first["type"] == "extra_forbidden":
+            raise ConfigError("unknown configuration key", where=where) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(message, where=where) from None

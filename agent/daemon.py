@@ -1,0 +1,279 @@
+"""``edgefleet-agent``: the device daemon.
+
+Wires the parts together: config -> trusted keys, A/B slots, predictor, updater, durable
+outbox, local inference endpoint, and the MQTT link whose loop drives the periodic work
+(outbox pump, heartbeats, telemetry windows, inbound orders).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import platform
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from edgefleet.agent.config import AgentConfig, load_config
+from edgefleet.agent.inference import Predictor
+from edgefleet.agent.mqtt import MqttLink
+from edgefleet.agent.outbox import Outbox, OutboxPump
+from edgefleet.agent.server import InferenceServer, bundle_info
+from edgefleet.agent.slots import Slots
+from edgefleet.agent.statemachine import atomic_write
+from edgefleet.agent.updater import Updater, UpdatePolicy
+from edgefleet.protocol import topics
+from edgefleet.protocol.errors import EdgeFleetError, MessageError
+from edgefleet.protocol.keys import TrustedKeys
+from edgefleet.protocol.manifest import DeviceFacts
+from edgefleet.protocol.messages import (MAX_PAYLOAD, Event, Hello, Message, OrderMessage, State, TelemetryWindow, decode, encode)
+from edgefleet.protocol.runtimes import available_runtimes
+
+log = logging.getLogger(__name__)
+
+MALFORMED_EVENT_EVERY_S = 10.0
+
+
+def agent_version() -> str:
+    try:
+        return importlib.metadata.version("edgefleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.device_id = config.device_id
+        self.started = time.monotonic()
+        state_dir = config.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.prefix = config.topic_prefix
+        self.runtimes = available_runtimes()
+        self.facts = DeviceFacts(arch=platform.machine(), runtimes=self.runtimes, agent_version=agent_version(),
+                                 hardware_class=config.hardware_class)
+        release = TrustedKeys.from_files(config.release_keys, role="release")
+        controller = TrustedKeys.from_files(config.controller_keys, role="controller")
+        self.outbox = Outbox(state_dir / "outbox.sqlite")
+        self.pump = OutboxPump(self.outbox)
+        self.predictor = Predictor()
+        self.slots = Slots(state_dir / "slots")
+        policy = UpdatePolicy(update_timeout_s=config.update_timeout_s, download_attempts=config.download_attempts,
+                              download_timeout_s=config.download_timeout_s, retry_base_s=config.retry_base_s,
+                              retry_cap_s=config.retry_cap_s, health_check_inferences=config.health_check_inferences,
+                              health_check_timeout_s=config.health_check_timeout_s,
+                              max_bundle_bytes=config.max_bundle_bytes,
+                              pause_in=frozenset(config.fault_pause_in))
+        self.updater = Updater(device_id=self.device_id, state_dir=state_dir, slots=self.slots,
+                               predictor=self.predictor, release_keys=release, controller_keys=controller,
+                               facts=self.facts, report=self._enqueue, policy=policy,
+                               buffer_rows=config.stats_buffer_rows)
+        self.seq_path = state_dir / "telemetry_seq"
+        try:
+            self.window_seq = int(self.seq_path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.window_seq = 0
+        self.malformed = 0
+        self._malformed_reported = 0
+        self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
+        self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.link = MqttLink(config, will=(self._topic("state"), encode(self._state("offline"))),
+                             on_connected=self._on_connected, on_message=self._on_message,
+                             on_published=self.pump.acked)
+        self.server: InferenceServer | None = None
+        self._next_heartbeat = 0.0
+        self._next_telemetry = time.monotonic() + config.telemetry_interval_s
+        self._published_state: tuple | None = None
+
+    # ------------------------------------------------------------------ messages
+
+    def _topic(self, kind: str) -> str:
+        return topics.device_topic(self.device_id, kind, self.prefix)
+
+    def _installed(self):
+        model = self.predictor.model
+        return model.installed if model is not None else None
+
+    def _state(self, status: str) -> State:
+        r = self.updater.record if hasattr(self, "updater") else None
+        return State(device_id=self.device_id, status=status, update_state=r.state.value if r else "idle",
+                     deployment_id=r.deployment_id if r else None, installed=self._installed(),
+                     uptime_s=round(time.monotonic() - self.started, 3),
+                     heartbeat_interval_s=self.config.heartbeat_interval_s)
+
+    def _enqueue(self, msg: Message) -> None:
+        kind = {"status": "status", "telemetry": "telemetry", "event": "events"}[msg.type]
+        self.outbox.enqueue(self._topic(kind), encode(msg), msg_id=msg.msg_id, qos=1)
+
+    def _hello(self) -> Hello:
+        try:
+            free = shutil.disk_usage(self.config.state_dir).free
+        except OSError:
+            free = 0
+        return Hello(device_id=self.device_id, agent_version=self.facts.agent_version, arch=self.facts.arch,
+                     os=f"{platform.system()} {platform.release()}", runtimes=self.runtimes,
+                     hardware_class=self.config.hardware_class, installed=self._installed(),
+                     free_disk_bytes=free, tags=list(self.config.tags))
+
+    # ------------------------------------------------------------------ MQTT callbacks (link thread)
+
+    def _on_connected(self) -> None:
+        self.link.subscribe(self._topic("cmd"), qos=1)
+        self.link.publish(self._topic("hello"), encode(self._hello()), qos=1)
+        self._publish_state()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self._inbox.put((topic, payload))
+
+    def _publish_state(self) -> None:
+        state = self._state("online")
+        if self.link.publish(self._topic("state"), encode(state), qos=1, retain=True) is not None:
+            self._published_state = (state.update_state, state.deployment_id, state.installed)
+            self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
+
+    def _handle_inbound(self, topic: str, payload: bytes) -> None:
+        try:
+            if topic != self._topic("cmd"):
+                raise MessageError(f"unexpected topic {topic!r}", where="topic")
+            limit = min(self.config.max_payload_bytes, MAX_PAYLOAD["cmd"])
+            if len(payload) > limit:
+                raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
+                                   code="payload_too_large", where="cmd")
+            msg = decode("cmd", payload)
+            if msg.device_id != self.device_id:
+                raise MessageError(f"message for device {msg.device_id!r}", where="cmd.device_id")
+        except MessageError as exc:
+            self.malformed += 1
+            log.warning("ignored malformed message on %s (%d bytes): %s [%s]", topic, len(payload), exc, exc.code)
+            now = time.monotonic()
+            if now - self._last_malformed_event >= MALFORMED_EVENT_EVERY_S:
+                self._last_malformed_event = now
+                self._enqueue(Event(device_id=self.device_id, level="warning", kind="malformed_message",
+                                    text=str(exc)[:2000],
+                                    data={"code": exc.code, "topic": topic, "bytes": len(payload),
+                                          "count": self.malformed}))
+            return
+        assert isinstance(msg, OrderMessage)
+        self.updater.submit(msg.order)
+
+    # ------------------------------------------------------------------ periodic work
+
+    def tick(self) -> None:
+        while True:
+            try:
+                topic, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                self._handle_inbound(topic, payload)
+            except Exception:  # never let one message kill the loop
+                log.exception("error handling a message on %s", topic)
+        now = time.monotonic()
+        if now >= self._next_telemetry:
+            self._next_telemetry = now + self.config.telemetry_interval_s
+            self.flush_telemetry()
+        if self.link.connected:
+            r = self.updater.record
+            if now >= self._next_heartbeat or self._published_state != (r.state.value, r.deployment_id,
+                                                                        self._installed()):
+                self._publish_state()
+        self.pump.pump(self.link.publish, self.link.connected)
+
+    def flush_telemetry(self) -> None:
+        for installed, summary in self.predictor.flush():
+            msg = TelemetryWindow(device_id=self.device_id, window_seq=self.window_seq, window_start=summary.start,
+                                  window_end=summary.end, bundle=installed, requests=summary.requests,
+                                  batches=summary.batches, samples=summary.samples, errors=summary.errors,
+                                  latency_ms=summary.latency_ms, features=summary.features,
+                                  predictions=summary.predictions, drift=summary.drift)
+            self._enqueue(msg)
+            self.window_seq += 1
+            atomic_write(self.seq_path, str(self.window_seq).encode())
+            if summary.drift is not None and summary.drift.level == "alarm":
+                log.warning("drift alarm: psi=%.3f js=%.3f over %d samples device=%s", summary.drift.psi,
+                            summary.drift.js, summary.drift.samples, self.device_id)
+
+    def stats(self) -> dict[str, Any]:
+        model = self.predictor.model
+        window = None
+        if model is not None:
+            s = model.stats
+            window = {"requests": s.requests, "batches": s.batches, "samples": s.samples, "errors": s.errors}
+        r = self.updater.record
+        return {"device_id": self.device_id, "uptime_s": round(time.monotonic() - self.started, 3),
+                "connected": self.link.connected, "requests_total": self.predictor.total_requests,
+                "errors_total": self.predictor.total_errors, "malformed_messages": self.malformed,
+                "outbox_pending": len(self.outbox), "telemetry_windows": self.window_seq,
+                "update_state": r.state.value, "deployment_id": r.deployment_id,
+                "bundle": bundle_info(model.installed) if model is not None else None, "window": window}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start_server(self) -> None:
+        listen = self.config.listen
+        if listen is None:
+            return
+        self.server = InferenceServer(listen, self.predictor, self.stats,
+                                      max_request_bytes=self.config.max_request_bytes)
+        self.server.start()
+        host, port = self.server.address
+        atomic_write(self.config.state_dir / "inference.addr", f"{host}:{port}".encode())
+        log.info("inference endpoint on http://%s:%d/v1/predict", host, port)
+
+    def run(self) -> None:
+        log.info("edgefleet-agent %s starting device=%s runtimes=%s", self.facts.agent_version, self.device_id,
+                 ",".join(self.runtimes) or "none")
+        self.updater.boot()
+        self.start_server()
+        try:
+            self.link.run(self.stop_event, self.tick)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        log.info("stopping device=%s", self.device_id)
+        self.updater.stop()
+        self.flush_telemetry()
+        self.pump.pump(self.link.publish, self.link.connected)
+        self.link.close(final=(self._topic("state"), encode(self._state("offline"))))
+        if self.server is not None:
+            self.server.stop()
+        self.outbox.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgefleet-agent", description="EdgeFleet device agent")
+    parser.add_argument("--config", metavar="PATH", help="agent TOML config (EDGEFLEET_AGENT_* override keys)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        agent = Agent(config)
+    except EdgeFleetError as exc:
+        print(f"edgefleet-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edgefleet-agent: {exc}", file=sys.stderr)
+        return 2
+
+    def _terminate(signum, frame) -> None:
+        agent.stop_event.set()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

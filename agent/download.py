@@ -1,0 +1,122 @@
+"""Resumable HTTP(S) download bounded by the signed size, hashed while streaming.
+
+The bytes go to ``<dest>.part``; a retry continues from its length with a ``Range`` request.
+More bytes than the signed size are never written (the connection is cut off), and the
+finished file is moved into place with ``os.replace`` only after size and sha256 match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from edgefleet.protocol.errors import DigestMismatchError, SizeLimitError, TransportError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+
+
+def _hash_existing(part: Path, limit: int) -> tuple[int, "hashlib._Hash"]:
+    digest = hashlib.sha256()
+    try:
+        size = part.stat().st_size
+    except FileNotFoundError:
+        return 0, digest
+    if size > limit:
+        part.unlink()
+        return 0, digest
+    with open(part, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return size, digest
+
+
+def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, timeout: float = 30.0,
+             progress: Callable[[int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None,
+             headers: dict[str, str] | None = None) -> Path:
+    """Fetch ``url`` into ``dest``; raise TransportError (retryable), SizeLimitError or
+    DigestMismatchError (not retryable: the part file is discarded)."""
+    if dest.is_file() and dest.stat().st_size == expected_size:
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    done, digest = _hash_existing(part, expected_size)
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    if done:
+        request.add_header("Range", f"bytes={done}-")
+    if done < expected_size or expected_size == 0:
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and done == expected_size:
+                response = None
+            else:
+                if exc.code == 416:
+                    part.unlink(missing_ok=True)
+                raise TransportError(f"HTTP {exc.code} from bundle server", code=f"http_{exc.code}",
+                                     where=url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TransportError(f"cannot reach bundle server: {reason}", where=url) from None
+        if response is not None:
+            with response:
+                if response.status == 206:
+                    start = _content_range_start(response.headers.get("Content-Range"))
+                    if start != done:
+                        part.unlink(missing_ok=True)
+                        raise TransportError(f"server resumed at {start}, expected {done}", where=url)
+                    mode = "ab"
+                else:
+                    if done:
+                        log.info("server ignored Range; restarting download of %s", url)
+                    done, digest, mode = 0, hashlib.sha256(), "wb"
+                length = response.headers.get("Content-Length")
+                if length is not None and length.isdigit() and done + int(length) > expected_size:
+                    raise SizeLimitError(f"server announces {done + int(length)} bytes, the order signs "
+                                         f"{expected_size}", where=url)
+                with open(part, mode) as fh:
+                    try:
+                        while True:
+                            if should_stop is not None and should_stop():
+                                raise TransportError("download stopped", code="stopped", where=url)
+                            chunk = response.read(min(CHUNK, expected_size - done + 1))
+                            if not chunk:
+                                break
+                            if done + len(chunk) > expected_size:
+                                fh.flush()
+                                raise SizeLimitError(f"server sent more than the signed {expected_size} bytes",
+                                                     where=url)
+                            fh.write(chunk)
+                            digest.update(chunk)
+                            done += len(chunk)
+                            if progress is not None:
+                                progress(done)
+                    except (OSError, ValueError, http.client.HTTPException) as exc:
+                        raise TransportError(f"download interrupted at {done} bytes: {exc}", where=url) from None
+                    finally:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+    if done < expected_size:
+        raise TransportError(f"download truncated at {done} of {expected_size} bytes", code="truncated",
+                             where=url)
+    if digest.hexdigest() != expected_sha256:
+        part.unlink(missing_ok=True)
+        raise DigestMismatchError(f"bundle sha256 {digest.hexdigest()} differs from the order's "
+                                  f"{expected_sha256}", where=url)
+    os.replace(part, dest)
+    return dest
+
+
+def _content_range_start(value: str | None) -> int:
+    # "bytes 100-199/200"
+    try:
+        return int(value.split()[1].split("-")[0])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):
+        return -1

@@ -1,0 +1,157 @@
+"""In-process inference: :class:`Predictor` serves the active bundle and records statistics.
+
+The active model is one immutable :class:`LoadedModel`; switching bundles replaces the
+reference in one assignment, so a request is served entirely by the old or entirely by the
+new model, never a mix.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.stats import WindowStats, WindowSummary
+from edgefleet.protocol.bundle import VerifiedBundle
+from edgefleet.protocol.errors import InferenceError
+from edgefleet.protocol.manifest import BundleManifest
+from edgefleet.protocol.messages import InstalledBundle
+from edgefleet.protocol.runtimes import Session, open_session
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: dict[str, np.ndarray]
+    bundle: InstalledBundle
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    session: Session
+    manifest: BundleManifest
+    installed: InstalledBundle
+    stats: WindowStats
+    dtypes: dict[str, np.dtype]
+    live_ok: int = 0
+    live_errors: int = 0
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def count_live(self, ok: bool) -> None:
+        with self.changed:
+            if ok:
+                self.live_ok += 1
+            else:
+                self.live_errors += 1
+            self.changed.notify_all()
+
+    def wait_live(self, n: int, timeout: float) -> tuple[int, int]:
+        """Wait until ``n`` live inferences succeeded or one failed (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while self.live_ok < n and self.live_errors == 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+            return self.live_ok, self.live_errors
+
+
+def load_model(bundle: VerifiedBundle, *, digest: str, slot: str, window_start: float,
+               buffer_rows: int = 65536) -> LoadedModel:
+    """Open a session for a verified bundle (raises InferenceError / RuntimeUnavailableError)."""
+    m = bundle.manifest
+    session = open_session(m.runtime, bundle.model)
+    installed = InstalledBundle(name=m.name, version=m.version, build=m.build, digest=digest,
+                                runtime=m.runtime, slot=slot)
+    first_output = session.outputs[0].name if session.outputs else None
+    stats = WindowStats(profile=m.reference_profile, labels=m.labels, output_name=first_output,
+                        start=window_start, buffer_rows=buffer_rows)
+    dtypes = {s.name: np.dtype(s.dtype) for s in session.inputs}
+    return LoadedModel(session=session, manifest=m, installed=installed, stats=stats, dtypes=dtypes)
+
+
+def smoke_test(model: LoadedModel) -> None:
+    """Run the bundle's smoke-test vectors; raise InferenceError on any mismatch."""
+    test = model.manifest.smoke_test
+    if test is None:
+        return
+    inputs = {k: np.asarray(v, dtype=model.dtypes.get(k)) for k, v in test.inputs.items()}
+    got = model.session.run(inputs)
+    for name, expected in test.expected.items():
+        if name not in got:
+            raise InferenceError(f"smoke test: output {name!r} missing", code="smoke_test_failed", where=name)
+        want = np.asarray(expected, dtype=np.float64)
+        have = np.asarray(got[name], dtype=np.float64)
+        if have.shape != want.shape:
+            raise InferenceError(f"smoke test: output {name!r} has shape {list(have.shape)}, expected "
+                                 f"{list(want.shape)}", code="smoke_test_failed", where=name)
+        if not np.all(np.abs(have - want) <= test.atol + test.rtol * np.abs(want)):
+            worst = float(np.max(np.abs(have - want)))
+            raise InferenceError(f"smoke test: output {name!r} differs from the expected values by up to {worst:.3g}",
+                                 code="smoke_test_failed", where=name)
+
+
+class Predictor:
+    """The in-process inference API. Thread-safe; ``predict`` is the hot path."""
+
+    def __init__(self, *, clock=time.time) -> None:
+        self._clock = clock
+        self._model: LoadedModel | None = None
+        self._retired: list[tuple[LoadedModel, WindowSummary]] = []
+        self._lock = threading.Lock()
+        self.total_requests = 0
+        self.total_errors = 0
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    def activate(self, model: LoadedModel | None) -> None:
+        """Serve ``model`` from now on; the old model's open window is closed and kept for
+        the next telemetry flush."""
+        with self._lock:
+            old, self._model = self._model, model
+            if old is not None:
+                summary = old.stats.flush(self._clock())
+                if summary.requests or summary.errors:
+                    self._retired.append((old, summary))
+
+    def predict(self, inputs: Mapping[str, Any]) -> Prediction:
+        model = self._model
+        self.total_requests += 1
+        if model is None:
+            self.total_errors += 1
+            raise InferenceError("no model is installed", code="no_model")
+        feed = {k: (v if type(v) is np.ndarray and v.dtype == model.dtypes.get(k)
+                    else np.asarray(v, dtype=model.dtypes.get(k))) for k, v in inputs.items()}
+        t0 = time.perf_counter()
+        try:
+            outputs = model.session.run(feed)
+        except InferenceError:
+            self.total_errors += 1
+            model.stats.error()
+            model.count_live(False)
+            raise
+        except (ValueError, TypeError) as exc:
+            self.total_errors += 1
+            model.stats.error()
+            model.count_live(False)
+            raise InferenceError(f"bad input: {exc}", code="bad_input") from None
+        latency = time.perf_counter() - t0
+        n = len(next(iter(feed.values()))) if feed else 0
+        model.stats.record(feed, outputs, latency, n)
+        model.count_live(True)
+        return Prediction(outputs, model.installed)
+
+    def flush(self) -> list[tuple[InstalledBundle, WindowSummary]]:
+        """Close the current window (and hand out windows of models replaced since)."""
+        with self._lock:
+            out = [(m.installed, s) for m, s in self._retired]
+            self._retired = []
+            if self._model is not None:
+                out.append((self._model.installed, self._model.stats.flush(self._clock())))
+        return out

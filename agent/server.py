@@ -1,0 +1,151 @@
+"""Local inference endpoint (stdlib ``ThreadingHTTPServer``, loopback by default).
+
+* ``POST /v1/predict`` JSON ``{"inputs": {"name": [[...], ...]}}`` (a batch per input) ->
+  ``{"outputs": {"name": [...]}, "bundle": {"name", "version", "build", "digest"}}``
+* ``POST /v1/predict`` with ``Content-Type: application/x-npy`` (one ``.npy`` array for a
+  single-input model) or ``application/x-npz`` (one array per input name) -> an ``.npz`` of
+  the outputs, bundle in ``X-EdgeFleet-Bundle-*`` headers (JSON instead with
+  ``Accept: application/json``).
+* ``GET /v1/health`` -> 200 when a model serves, 503 otherwise; ``GET /v1/stats``.
+
+Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from edgefleet.agent.inference import Predictor
+from edgefleet.protocol.errors import EdgeFleetError, InferenceError
+
+log = logging.getLogger(__name__)
+
+
+def bundle_info(installed) -> dict[str, Any]:
+    return {"name": installed.name, "version": installed.version, "build": installed.build,
+            "digest": installed.digest}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "InferenceServer"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, quietly
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._json(status, {"error": {"code": code, "message": message}})
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        if self.path == "/v1/health":
+            model = self.server.predictor.model
+            if model is None:
+                self._json(503, {"status": "no_model"})
+            else:
+                self._json(200, {"status": "ok", "bundle": bundle_info(model.installed)})
+        elif self.path == "/v1/stats":
+            self._json(200, self.server.stats_provider())
+        else:
+            self._error(404, "not_found", f"no endpoint {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/v1/predict":
+            self._error(404, "not_found", f"no endpoint {self.path}")
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self._error(411, "length_required", "Content-Length is required")
+            return
+        if int(length) > self.server.max_request_bytes:
+            self._error(413, "too_large", f"request exceeds {self.server.max_request_bytes} bytes")
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(length))
+        ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        binary = ctype in ("application/x-npy", "application/x-npz")
+        try:
+            inputs = self._parse(ctype, body)
+            prediction = self.server.predictor.predict(inputs)
+        except InferenceError as exc:
+            status = 503 if exc.code == "no_model" else 400 if exc.code == "bad_input" else 422
+            self._error(status, exc.code, str(exc))
+            return
+        except EdgeFleetError as exc:
+            self._error(400, exc.code, str(exc))
+            return
+        bundle = bundle_info(prediction.bundle)
+        if binary and "application/json" not in (self.headers.get("Accept") or ""):
+            buf = io.BytesIO()
+            np.savez(buf, **prediction.outputs)
+            headers = {f"X-EdgeFleet-Bundle-{k.capitalize()}": str(v) for k, v in bundle.items()}
+            self._send(200, buf.getvalue(), "application/x-npz", headers)
+        else:
+            self._json(200, {"outputs": {k: v.tolist() for k, v in prediction.outputs.items()}, "bundle": bundle})
+
+    def _parse(self, ctype: str, body: bytes) -> dict[str, Any]:
+        try:
+            if ctype == "application/x-npy":
+                model = self.server.predictor.model
+                if model is None:
+                    raise InferenceError("no model is installed", code="no_model")
+                if len(model.session.inputs) != 1:
+                    raise InferenceError("application/x-npy needs a single-input model; send application/x-npz",
+                                         code="bad_input")
+                return {model.session.inputs[0].name: np.load(io.BytesIO(body), allow_pickle=False)}
+            if ctype == "application/x-npz":
+                with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+                    return {k: npz[k] for k in npz.files}
+            if ctype != "application/json":
+                raise InferenceError(f"unsupported Content-Type {ctype!r}", code="bad_input")
+            obj = json.loads(body)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InferenceError(f"cannot parse the request body: {exc}", code="bad_input") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
+            raise InferenceError('body must be {"inputs": {"<name>": [...]}}', code="bad_input")
+        return obj["inputs"]
+
+
+class InferenceServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], predictor: Predictor, stats_provider: Callable[[], dict],
+                 *, max_request_bytes: int) -> None:
+        self.predictor = predictor
+        self.stats_provider = stats_provider
+        self.max_request_bytes = max_request_bytes
+        super().__init__(address, _Handler)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server_address[0], self.server_address[1]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="inference-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

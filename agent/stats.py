@@ -1,0 +1,157 @@
+"""Per-window inference statistics, cheap on the hot path.
+
+``record()`` only appends references (latency, the profiled input, the first output) to
+lists; the vectorised work (histograms, feature binning, argmax) happens when a window is
+flushed, or when the buffer grows past ``buffer_rows`` (amortised, still vectorised). Raw
+inputs never leave the device: a window carries counts only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgefleet.protocol.drift import FeatureBinner, ReferenceProfile, score
+from edgefleet.protocol.messages import DriftScores, Histogram
+
+LATENCY_BOUNDS_MS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+@dataclass
+class WindowSummary:
+    start: float
+    end: float
+    requests: int
+    batches: int
+    samples: int
+    errors: int
+    latency_ms: Histogram
+    features: list[list[int]]
+    predictions: dict[str, int]
+    drift: DriftScores | None
+
+
+def histogram(values_ms: np.ndarray, bounds=LATENCY_BOUNDS_MS) -> list[int]:
+    """Counts per bin ``(bounds[i-1], bounds[i]]``, last bin = overflow."""
+    idx = np.searchsorted(np.asarray(bounds), values_ms, side="left")
+    return np.bincount(idx, minlength=len(bounds) + 1).astype(int).tolist()
+
+
+def quantile_from_histogram(counts: list[int], q: float, bounds=LATENCY_BOUNDS_MS) -> float | None:
+    """Upper bound of the bin holding quantile ``q`` (p50/p95/p99 from a window)."""
+    total = sum(counts)
+    if not total:
+        return None
+    target = q * total
+    running = 0
+    for i, c in enumerate(counts):
+        running += c
+        if running >= target:
+            return float(bounds[i]) if i < len(bounds) else float("inf")
+    return float("inf")
+
+
+def predicted_classes(output: np.ndarray) -> np.ndarray:
+    """Class index per sample: argmax for scores ``[N, C>1]``, threshold 0.5 for one score,
+    the value itself for integer outputs."""
+    out = np.asarray(output)
+    if out.ndim == 0:
+        out = out.reshape(1)
+    if np.issubdtype(out.dtype, np.integer):
+        return out.reshape(len(out), -1)[:, 0].astype(np.int64)
+    flat = out.reshape(len(out), -1)
+    if flat.shape[1] == 1:
+        return (flat[:, 0] > 0.5).astype(np.int64)
+    return flat.argmax(axis=1)
+
+
+@dataclass
+class _Buffers:
+    latencies: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    rows: int = 0
+
+
+class WindowStats:
+    """Statistics of one model over one telemetry window (thread-safe)."""
+
+    def __init__(self, *, profile: ReferenceProfile | None, labels: list[str] | None, output_name: str | None,
+                 start: float, buffer_rows: int = 65536) -> None:
+        self.profile = profile
+        self.labels = labels
+        self.output_name = output_name
+        self.buffer_rows = buffer_rows
+        self._binner = FeatureBinner(profile) if profile is not None and profile.features else None
+        self._lock = threading.Lock()
+        self._start = start
+        self._reset()
+
+    def _reset(self) -> None:
+        self._buf = _Buffers()
+        self.requests = self.batches = self.samples = self.errors = 0
+        self._features = np.zeros((self._binner.n_features, self._binner.n_bins), np.int64) if self._binner else None
+        self._classes = np.zeros(0, np.int64)
+        self._class_chunks: list[np.ndarray] = []
+
+    def record(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], latency_s: float,
+               n: int, *, request: bool = True) -> None:
+        with self._lock:
+            buf = self._buf
+            self.requests += request
+            self.batches += 1
+            self.samples += n
+            buf.latencies.append(latency_s)
+            if self._binner is not None:
+                buf.inputs.append(inputs[self.profile.input])
+            if self.output_name is not None:
+                buf.outputs.append(outputs[self.output_name])
+            buf.rows += n
+            if buf.rows >= self.buffer_rows:
+                self._fold()
+
+    def error(self, *, request: bool = True) -> None:
+        with self._lock:
+            self.requests += request
+            self.errors += 1
+
+    def _fold(self) -> None:
+        """Bin buffered inputs/outputs (vectorised) and drop the references. Lock held."""
+        buf = self._buf
+        if buf.inputs:
+            batch = np.concatenate([np.asarray(x).reshape(len(x), -1) for x in buf.inputs])
+            try:
+                self._features += self._binner.counts(batch)
+            except ValueError:
+                pass  # inputs that do not match the profile are counted as samples only
+            buf.inputs = []
+        if buf.outputs:
+            self._class_chunks.append(np.concatenate([predicted_classes(o) for o in buf.outputs]))
+            buf.outputs = []
+        buf.rows = 0
+
+    def flush(self, now: float) -> WindowSummary:
+        """Close the window at ``now`` and start the next one."""
+        with self._lock:
+            self._fold()
+            latencies = np.asarray(self._buf.latencies, dtype=np.float64) * 1000.0
+            lat = Histogram(bounds=list(LATENCY_BOUNDS_MS), counts=histogram(latencies))
+            features = self._binner.trim(self._features) if self._binner is not None else []
+            predictions: dict[str, int] = {}
+            if self._class_chunks:
+                idx, cnt = np.unique(np.concatenate(self._class_chunks), return_counts=True)
+                for i, c in zip(idx.tolist(), cnt.tolist()):
+                    key = self.labels[i] if self.labels and 0 <= i < len(self.labels) else str(i)
+                    predictions[key] = predictions.get(key, 0) + c
+            drift = None
+            if self.profile is not None and features:
+                drift = score(self.profile, features, predictions)
+            summary = WindowSummary(start=self._start, end=now, requests=self.requests, batches=self.batches,
+                                    samples=self.samples, errors=self.errors, latency_ms=lat, features=features,
+                                    predictions=predictions, drift=drift)
+            self._start = now
+            self._reset()
+            return summary

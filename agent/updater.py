@@ -1,0 +1,421 @@
+"""Runs the update state machine: verified orders in, side effects and status reports out.
+
+Every move goes through :meth:`Updater._move`, which consults ``TRANSITIONS``, persists the
+record (fsync + ``os.replace``) and enqueues a status report, and only then lets the new
+state's side effect run. On start, :meth:`Updater.boot` looks at the persisted record and
+resumes (download, verify, stage are idempotent) or rolls back (a restart during activation or
+health check never trusts the half-activated model). Clock, sleep, randomness and the
+downloader are injected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.agent.backoff import delay
+from edgefleet.agent.download import download
+from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_test
+from edgefleet.agent.slots import Slots
+from edgefleet.agent.statemachine import (POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, S,
+                                          UpdateRecord, next_state)
+from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
+from edgefleet.protocol.errors import (EdgeFleetError, InferenceError, SizeLimitError, TransportError,
+                                       VerificationError)
+from edgefleet.protocol.keys import TrustedKeys
+from edgefleet.protocol.manifest import DeviceFacts, check_target
+from edgefleet.protocol.messages import DeploymentOrder, SignedOrder, StatusReport
+from edgefleet.protocol.orders import verify_order
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    update_timeout_s: float = 3600.0
+    download_attempts: int = 5
+    download_timeout_s: float = 30.0
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 60.0
+    health_check_inferences: int = 10
+    health_check_timeout_s: float = 60.0
+    max_bundle_bytes: int = 512 * 1024 * 1024
+    pause_in: frozenset[str] = frozenset()
+    """Fault injection for tests: after persisting one of these states, stop before its side
+    effect (so a test can kill the process exactly there)."""
+
+
+def report_id(deployment_id: str, sequence: int, state: str, attempt: int, final: bool) -> str:
+    """Deterministic message id: a re-sent report after a restart de-duplicates."""
+    key = f"{deployment_id}\0{sequence}\0{state}\0{attempt}\0{final}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Updater:
+    def __init__(self, *, device_id: str, state_dir: Path, slots: Slots, predictor: Predictor,
+                 release_keys: TrustedKeys, controller_keys: TrustedKeys, facts: DeviceFacts,
+                 report: Callable[[StatusReport], None], policy: UpdatePolicy = UpdatePolicy(),
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 downloader: Callable[..., Path] = download, buffer_rows: int = 65536) -> None:
+        self.device_id = device_id
+        self.store = RecordStore(state_dir / "update.json")
+        self.downloads = state_dir / "downloads"
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        self.slots = slots
+        self.predictor = predictor
+        self.release_keys = release_keys
+        self.controller_keys = controller_keys
+        self.facts = facts
+        self.report = report
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.downloader = downloader
+        self.buffer_rows = buffer_rows
+        self.record = self.store.load()
+        self.trace: list[str] = []
+        self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.RLock()
+        self._worker: threading.Thread | None = None
+        self._bytes_done: int | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def busy(self) -> bool:
+        return self.record.state not in TERMINAL
+
+    def _order(self) -> DeploymentOrder:
+        return SignedOrder.model_validate(self.record.order).signed
+
+    def _move(self, event: E, **changes) -> S:
+        old = self.record.state
+        new = next_state(old, event)
+        final = new in TERMINAL
+        with self._lock:
+            record = self.record.model_copy(update={**changes, "state": new, "final_reported": not final})
+            self.store.save(record)          # persisted BEFORE the new state's side effect
+            self.record = record
+        self.trace.append(new.value)
+        log.info("update %s -> %s on %s device=%s deployment=%s attempt=%d%s", old.value, new.value, event.value,
+                 self.device_id, record.deployment_id, record.attempt,
+                 f" reason={record.reason}" if record.reason else "")
+        if not final:
+            self._send_report(final=False)
+        return new
+
+    def _send_report(self, *, final: bool) -> None:
+        r = self.record
+        order = self._order() if r.order else None
+        report = StatusReport(
+            msg_id=report_id(r.deployment_id or "", r.sequence, r.state.value, r.attempt, final),
+            device_id=self.device_id, deployment_id=r.deployment_id or "", sequence=r.sequence,
+            state=r.state.value, final=final, outcome=r.outcome if final else None,
+            reason=r.reason if final else None, detail=(r.detail or None) if final else None,
+            bytes_done=self._bytes_done, bytes_total=order.bundle_size if order else None,
+            bundle_digest=order.bundle_digest if order else None, attempt=r.attempt)
+        self.report(report)
+
+    def _finish(self) -> None:
+        """Terminal-state side effects (idempotent), then the final report, exactly once."""
+        r = self.record
+        if r.final_reported:
+            return
+        if r.state == S.ROLLED_BACK:
+            self._restore_previous()
+        if r.state in (S.COMMITTED, S.FAILED, S.ROLLED_BACK):
+            for leftover in self.downloads.iterdir():
+                leftover.unlink(missing_ok=True)
+        self._send_report(final=True)
+        self.record = r.model_copy(update={"final_reported": True})
+        self.store.save(self.record)
+        log.info("update finished: %s outcome=%s reason=%s device=%s deployment=%s", r.state.value, r.outcome,
+                 r.reason, self.device_id, r.deployment_id)
+
+    def _refuse(self, deployment_id: str, sequence: int, exc: EdgeFleetError) -> None:
+        log.warning("order refused: %s (%s) device=%s deployment=%s", exc.code, exc, self.device_id, deployment_id)
+        self.report(StatusReport(
+            msg_id=report_id(deployment_id, sequence, "refused", 0, True), device_id=self.device_id,
+            deployment_id=deployment_id or "?", sequence=sequence, state=self.record.state.value, final=True,
+            outcome="refused", reason=exc.code, detail=str(exc)[:2000]))
+
+    # ------------------------------------------------------------------ entry points
+
+    def boot(self) -> None:
+        """Bring the device to a consistent state after a start (or a power cut)."""
+        r = self.record
+        if r.state in POST_ACTIVATION:
+            if r.previous_slot is not None and self.slots.has_bundle(r.previous_slot) or r.previous_slot is None \
+                    and r.attempt + 1 >= self.policy.download_attempts:
+                self._move(E.INTERRUPTED, outcome="rolled_back", reason="interrupted",
+                           detail=f"agent restarted during {r.state.value}; previous model restored")
+            else:
+                self._move(E.REACTIVATE, attempt=r.attempt + 1)
+        if self.record.state == S.ROLLED_BACK and not self.record.final_reported:
+            # Switch back BEFORE loading anything: the new model may be what crashed us.
+            prev = self.record.previous_slot
+            self.slots.switch(prev if self.slots.has_bundle(prev) else None)
+        if self.predictor.model is None:
+            self._load_active()
+        if self.record.state in TERMINAL:
+            self._finish()
+        else:
+            if self.record.state in PRE_ACTIVATION:
+                if self.record.attempt + 1 >= self.policy.download_attempts:
+                    self._move(E.FAIL, outcome="failed", reason="interrupted",
+                               detail="agent restarted too often during this update")
+                    self._finish()
+                    return
+                self._move(E.INTERRUPTED, attempt=self.record.attempt + 1)
+            self._start_worker()
+
+    def submit(self, signed: SignedOrder) -> None:
+        """Handle a signed order from the cmd topic (never raises)."""
+        order = signed.signed
+        with self._lock:
+            try:
+                verified = verify_order(signed, trusted=self.controller_keys, device_id=self.device_id,
+                                        last_sequence=self.record.last_sequence, now=self.clock())
+            except VerificationError as exc:
+                self._refuse(order.deployment_id, order.sequence, exc)
+                return
+            if verified.action == "cancel":
+                self.record = self.record.model_copy(update={"last_sequence": verified.sequence})
+                self.store.save(self.record)
+                if self.busy and self.record.deployment_id == verified.deployment_id \
+                        and self.record.state in PRE_ACTIVATION:
+                    self._cancel.set()
+                else:
+                    log.info("cancel for %s ignored: not in progress (state %s)", verified.deployment_id,
+                             self.record.state.value)
+                return
+            if self.busy:
+                self._refuse(verified.deployment_id, verified.sequence,
+                             EdgeFleetError(f"update {self.record.deployment_id} is in progress", code="busy"))
+                return
+            now = self.clock()
+            current = self.slots.active()
+            self._cancel.clear()
+            self._bytes_done = None
+            self._move(E.ACCEPT, last_sequence=verified.sequence, deployment_id=verified.deployment_id,
+                       sequence=verified.sequence, order=signed.model_dump(mode="json"), attempt=0,
+                       started_at=now, deadline=now + self.policy.update_timeout_s,
+                       previous_slot=current, target_slot=self.slots.inactive(), outcome=None, reason=None,
+                       detail=None)
+            self._start_worker()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+            return not worker.is_alive()
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self.run, name="updater", daemon=True)
+        self._worker.start()
+
+    def run(self) -> None:
+        """Step until a terminal state (or until stopped: the record is already persisted)."""
+        steps = {S.DOWNLOADING: self._download, S.VERIFYING: self._verify, S.STAGED: self._stage,
+                 S.ACTIVATING: self._activate, S.HEALTH_CHECK: self._health_check}
+        while not self._stop.is_set():
+            state = self.record.state
+            if state in TERMINAL:
+                if state.value in self.policy.pause_in:
+                    return self._pause(state)
+                self._finish()
+                return
+            if state.value in self.policy.pause_in:
+                return self._pause(state)
+            if self.clock() >= self.record.deadline:
+                self._move(E.TIMEOUT, outcome="failed" if state in PRE_ACTIVATION else "rolled_back",
+                           reason="timeout", detail=f"update did not finish within {self.policy.update_timeout_s:g} s")
+                continue
+            if self._cancel.is_set() and state in PRE_ACTIVATION:
+                self._move(E.CANCEL, outcome="cancelled", reason="cancelled", detail="cancelled by the controller")
+                continue
+            try:
+                steps[state]()
+            except Exception as exc:  # a bug must still end in a reported final state
+                log.exception("update step %s crashed device=%s deployment=%s", state.value, self.device_id,
+                              self.record.deployment_id)
+                event = E.FAIL if state in PRE_ACTIVATION else E.UNHEALTHY
+                self._move(event, outcome="failed" if event is E.FAIL else "rolled_back", reason="internal_error",
+                           detail=f"{type(exc).__name__}: {exc}"[:2000])
+
+    def _pause(self, state: S) -> None:
+        log.warning("fault injection: pausing in state %s", state.value)
+        (self.downloads.parent / f"paused-{state.value}").touch()
+        self._stop.wait()
+
+    def _bundle_file(self) -> Path:
+        return self.downloads / f"{self._order().bundle_digest}.bundle"
+
+    def _fail(self, exc: EdgeFleetError) -> None:
+        outcome = "refused" if isinstance(exc, VerificationError) else "failed"
+        self._move(E.FAIL, outcome=outcome, reason=exc.code, detail=str(exc)[:2000])
+
+    def _download(self) -> None:
+        order = self._order()
+        if order.bundle_size > self.policy.max_bundle_bytes:
+            self._fail(SizeLimitError(f"bundle of {order.bundle_size} bytes exceeds this device's limit of "
+                                      f"{self.policy.max_bundle_bytes}", where="order.bundle_size"))
+            return
+        deadline = self.record.deadline
+
+        def progress(n: int) -> None:
+            self._bytes_done = n
+
+        try:
+            self.downloader(order.bundle_url, self._bundle_file(), expected_size=order.bundle_size,
+                            expected_sha256=order.bundle_digest, timeout=self.policy.download_timeout_s,
+                            progress=progress,
+                            should_stop=lambda: self._stop.is_set() or self.clock() >= deadline
+                            or self._cancel.is_set())
+        except VerificationError as exc:
+            self._bundle_file().with_name(self._bundle_file().name + ".part").unlink(missing_ok=True)
+            self._fail(exc)
+            return
+        except TransportError as exc:
+            if self._stop.is_set() or exc.code == "stopped":
+                return
+            attempt = self.record.attempt + 1
+            if attempt >= self.policy.download_attempts:
+                self._fail(exc)
+                return
+            wait = delay(attempt - 1, self.rng, base=self.policy.retry_base_s, cap=self.policy.retry_cap_s)
+            log.info("download failed (%s); retry %d in %.1f s device=%s deployment=%s", exc, attempt, wait,
+                     self.device_id, self.record.deployment_id)
+            self._move(E.RETRY, attempt=attempt, reason=exc.code, detail=str(exc)[:2000])
+            self._stop.wait(min(wait, max(0.0, deadline - self.clock())))
+            return
+        self._bytes_done = order.bundle_size
+        self._move(E.DOWNLOADED, reason=None, detail=None)
+
+    def _verify_bytes(self, data: bytes, order: DeploymentOrder) -> VerifiedBundle:
+        bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=order.bundle_digest,
+                               expected_size=order.bundle_size,
+                               limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes))
+        check_target(bundle.manifest, self.facts)
+        return bundle
+
+    def _verify(self) -> None:
+        order = self._order()
+        try:
+            data = self._bundle_file().read_bytes()
+        except FileNotFoundError:
+            self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
+            return
+        try:
+            bundle = self._verify_bytes(data, order)
+        except VerificationError as exc:
+            self._bundle_file().unlink(missing_ok=True)
+            self._fail(exc)
+            return
+        m = bundle.manifest
+        log.info("bundle %s %s build %d verified (signed by %s) device=%s deployment=%s", m.name, m.version,
+                 m.build, ",".join(sorted(bundle.signed_by)), self.device_id, self.record.deployment_id)
+        self._move(E.VERIFIED)
+
+    def _stage(self) -> None:
+        try:
+            self.slots.install(self.record.target_slot, self._bundle_file())
+        except FileNotFoundError:
+            self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
+            return
+        except OSError as exc:
+            self._fail(EdgeFleetError(f"cannot write slot {self.record.target_slot}: {exc.strerror}",
+                                      code="install_failed"))
+            return
+        self._move(E.INSTALLED)
+
+    def _activate(self) -> None:
+        slot = self.record.target_slot
+        try:
+            model = self._load_slot(slot, self._order())
+        except (EdgeFleetError, OSError) as exc:
+            code = exc.code if isinstance(exc, EdgeFleetError) else "load_failed"
+            self._move(E.UNHEALTHY, outcome="rolled_back", reason=code, detail=str(exc)[:2000])
+            return
+        self.slots.switch(slot)
+        self.predictor.activate(model)
+        self._move(E.ACTIVATED)
+
+    def _health_check(self) -> None:
+        model = self.predictor.model
+        if model is None or model.installed.slot != self.record.target_slot:
+            self._move(E.UNHEALTHY, outcome="rolled_back", reason="not_active", detail="new model is not serving")
+            return
+        try:
+            smoke_test(model)
+        except InferenceError as exc:
+            self._move(E.UNHEALTHY, outcome="rolled_back", reason=exc.code, detail=str(exc)[:2000])
+            return
+        n = self.policy.health_check_inferences
+        if n:
+            timeout = min(self.policy.health_check_timeout_s, max(0.0, self.record.deadline - self.clock()))
+            end = time.monotonic() + timeout
+            ok, errors = model.wait_live(n, 0)
+            while ok < n and not errors and not self._stop.is_set() and time.monotonic() < end:
+                ok, errors = model.wait_live(n, min(0.5, end - time.monotonic()))
+            if self._stop.is_set():
+                return
+            if errors:
+                self._move(E.UNHEALTHY, outcome="rolled_back", reason="live_inference_failed",
+                           detail=f"{errors} of the first {ok + errors} live inferences failed")
+                return
+            if ok < n:
+                log.info("health check: %d of %d live inferences seen in %.0f s, none failed; committing "
+                         "device=%s deployment=%s", ok, n, timeout, self.device_id, self.record.deployment_id)
+        self._move(E.HEALTHY, outcome="committed", detail=f"{model.installed.name} {model.installed.version} serving")
+
+    # ------------------------------------------------------------------ models on disk
+
+    def _load_slot(self, slot: str, order: DeploymentOrder | None = None) -> LoadedModel:
+        data = self.slots.read(slot)
+        if order is not None:
+            bundle = self._verify_bytes(data, order)
+            digest = order.bundle_digest
+        else:
+            bundle = verify_bundle(data, trusted=self.release_keys,
+                                   limits=BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data))))
+            digest = hashlib.sha256(data).hexdigest()
+        return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(), buffer_rows=self.buffer_rows)
+
+    def _load_active(self) -> None:
+        slot = self.slots.active()
+        if slot is None or not self.slots.has_bundle(slot):
+            log.info("no model installed device=%s", self.device_id)
+            return
+        try:
+            self.predictor.activate(self._load_slot(slot))
+            log.info("serving %s %s from slot %s device=%s", self.predictor.model.installed.name,
+                     self.predictor.model.installed.version, slot, self.device_id)
+        except (EdgeFleetError, OSError) as exc:
+            log.error("cannot load the model in slot %s: %s device=%s", slot, exc, self.device_id)
+
+    def _restore_previous(self) -> None:
+        prev = self.record.previous_slot
+        current = self.predictor.model
+        self.slots.switch(prev if self.slots.has_bundle(prev) else None)
+        if current is not None and current.installed.slot == prev:
+            return
+        self.predictor.activate(None)
+        if prev is not None:
+            self._load_active()

@@ -1,0 +1,109 @@
+"""An HTTP file server with Range support and fault injection, in a thread."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Faults:
+    cut_after: int | None = None
+    """Close the connection after this many body bytes (once per ``cut_times``)."""
+    cut_times: int = 1
+    endless: bool = False
+    """Ignore the file size: keep sending bytes (no Content-Length)."""
+    ignore_range: bool = False
+    fail_status: int | None = None
+    fail_times: int = 0
+    stall: threading.Event | None = None
+    """Hold every response until the event is set."""
+    requests: list[dict] = field(default_factory=list)
+
+
+class FileServer:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.faults = Faults()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                f = outer.faults
+                rng = self.headers.get("Range")
+                f.requests.append({"path": self.path, "range": rng})
+                if f.stall is not None:
+                    f.stall.wait(30)
+                if f.fail_status and f.fail_times > 0:
+                    f.fail_times -= 1
+                    self.send_error(f.fail_status)
+                    return
+                data = outer.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                if f.endless:
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    chunk = data + b"\0" * 65536
+                    try:
+                        for _ in range(4096):
+                            self.wfile.write(chunk)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
+                start = 0
+                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+                if m and not f.ignore_range:
+                    start = int(m.group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                body = data[start:]
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if f.cut_after is not None and f.cut_times > 0:
+                    f.cut_times -= 1
+                    self.wfile.write(body[: f.cut_after])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def add(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return self.url(path)
+
+    def start(self) -> "FileServer":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.faults.stall is not None:
+            self.faults.stall.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
