@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.drift import DriftThresholds, build_profile
 from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatchError, SizeLimitError,
                                        VerificationError)
 from edgefleet.protocol.keys import TrustedKeys, sign
-from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints)
+from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints,
+                                         parse_semver)
 from edgefleet.protocol.messages import RuntimeName, Signature
 from edgefleet.protocol.runtimes import TensorSpec, open_session
 
@@ -55,7 +56,8 @@ class RecipeSection(BaseModel):
 
 
 class BundleSection(RecipeSection):
-    name: str
+    # Same rules as the manifest, so a bad name or version is a recipe error, not a build crash.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     version: str
     build: int = Field(ge=0)
     runtime: RuntimeName
@@ -63,6 +65,12 @@ class BundleSection(RecipeSection):
     """Model file, relative to the recipe (the CLI can override it)."""
     description: str = ""
     labels: list[str] | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        parse_semver(v)
+        return v
 
 
 class SmokeSection(RecipeSection):
@@ -75,16 +83,32 @@ class ProfileSection(RecipeSection):
     bins: int = Field(default=10, ge=2, le=64)
 
 
+class TargetSection(TargetConstraints):
+    # The manifest's TargetConstraints keep unknown keys (forward compatibility); a recipe must
+    # not, or a typo such as ``arch = [...]`` would silently build a bundle for every device.
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("min_agent_version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        parse_semver(v)  # an unparsable version would make every device refuse the bundle
+        return v
+
+
+class DriftSection(DriftThresholds):
+    model_config = ConfigDict(extra="forbid")
+
+
 class BundleRecipe(BaseModel):
     """A declarative bundle recipe (TOML in ``firmware-bundles/``)."""
 
     model_config = ConfigDict(extra="forbid")
     bundle: BundleSection
-    target: TargetConstraints = TargetConstraints()
+    target: TargetSection = TargetSection()
     preprocessing: dict[str, Any] = {}
     smoke_test: SmokeSection = SmokeSection()
     profile: ProfileSection = ProfileSection()
-    drift: DriftThresholds = DriftThresholds()
+    drift: DriftSection = DriftSection()
     compression: dict[str, Any] | None = None
     """Read by ``edgefleet.compression``; carried here untouched."""
     path: Path | None = Field(default=None, exclude=True)
@@ -191,7 +215,8 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
     first_out = outputs[session.outputs[0].name]
     predictions = first_out.argmax(axis=1) if first_out.ndim == 2 and first_out.shape[1] > 1 else None
     profile = build_profile(feeds[first], input_name=first, bins=recipe.profile.bins,
-                            predictions=predictions, labels=b.labels, thresholds=recipe.drift)
+                            predictions=predictions, labels=b.labels,
+                            thresholds=DriftThresholds.model_validate(recipe.drift.model_dump()))
     model_file = f"model.{b.runtime}"
     contents = {model_file: model, **(extra_files or {})}
     stored: dict[str, bytes] = {}
@@ -206,7 +231,7 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
                                          "source_digest": lineage.source_digest or bundle_digest(model)})
     manifest = BundleManifest(
         name=b.name, version=b.version, build=b.build, runtime=b.runtime, description=b.description,
-        target=recipe.target, inputs=session.inputs, outputs=session.outputs,
+        target=TargetConstraints.model_validate(recipe.target.model_dump()), inputs=session.inputs, outputs=session.outputs,
         preprocessing=recipe.preprocessing, labels=b.labels, model_file=model_file, files=entries,
         reference_profile=profile,
         smoke_test=SmokeTest(inputs={k: v.tolist() for k, v in smoke_in.items()},
