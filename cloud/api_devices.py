@@ -1,0 +1,103 @@
+"""Enrollment and devices."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from edgefleet.cloud import deployments, devices, telemetry, trust
+from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.models import Device
+from edgefleet.cloud.schemas import (DeviceOut, DevicePatch, EnrollmentTokenCreate, EnrollmentTokenCreated,
+                                     EnrollmentTokenOut, EnrollRequest, EnrollResponse, EventOut, TargetOut)
+from edgefleet.protocol.keys import public_key_pem
+
+api = APIRouter(prefix="/api/v1")
+
+
+def device_out(device: Device) -> DeviceOut:
+    return DeviceOut.model_validate(device.model_dump() | {"decommissioned": not device.mqtt_password_hash})
+
+
+@api.post("/enrollment-tokens", tags=["devices"], status_code=201)
+def create_enrollment_token(body: EnrollmentTokenCreate, controller: ControllerDep, session: SessionDep,
+                            who: OperatorDep) -> EnrollmentTokenCreated:
+    """A one-time token a device exchanges at ``POST /api/v1/enroll`` for its credentials."""
+    row, secret = devices.create_enrollment_token(session, actor=who.actor, now=controller.now(),
+                                                  lifetime_s=body.ttl_s, device_id=body.device_id, tags=body.tags)
+    return EnrollmentTokenCreated.model_validate(row.model_dump() | {"token": secret})
+
+
+@api.get("/enrollment-tokens", tags=["devices"])
+def list_enrollment_tokens(session: SessionDep, _: OperatorDep,
+                           include_used: bool = False) -> list[EnrollmentTokenOut]:
+    return [EnrollmentTokenOut.model_validate(t)
+            for t in devices.list_enrollment_tokens(session, include_used=include_used)]
+
+
+@api.post("/enroll", tags=["devices"], status_code=201)
+def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) -> EnrollResponse:
+    """Device side: exchange a one-time enrollment token (in the body, no API token needed) for the
+    device's MQTT credentials, API token and the public keys it must trust."""
+    result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now())
+    release = [public_key_pem(k).decode() for k in
+               trust.release_keys(session, configured=controller.configured_release_keys)]
+    return EnrollResponse(device_id=result.device.id, mqtt_username=result.mqtt_username,
+                          mqtt_password=result.mqtt_password, api_token=result.api_token,
+                          broker_url=controller.device_broker_url, topic_prefix=controller.settings.topic_prefix,
+                          controller_url=controller.settings.resolved_public_url,
+                          controller_public_key_pem=controller.controller_public_pem,
+                          release_public_keys_pem=release)
+
+
+@api.get("/devices", tags=["devices"])
+def list_devices(session: SessionDep, _: ViewerDep, tag: str | None = None,
+                 online: bool | None = None) -> list[DeviceOut]:
+    return [device_out(d) for d in devices.list_devices(session, tag=tag, online=online)]
+
+
+@api.get("/devices/{device_id}", tags=["devices"])
+def show_device(device_id: str, session: SessionDep, _: ViewerDep) -> DeviceOut:
+    return device_out(devices.get_device(session, device_id=device_id))
+
+
+@api.patch("/devices/{device_id}", tags=["devices"])
+def patch_device(device_id: str, body: DevicePatch, controller: ControllerDep, session: SessionDep,
+                 who: OperatorDep) -> DeviceOut:
+    """Set tags (``tags`` replaces, ``add_tags``/``remove_tags`` edit) and the hardware class."""
+    now = controller.now()
+    device = devices.get_device(session, device_id=device_id)
+    if body.tags is not None or body.add_tags or body.remove_tags:
+        device = devices.update_tags(session, device_id=device_id, tags=body.tags, add=body.add_tags,
+                                     remove=body.remove_tags, actor=who.actor, now=now)
+    if body.hardware_class is not None:
+        device = devices.set_hardware_class(session, device_id=device_id, hardware_class=body.hardware_class,
+                                            actor=who.actor, now=now)
+    return device_out(device)
+
+
+@api.post("/devices/{device_id}/decommission", tags=["devices"])
+def decommission(device_id: str, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> DeviceOut:
+    """Revoke the device's credentials; its history stays."""
+    return device_out(devices.decommission(session, device_id=device_id, actor=who.actor, now=controller.now()))
+
+
+@api.get("/devices/{device_id}/deployments", tags=["devices"])
+def device_deployments(device_id: str, session: SessionDep, _: ViewerDep,
+                       limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[TargetOut]:
+    devices.get_device(session, device_id=device_id)
+    return [TargetOut.model_validate(t) for t in deployments.targets_for_device(session, device_id=device_id, limit=limit)]
+
+
+@api.get("/devices/{device_id}/events", tags=["devices"])
+def device_events(device_id: str, session: SessionDep, _: ViewerDep,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EventOut]:
+    return [EventOut.model_validate(e) for e in devices.list_events(session, device_id=device_id, limit=limit)]
+
+
+@api.get("/devices/{device_id}/telemetry", tags=["telemetry"])
+def device_series(device_id: str, session: SessionDep, _: ViewerDep, since: float | None = None,
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict]:
+    """Per-window points for charts (oldest first): p50/p95 latency, drift scores, counts."""
+    devices.get_device(session, device_id=device_id)
+    return telemetry.series(session, device_id=device_id, since=since, limit=limit)

@@ -1,0 +1,53 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+No module-level engine or settings: everything hangs off one :class:`Controller` kept in
+``app.state.controller``. The lifespan starts and stops the embedded broker (when no broker URL
+is configured), the MQTT bridge, the ingest worker and the reconciler loop.
+
+Run it programmatically (e.g. in a demo)::
+
+    app = create_app(ControllerSettings(data_dir=tmp, listen_port=8080))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=8080, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()   # server.should_exit = True to stop
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from edgefleet.cloud import api_deployments, api_devices, api_registry, api_system, api_telemetry, http_errors
+from edgefleet.cloud.controller import Clock, Controller, TransportFactory
+from edgefleet.cloud.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ControllerSettings | None = None, *, clock: Clock = time.time,
+               transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> FastAPI:
+    """Build the controller app. ``transport_factory`` replaces the MQTT bridge (tests);
+    ``reconcile_in_background=False`` leaves reconciling to explicit ``controller.reconcile(now)`` calls."""
+    controller = Controller(settings or ControllerSettings(), clock=clock, transport_factory=transport_factory,
+                            reconcile_in_background=reconcile_in_background)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        controller.start()
+        try:
+            yield
+        finally:
+            controller.stop()
+
+    app = FastAPI(title="EdgeFleet controller", version="1", lifespan=lifespan,
+                  description="Registry, devices, deployments and telemetry of an EdgeFleet fleet. "
+                              "Authenticate with `Authorization: Bearer <API token>`.")
+    app.state.controller = controller
+    http_errors.install(app)
+    app.include_router(api_system.router)
+    for module in (api_system, api_registry, api_devices, api_deployments, api_telemetry):
+        app.include_router(module.api)
+    return app

@@ -1,0 +1,164 @@
+"""The composition root: one :class:`Controller` owns the engine, keys, stores, metrics, the
+MQTT transport (embedded broker when no URL is configured), the ingest worker and the reconciler.
+
+``create_app`` wraps it in FastAPI; the demo and tests can use it directly::
+
+    controller = Controller(settings)
+    controller.start()          # broker, MQTT bridge, ingest worker, reconciler loop
+    with controller.session() as session: ...
+    controller.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from sqlmodel import Session
+
+from edgefleet.cloud import auth, deployments, trust
+from edgefleet.cloud.blobstore import BlobStore
+from edgefleet.cloud.bridge import MqttBridge, parse_broker_url
+from edgefleet.cloud.broker import EmbeddedBroker
+from edgefleet.cloud.db import create_schema, make_engine, session_scope
+from edgefleet.cloud.ingest import Ingestor
+from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.orders import OrderIssuer
+from edgefleet.cloud.reconciler import ReconcileReport, ReconcilerLoop, reconcile
+from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
+from edgefleet.protocol.topics import controller_subscriptions
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Transport(Protocol):
+    """What the controller needs from MQTT (the real one is :class:`MqttBridge`)."""
+
+    connected: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def publish(self, topic: str, payload: bytes) -> bool: ...
+
+
+TransportFactory = Callable[[str, Callable[[str, bytes], None]], Transport]
+"""Builds a transport from the broker URL and the raw-message callback."""
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings, *, clock: Clock = time.time,
+                 transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> None:
+        self.settings = settings
+        self.clock = clock
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(settings.resolved_database_url)
+        create_schema(self.engine)
+        self.controller_key = trust.load_or_create_controller_key(settings.resolved_controller_key_path)
+        self.configured_release_keys = trust.configured_release_keys(settings.release_key_paths)
+        self.bundles = BlobStore(settings.bundle_dir)
+        self.artifacts = BlobStore(settings.data_dir / "artifacts")
+        self.metrics = ControllerMetrics()
+        self.issuer = OrderIssuer(key=self.controller_key, public_url=settings.resolved_public_url,
+                                  lifetime_s=settings.order_lifetime_s)
+        self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
+                                 batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max)
+        self._transport_factory = transport_factory or self._mqtt_transport
+        self.transport: Transport | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.broker_url: str | None = settings.broker_url
+        self._publish_lock = threading.Lock()
+        self._loop = ReconcilerLoop(self.reconcile, interval_s=settings.reconcile_interval_s) \
+            if reconcile_in_background else None
+        with self.session() as session:
+            self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
+        if self.initial_admin_token:
+            log.warning("created the first admin API token (shown once): %s", self.initial_admin_token)
+            print(f"EdgeFleet admin token (shown once, store it): {self.initial_admin_token}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self.broker_url is None:
+            self.broker = EmbeddedBroker(host=self.settings.embedded_broker_host,
+                                         port=self.settings.embedded_broker_port,
+                                         max_payload_size=self.settings.embedded_broker_max_payload).start()
+            self.broker_url = self.broker.url
+        self.ingestor.start()
+        self.transport = self._transport_factory(self.broker_url, self.ingestor.submit)
+        self.transport.start()
+        if self._loop is not None:
+            self._loop.start()
+        log.info("controller started: API %s, broker %s", self.settings.resolved_public_url,
+                 parse_broker_url(self.broker_url).public_url)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+        if self.transport is not None:
+            self.transport.stop()
+            self.transport = None
+        self.ingestor.stop()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+            self.broker_url = self.settings.broker_url
+        self.engine.dispose()
+
+    def _mqtt_transport(self, url: str, on_message: Callable[[str, bytes], None]) -> Transport:
+        return MqttBridge(url=url, client_id=self.settings.mqtt_client_id, on_message=on_message,
+                          subscriptions=controller_subscriptions(self.settings.topic_prefix,
+                                                                 self.settings.shared_subscription_group),
+                          shared_group=self.settings.shared_subscription_group)
+
+    # ------------------------------------------------------------------ helpers used by the API
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    def now(self) -> float:
+        return self.clock()
+
+    def trusted_release_keys(self, session: Session) -> TrustedKeys:
+        return trust.trusted_release_keys(session, configured=self.configured_release_keys)
+
+    @property
+    def controller_key_id(self) -> str:
+        return key_id(self.controller_key.public_key())
+
+    @property
+    def controller_public_pem(self) -> str:
+        return public_key_pem(self.controller_key.public_key()).decode()
+
+    @property
+    def device_broker_url(self) -> str | None:
+        """The broker URL handed to devices (no controller credentials)."""
+        return parse_broker_url(self.broker_url).public_url if self.broker_url else None
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        return self.transport is not None and self.transport.publish(topic, payload)
+
+    def publish_pending(self) -> int:
+        """Send stored orders now (after a deployment is created or cancelled)."""
+        with self._publish_lock, self.session() as session:
+            sent = deployments.publish_pending(session, publish=self.publish, prefix=self.settings.topic_prefix,
+                                               issuer=self.issuer, now=self.clock())
+        self.metrics.orders_published.inc(sent)
+        return sent
+
+    def reconcile(self, now: float | None = None) -> ReconcileReport:
+        with self._publish_lock, self.session() as session:
+            return reconcile(session, now=self.clock() if now is None else now,
+                             heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+                             processed_id_retention_s=self.settings.processed_id_retention_s,
+                             publish=self.publish, issuer=self.issuer, prefix=self.settings.topic_prefix,
+                             metrics=self.metrics)

@@ -1,0 +1,50 @@
+"""FastAPI dependencies as ``Annotated`` aliases: the controller, a DB session, the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from edgefleet.cloud.auth import Principal, authenticate
+from edgefleet.cloud.controller import Controller
+
+_bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer eft_...`")
+
+
+def get_controller(request: Request) -> Controller:
+    return request.app.state.controller
+
+
+ControllerDep = Annotated[Controller, Depends(get_controller)]
+
+
+def get_session(controller: ControllerDep) -> Iterator[Session]:
+    """One transaction per request, committed before the response is sent."""
+    with controller.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def get_principal(session: SessionDep, credentials: BearerDep) -> Principal:
+    return authenticate(session, secret=credentials.credentials if credentials else None)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _role(role: str) -> Callable[[Principal], Principal]:
+    def check(principal: PrincipalDep) -> Principal:
+        return principal.require(role)
+    return check
+
+
+ViewerDep = Annotated[Principal, Depends(_role("viewer"))]
+OperatorDep = Annotated[Principal, Depends(_role("operator"))]
+AdminDep = Annotated[Principal, Depends(_role("admin"))]

@@ -1,0 +1,238 @@
+"""The controller's tables (SQLModel). Times are Unix seconds (float), like the wire protocol.
+
+Lineage: a :class:`Model` has :class:`ModelVersion` rows; a compressed variant points at its
+source version (``parent_id``); a :class:`Bundle` points at the model version it packs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def _json(default: Any = None) -> Any:
+    if callable(default):
+        return Field(default_factory=default, sa_column=Column(JSON, nullable=False))
+    return Field(default=default, sa_column=Column(JSON, nullable=True))
+
+
+class Model(SQLModel, table=True):
+    __tablename__ = "models"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    description: str = ""
+    created_at: float
+    created_by: str = ""
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="models.id", index=True)
+    version: str = Field(max_length=64)
+    kind: str = "source"
+    """``source`` (as trained) or ``compressed`` (a variant of ``parent_id``)."""
+    parent_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    format: str = "onnx"
+    artifact_digest: str | None = Field(default=None, index=True, max_length=64)
+    artifact_size: int | None = Field(default=None, sa_type=BigInteger)
+    report: dict | None = _json()
+    created_at: float
+    created_by: str = ""
+
+
+class Bundle(SQLModel, table=True):
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("name", "build"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest: str = Field(unique=True, index=True, max_length=64)
+    name: str = Field(index=True, max_length=128)
+    version: str = Field(max_length=64)
+    build: int = Field(sa_type=BigInteger)
+    runtime: str
+    size: int = Field(sa_type=BigInteger)
+    manifest: dict = _json(dict)
+    model_version_id: int | None = Field(default=None, foreign_key="model_versions.id", index=True)
+    uploaded_at: float
+    uploaded_by: str = ""
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "devices"
+
+    id: str = Field(primary_key=True, max_length=64)
+    mqtt_password_hash: str = ""
+    """Mosquitto-compatible PBKDF2-SHA512 hash (``$7$...``) so an operator can export a password file."""
+    tags: list = _json(list)
+    hardware_class: str | None = None
+    arch: str | None = None
+    os: str | None = None
+    runtimes: list = _json(list)
+    agent_version: str | None = None
+    installed: dict | None = _json()
+    update_state: str | None = None
+    free_disk_bytes: int | None = Field(default=None, sa_type=BigInteger)
+    online: bool = False
+    last_seen: float | None = None
+    heartbeat_interval_s: float | None = None
+    last_sequence: int = Field(default=0, sa_type=BigInteger)
+    """Highest order sequence issued to this device (orders must strictly increase)."""
+    enrolled_at: float
+    enrolled_by: str = ""
+
+
+class EnrollmentToken(SQLModel, table=True):
+    __tablename__ = "enrollment_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    device_id: str | None = Field(default=None, max_length=64)
+    """If set, the device must enroll under this id."""
+    tags: list = _json(list)
+    created_at: float
+    expires_at: float
+    created_by: str = ""
+    used_at: float | None = None
+    used_by_device: str | None = None
+
+
+class Deployment(SQLModel, table=True):
+    __tablename__ = "deployments"
+
+    id: str = Field(primary_key=True, max_length=64)
+    bundle_id: int = Field(foreign_key="bundles.id", index=True)
+    bundle_digest: str = Field(max_length=64)
+    selector: dict = _json(dict)
+    """What the operator asked for: ``{"device_ids": [...]}``, ``{"tag": "..."}`` or ``{"all": true}``."""
+    skipped: list = _json(list)
+    """Devices matched by the selector but left out (incompatible), with the reason."""
+    status: str = "active"
+    """``active`` until every target is final, then ``succeeded``, ``failed``, ``partial`` or ``cancelled``."""
+    note: str = ""
+    created_at: float
+    created_by: str = ""
+    finished_at: float | None = None
+    timeout_s: float
+
+
+class DeploymentTarget(SQLModel, table=True):
+    __tablename__ = "deployment_targets"
+    __table_args__ = (UniqueConstraint("deployment_id", "device_id"),
+                      Index("ix_targets_open", "final", "device_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: str = Field(foreign_key="deployments.id", index=True, max_length=64)
+    device_id: str = Field(foreign_key="devices.id", index=True, max_length=64)
+    sequence: int = Field(sa_type=BigInteger)
+    """Sequence of the latest order sent for this target (install, then maybe cancel)."""
+    state: str = "pending"
+    """``pending`` (order not yet published), ``sent``, then the device's update state."""
+    final: bool = False
+    outcome: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    bytes_done: int | None = Field(default=None, sa_type=BigInteger)
+    bytes_total: int | None = Field(default=None, sa_type=BigInteger)
+    order: dict = _json(dict)
+    """The signed order (``OrderMessage`` JSON) to publish on the device's cmd topic."""
+    published_at: float | None = None
+    created_at: float
+    updated_at: float
+    history: list = _json(list)
+
+
+class TelemetryRecord(SQLModel, table=True):
+    __tablename__ = "telemetry_windows"
+    __table_args__ = (Index("ix_telemetry_device_end", "device_id", "window_end"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_id: str = Field(unique=True, max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    bundle_digest: str | None = Field(default=None, index=True, max_length=64)
+    bundle_name: str | None = None
+    bundle_version: str | None = None
+    window_seq: int = Field(sa_type=BigInteger)
+    window_start: float
+    window_end: float
+    requests: int = 0
+    batches: int = 0
+    samples: int = 0
+    errors: int = 0
+    latency_bounds: list = _json(list)
+    latency_counts: list = _json(list)
+    predictions: dict = _json(dict)
+    drift_psi: float | None = None
+    drift_js: float | None = None
+    drift_ks: float | None = None
+    drift_level: str | None = None
+    payload: dict = _json(dict)
+    received_at: float
+
+
+class DeviceEvent(SQLModel, table=True):
+    __tablename__ = "device_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_id: str = Field(unique=True, max_length=64)
+    device_id: str = Field(index=True, max_length=64)
+    level: str
+    kind: str
+    text: str = ""
+    data: dict = _json(dict)
+    sent_at: float
+    received_at: float
+
+
+class ProcessedMessage(SQLModel, table=True):
+    """Ids of ingested device messages (hello/state/status), so a redelivery is a no-op.
+    Telemetry and events are de-duplicated by their own unique ``msg_id`` column."""
+
+    __tablename__ = "processed_messages"
+
+    msg_id: str = Field(primary_key=True, max_length=64)
+    device_id: str = Field(max_length=64)
+    kind: str
+    received_at: float = Field(index=True)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=128)
+    token_hash: str = Field(unique=True, index=True, max_length=64)
+    role: str
+    """``admin``, ``operator``, ``viewer`` or ``device``."""
+    device_id: str | None = Field(default=None, index=True, max_length=64)
+    created_at: float
+    created_by: str = ""
+    revoked_at: float | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    actor: str
+    action: str = Field(index=True)
+    target: str = ""
+    details: dict = _json(dict)
+
+
+class ReleaseKey(SQLModel, table=True):
+    """A release public key registered through the API (in addition to the configured files)."""
+
+    __tablename__ = "release_keys"
+
+    key_id: str = Field(primary_key=True, max_length=64)
+    name: str = ""
+    pem: str
+    added_at: float
+    added_by: str = ""

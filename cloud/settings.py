@@ -1,0 +1,89 @@
+"""Controller configuration: environment (``EDGEFLEET_*``), an optional TOML file, or keyword
+arguments (highest precedence first: arguments, environment, file).
+
+The TOML file is named by ``EDGEFLEET_CONFIG_FILE`` and holds the same keys without the prefix,
+e.g. ``database_url = "postgresql+psycopg://..."``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+from edgefleet.protocol.topics import DEFAULT_PREFIX
+
+MiB = 1024 * 1024
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    data_dir: Path = Path(".edgefleet/controller")
+    """Holds the SQLite database (by default), the bundle store and generated keys."""
+    database_url: str | None = None
+    """Any SQLAlchemy URL; ``None`` means a SQLite file ``controller.db`` in ``data_dir``."""
+    broker_url: str | None = None
+    """``mqtt://host:port`` of the broker; ``None`` starts the embedded broker."""
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535)
+    """0 picks a free port."""
+    embedded_broker_max_payload: int = Field(default=1 * MiB, ge=64 * 1024)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    """Base URL devices use to download bundles; ``None`` means ``http://listen_host:listen_port``."""
+    controller_key_path: Path | None = None
+    """Ed25519 key that signs orders; ``None`` means ``data_dir/keys/controller.key`` (generated)."""
+    release_key_paths: list[Path] = []
+    """Public keys (PEM) trusted to sign bundle manifests."""
+    admin_token: str | None = None
+    """If set, this token is stored (hashed) as an admin token at start instead of a generated one."""
+    topic_prefix: str = DEFAULT_PREFIX
+    shared_subscription_group: str | None = None
+    mqtt_client_id: str = "edgefleet-controller"
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    deployment_timeout_s: float = Field(default=1800.0, gt=0)
+    order_lifetime_s: float = Field(default=3600.0, gt=0)
+    download_token_lifetime_s: float = Field(default=3600.0, gt=0)
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    processed_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
+    max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
+    ingest_batch_max: int = Field(default=1000, gt=0)
+    ingest_queue_max: int = Field(default=100_000, gt=0)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("EDGEFLEET_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'controller.db'}"
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::", "") else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+    @property
+    def resolved_controller_key_path(self) -> Path:
+        return self.controller_key_path or self.data_dir / "keys" / "controller.key"
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.data_dir / "bundles"
