@@ -6,6 +6,7 @@ to keep in float (the automatic fallback grows that list one operator at a time)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -58,6 +59,23 @@ class BatchReader:
         self._iter = iter(range(self._batches))
 
 
+class _QuietPreprocessHint(logging.Filter):
+    """onnxruntime logs a "run pre-processing" hint on the root logger for every call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_root() -> Iterator[None]:
+    quiet = _QuietPreprocessHint()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
 def _quantizable(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in op_types]
 
@@ -78,9 +96,10 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
     with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
         out = Path(tmp) / "model.int8.onnx"
         try:
-            quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=list(exclude),
-                             extra_options={"MatMulConstBOnly": True})
+            with _quiet_root():
+                quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
+                                 nodes_to_exclude=list(exclude),
+                                 extra_options={"MatMulConstBOnly": True})
         except Exception as exc:  # the quantizer raises bare ValueError/KeyError/...
             raise _translate(exc, "dynamic int8 quantization") from exc
         return out.read_bytes()

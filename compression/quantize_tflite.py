@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -65,7 +66,8 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
     try:
         qt = quantizer.Quantizer(bytearray(model))
         for op in targets:
-            regex, name = f"^{re.escape(op.output)}$", TFLOperationName(op.op_type)
+            # litert-quantizer scopes an op by its output names joined with ";" plus a trailing ";"
+            regex, name = f"^{re.escape(op.output)};", TFLOperationName(op.op_type)
             if mode is Mode.DYNAMIC_INT8:
                 qt.add_dynamic_config(regex, name, 8, granularity)
             elif mode is Mode.WEIGHT_ONLY_INT8:
@@ -95,10 +97,12 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
             samples = calibration[:calibration_config.max_samples]
             signature = parsed.signatureDefs[0].signatureKey
             signature = signature.decode() if isinstance(signature, bytes) else signature
-            result = qt.calibrate(
-                {signature or SIGNATURE_KEY: _Batches(input_name, samples,
-                                                      calibration_config.batch_size)},
-                mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
+            with warnings.catch_warnings():  # LiteRT warns about its own calibration mode
+                warnings.simplefilter("ignore", UserWarning)
+                result = qt.calibrate(
+                    {signature or SIGNATURE_KEY: _Batches(input_name, samples,
+                                                          calibration_config.batch_size)},
+                    mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
         quantized = qt.quantize(result, enable_progress_report=False).quantized_model
     except (CompressionError, ConfigError):
         raise

@@ -1,0 +1,203 @@
+"""The one entry point: :func:`compress` a model for a target runtime under an accuracy gate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgefleet.compression import quantize_onnx
+from edgefleet.compression.config import CompressionConfig, Mode
+from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
+from edgefleet.compression.export_tflite import export_tflite
+from edgefleet.compression.inference import Runtime
+from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
+from edgefleet.compression.prune import prune, weight_sparsity
+from edgefleet.compression.quantize_tflite import candidates as tflite_candidates
+from edgefleet.compression.quantize_tflite import quantize_tflite
+from edgefleet.compression.report import CompressionReport, GateResult, SizeReport, stored_size
+from edgefleet.compression.tflite_graph import is_tflite, load_tflite
+from edgefleet.protocol.errors import AccuracyGateError, ConfigError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+_ONNX_MODES = (Mode.NONE, Mode.DYNAMIC_INT8, Mode.STATIC_INT8, Mode.FP16)
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    model: bytes
+    report: CompressionReport
+
+
+Quantizer = Callable[[list[str]], bytes]
+
+
+def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
+                    calibration: np.ndarray | None) -> tuple[Quantizer, list[str]]:
+    mode = config.mode
+    if mode not in _ONNX_MODES:
+        raise ConfigError(f"mode {mode.value} is not available for ONNX", where="mode",
+                          hint="ONNX modes: " + ", ".join(m.value for m in _ONNX_MODES))
+    if mode is Mode.NONE:
+        data = model.SerializeToString()
+        return (lambda exclude: data), []
+    if mode is Mode.FP16:
+        names = [n.name for n in model.graph.node]
+        return (lambda exclude: quantize_onnx.to_fp16(model, exclude=exclude)), names
+    matmul = gemm_to_matmul(model)
+    if mode is Mode.DYNAMIC_INT8:
+        return (lambda exclude: quantize_onnx.quantize_dynamic_int8(
+            matmul, per_channel=config.per_channel, exclude=exclude),
+            quantize_onnx.candidates(matmul, static=False))
+    if calibration is None:
+        raise ConfigError("static_int8 needs calibration data", where="calibration",
+                          hint="pass calibration samples (e.g. --samples digits)")
+    return (lambda exclude: quantize_onnx.quantize_static_int8(
+        matmul, calibration, config=config.calibration, per_channel=config.per_channel,
+        exclude=exclude), quantize_onnx.candidates(matmul, static=True))
+
+
+def _tflite_quantizer(model: bytes, config: CompressionConfig,
+                      calibration: np.ndarray | None) -> tuple[Quantizer, list[str]]:
+    if config.mode is Mode.NONE:
+        return (lambda exclude: model), []
+    return (lambda exclude: quantize_tflite(
+        model, config.mode, per_channel=config.per_channel, exclude=exclude,
+        calibration=calibration, calibration_config=config.calibration),
+        tflite_candidates(model, config.mode))
+
+
+def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
+              judge: Callable[[bytes], Measurement], limit: int) -> tuple[bytes | None, Measurement,
+                                                                           list[str]]:
+    """Keep the most harmful operators in float, one at a time, until the gate holds.
+
+    Harm of an operator = mean |error| of the model in which only that operator is quantized.
+    """
+    harm = {}
+    for name in candidates:
+        harm[name] = judge(quantize([c for c in candidates if c != name])).fidelity.mean_abs_error
+    order = sorted(candidates, key=lambda n: -harm[n])
+    logger.info("fallback: operators by harm %s", ", ".join(f"{n}={harm[n]:.2e}" for n in order))
+    excluded: list[str] = []
+    measurement, model = first, None
+    for name in order[:limit]:
+        excluded.append(name)
+        model = quantize(excluded)
+        measurement = judge(model)
+        logger.info("fallback: %d operator(s) in float, gate %s", len(excluded),
+                    "holds" if measurement.gate.passed else "fails")
+        if measurement.gate.passed:
+            break
+    return model, measurement, excluded
+
+
+def _as_float(array: np.ndarray | None, what: str) -> np.ndarray | None:
+    if array is None:
+        return None
+    array = np.asarray(array)
+    if array.size == 0:
+        raise ConfigError(f"{what} is empty", where=what)
+    return array.astype(np.float32, copy=False)
+
+
+def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
+             calibration: np.ndarray | None = None, eval_x: np.ndarray | None = None,
+             eval_y: np.ndarray | None = None) -> CompressionResult:
+    """Compress ``model`` (ONNX or TFLite bytes) for ``runtime`` ("onnx" | "tflite").
+
+    An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
+    Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them the gate checks
+    fidelity), falling back to the calibration samples when no evaluation set is given.
+    Raises :class:`AccuracyGateError` (carrying the report) when the gate fails even after
+    the fallback, :class:`CompressionError` subclasses for unusable models, and
+    :class:`ConfigError` for contradictory settings.
+    """
+    if runtime not in ("onnx", "tflite"):
+        raise ConfigError(f"unknown runtime {runtime!r}", where="runtime", hint="onnx or tflite")
+    calibration = _as_float(calibration, "calibration")
+    eval_x = _as_float(eval_x, "eval_x")
+    if eval_y is not None and (eval_x is None or len(eval_y) != len(eval_x)):
+        raise ConfigError("eval_y needs eval_x of the same length", where="eval_y")
+    data = eval_x if eval_x is not None else calibration
+    if data is None and config.gate.enabled:
+        raise ConfigError("the accuracy gate needs evaluation or calibration data",
+                          where="eval_x", hint="pass samples or disable the gate")
+
+    source_format = "tflite" if is_tflite(model) else "onnx"
+    sparsity = 0.0
+    if source_format == "tflite":
+        if runtime == "onnx":
+            raise UnsupportedModelError("a TFLite model cannot be compressed for ONNX",
+                                        where="runtime", hint="use runtime 'tflite'")
+        if config.pruning is not None:
+            raise UnsupportedModelError("pruning needs an ONNX source model", where="pruning",
+                                        hint="prune the ONNX model, then export to TFLite")
+        load_tflite(model)
+        original = bytes(model)
+        quantize, candidates = _tflite_quantizer(original, config, calibration)
+    else:
+        graph = normalise(load_onnx(model))
+        original = bytes(model) if runtime == "onnx" else export_tflite(model)
+        if config.pruning is not None:
+            graph = prune(graph, config.pruning, calibration).model
+            sparsity = weight_sparsity(graph)
+        if runtime == "onnx":
+            quantize, candidates = _onnx_quantizer(graph, config, calibration)
+        else:
+            quantize, candidates = _tflite_quantizer(
+                export_tflite(graph.SerializeToString()), config, calibration)
+
+    compressed = quantize([])
+    float_operators: list[str] = []
+    ref: Reference | None = None
+    measurement: Measurement | None = None
+    if data is not None:
+        ref = reference(original, runtime, data)
+
+        def judge(candidate: bytes) -> Measurement:
+            return measure(ref, candidate, runtime, data, eval_y, config.gate)
+
+        measurement = judge(compressed)
+        if (not measurement.gate.passed and config.fallback.enabled and candidates
+                and config.fallback.max_float_operators > 0):
+            logger.info("gate fails (%s); trying the fallback", measurement.gate.detail)
+            fallback_model, measurement, float_operators = _fallback(
+                quantize, candidates, measurement, judge, config.fallback.max_float_operators)
+            compressed = fallback_model or compressed
+
+    report = CompressionReport(
+        runtime=runtime,
+        source_format=source_format,
+        mode=config.mode,
+        per_channel=config.per_channel,
+        calibration_method=config.calibration.method if config.mode is Mode.STATIC_INT8 else None,
+        pruning=config.pruning,
+        sparsity=sparsity,
+        size=SizeReport(original_bytes=len(original), compressed_bytes=len(compressed),
+                        original_stored_bytes=stored_size(original),
+                        compressed_stored_bytes=stored_size(compressed)),
+        latency=(latency(ref, compressed, runtime, data, config.latency_runs)
+                 if ref is not None and config.latency_runs > 0 else None),
+        accuracy=measurement.accuracy if measurement else None,
+        fidelity=measurement.fidelity if measurement else None,
+        float_operators=float_operators,
+        gate=measurement.gate if measurement else _no_gate(),
+    )
+    if not report.gate.passed:
+        raise AccuracyGateError(f"the compressed model fails the accuracy gate: {report.gate.detail}",
+                                report=report.model_dump(mode="json"), where="gate",
+                                hint="relax [compression.gate], change the mode or allow more "
+                                     "operators in float")
+    logger.info("compressed %s model for %s: %s, %.2fx smaller, gate %s", source_format, runtime,
+                config.mode.value, report.size.ratio, report.gate.detail)
+    return CompressionResult(compressed, report)
+
+
+def _no_gate() -> GateResult:
+    return GateResult(enabled=False, passed=True, criterion="none", value=None, threshold=None,
+                      detail="no evaluation data; gate not evaluated")
