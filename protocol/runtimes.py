@@ -68,6 +68,15 @@ def _check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> 
                                  code="bad_input", where=f"inputs.{s.name}")
 
 
+def _as_arrays(inputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
+    """Inputs (arrays or nested lists, e.g. from JSON) as arrays of the model's dtypes."""
+    try:
+        return {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in inputs.items()}
+    except (ValueError, TypeError) as exc:  # ragged lists, strings for numbers, ...
+        raise InferenceError(f"inputs cannot be converted to the model's types: {exc}".splitlines()[0],
+                             code="bad_input", where="inputs") from None
+
+
 class OnnxSession:
     runtime = "onnx"
 
@@ -96,7 +105,7 @@ class OnnxSession:
         self._dtypes = {s.name: np.dtype(s.dtype) for s in self.inputs}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: np.asarray(v, dtype=self._dtypes.get(k)) for k, v in inputs.items()}
+        feed = _as_arrays(inputs, self._dtypes)
         try:
             out = self._sess.run(self._output_names, feed)
         except Exception as exc:
@@ -131,8 +140,9 @@ class TFLiteSession:
         self._batch = int(self._in[0]["shape"][0]) if len(self._in) and len(self._in[0]["shape"]) else 1
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _check_inputs(self.inputs, inputs)
-        feed = {d["name"]: np.asarray(inputs[d["name"]], dtype=d["dtype"]) for d in self._in}
+        arrays = _as_arrays(inputs, {d["name"]: np.dtype(d["dtype"]) for d in self._in})
+        _check_inputs(self.inputs, arrays)
+        feed = {d["name"]: arrays[d["name"]] for d in self._in}
         n = len(next(iter(feed.values())))
         try:
             if n != self._batch:
