@@ -81,12 +81,12 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
                 if length is not None and length.isdigit() and done + int(length) > expected_size:
                     raise SizeLimitError(f"server announces {done + int(length)} bytes, the order signs "
                                          f"{expected_size}", where=url)
-                with open(part, mode) as fh:
+                with open(part, mode, buffering=0) as fh:
                     try:
                         while True:
                             if should_stop is not None and should_stop():
                                 raise TransportError("download stopped", code="stopped", where=url)
-                            chunk = response.read(min(CHUNK, expected_size - done + 1))
+                            chunk = response.read1(min(CHUNK, expected_size - done + 1))
                             if not chunk:
                                 break
                             if done + len(chunk) > expected_size:

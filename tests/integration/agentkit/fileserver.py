@@ -20,6 +20,9 @@ class Faults:
     fail_times: int = 0
     stall: threading.Event | None = None
     """Hold every response until the event is set."""
+    hold_after: int | None = None
+    """Send this many body bytes, then hold the rest until ``release`` is set."""
+    release: threading.Event = field(default_factory=threading.Event)
     requests: list[dict] = field(default_factory=list)
 
 
@@ -79,6 +82,12 @@ class FileServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
+                if f.hold_after is not None and not f.release.is_set():
+                    self.wfile.write(body[: f.hold_after])
+                    self.wfile.flush()
+                    f.release.wait(60)
+                    self.close_connection = True
+                    return
                 if f.cut_after is not None and f.cut_times > 0:
                     f.cut_times -= 1
                     self.wfile.write(body[: f.cut_after])
@@ -105,5 +114,6 @@ class FileServer:
     def stop(self) -> None:
         if self.faults.stall is not None:
             self.faults.stall.set()
+        self.faults.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
