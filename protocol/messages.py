@@ -9,6 +9,7 @@ through an older receiver.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -201,6 +202,13 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON text, but no finite number
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def encode(msg: Message) -> bytes:
     return msg.model_dump_json(exclude_none=False).encode("utf-8")
 
@@ -216,7 +224,7 @@ def decode(kind: str, payload: bytes) -> Message:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
                            code="payload_too_large", where=kind)
     try:
-        obj = json.loads(payload, parse_constant=_refuse_constant)
+        obj = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, NaN/Infinity, absurd nesting
         raise MessageError(f"payload is not JSON: {str(exc)[:200]}", where=kind) from None
     if not isinstance(obj, dict):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.protocol.canonical import canonical_json
-from edgefleet.protocol.errors import ExpiredError, ReplayError, TargetMismatchError
+from edgefleet.protocol.errors import ExpiredError, ReplayError, SignatureError, TargetMismatchError
 from edgefleet.protocol.keys import TrustedKeys, key_id, sign
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder
 
@@ -35,7 +35,11 @@ def verify_order(signed: SignedOrder, *, trusted: TrustedKeys, device_id: str, l
     Checks run in an order that never trusts an unverified field: signature first.
     """
     order = signed.signed
-    trusted.verify(order_bytes(order), signed.signatures)
+    try:
+        body = order_bytes(order)
+    except ValueError:  # a lone surrogate or a non-finite number has no canonical JSON form
+        raise SignatureError("the signed order has no canonical JSON form", where="order.signed") from None
+    trusted.verify(body, signed.signatures)
     if order.device_id != device_id:
         raise TargetMismatchError(f"order is for device {order.device_id!r}, this is {device_id!r}",
                                   where="order.device_id")

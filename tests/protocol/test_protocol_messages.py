@@ -155,3 +155,11 @@ def test_too_many_signatures_refused():
 def test_every_device_kind_has_a_model_and_limit():
     from edgefleet.protocol import topics
     assert set(m.MESSAGE_TYPES) == set(topics.KINDS) == set(m.MAX_PAYLOAD)
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400"])
+def test_out_of_range_numbers_refused(number):
+    payload = m.encode(_examples()["state"]).replace(b'"uptime_s":0.0', b'"uptime_s":' + number)
+    assert number in payload
+    with pytest.raises(MessageError):
+        m.decode("state", payload)

@@ -162,3 +162,12 @@ def test_threshold_two_controller_keys(controller_key, release_key):
 def test_all_refusals_are_verification_errors():
     for exc in (ExpiredError, ReplayError, SignatureError, TargetMismatchError, UnknownKeyError):
         assert issubclass(exc, VerificationError)
+
+
+def test_order_without_canonical_form_is_refused_not_crashing(controller_key, trusted):
+    wire = messages.encode(messages.OrderMessage(device_id="dev1", order=sign_order(_order(), controller_key)))
+    wire = wire.replace(b'"signed":{', b'"signed":{"note":"\\udc00",')  # a lone surrogate, legal JSON text
+    order = messages.decode("cmd", wire).order
+    with pytest.raises(SignatureError) as ei:
+        _verify(order, trusted)
+    assert ei.value.where == "order.signed"
