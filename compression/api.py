@@ -157,10 +157,11 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
     ref: Reference | None = None
     measurement: Measurement | None = None
     if data is not None:
-        ref = reference(original, runtime, data)
+        ref = reference(original, runtime, data, config.eval_batch_size)
 
         def judge(candidate: bytes) -> Measurement:
-            return measure(ref, candidate, runtime, data, eval_y, config.gate)
+            return measure(ref, candidate, runtime, data, eval_y, config.gate,
+                           config.eval_batch_size)
 
         measurement = judge(compressed)
         if (not measurement.gate.passed and config.fallback.enabled and candidates

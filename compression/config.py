@@ -79,6 +79,9 @@ class CompressionConfig(_Strict):
     gate: GateConfig = GateConfig()
     fallback: FallbackConfig = FallbackConfig()
     latency_runs: int = Field(default=100, ge=0)
+    #: Evaluate this many samples per call. 1 matches on-device inference: dynamic
+    #: quantization derives activation ranges from the whole batch it sees.
+    eval_batch_size: int = Field(default=1, gt=0)
 
 
 def load_compression_recipe(source: str | Path | dict[str, Any]) -> CompressionConfig:

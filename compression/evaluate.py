@@ -23,8 +23,8 @@ class Reference:
     outputs: np.ndarray
 
 
-def reference(model: bytes, runtime: Runtime, eval_x: np.ndarray) -> Reference:
-    return Reference(model, runtime, predict(open_session(runtime, model), eval_x))
+def reference(model: bytes, runtime: Runtime, eval_x: np.ndarray, batch_size: int) -> Reference:
+    return Reference(model, runtime, predict(open_session(runtime, model), eval_x, batch_size))
 
 
 def fidelity(original: np.ndarray, compressed: np.ndarray) -> FidelityReport:
@@ -83,8 +83,8 @@ class Measurement:
 
 
 def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: np.ndarray,
-            eval_y: np.ndarray | None, config: GateConfig) -> Measurement:
-    outputs = predict(open_session(runtime, model), eval_x)
+            eval_y: np.ndarray | None, config: GateConfig, batch_size: int) -> Measurement:
+    outputs = predict(open_session(runtime, model), eval_x, batch_size)
     fid = fidelity(ref.outputs, outputs)
     acc = accuracy(ref.outputs, outputs, eval_y) if eval_y is not None else None
     return Measurement(acc, fid, gate(config, acc, fid))

@@ -85,7 +85,7 @@ def open_session(runtime: Runtime, model: bytes) -> Session:
                            hint="use 'onnx' or 'tflite'")
 
 
-def predict(session: Session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(session: Session, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Run ``x`` through the session in batches and concatenate the outputs."""
     parts = [session.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     return np.concatenate(parts, axis=0).astype(np.float32)

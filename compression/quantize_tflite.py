@@ -97,13 +97,15 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
             samples = calibration[:calibration_config.max_samples]
             signature = parsed.signatureDefs[0].signatureKey
             signature = signature.decode() if isinstance(signature, bytes) else signature
-            with warnings.catch_warnings():  # LiteRT warns about its own calibration mode
+            with warnings.catch_warnings():  # LiteRT warns about its own debugging option
                 warnings.simplefilter("ignore", UserWarning)
                 result = qt.calibrate(
                     {signature or SIGNATURE_KEY: _Batches(input_name, samples,
                                                           calibration_config.batch_size)},
                     mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
-        quantized = qt.quantize(result, enable_progress_report=False).quantized_model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = qt.quantize(result, enable_progress_report=False).quantized_model
     except (CompressionError, ConfigError):
         raise
     except Exception as exc:  # litert-quantizer raises ValueError/RuntimeError/KeyError
