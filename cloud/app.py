@@ -50,4 +50,5 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
     app.include_router(api_system.router)
     for module in (api_system, api_registry, api_devices, api_deployments, api_telemetry):
         app.include_router(module.api)
+    app.include_router(__import__("edgefleet.cloud.ui", fromlist=["router"]).router)  # web UI (cloud/ui.py)
     return app

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud import audit, devices
@@ -30,6 +31,7 @@ Publish = Callable[[str, bytes], bool]
 """Hands ``payload`` to the broker for ``topic`` (QoS 1); False when not connected."""
 
 HISTORY_MAX = 50
+CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 
 
 def _history(target: DeploymentTarget, now: float, **entry) -> None:
@@ -136,8 +138,8 @@ def _rollup(session: Session, *, deployment_id: str, now: float) -> None:
     if not all(t.final for t in targets):
         return
     committed = sum(t.outcome == "committed" for t in targets)
-    if deployment.status == "cancelled":
-        pass
+    if deployment.status == "cancelled" or all(t.outcome == "cancelled" for t in targets):
+        deployment.status = "cancelled"
     elif committed == len(targets):
         deployment.status = "succeeded"
     elif committed == 0:
@@ -201,7 +203,7 @@ def cancel_deployment(session: Session, *, deployment_id: str, issuer: OrderIssu
         target.sequence = message.order.signed.sequence
         target.order = message.model_dump(mode="json")
         target.published_at = None
-        _finish(target, now, outcome="cancelled", reason="cancelled_by_operator")
+        _finish(target, now, outcome="cancelled", reason=CANCELLED_BY_OPERATOR)
         session.add(target)
         cancelled.append(target.device_id)
     deployment.status = "cancelled"
@@ -261,10 +263,14 @@ def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, st
 
 def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: OrderIssuer,
                     now: float) -> int:
-    """Publish every stored order not yet handed to the broker; re-sign orders that expired unsent."""
+    """Publish every stored order not yet handed to the broker (install orders of open targets,
+    cancel orders); re-sign orders that expired unsent."""
     sent = 0
-    pending = list(session.exec(select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None))
-                                .order_by(DeploymentTarget.id)))
+    pending = list(session.exec(
+        select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None),
+                                       or_(DeploymentTarget.final == False,  # noqa: E712
+                                           DeploymentTarget.reason == CANCELLED_BY_OPERATOR))
+        .order_by(DeploymentTarget.id)))
     for target in pending:
         message = OrderMessage.model_validate(target.order)
         if message.order.signed.expires_at <= now + 60:

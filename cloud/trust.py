@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from edgefleet.cloud import audit
 from edgefleet.cloud.models import ReleaseKey
-from edgefleet.protocol.errors import ConflictError, NotFoundError
+from edgefleet.protocol.errors import ConfigError, ConflictError, MessageError, NotFoundError
 from edgefleet.protocol.keys import (TrustedKeys, generate_private_key, key_id, load_private_key,
                                      load_public_key, load_public_key_pem, public_key_pem, save_private_key)
 
@@ -46,7 +46,10 @@ def list_release_keys(session: Session) -> list[ReleaseKey]:
 
 
 def add_release_key(session: Session, *, pem: str, name: str, actor: str, now: float) -> ReleaseKey:
-    key = load_public_key_pem(pem.encode(), where="pem")
+    try:
+        key = load_public_key_pem(pem.encode(), where="pem")
+    except ConfigError as exc:
+        raise MessageError(exc.message, where="pem", hint="send an Ed25519 public key in PEM form") from None
     kid = key_id(key)
     if session.get(ReleaseKey, kid) is not None:
         raise ConflictError(f"release key {kid[:16]}... is already trusted", where="pem")

@@ -12,18 +12,21 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class Observer:
-    def __init__(self, host: str, port: int, prefix: str, device_id: str) -> None:
+    def __init__(self, host: str, port: int, prefix: str, device_id: str, *, persistent: bool = False) -> None:
         self.prefix = prefix
         self.device_id = device_id
         self.base = f"{prefix}/devices/{device_id}"
         self.messages: list[tuple[str, dict | None, bytes, bool]] = []  # kind, obj, raw, retained
         self.cond = threading.Condition()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}")
+        # persistent: a broker restart keeps our session, so QoS 1 messages wait for us
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}",
+                                  clean_session=not persistent)
         self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.1, 0.5)
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"{self.base}/#", qos=1)
         self.client.connect(host, port)
-        self.client.subscribe(f"{self.base}/#", qos=1)
         self.client.loop_start()
         assert subscribed.wait(10), "observer could not subscribe"
 

@@ -1,0 +1,208 @@
+"""Deployments: targeting and compatibility, signed orders, progress from status reports,
+cancel, timeouts, superseding, orders held while the broker is away."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.protocol.errors import ReplayError
+from edgefleet.protocol.keys import TrustedKeys
+from edgefleet.protocol.messages import decode
+from edgefleet.protocol.orders import verify_order
+
+
+@pytest.fixture
+def bundle(make_bundle, upload):
+    built = make_bundle(name="detector", version="1.2.0", build=3)
+    upload(built)
+    return built
+
+
+def _orders(transport, device_id: str):
+    return [decode("cmd", p) for t, p in transport.published if t == f"edgefleet/v1/devices/{device_id}/cmd"]
+
+
+def test_deploy_to_devices_publishes_verifiable_signed_orders(client, fleet, bundle, transport, controller, clock):
+    fleet.add("d1")
+    fleet.add("d2")
+    r = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["d1", "d2"]})
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    assert dep["status"] == "active" and dep["progress"] == {"sent": 2}
+    trusted = TrustedKeys.of([controller.controller_key.public_key()], role="controller")
+    for device in ("d1", "d2"):
+        (message,) = _orders(transport, device)
+        order = verify_order(message.order, trusted=trusted, device_id=device, last_sequence=0, now=clock())
+        assert order.bundle_digest == bundle.digest and order.bundle_size == len(bundle.data)
+        assert order.deployment_id == dep["id"] and order.action == "install" and order.sequence == 1
+        assert order.bundle_url.startswith(f"http://controller.test/api/v1/bundles/{bundle.digest}/download?token=")
+        with pytest.raises(ReplayError):
+            verify_order(message.order, trusted=trusted, device_id=device, last_sequence=1, now=clock())
+    # the URL in the order works without any other credential
+    path = order.bundle_url.removeprefix("http://controller.test")
+    assert client.get(path, headers={"Authorization": ""}).content == bundle.data
+
+
+def test_sequences_increase_per_device(client, fleet, bundle, transport):
+    fleet.add("s1")
+    for _ in range(3):
+        client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["s1"]})
+    assert [m.order.signed.sequence for m in _orders(transport, "s1")] == [1, 2, 3]
+    assert client.get("/api/v1/devices/s1").json()["last_sequence"] == 3
+
+
+def test_tag_and_all_skip_incompatible_devices(client, fleet, make_bundle, upload, transport):
+    tflite_only = make_bundle(name="armonly", archs=["aarch64"])
+    upload(tflite_only)
+    fleet.add("arm", arch="aarch64")
+    fleet.add("x86", arch="x86_64")
+    fleet.enroll("silent")      # never said hello: facts unknown
+    for dev in ("arm", "x86", "silent"):
+        client.patch(f"/api/v1/devices/{dev}", json={"add_tags": ["site-a"]})
+    dep = client.post("/api/v1/deployments", json={"bundle": tflite_only.digest, "tag": "site-a"}).json()
+    assert [t["device_id"] for t in dep["targets"]] == ["arm"]
+    assert {s["device_id"] for s in dep["skipped"]} == {"x86", "silent"}
+    dep = client.post("/api/v1/deployments", json={"bundle": tflite_only.digest, "all": True}).json()
+    assert [t["device_id"] for t in dep["targets"]] == ["arm"]
+    assert len(_orders(transport, "x86")) == 0
+
+
+def test_explicit_incompatible_device_is_refused(client, fleet, make_bundle, upload):
+    needs_tflite = make_bundle(name="lite", runtime="onnx", hardware_classes=["jetson"])
+    upload(needs_tflite)
+    fleet.add("plain")
+    r = client.post("/api/v1/deployments", json={"bundle": needs_tflite.digest, "device_ids": ["plain"]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "target_mismatch"
+    assert client.get("/api/v1/deployments").json() == []
+
+
+def test_bad_deployment_requests(client, fleet, bundle):
+    fleet.add("b1")
+    post = lambda body: client.post("/api/v1/deployments", json=body)  # noqa: E731
+    assert post({"bundle": bundle.digest}).status_code == 400                       # no target
+    assert post({"bundle": bundle.digest, "tag": "x", "all": True}).status_code == 400
+    assert post({"bundle": bundle.digest, "device_ids": ["nope"]}).status_code == 404
+    assert post({"bundle": "f" * 64, "device_ids": ["b1"]}).status_code == 404
+    assert post({"bundle": "not-hex!", "device_ids": ["b1"]}).status_code == 422
+    assert post({"bundle": bundle.digest, "tag": "empty"}).status_code == 409       # nobody matches
+    assert post({"bundle": bundle.digest, "device_ids": ["../../x"]}).status_code == 422
+    assert client.post("/api/v1/deployments", content=b"x" * 10,
+                       headers={"Content-Type": "application/json"}).status_code == 422
+
+
+def test_status_reports_drive_targets_to_final_states(client, fleet, bundle, controller):
+    fleet.add("ok")
+    fleet.add("bad")
+    dep = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["ok", "bad"]}).json()
+    dep_id = dep["id"]
+    fleet.status("ok", dep_id, 1, "downloading")
+    fleet.status("bad", dep_id, 1, "verifying")
+    shown = client.get(f"/api/v1/deployments/{dep_id}").json()
+    assert shown["progress"] == {"downloading": 1, "verifying": 1}
+    fleet.status("ok", dep_id, 1, "committed", final=True, outcome="committed")
+    fleet.status("bad", dep_id, 1, "rolled_back", final=True, outcome="rolled_back", reason="health_check_failed")
+    shown = client.get(f"/api/v1/deployments/{dep_id}").json()
+    assert shown["status"] == "partial" and shown["finished_at"] is not None
+    targets = {t["device_id"]: t for t in shown["targets"]}
+    assert targets["ok"]["outcome"] == "committed" and targets["bad"]["reason"] == "health_check_failed"
+    assert [h["state"] for h in targets["ok"]["history"]] == ["pending", "sent", "downloading", "committed"]
+    # a late or repeated report changes nothing
+    fleet.status("bad", dep_id, 1, "committed", final=True, outcome="committed")
+    assert client.get(f"/api/v1/deployments/{dep_id}").json()["status"] == "partial"
+
+
+def test_all_committed_is_success(client, fleet, bundle):
+    fleet.add("c1")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["c1"]}).json()["id"]
+    fleet.status("c1", dep_id, 1, "committed", final=True, outcome="committed")
+    assert client.get(f"/api/v1/deployments/{dep_id}").json()["status"] == "succeeded"
+    assert client.get("/api/v1/deployments", params={"status": "succeeded"}).json()[0]["id"] == dep_id
+    assert client.get("/api/v1/devices/c1/deployments").json()[0]["outcome"] == "committed"
+
+
+def test_stale_sequence_report_is_ignored(client, fleet, bundle):
+    fleet.add("st")
+    first = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["st"]}).json()["id"]
+    fleet.status("st", first, 0, "downloading")
+    shown = client.get(f"/api/v1/deployments/{first}").json()
+    assert shown["targets"][0]["state"] == "downloading"   # sequence 0 = unknown, accepted
+    fleet.status("st", "dep-unknown", 1, "committed", final=True, outcome="committed")  # unknown deployment: ignored
+
+
+def test_cancel_sends_signed_cancel_orders(client, fleet, bundle, transport, controller, clock):
+    fleet.add("x1")
+    fleet.add("x2")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["x1", "x2"]}).json()["id"]
+    fleet.status("x1", dep_id, 1, "committed", final=True, outcome="committed")
+    r = client.post(f"/api/v1/deployments/{dep_id}/cancel")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "cancelled"
+    targets = {t["device_id"]: t for t in body["targets"]}
+    assert targets["x1"]["outcome"] == "committed" and targets["x2"]["outcome"] == "cancelled"
+    cancel = _orders(transport, "x2")[-1].order
+    trusted = TrustedKeys.of([controller.controller_key.public_key()], role="controller")
+    order = verify_order(cancel, trusted=trusted, device_id="x2", last_sequence=1, now=clock())
+    assert order.action == "cancel" and order.sequence == 2
+    assert len(_orders(transport, "x1")) == 1
+    assert client.post(f"/api/v1/deployments/{dep_id}/cancel").status_code == 409
+    assert client.post("/api/v1/deployments/dep-nope/cancel").status_code == 404
+
+
+def test_silent_device_times_out(client, fleet, bundle, controller, clock):
+    fleet.add("quiet")
+    fleet.add("talker")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["quiet", "talker"],
+                                                      "timeout_s": 100}).json()["id"]
+    clock.advance(60)
+    fleet.status("talker", dep_id, 1, "downloading")
+    clock.advance(50)
+    report = controller.reconcile()
+    assert report.timed_out == [(dep_id, "quiet")]
+    assert controller.reconcile().timed_out == []
+    clock.advance(60)
+    assert controller.reconcile().timed_out == [(dep_id, "talker")]
+    shown = client.get(f"/api/v1/deployments/{dep_id}").json()
+    assert shown["status"] == "failed"
+    assert {t["reason"] for t in shown["targets"]} == {"deployment_timeout"}
+
+
+def test_new_deployment_supersedes_an_open_target(client, fleet, make_bundle, upload, bundle):
+    newer = make_bundle(name="detector", version="1.3.0", build=4)
+    upload(newer)
+    fleet.add("sp")
+    old = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["sp"]}).json()["id"]
+    new = client.post("/api/v1/deployments", json={"bundle": newer.digest, "device_ids": ["sp"]}).json()
+    old_shown = client.get(f"/api/v1/deployments/{old}").json()
+    assert old_shown["targets"][0]["reason"] == "superseded" and old_shown["status"] == "cancelled"
+    assert new["targets"][0]["sequence"] == 2
+
+
+def test_orders_wait_for_the_broker_and_survive_restart(client, fleet, bundle, transport, controller, clock):
+    fleet.add("w1")
+    transport.connected = False
+    dep = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["w1"],
+                                                   "timeout_s": 86400}).json()
+    assert dep["targets"][0]["state"] == "pending" and transport.published == []
+    clock.advance(controller.settings.order_lifetime_s + 10)   # the stored order expired meanwhile
+    transport.connected = True
+    assert controller.reconcile().orders_published == 1
+    (message,) = _orders(transport, "w1")
+    assert message.order.signed.sequence == 2 and message.order.signed.expires_at > clock()
+    assert controller.reconcile().orders_published == 0
+
+
+def test_timed_out_target_never_gets_its_unsent_order(client, fleet, bundle, transport, controller, clock):
+    fleet.add("late")
+    transport.connected = False
+    client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["late"], "timeout_s": 10})
+    clock.advance(11)
+    transport.connected = True
+    report = controller.reconcile()
+    assert len(report.timed_out) == 1 and report.orders_published == 0 and transport.published == []
+
+
+def test_bundle_in_use_cannot_be_deleted(client, fleet, bundle):
+    fleet.add("u1")
+    client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["u1"]})
+    assert client.delete(f"/api/v1/bundles/{bundle.digest}").status_code == 409

@@ -1,0 +1,63 @@
+"""Telemetry windows and aggregates: merged-histogram percentiles, drift, groupings."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.cloud.telemetry import percentile
+from edgefleet.protocol.messages import InstalledBundle
+
+
+def test_percentile_interpolates_inside_bins():
+    assert percentile([1.0, 2.0, 4.0], [0, 10, 0, 0], 0.5) == pytest.approx(1.5)
+    assert percentile([1.0, 2.0, 4.0], [10, 0, 0, 0], 0.95) == pytest.approx(0.95)
+    assert percentile([1.0, 2.0, 4.0], [0, 0, 0, 5], 0.5) == 4.0     # overflow bin -> last bound
+    assert percentile([1.0], [0, 0], 0.5) is None
+
+
+@pytest.fixture
+def installed(make_bundle, upload, client):
+    client.post("/api/v1/models", json={"name": "clf"})
+    client.post("/api/v1/models/clf/versions", json={"version": "1"})
+    built = make_bundle(name="clf")
+    upload_body = client.post("/api/v1/bundles", content=built.data, params={"model": "clf", "model_version": "1"})
+    assert upload_body.status_code == 201, upload_body.text
+    return InstalledBundle(name="clf", version="1.0.0", build=1, digest=built.digest, runtime="onnx", slot="a")
+
+
+def test_aggregates_by_bundle_device_tag_and_model_version(client, fleet, installed, clock):
+    fleet.add("a")
+    fleet.add("b")
+    client.patch("/api/v1/devices/a", json={"tags": ["north"]})
+    fleet.telemetry("a", 1, counts=(10, 0, 0, 0), bundle=installed)
+    clock.advance(60)
+    fleet.telemetry("a", 2, counts=(10, 0, 0, 0), bundle=installed)
+    fleet.telemetry("b", 1, counts=(0, 0, 20, 0), psi=0.4, level="alarm", bundle=installed)
+    by_bundle = client.get("/api/v1/telemetry/summary", params={"group_by": "bundle"}).json()
+    agg = by_bundle[installed.digest]
+    assert agg["windows"] == 3 and agg["devices"] == 2 and agg["requests"] == 30
+    assert agg["latency_ms"]["counts"] == [20, 0, 20, 0]
+    assert agg["latency_ms"]["p50"] == pytest.approx(1.0) and 2.0 < agg["latency_ms"]["p95"] <= 5.0
+    assert agg["drift"]["psi_max"] == pytest.approx(0.4) and agg["drift"]["levels"] == {"ok": 2, "alarm": 1}
+    by_device = client.get("/api/v1/telemetry/summary", params={"group_by": "device"}).json()
+    assert by_device["b"]["drift"]["latest_level"] == "alarm" and by_device["a"]["drift"]["latest_level"] == "ok"
+    by_tag = client.get("/api/v1/telemetry/summary", params={"group_by": "tag", "key": "north"}).json()
+    assert list(by_tag) == ["north"] and by_tag["north"]["windows"] == 2
+    by_model = client.get("/api/v1/telemetry/summary", params={"group_by": "model_version"}).json()
+    assert by_model["clf@1"]["windows"] == 3
+    assert client.get("/api/v1/telemetry/summary", params={"group_by": "model_version", "key": "clf@1"}).json()
+    series = client.get("/api/v1/devices/a/telemetry").json()
+    assert [p["window_seq"] for p in series] == [1, 2] and series[0]["p50_ms"] == pytest.approx(0.5)
+
+
+def test_windows_filters_and_bad_queries(client, fleet, installed, clock):
+    fleet.add("f")
+    fleet.telemetry("f", 1, bundle=installed)
+    clock.advance(100)
+    fleet.telemetry("f", 2)
+    assert len(client.get("/api/v1/telemetry/windows", params={"bundle": installed.digest}).json()) == 1
+    assert len(client.get("/api/v1/telemetry/windows", params={"since": clock() - 10}).json()) == 1
+    assert client.get("/api/v1/telemetry/summary", params={"group_by": "nope"}).status_code == 422
+    assert client.get("/api/v1/telemetry/windows", params={"limit": 0}).status_code == 422
+    assert client.get("/api/v1/telemetry/windows", params={"since": "yesterday"}).status_code == 422
+    assert client.get("/api/v1/devices/ghost/telemetry").status_code == 404
