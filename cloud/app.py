@@ -20,7 +20,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from edgefleet.cloud import api_deployments, api_devices, api_registry, api_system, api_telemetry, http_errors
+from edgefleet.cloud import (api_deployments, api_devices, api_registry, api_system, api_telemetry, http_errors,
+                            ui)
 from edgefleet.cloud.controller import Clock, Controller, TransportFactory
 from edgefleet.cloud.settings import ControllerSettings
 
@@ -50,5 +51,5 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
     app.include_router(api_system.router)
     for module in (api_system, api_registry, api_devices, api_deployments, api_telemetry):
         app.include_router(module.api)
-    app.include_router(__import__("edgefleet.cloud.ui", fromlist=["router"]).router)  # web UI (cloud/ui.py)
+    app.include_router(ui.router)
     return app
