@@ -70,13 +70,11 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
     start = math.floor(lo / step) * step
-    ticks = []
-    v = start
-    while v < hi + step * 0.5:
-        ticks.append(round(v, 10))
-        v += step
-        if len(ticks) > 50:
-            break
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - step * 1e-9 and len(ticks) < 50:
+        ticks.append(round(start + len(ticks) * step, 10))
+    if len(ticks) == 1:
+        ticks.append(round(start + step, 10))
     return ticks
 
 
@@ -235,8 +233,12 @@ def donut(slices: Sequence[Slice], *, kind: str, title: str, center: str, captio
 
 
 def bar_chart(bars: Sequence[Bar], *, kind: str, title: str, width: int = 640, height: int = 220,
-              empty_text: str = "no predictions yet", show_share: bool = True) -> Markup:
-    """Vertical bars with value labels; with ``reference`` shares, a marker shows the expected share."""
+              empty_text: str = "no predictions yet", show_share: bool = True, percent_labels: bool = False
+              ) -> Markup:
+    """Vertical bars with value labels; with ``reference`` shares, a marker shows the expected share.
+
+    Bar heights are shares of the total (``show_share``) or raw values; ``percent_labels``
+    writes shares instead of values above the bars."""
     if not bars or sum(b.value for b in bars) <= 0:
         return _empty(width, height, empty_text, kind)
     left, right, top, bottom = 44, 12, 30, 42
@@ -276,8 +278,9 @@ def bar_chart(bars: Sequence[Bar], *, kind: str, title: str, width: int = 640, h
         out.append(f'<rect class="bar s1" x="{_f(x)}" y="{_f(y)}" width="{_f(bw)}" height="{_f(top + ph - y)}" '
                    f'rx="3"><title>{escape(tip)}</title></rect>')
         if bw >= 22:
+            text = f"{share * 100:.0f}%" if percent_labels else format_number(b.value)
             out.append(f'<text class="bar-value" x="{_f(x + bw / 2)}" y="{_f(y - 5)}" text-anchor="middle">'
-                       f'{escape(format_number(b.value))}</text>')
+                       f'{escape(text)}</text>')
         if b.reference is not None:
             ry = sy(b.reference)
             out.append(f'<line class="ref-mark" x1="{_f(x - 4)}" x2="{_f(x + bw + 4)}" y1="{_f(ry)}" y2="{_f(ry)}"/>')
@@ -307,7 +310,7 @@ def stacked_bar(slices: Sequence[Slice], *, kind: str, title: str, width: int = 
     return Markup("".join(out))
 
 
-def hbars(slices: Sequence[Slice], *, kind: str, title: str, width: int = 360, row: int = 26) -> Markup:
+def hbars(slices: Sequence[Slice], *, kind: str, title: str, width: int = 420, row: int = 26) -> Markup:
     """Horizontal bars with labels on the left and counts on the right (e.g. devices per update state)."""
     items = [s for s in slices if s.value > 0]
     if not items:
@@ -317,7 +320,7 @@ def hbars(slices: Sequence[Slice], *, kind: str, title: str, width: int = 360, r
     hi = max(s.value for s in items)
     height = row * len(items) + 8
     out = [f'<svg class="chart chart-hbars" data-chart="{escape(kind)}" data-points="{len(items)}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
     for i, s in enumerate(items):
         y = 4 + i * row
         w = max(2.0, pw * s.value / hi)

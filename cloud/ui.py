@@ -419,8 +419,10 @@ def bundle_detail(request: Request, digest: str, session: SessionDep, controller
     stats = telemetry.aggregate(session, group_by="bundle", key=bundle.digest).get(bundle.digest)
     profile = manifest.get("reference_profile") or {}
     reference = profile.get("predictions") or {}
-    ref_chart = charts.bar_chart([charts.Bar(k, v) for k, v in sorted(reference.items(), key=lambda kv: _natural(kv[0]))],
-                                 kind="reference", title="reference prediction distribution",
+    order = [k for k in manifest.get("labels") or [] if k in reference]
+    order += sorted(set(reference) - set(order), key=_natural)
+    ref_chart = charts.bar_chart([charts.Bar(k, reference[k]) for k in order], kind="reference",
+                                 title="reference prediction distribution", percent_labels=True,
                                  empty_text="no reference predictions") if reference else None
     return _render(request, "bundle.html", user=user, now=controller.now(), refresh=None, bundle=bundle,
                    manifest=manifest, profile=profile, tree=tree, model_name=model_name, used_by=used_by,

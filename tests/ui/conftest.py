@@ -1,0 +1,141 @@
+"""UI test fixtures: the real controller app (``create_app``) served by uvicorn in a background
+thread on a free port, SQLite in a temp dir, the real Mosquitto on 127.0.0.1:1883 when it is
+listening (else the embedded broker), a seeded fleet, and Debian's Chromium driven by Playwright.
+
+Chromium missing: the browser tests skip locally and FAIL under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from edgefleet.cloud.app import create_app
+from edgefleet.cloud.controller import Controller
+from edgefleet.cloud.settings import ControllerSettings
+
+from ui_fleet import Fleet, seed
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
+SCREENSHOT_DIR = os.environ.get("EDGEFLEET_UI_SCREENSHOTS")
+"""Set to a directory to keep one screenshot per page (for looking at the design)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Server:
+    url: str
+    controller: Controller
+    fleet: Fleet
+    admin_token: str
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory) -> Iterator[Server]:
+    port = _free_port()
+    prefix = f"uitest-{uuid.uuid4().hex[:8]}/v1"
+    settings = ControllerSettings(
+        data_dir=tmp_path_factory.mktemp("controller"), listen_port=port, admin_token=ADMIN_TOKEN,
+        broker_url="mqtt://127.0.0.1:1883" if _port_open("127.0.0.1", 1883) else None,
+        topic_prefix=prefix, mqtt_client_id=f"edgefleet-ui-test-{uuid.uuid4().hex[:8]}",
+        heartbeat_timeout_s=6 * 3600, reconcile_interval_s=1.0)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="ui-test-uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the controller did not start")
+        time.sleep(0.05)
+    with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+        assert response.status == 200
+    controller: Controller = app.state.controller
+    fleet = seed(controller, now=time.time())
+    try:
+        yield Server(url=url, controller=controller, fleet=fleet, admin_token=ADMIN_TOKEN)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists():
+        message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser, ui_server):
+    """A fresh browser context (no cookies) on the controller; fails the test on any page error
+    or JavaScript dialog (an XSS payload that ran would show up here)."""
+    context = browser.new_context(base_url=ui_server.url, viewport={"width": 1360, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
+            if msg.type == "error" else None)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+@pytest.fixture
+def logged_in(page, ui_server):
+    page.goto("/ui/login")
+    page.fill("#token", ui_server.admin_token)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{ui_server.url}/")
+    return page
+
+
+def screenshot(page, name: str) -> None:
+    if SCREENSHOT_DIR:
+        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOT_DIR) / f"{name}.png"), full_page=True)

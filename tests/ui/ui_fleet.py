@@ -1,0 +1,199 @@
+"""A small, realistic fleet for the UI tests, stored through the controller's own services:
+a model with a compressed variant, two signed bundles (built from a tiny ONNX model made with
+onnx.helper), devices enrolled with one-time tokens that then say hello and report state,
+telemetry windows (latency histograms, predictions, drift) and a deployment whose devices are
+downloading, committed and failed. Device messages go through the real ingest path (topic ->
+decode -> store), exactly as the MQTT bridge hands them over."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefleet.cloud import deployments, devices, registry
+from edgefleet.cloud.blobstore import Incoming as Upload
+from edgefleet.cloud.controller import Controller
+from edgefleet.cloud.ingest import Raw
+from edgefleet.protocol import keys
+from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe
+from edgefleet.protocol.manifest import Lineage
+from edgefleet.protocol.messages import (DriftScores, Event, Hello, Histogram, InstalledBundle, Message, State,
+                                         StatusReport, TelemetryWindow, encode)
+from edgefleet.protocol.topics import device_topic
+
+LABELS = ["cat", "dog", "bird"]
+LATENCY_BOUNDS = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0]
+XSS_TAG = '<img src=x onerror="window.__xss=1">'
+XSS_TEXT = '</li><script>window.__xss=2</script>'
+WINDOWS = 36
+WINDOW_S = 60.0
+
+
+def tiny_onnx_model(n_in: int = 4, n_out: int = 3, seed: int = 0) -> bytes:
+    """y = softmax(x @ W + b), dynamic batch, opset 13."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(size=(n_in, n_out)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.normal(size=(n_out,)).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_out])], initializer=[w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@dataclass
+class Fleet:
+    """What was seeded (ids and digests the tests look for)."""
+
+    bundles: dict[str, BuiltBundle] = field(default_factory=dict)
+    devices: dict[str, dict] = field(default_factory=dict)
+    deployment_id: str = ""
+    targets: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def online(self) -> list[str]:
+        return [d for d, spec in self.devices.items() if spec["online"]]
+
+    @property
+    def offline(self) -> list[str]:
+        return [d for d, spec in self.devices.items() if not spec["online"]]
+
+
+DEVICES = {
+    # id: tags, online, drift profile
+    "cam-01": {"tags": ["site-a", "camera"], "online": True, "drift": "ok", "latency": 2.2},
+    "cam-02": {"tags": ["site-a", "camera"], "online": True, "drift": "ok", "latency": 3.0},
+    "cam-03": {"tags": ["site-b", "camera"], "online": True, "drift": "alarm", "latency": 2.6},
+    "gate-01": {"tags": ["site-b", XSS_TAG], "online": True, "drift": "warn", "latency": 6.0},
+    "gate-02": {"tags": ["site-b"], "online": False, "drift": None, "latency": 4.0},
+}
+
+
+def _upload(controller: Controller, data: bytes) -> Upload:
+    fd, name = tempfile.mkstemp(dir=controller.bundles.root, prefix=".upload-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    return Upload(Path(name), hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _ingest(controller: Controller, device_id: str, kind: str, message: Message, now: float) -> None:
+    topic = device_topic(device_id, kind, controller.settings.topic_prefix)
+    result = controller.ingestor.process([Raw(topic, encode(message), now)])
+    assert result.stored == 1, (kind, device_id, result)
+
+
+def _installed(bundle: BuiltBundle, slot: str = "a") -> InstalledBundle:
+    m = bundle.manifest
+    return InstalledBundle(name=m.name, version=m.version, build=m.build, digest=bundle.digest, runtime=m.runtime,
+                           slot=slot)
+
+
+def _window(device_id: str, seq: int, end: float, bundle: BuiltBundle, spec: dict,
+            rng: np.random.Generator) -> TelemetryWindow:
+    requests = int(rng.integers(80, 160))
+    latencies = rng.lognormal(mean=np.log(spec["latency"]), sigma=0.45, size=requests)
+    latencies *= 1.0 + 0.25 * np.sin(seq / 5.0)
+    counts = np.bincount(np.searchsorted(LATENCY_BOUNDS, latencies), minlength=len(LATENCY_BOUNDS) + 1)
+    progress = seq / (WINDOWS - 1)
+    reference = bundle.manifest.reference_profile.predictions
+    shares = np.asarray([reference.get(label, 0.0) + 0.02 for label in LABELS])
+    if spec["drift"] == "alarm":
+        psi = 0.03 + 0.42 * progress ** 1.6 + rng.uniform(0, 0.02)
+        shares = shares * (1 - 0.6 * progress) + np.asarray([0.5, 0.1, 0.4]) * 0.6 * progress
+    elif spec["drift"] == "warn":
+        psi = 0.05 + 0.09 * progress + rng.uniform(0, 0.02)
+        shares = shares * 0.8 + np.asarray([0.2, 0.0, 0.0])
+    else:
+        psi = rng.uniform(0.01, 0.05)
+    level = "alarm" if psi >= 0.25 else "warn" if psi >= 0.1 else "ok"
+    preds = rng.multinomial(requests, shares / shares.sum())
+    return TelemetryWindow(
+        device_id=device_id, window_seq=seq, window_start=end - WINDOW_S, window_end=end, sent_at=end,
+        bundle=_installed(bundle), requests=requests, batches=requests, samples=requests,
+        errors=int(rng.random() < 0.08),
+        latency_ms=Histogram(bounds=LATENCY_BOUNDS, counts=[int(c) for c in counts]),
+        predictions={label: int(c) for label, c in zip(LABELS, preds)},
+        drift=DriftScores(psi=round(float(psi), 4), js=round(float(psi) * 0.35, 4), level=level, samples=requests))
+
+
+def seed(controller: Controller, *, now: float) -> Fleet:
+    fleet = Fleet()
+    release = keys.generate_private_key()
+    trusted = keys.TrustedKeys.of([release.public_key()], role="release")
+    source = tiny_onnx_model(seed=0)
+    samples = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
+    actor = "admin:ui-test"
+    for version, build in (("1.2.0", 3), ("1.3.0", 4)):
+        recipe = parse_recipe({"bundle": {"name": "animals", "version": version, "build": build, "runtime": "onnx",
+                                          "labels": LABELS, "description": "Tiny animal classifier for the UI tests"},
+                               "target": {"min_agent_version": "0.1.0"}})
+        report = {"method": "dynamic_int8", "size_ratio": 0.27, "accuracy": {"original": 0.962, "compressed": 0.958},
+                  "gate": {"max_drop": 0.01, "passed": True}}
+        fleet.bundles[version] = build_bundle(recipe, source, samples=samples, release_key=release,
+                                              compression_report=report,
+                                              lineage=Lineage(source="tests/ui/ui_fleet.py"))
+    with controller.session() as session:
+        registry.create_model(session, name="animals", description="animal classifier", actor=actor, now=now)
+        src = registry.create_model_version(session, model_name="animals", version="1.0.0", actor=actor, now=now)
+        src.artifact_digest = hashlib.sha256(source).hexdigest()
+        registry.create_model_version(session, model_name="animals", version="1.0.0-int8", kind="compressed",
+                                      parent_version="1.0.0", actor=actor, now=now)
+        for version, built in fleet.bundles.items():
+            registry.register_bundle(session, incoming=_upload(controller, built.data), store=controller.bundles,
+                                     trusted=trusted, max_bytes=controller.settings.max_bundle_bytes,
+                                     model_name="animals", model_version="1.0.0-int8", actor=actor,
+                                     now=now - 3600 + built.manifest.build)
+        for device_id, spec in DEVICES.items():
+            _, token = devices.create_enrollment_token(session, actor=actor, now=now - 7200, tags=spec["tags"][:1])
+            devices.enroll(session, token=token, device_id=device_id, now=now - 7200)
+    old = fleet.bundles["1.2.0"]
+    rng = np.random.default_rng(7)
+    for device_id, spec in DEVICES.items():
+        fleet.devices[device_id] = spec
+        _ingest(controller, device_id, "hello", Hello(
+            device_id=device_id, agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx", "tflite"],
+            hardware_class="edge-small", installed=_installed(old), free_disk_bytes=3 * 1024 ** 3,
+            tags=spec["tags"], sent_at=now - 3000), now - 3000)
+        for seq in range(WINDOWS if spec["online"] else 0):
+            end = now - (WINDOWS - 1 - seq) * WINDOW_S
+            _ingest(controller, device_id, "telemetry", _window(device_id, seq, end, old, spec, rng), end)
+        _ingest(controller, device_id, "state", State(
+            device_id=device_id, status="online", update_state="committed", installed=_installed(old),
+            heartbeat_interval_s=30, sent_at=now - 5), now - 5)
+    _ingest(controller, "gate-01", "events", Event(
+        device_id="gate-01", level="warning", kind="inference.slow", text=XSS_TEXT, sent_at=now - 60), now - 60)
+    _ingest(controller, "gate-02", "state", State(device_id="gate-02", status="offline", sent_at=now - 1), now - 1)
+
+    new = fleet.bundles["1.3.0"]
+    targets = ["cam-01", "cam-02", "cam-03", "gate-01"]
+    with controller.session() as session:
+        dep = deployments.create_deployment(session, bundle_digest=new.digest, issuer=controller.issuer, actor=actor,
+                                            now=now - 120, timeout_s=1800, device_ids=targets,
+                                            note="roll out 1.3.0 to the cameras")
+        fleet.deployment_id = dep.id
+        sequences = {t.device_id: t.sequence for t in deployments.targets_of(session, deployment_id=dep.id)}
+    size = len(new.data)
+    reports = {
+        "cam-01": dict(state="committed", final=True, outcome="committed", bytes_done=size, bytes_total=size),
+        "cam-02": dict(state="downloading", bytes_done=size * 2 // 5, bytes_total=size),
+        "cam-03": dict(state="health_check", bytes_done=size, bytes_total=size),
+        "gate-01": dict(state="failed", final=True, outcome="failed", reason="smoke_test_failed",
+                        detail="output 0 differs by 0.31 (atol 1e-4)", bytes_done=size, bytes_total=size),
+    }
+    for device_id, report in reports.items():
+        _ingest(controller, device_id, "status", StatusReport(
+            device_id=device_id, deployment_id=dep.id, sequence=sequences[device_id], bundle_digest=new.digest,
+            sent_at=now - 30, **report), now - 30)
+        fleet.targets[device_id] = report
+    return fleet
