@@ -118,7 +118,7 @@ def page(browser, ui_server):
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
     page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-            if msg.type == "error" else None)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
     try:
         yield page
     finally:
