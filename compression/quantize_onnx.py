@@ -20,11 +20,6 @@ from edgefleet.protocol.errors import CompressionError
 
 logger = logging.getLogger(__name__)
 
-#: Op types the fallback may keep in float, per mode (the ones each quantizer rewrites).
-DYNAMIC_OPS = ("MatMul", "Conv", "Gather", "LSTM", "Attention")
-STATIC_OPS = ("MatMul", "Conv", "Gemm", "Relu", "Clip", "MaxPool", "AveragePool", "Flatten",
-              "Reshape", "Transpose", "Gather", "Concat", "Add", "Mul", "GlobalAveragePool")
-
 
 class BatchReader:
     """A CalibrationDataReader that hands out one batch at a time.
@@ -76,13 +71,12 @@ def _quiet_root() -> Iterator[None]:
         logging.getLogger().removeFilter(quiet)
 
 
-def _quantizable(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
-    return [n.name for n in model.graph.node if n.op_type in op_types]
-
-
 def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
     """Node names the quantizer would rewrite (what the fallback can keep in float)."""
-    return _quantizable(model, STATIC_OPS if static else DYNAMIC_OPS)
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    op_types = set(QDQRegistry) | set(QLinearOpsRegistry) if static else set(IntegerOpsRegistry)
+    return [n.name for n in model.graph.node if n.op_type in op_types]
 
 
 def _translate(exc: Exception, what: str) -> CompressionError:

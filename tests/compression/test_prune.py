@@ -1,0 +1,95 @@
+"""Pruning: unstructured sparsity really shrinks the bundle; structured pruning shrinks shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgefleet.compression import (CompressionConfig, GateConfig, Mode, PruningConfig, PruningKind,
+                                   PruningScope, compress, stored_size)
+from edgefleet.compression.onnx_graph import load_onnx, normalise
+from edgefleet.compression.prune import prune_structured, prune_unstructured, weight_sparsity
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.name.endswith("weight")}
+
+
+@pytest.mark.parametrize("scope", list(PruningScope))
+def test_unstructured_reaches_target_sparsity(mlp, scope):
+    result = prune_unstructured(normalise(load_onnx(mlp)), 0.6, scope)
+    assert result.sparsity == pytest.approx(0.6, abs=0.01)
+    assert weight_sparsity(result.model) == pytest.approx(0.6, abs=0.01)
+    per_layer = [float((w == 0).mean()) for w in _weights(result.model).values()]
+    if scope is PruningScope.PER_LAYER:
+        assert all(s == pytest.approx(0.6, abs=0.01) for s in per_layer)
+    else:
+        assert max(per_layer) - min(per_layer) > 0.01  # one threshold, uneven layers
+
+
+def test_unstructured_zeros_shrink_stored_bytes(mlp):
+    pruned = prune_unstructured(normalise(load_onnx(mlp)), 0.75).model.SerializeToString()
+    assert len(pruned) == pytest.approx(len(mlp), rel=0.01)
+    assert stored_size(pruned) < 0.5 * stored_size(mlp)
+
+
+def test_stored_size_deflates_only_when_it_saves_ten_percent():
+    assert stored_size(b"\0" * 10_000) < 100
+    random = np.random.default_rng(0).bytes(10_000)
+    assert stored_size(random) == 10_000
+
+
+def test_pruning_75_plus_int8_is_eight_times_smaller_in_the_bundle(samples, run_model):
+    model, calibration, eval_x, eval_y = samples["mlp"]
+    config = CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0,
+                               pruning=PruningConfig(sparsity=0.75))
+    result = compress(model, "onnx", config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
+    assert result.report.size.stored_ratio >= 8.0
+    assert result.report.sparsity == pytest.approx(0.75, abs=0.01)
+    assert result.report.gate.passed
+    assert run_model("onnx", result.model, eval_x[:3]).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_structured_removes_units_and_rewrites_shapes(samples, run_model, name):
+    model, calibration, eval_x, _ = samples[name]
+    result = prune_structured(normalise(load_onnx(model)), 0.5, calibration)
+    before, after = _weights(load_onnx(model)), _weights(result.model)
+    assert sum(w.size for w in after.values()) < 0.6 * sum(w.size for w in before.values())
+    assert result.sparsity == pytest.approx(0.5, abs=0.02)
+    pruned = result.model.SerializeToString()
+    assert len(pruned) < 0.6 * len(model)
+    out = run_model("onnx", pruned, eval_x)
+    assert out.shape == (len(eval_x), 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "tflite"])
+def test_structured_pruning_through_compress_meets_gate(samples, run_model, runtime):
+    model, calibration, eval_x, eval_y = samples["mlp"]
+    config = CompressionConfig(mode=Mode.NONE, latency_runs=20,
+                               pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.25))
+    result = compress(model, runtime, config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
+    assert result.report.gate.passed
+    assert result.report.size.ratio > 1.3
+    assert result.report.latency.ratio > 0
+    assert run_model(runtime, result.model, eval_x[:4]).shape == (4, 10)
+
+
+def test_structured_pruning_without_calibration_uses_weight_norms(mlp):
+    result = prune_structured(normalise(load_onnx(mlp)), 0.5)
+    assert result.pruned == ["fc0", "fc1"]
+
+
+def test_pruned_model_is_refused_when_it_loses_too_much(samples):
+    model, calibration, eval_x, eval_y = samples["mlp"]
+    config = CompressionConfig(mode=Mode.NONE, latency_runs=0,
+                               pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.9),
+                               gate=GateConfig(max_accuracy_drop=1.0))
+    from edgefleet.protocol.errors import AccuracyGateError
+
+    with pytest.raises(AccuracyGateError):
+        compress(model, "onnx", config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
