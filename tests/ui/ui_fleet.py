@@ -127,8 +127,10 @@ def _window(device_id: str, seq: int, end: float, bundle: BuiltBundle, spec: dic
         drift=DriftScores(psi=round(float(psi), 4), js=round(float(psi) * 0.35, 4), level=level, samples=requests))
 
 
-def seed(controller: Controller, *, now: float) -> Fleet:
+def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
+    """Store the fleet; ``hostile`` puts HTML into a device tag and an event text (escaping tests)."""
     fleet = Fleet()
+    specs = {d: dict(s, tags=[t for t in s["tags"] if hostile or t != XSS_TAG]) for d, s in DEVICES.items()}
     release = keys.generate_private_key()
     trusted = keys.TrustedKeys.of([release.public_key()], role="release")
     source = tiny_onnx_model(seed=0)
@@ -154,12 +156,12 @@ def seed(controller: Controller, *, now: float) -> Fleet:
                                      trusted=trusted, max_bytes=controller.settings.max_bundle_bytes,
                                      model_name="animals", model_version="1.0.0-int8", actor=actor,
                                      now=now - 3600 + built.manifest.build)
-        for device_id, spec in DEVICES.items():
+        for device_id, spec in specs.items():
             _, token = devices.create_enrollment_token(session, actor=actor, now=now - 7200, tags=spec["tags"][:1])
             devices.enroll(session, token=token, device_id=device_id, now=now - 7200)
     old = fleet.bundles["1.2.0"]
     rng = np.random.default_rng(7)
-    for device_id, spec in DEVICES.items():
+    for device_id, spec in specs.items():
         fleet.devices[device_id] = spec
         _ingest(controller, device_id, "hello", Hello(
             device_id=device_id, agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx", "tflite"],
@@ -172,7 +174,8 @@ def seed(controller: Controller, *, now: float) -> Fleet:
             device_id=device_id, status="online", update_state="committed", installed=_installed(old),
             heartbeat_interval_s=30, sent_at=now - 5), now - 5)
     _ingest(controller, "gate-01", "events", Event(
-        device_id="gate-01", level="warning", kind="inference.slow", text=XSS_TEXT, sent_at=now - 60), now - 60)
+        device_id="gate-01", level="warning", kind="inference.slow",
+        text=XSS_TEXT if hostile else "p95 latency above 10 ms in 3 consecutive windows", sent_at=now - 60), now - 60)
     _ingest(controller, "gate-02", "state", State(device_id="gate-02", status="offline", sent_at=now - 1), now - 1)
 
     new = fleet.bundles["1.3.0"]

@@ -1,0 +1,67 @@
+"""Regenerate the README screenshots of the web UI (not a test):
+
+    .venv/bin/python tests/ui/screenshots.py docs/img
+
+Starts the real controller app on a free port with a temp data dir, seeds the same fleet as the
+UI tests (without the hostile strings), logs in with Debian's Chromium and saves
+``ui-overview.png`` and ``ui-device.png``.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from ui_fleet import seed  # noqa: E402
+
+from edgefleet.cloud.app import create_app  # noqa: E402
+from edgefleet.cloud.settings import ControllerSettings  # noqa: E402
+
+TOKEN = "eft_screenshot-admin"
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(ControllerSettings(data_dir=Path(tmp), listen_port=port, admin_token=TOKEN,
+                                            heartbeat_timeout_s=3600))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        try:
+            seed(app.state.controller, now=time.time(), hostile=False)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+                base = f"http://127.0.0.1:{port}"
+                page.goto(f"{base}/ui/login")
+                page.fill("#token", TOKEN)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/")
+                page.screenshot(path=str(out / "ui-overview.png"), full_page=True)
+                page.goto(f"{base}/ui/devices/cam-03")
+                page.screenshot(path=str(out / "ui-device.png"), full_page=True)
+                browser.close()
+        finally:
+            server.should_exit = True
+            thread.join(15)
+    print(f"wrote {out / 'ui-overview.png'} and {out / 'ui-device.png'}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/img"))
