@@ -24,14 +24,10 @@ from edgefleet.cloud.app import create_app
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
 
-from ui_fleet import Fleet, seed
+from .ui_fleet import Fleet, seed
+from .ui_support import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
-SCREENSHOT_DIR = os.environ.get("EDGEFLEET_UI_SCREENSHOTS")
-"""Set to a directory to keep one screenshot per page (for looking at the design)."""
 
 
 def _free_port() -> int:
@@ -134,8 +130,3 @@ def logged_in(page, ui_server):
     page.wait_for_url(f"{ui_server.url}/")
     return page
 
-
-def screenshot(page, name: str) -> None:
-    if SCREENSHOT_DIR:
-        Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOT_DIR) / f"{name}.png"), full_page=True)

@@ -21,8 +21,8 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from ui_fleet import seed  # noqa: E402
+from ui_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 from edgefleet.cloud.app import create_app  # noqa: E402
 from edgefleet.cloud.settings import ControllerSettings  # noqa: E402

@@ -7,9 +7,9 @@ import re
 import time
 
 import pytest
-from conftest import screenshot
 from playwright.sync_api import expect
-from ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
+from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
+from .ui_support import screenshot
 
 from edgefleet.cloud import auth
 from edgefleet.cloud.ingest import Raw
