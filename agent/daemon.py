@@ -74,11 +74,6 @@ class Agent:
                                predictor=self.predictor, release_keys=release, controller_keys=controller,
                                facts=self.facts, report=self._enqueue, policy=policy,
                                buffer_rows=config.stats_buffer_rows)
-        self.seq_path = state_dir / "telemetry_seq"
-        try:
-            self.window_seq = int(self.seq_path.read_text())
-        except (FileNotFoundError, ValueError):
-            self.window_seq = 0
         self.malformed = 0
         self._malformed_reported = 0
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
@@ -188,14 +183,14 @@ class Agent:
 
     def flush_telemetry(self) -> None:
         for installed, summary in self.predictor.flush():
-            msg = TelemetryWindow(device_id=self.device_id, window_seq=self.window_seq, window_start=summary.start,
-                                  window_end=summary.end, bundle=installed, requests=summary.requests,
-                                  batches=summary.batches, samples=summary.samples, errors=summary.errors,
-                                  latency_ms=summary.latency_ms, features=summary.features,
-                                  predictions=summary.predictions, drift=summary.drift)
-            self._enqueue(msg)
-            self.window_seq += 1
-            atomic_write(self.seq_path, str(self.window_seq).encode())
+            def build(seq: int) -> tuple[bytes, str]:
+                msg = TelemetryWindow(device_id=self.device_id, window_seq=seq, window_start=summary.start,
+                                      window_end=summary.end, bundle=installed, requests=summary.requests,
+                                      batches=summary.batches, samples=summary.samples, errors=summary.errors,
+                                      latency_ms=summary.latency_ms, features=summary.features,
+                                      predictions=summary.predictions, drift=summary.drift)
+                return encode(msg), msg.msg_id
+            self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
             if summary.drift is not None and summary.drift.level == "alarm":
                 log.warning("drift alarm: psi=%.3f js=%.3f over %d samples device=%s", summary.drift.psi,
                             summary.drift.js, summary.drift.samples, self.device_id)
@@ -210,7 +205,7 @@ class Agent:
         return {"device_id": self.device_id, "uptime_s": round(time.monotonic() - self.started, 3),
                 "connected": self.link.connected, "requests_total": self.predictor.total_requests,
                 "errors_total": self.predictor.total_errors, "malformed_messages": self.malformed,
-                "outbox_pending": len(self.outbox), "telemetry_windows": self.window_seq,
+                "outbox_pending": len(self.outbox), "telemetry_windows": self.outbox.counter("window_seq"),
                 "update_state": r.state.value, "deployment_id": r.deployment_id,
                 "bundle": bundle_info(model.installed) if model is not None else None, "window": window}
 

@@ -24,7 +24,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
     created REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -45,7 +49,7 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -62,6 +66,30 @@ class Outbox:
                 self._db.execute("DELETE FROM outbox WHERE id <= (SELECT MAX(id) FROM outbox) - ?",
                                  (self.max_rows,))
             return bool(cur.rowcount)
+
+    def counter(self, name: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    def enqueue_sequenced(self, topic: str, counter: str, build, *, qos: int = 1) -> int:
+        """Take the next number of ``counter`` and store ``build(n) -> (payload, msg_id)`` in ONE
+        transaction: a crash never reuses a number for another message nor skips one."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM counters WHERE name = ?", (counter,)).fetchone()
+                n = row[0] if row else 0
+                payload, msg_id = build(n)
+                self._db.execute("INSERT INTO outbox (msg_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?)",
+                                 (msg_id, topic, payload, qos, time.time()))
+                self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (counter, n + 1))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
 
     def pending(self, *, exclude: set[int] | frozenset[int] = frozenset(), limit: int = 100) -> list[Row]:
         with self._lock:

@@ -38,10 +38,12 @@ class Slots:
         return self.root / slot / "bundle"
 
     def has_bundle(self, slot: str | None) -> bool:
-        return slot in SLOTS and self.bundle_path(slot).is_file()
+        return slot in SLOTS and self.bundle_path(slot).is_file() and self.digest(slot) is not None
 
-    def install(self, slot: str, source: Path) -> None:
-        """Place the bundle file ``source`` into ``slot`` atomically (copy, fsync, replace)."""
+    def install(self, slot: str, source: Path, digest: str) -> None:
+        """Place the bundle file ``source`` into ``slot`` atomically (copy, fsync, replace),
+        with its sha256 beside it (checked again whenever the slot is loaded)."""
+        (self.root / slot / "digest").unlink(missing_ok=True)
         target = self.bundle_path(slot)
         tmp = target.with_name(".bundle.tmp")
         with open(source, "rb") as src, open(tmp, "wb") as dst:
@@ -49,6 +51,13 @@ class Slots:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, target)
+        atomic_write(self.root / slot / "digest", digest.encode())
+
+    def digest(self, slot: str) -> str | None:
+        try:
+            return (self.root / slot / "digest").read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def switch(self, slot: str | None) -> None:
         """Make ``slot`` active (``None``: no active model)."""

@@ -51,9 +51,10 @@ class UpdatePolicy:
     effect (so a test can kill the process exactly there)."""
 
 
-def report_id(deployment_id: str, sequence: int, state: str, attempt: int, final: bool) -> str:
-    """Deterministic message id: a re-sent report after a restart de-duplicates."""
-    key = f"{deployment_id}\0{sequence}\0{state}\0{attempt}\0{final}"
+def report_id(device_id: str, deployment_id: str, sequence: int, state: str, attempt: int, final: bool) -> str:
+    """Deterministic message id: a re-sent report after a restart de-duplicates. The device id is
+    part of it: devices of one deployment share deployment id and sequence numbers."""
+    key = f"{device_id}\0{deployment_id}\0{sequence}\0{state}\0{attempt}\0{final}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -62,7 +63,8 @@ class Updater:
                  release_keys: TrustedKeys, controller_keys: TrustedKeys, facts: DeviceFacts,
                  report: Callable[[StatusReport], None], policy: UpdatePolicy = UpdatePolicy(),
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 downloader: Callable[..., Path] = download, buffer_rows: int = 65536) -> None:
+                 downloader: Callable[..., Path] = download, sleep: Callable[[float], object] | None = None,
+                 threaded: bool = True, buffer_rows: int = 65536) -> None:
         self.device_id = device_id
         self.store = RecordStore(state_dir / "update.json")
         self.downloads = state_dir / "downloads"
@@ -81,6 +83,8 @@ class Updater:
         self.record = self.store.load()
         self.trace: list[str] = []
         self._stop = threading.Event()
+        self.sleep = sleep or self._stop.wait
+        self.threaded = threaded
         self._cancel = threading.Event()
         self._lock = threading.RLock()
         self._worker: threading.Thread | None = None
@@ -115,7 +119,7 @@ class Updater:
         r = self.record
         order = self._order() if r.order else None
         report = StatusReport(
-            msg_id=report_id(r.deployment_id or "", r.sequence, r.state.value, r.attempt, final),
+            msg_id=report_id(self.device_id, r.deployment_id or "", r.sequence, r.state.value, r.attempt, final),
             device_id=self.device_id, deployment_id=r.deployment_id or "", sequence=r.sequence,
             state=r.state.value, final=final, outcome=r.outcome if final else None,
             reason=r.reason if final else None, detail=(r.detail or None) if final else None,
@@ -134,15 +138,16 @@ class Updater:
             for leftover in self.downloads.iterdir():
                 leftover.unlink(missing_ok=True)
         self._send_report(final=True)
-        self.record = r.model_copy(update={"final_reported": True})
-        self.store.save(self.record)
+        with self._lock:
+            self.record = self.record.model_copy(update={"final_reported": True})
+            self.store.save(self.record)
         log.info("update finished: %s outcome=%s reason=%s device=%s deployment=%s", r.state.value, r.outcome,
                  r.reason, self.device_id, r.deployment_id)
 
     def _refuse(self, deployment_id: str, sequence: int, exc: EdgeFleetError) -> None:
         log.warning("order refused: %s (%s) device=%s deployment=%s", exc.code, exc, self.device_id, deployment_id)
         self.report(StatusReport(
-            msg_id=report_id(deployment_id, sequence, "refused", 0, True), device_id=self.device_id,
+            msg_id=report_id(self.device_id, deployment_id, sequence, "refused", 0, True), device_id=self.device_id,
             deployment_id=deployment_id or "?", sequence=sequence, state=self.record.state.value, final=True,
             outcome="refused", reason=exc.code, detail=str(exc)[:2000]))
 
@@ -227,6 +232,8 @@ class Updater:
     # ------------------------------------------------------------------ the loop
 
     def _start_worker(self) -> None:
+        if not self.threaded:
+            return  # the caller drives run() (unit tests)
         self._worker = threading.Thread(target=self.run, name="updater", daemon=True)
         self._worker.start()
 
@@ -262,7 +269,8 @@ class Updater:
     def _pause(self, state: S) -> None:
         log.warning("fault injection: pausing in state %s", state.value)
         (self.downloads.parent / f"paused-{state.value}").touch()
-        self._stop.wait()
+        if self.threaded:
+            self._stop.wait()
 
     def _bundle_file(self) -> Path:
         return self.downloads / f"{self._order().bundle_digest}.bundle"
@@ -303,7 +311,7 @@ class Updater:
             log.info("download failed (%s); retry %d in %.1f s device=%s deployment=%s", exc, attempt, wait,
                      self.device_id, self.record.deployment_id)
             self._move(E.RETRY, attempt=attempt, reason=exc.code, detail=str(exc)[:2000])
-            self._stop.wait(min(wait, max(0.0, deadline - self.clock())))
+            self.sleep(min(wait, max(0.0, deadline - self.clock())))
             return
         self._bytes_done = order.bundle_size
         self._move(E.DOWNLOADED, reason=None, detail=None)
@@ -335,7 +343,7 @@ class Updater:
 
     def _stage(self) -> None:
         try:
-            self.slots.install(self.record.target_slot, self._bundle_file())
+            self.slots.install(self.record.target_slot, self._bundle_file(), self._order().bundle_digest)
         except FileNotFoundError:
             self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
             return
@@ -393,9 +401,9 @@ class Updater:
             bundle = self._verify_bytes(data, order)
             digest = order.bundle_digest
         else:
-            bundle = verify_bundle(data, trusted=self.release_keys,
+            digest = self.slots.digest(slot)
+            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest,
                                    limits=BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data))))
-            digest = hashlib.sha256(data).hexdigest()
         return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(), buffer_rows=self.buffer_rows)
 
     def _load_active(self) -> None:

@@ -64,7 +64,9 @@ class PrivateMosquitto:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {workdir}/\nmax_queued_messages 100000\n")
+                             f"persistence_location {workdir}/\nmax_queued_messages 100000\n"
+                             # as root, mosquitto drops to its own user, which cannot write here
+                             + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen | None = None
         self.log = open(workdir / "mosquitto.log", "wb")
 

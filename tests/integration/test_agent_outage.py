@@ -74,8 +74,12 @@ def test_broker_outage_every_window_arrives_exactly_once(tmp_path, private_mosqu
                    what="outbox drained after restart")
         last = agent.get("/v1/stats")[1]["telemetry_windows"] - 1
 
-        seen = h.observer.wait_for(lambda o: (lambda w: w if all(s in w for s in range(last + 1)) else None)(
-            windows_by_seq(o)), what=f"windows 0..{last}")
+        try:
+            seen = h.observer.wait_for(lambda o: (lambda w: w if all(s in w for s in range(last + 1)) else None)(
+                windows_by_seq(o)), what=f"windows 0..{last}")
+        except AssertionError:
+            got = windows_by_seq(h.observer)
+            raise AssertionError(f"missing windows {[s for s in range(last + 1) if s not in got]} of 0..{last}")
         assert sorted(seen)[: last + 1] == list(range(last + 1)), "a window was lost"
         assert all(len(ids) == 1 for ids in seen.values()), "a window arrived under two message ids"
         served = sum(t["requests"] for t in {t["msg_id"]: t for t in h.observer.of("telemetry")}.values())
