@@ -49,11 +49,14 @@ def demo(
     keep_running: bool = typer.Option(False, "--keep-running", help="keep everything up for the UI"),
     data_dir: str = typer.Option(None, help="where to keep state (default: a fresh temporary directory)"),
     port: int = typer.Option(0, help="controller port (0 = a free port)"),
+    broker_url: str = typer.Option(None, help="use this broker (e.g. mqtt://127.0.0.1:1883) instead of the "
+                                              "embedded one"),
 ) -> None:
     """The whole loop on one machine: train, compress, bundle, enroll, deploy, serve, detect drift."""
     from edgefleet.cloud.demo import run_demo
 
-    raise typer.Exit(run_demo(devices=devices, keep_running=keep_running, data_dir=data_dir, port=port))
+    raise typer.Exit(run_demo(devices=devices, keep_running=keep_running, data_dir=data_dir, port=port,
+                              broker_url=broker_url))
 
 
 def _register_compression() -> None:
