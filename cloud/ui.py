@@ -46,6 +46,8 @@ SECURITY_HEADERS = {
 }
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png",
                 ".ico": "image/x-icon"}
+STATS_WINDOW_S = 24 * 3600.0
+"""Bundle pages summarise the telemetry of the last day."""
 DEFAULT_THRESHOLDS = {"psi_warn": 0.1, "psi_alarm": 0.25}
 
 # Colour class of every state / outcome / level (defined in static/ui.css).
@@ -416,7 +418,8 @@ def bundle_detail(request: Request, digest: str, session: SessionDep, controller
         select(Deployment).where(Deployment.bundle_id == bundle.id).order_by(col(Deployment.created_at).desc())
         .limit(10))))
     on_devices = [d for d in devices.list_devices(session) if (d.installed or {}).get("digest") == bundle.digest]
-    stats = telemetry.aggregate(session, group_by="bundle", key=bundle.digest).get(bundle.digest)
+    stats = telemetry.aggregate(session, group_by="bundle", key=bundle.digest,
+                                since=controller.now() - STATS_WINDOW_S).get(bundle.digest)
     profile = manifest.get("reference_profile") or {}
     reference = profile.get("predictions") or {}
     order = [k for k in manifest.get("labels") or [] if k in reference]
