@@ -244,7 +244,13 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="edgefleet-agent", description="EdgeFleet device agent")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        from edgefleet.agent.enroll import main as enroll_main
+
+        return enroll_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="edgefleet-agent", description="EdgeFleet device agent "
+                                     "('edgefleet-agent enroll --help' to enroll a new device)")
     parser.add_argument("--config", metavar="PATH", help="agent TOML config (EDGEFLEET_AGENT_* override keys)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -1,0 +1,210 @@
+"""End to end, as an engineer does it from the CLI: a real controller, a real broker (Mosquitto on
+127.0.0.1:1883, and the embedded broker) and real ``edgefleet-agent`` processes.
+
+enroll -> bundle build -> push -> deploy --wait -> installed -> predictions on the device ->
+telemetry (with drift) visible through the REST API and ``edgefleet telemetry``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgefleet.cloud.cli import main as cli
+from edgefleet.cloud.client import ControllerClient
+from edgefleet.cloud.server import BackgroundServer, free_port
+from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.compression import export_tflite
+from edgefleet.compression.samples import load_digits_split, train_mlp
+
+pytestmark = pytest.mark.integration
+
+RECIPE = """
+[bundle]
+name = "digits-{runtime}"
+version = "1.2.0"
+build = 7
+runtime = "{runtime}"
+model = "model.{runtime}"
+labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+
+[smoke_test]
+vectors = 3
+atol = 1e-3
+rtol = 1e-2
+
+[drift]
+min_samples = 40
+"""
+
+
+@pytest.fixture(scope="module")
+def digits_models(tmp_path_factory) -> dict[str, Path]:
+    data = load_digits_split()
+    onnx_model = train_mlp(data, hidden=(32,))
+    out = tmp_path_factory.mktemp("models")
+    paths = {}
+    for runtime, model in (("onnx", onnx_model), ("tflite", export_tflite(onnx_model))):
+        (out / f"model.{runtime}").write_bytes(model)
+        (out / f"digits-{runtime}.toml").write_text(RECIPE.format(runtime=runtime))
+        paths[runtime] = out / f"digits-{runtime}.toml"
+    np.save(out / "samples.npy", data.x_train[:300])
+    paths["samples"] = out / "samples.npy"
+    return paths
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = cli(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def cli_json(capsys, *args: str):
+    rc, out, err = run_cli(capsys, *args, "--json")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def fleet(request, tmp_path, monkeypatch, topic_prefix):
+    """A controller on the requested broker, and an admin token in the CLI's environment."""
+    broker_url = None
+    if request.param == "mosquitto":
+        broker_url = request.getfixturevalue("mqtt_broker").url
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys").mkdir()
+    admin = "efa_test_" + secrets.token_urlsafe(12)
+    assert cli(["keys", "generate", "release", "--out", str(tmp_path / "keys")]) == 0
+    settings = ControllerSettings(data_dir=tmp_path / "controller", listen_port=free_port(),
+                                  broker_url=broker_url, topic_prefix=topic_prefix,
+                                  release_key_paths=[tmp_path / "keys" / "release.pub"], admin_token=admin,
+                                  reconcile_interval_s=0.5, heartbeat_timeout_s=30, deployment_timeout_s=90)
+    server = BackgroundServer(settings).start()
+    monkeypatch.setenv("EDGEFLEET_URL", server.url)
+    monkeypatch.setenv("EDGEFLEET_TOKEN", admin)
+    monkeypatch.setenv("EDGEFLEET_CLI_CONFIG", str(tmp_path / "no-cli.toml"))
+    agents: list[subprocess.Popen] = []
+    yield server, agents, tmp_path
+    for proc in agents:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in agents:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    server.stop()
+
+
+def start_agent(capsys, server, agents, base: Path, device_id: str, tag: str) -> Path:
+    token = cli_json(capsys, "devices", "enroll", "--device-id", device_id, "--tag", tag)["token"]
+    state_dir = base / "devices" / device_id
+    enrolled = subprocess.run(
+        [sys.executable, "-m", "edgefleet.agent.daemon", "enroll", "--controller", server.url, "--token", token,
+         "--state-dir", str(state_dir), "--set", "inference_listen=127.0.0.1:0", "--set", "telemetry_interval_s=1",
+         "--set", "heartbeat_interval_s=2", "--set", "health_check_inferences=0"],
+        capture_output=True, text=True, timeout=60)
+    assert enrolled.returncode == 0, enrolled.stderr
+    log = open(state_dir / "agent.log", "ab")
+    agents.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
+                                    str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
+                                   stdout=log, stderr=subprocess.STDOUT))
+    log.close()
+    return state_dir
+
+
+def wait_until(cond, what: str, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def predict(state_dir: Path, batch: np.ndarray) -> dict:
+    addr = wait_until(lambda: (state_dir / "inference.addr").exists() and (state_dir / "inference.addr").read_text(),
+                      "inference address")
+    req = urllib.request.Request(f"http://{addr.strip()}/v1/predict", method="POST",
+                                 data=json.dumps({"inputs": {"input": batch.tolist()}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_engineer_flow_from_the_cli(capsys, fleet, digits_models):
+    server, agents, base = fleet
+    dirs = {"dev-onnx": start_agent(capsys, server, agents, base, "dev-onnx", "onnx"),
+            "dev-tflite": start_agent(capsys, server, agents, base, "dev-tflite", "tflite")}
+    wait_until(lambda: {d["id"] for d in cli_json(capsys, "devices", "list", "--online")} == set(dirs),
+               "both agents online")
+
+    digests = {}
+    for runtime in ("onnx", "tflite"):
+        built = cli_json(capsys, "bundle", "build", str(digits_models[runtime]), "--key", "keys/release.key",
+                         "--samples", str(digits_models["samples"]), "--out", f"digits-{runtime}.efb")
+        pushed = cli_json(capsys, "bundle", "push", built["bundle"])
+        assert pushed["digest"] == built["digest"]
+        digests[runtime] = built["digest"]
+        dep = cli_json(capsys, "deploy", f"digits-{runtime}:1.2.0", "--tag", runtime, "--wait")
+        assert dep["status"] == "succeeded", dep
+        assert [(t["device_id"], t["outcome"]) for t in dep["targets"]] == [(f"dev-{runtime}", "committed")]
+
+    listed = {b["digest"] for b in cli_json(capsys, "bundle", "list")}
+    assert set(digests.values()) <= listed
+    for device_id, runtime in (("dev-onnx", "onnx"), ("dev-tflite", "tflite")):
+        shown = cli_json(capsys, "devices", "show", device_id)["device"]
+        wait_until(lambda: cli_json(capsys, "devices", "show", device_id)["device"]["installed"], "installed bundle")
+        shown = cli_json(capsys, "devices", "show", device_id)["device"]
+        assert shown["installed"]["digest"] == digests[runtime]
+
+    data = load_digits_split()
+    x, y = data.x_test[:200], data.y_test[:200]
+    for device_id, state_dir in dirs.items():
+        batch = x if device_id == "dev-onnx" else np.clip(0.5 * x + 0.45, 0, 1)  # dev-tflite sees drifted inputs
+        replies = [predict(state_dir, batch[i:i + 20]) for i in range(0, len(batch), 20)]
+        assert {r["bundle"]["version"] for r in replies} == {"1.2.0"}
+        probs = np.concatenate([np.asarray(next(iter(r["outputs"].values()))) for r in replies])
+        if device_id == "dev-onnx":
+            assert (probs.argmax(1) == y).mean() > 0.85
+
+    def telemetry_complete():
+        summary = cli_json(capsys, "telemetry", "--by", "device")
+        return summary if all(summary.get(d, {}).get("samples", 0) >= 200 for d in dirs) else None
+
+    summary = wait_until(telemetry_complete, "telemetry windows from both devices")
+    assert summary["dev-onnx"]["requests"] == 10 and summary["dev-tflite"]["requests"] == 10
+    assert summary["dev-onnx"]["latency_ms"]["p50"] is not None
+    assert summary["dev-onnx"]["drift"]["levels"].get("alarm", 0) == 0
+    assert summary["dev-tflite"]["drift"]["levels"].get("alarm", 0) >= 1
+    with ControllerClient(server.url, os.environ["EDGEFLEET_TOKEN"]) as api:
+        windows = api.get("/api/v1/telemetry/windows", device_id="dev-tflite")
+        by_bundle = api.get("/api/v1/telemetry/summary", group_by="bundle", key=digests["tflite"])
+    assert windows and all(w["bundle_digest"] == digests["tflite"] for w in windows if w["samples"])
+    assert by_bundle[digests["tflite"]]["samples"] == 200
+    rc, out, _ = run_cli(capsys, "telemetry")
+    assert rc == 0 and "dev-onnx" in out and "dev-tflite" in out
+
+
+def test_cli_errors_are_one_line(capsys, fleet):
+    server, _, _ = fleet
+    rc, _, err = run_cli(capsys, "deploy", "nosuchbundle", "--all")
+    assert rc != 0 and "no bundle named 'nosuchbundle'" in err and "Traceback" not in err
+    rc, _, err = run_cli(capsys, "devices", "show", "ghost")
+    assert rc != 0 and "ghost" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, "devices", "list", "--token", "efa_wrong")
+    assert rc != 0 and "401" in err and "Traceback" not in err
+    rc, _, err = run_cli(capsys, "devices", "list", "--url", f"http://127.0.0.1:{free_port()}")
+    assert rc != 0 and "cannot reach the controller" in err
