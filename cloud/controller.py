@@ -69,7 +69,8 @@ class Controller:
         self.issuer = OrderIssuer(key=self.controller_key, public_url=settings.resolved_public_url,
                                   lifetime_s=settings.order_lifetime_s)
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
-                                 batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max)
+                                 batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
+                                 decode_workers=settings.ingest_decode_workers)
         self._transport_factory = transport_factory or self._mqtt_transport
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | None = None

@@ -1,50 +1,42 @@
 """Turning raw device messages into stored state, fast and idempotently.
 
-The MQTT network thread only enqueues ``(topic, payload, received_at)``; one worker thread
-decodes (topic, size limit, schema, device id in topic == in payload), then stores a whole batch
-in one transaction: telemetry and events as bulk inserts, hello/state/status through the
-services, each message at most once (by ``msg_id``). A rejected message is logged and counted,
-never stored; a storage error is logged and the batch retried message by message.
+The MQTT network thread only enqueues ``(topic, payload, received_at)``. A collector thread
+takes batches off that queue and has them decoded (:mod:`decoding`: topic, size limit, schema,
+device id in topic == in payload) -- inline, or in ``decode_workers`` processes so decoding
+runs in parallel with storing. A storer thread then writes each batch, in order, in one
+transaction: telemetry and events as bulk inserts plus one bulk ``last_seen`` update,
+hello/state/status through the services, each message at most once (by ``msg_id``).
+A rejected message is logged and counted, never stored; a storage error is logged and the
+batch retried message by message. Nothing here ever raises into the MQTT thread.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
-from edgefleet.cloud import deployments, devices, telemetry
+from edgefleet.cloud import deployments, devices
 from edgefleet.cloud.db import session_scope
+from edgefleet.cloud.decoding import Decoded, Raw, Rejected, decode_many
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.models import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
-from edgefleet.protocol.errors import MessageError
-from edgefleet.protocol.messages import Event, Hello, Message, State, StatusReport, TelemetryWindow, decode
-from edgefleet.protocol.topics import DEVICE_KINDS, parse_device_topic
+from edgefleet.protocol.messages import Hello, State, StatusReport
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Raw:
-    topic: str
-    payload: bytes
-    received_at: float
-
-
-@dataclass(frozen=True)
-class Incoming:
-    device_id: str
-    kind: str
-    message: Message
-    received_at: float
+_CONTROL_KINDS = ("hello", "state", "status")
+_SEEN = update(Device).where(Device.id == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
 
 
 @dataclass
@@ -57,25 +49,14 @@ class BatchResult:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
-def parse(raw: Raw, *, prefix: str) -> Incoming:
-    """Decode one raw message or raise :class:`MessageError` (``code`` says why)."""
-    try:
-        device_id, kind = parse_device_topic(raw.topic, prefix)
-    except MessageError as exc:
-        raise MessageError(exc.message, code="bad_topic", where="topic") from None
-    if kind not in DEVICE_KINDS:
-        raise MessageError(f"devices do not publish {kind!r}", code="bad_topic", where="topic")
-    message = decode(kind, raw.payload)
-    if message.device_id != device_id:
-        raise MessageError(f"payload device_id {message.device_id!r} differs from the topic's {device_id!r}",
-                           code="device_mismatch", where="device_id")
-    return Incoming(device_id, kind, message, raw.received_at)
+def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> None:
+    """Apply decoded messages in arrival order, each at most once; the caller commits.
 
-
-def store_batch(session: Session, items: list[Incoming], result: BatchResult) -> None:
-    """Apply decoded messages in arrival order, each at most once; the caller commits."""
-    found = session.exec(select(Device).where(col(Device.id).in_({i.device_id for i in items})))
-    known = {d.id: d for d in found if d.mqtt_password_hash}
+    Only devices that sent hello/state/status in this batch are loaded as objects; for the
+    others ``last_seen`` is one bulk update.
+    """
+    ids = {i.device_id for i in items}
+    known = set(session.exec(select(Device.id).where(col(Device.id).in_(ids), Device.mqtt_password_hash != "")))
     accepted = []
     for item in items:
         if item.device_id in known:
@@ -83,26 +64,25 @@ def store_batch(session: Session, items: list[Incoming], result: BatchResult) ->
         else:
             result.reject("unknown_device")
             log.warning("message from unknown or decommissioned device %s rejected", item.device_id)
+    control_ids = {i.device_id for i in accepted if i.kind in _CONTROL_KINDS}
+    loaded = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(control_ids)))} \
+        if control_ids else {}
     seen = _already_processed(session, accepted)
     telemetry_rows, event_rows = [], []
+    last_seen: dict[str, float] = {}
     for item in accepted:
-        msg_id = item.message.msg_id
-        if msg_id in seen:
+        if item.msg_id in seen:
             result.duplicates += 1
             continue
-        seen.add(msg_id)
-        device = known[item.device_id]
+        seen.add(item.msg_id)
+        device = loaded.get(item.device_id)
         message = item.message
-        if isinstance(message, TelemetryWindow):
-            telemetry_rows.append(telemetry.record_row(message, now=item.received_at))
-            devices.mark_seen(device, now=item.received_at)
-        elif isinstance(message, Event):
-            event_rows.append({"msg_id": msg_id, "device_id": item.device_id, "level": message.level,
-                               "kind": message.kind, "text": message.text, "data": message.data,
-                               "sent_at": message.sent_at, "received_at": item.received_at})
-            devices.mark_seen(device, now=item.received_at)
+        if item.kind == "telemetry":
+            telemetry_rows.append(item.row)
+        elif item.kind == "events":
+            event_rows.append(item.row)
         else:
-            session.add(ProcessedMessage(msg_id=msg_id, device_id=item.device_id, kind=item.kind,
+            session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
                                          received_at=item.received_at))
             if isinstance(message, Hello):
                 devices.apply_hello(device, message, now=item.received_at)
@@ -110,20 +90,25 @@ def store_batch(session: Session, items: list[Incoming], result: BatchResult) ->
                 devices.apply_state(device, message, now=item.received_at)
             elif isinstance(message, StatusReport):
                 devices.mark_seen(device, now=item.received_at)
-                session.add(device)
                 deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
-        session.add(device)
+            session.add(device)
+        if device is None:
+            last_seen[item.device_id] = item.received_at
+        elif not (isinstance(message, State) and message.status == "offline"):
+            devices.mark_seen(device, now=item.received_at)
         result.stored += 1
     if telemetry_rows:
         session.execute(insert(TelemetryRecord), telemetry_rows)
     if event_rows:
         session.execute(insert(DeviceEvent), event_rows)
+    if last_seen:
+        session.connection().execute(_SEEN, [{"device": d, "seen": t} for d, t in last_seen.items()])
 
 
-def _already_processed(session: Session, items: list[Incoming]) -> set[str]:
+def _already_processed(session: Session, items: list[Decoded]) -> set[str]:
     ids: dict[str, list[str]] = {"telemetry": [], "events": [], "other": []}
     for item in items:
-        ids[item.kind if item.kind in ("telemetry", "events") else "other"].append(item.message.msg_id)
+        ids[item.kind if item.kind in ("telemetry", "events") else "other"].append(item.msg_id)
     seen: set[str] = set()
     for kind, column in (("telemetry", TelemetryRecord.msg_id), ("events", DeviceEvent.msg_id),
                          ("other", ProcessedMessage.msg_id)):
@@ -133,67 +118,100 @@ def _already_processed(session: Session, items: list[Incoming]) -> set[str]:
 
 
 class Ingestor:
-    """Queue + one worker thread that stores batches of device messages."""
+    """Raw queue -> collector thread (batches, decode inline or in processes) -> storer thread."""
 
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
-                 clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000) -> None:
+                 clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
+                 decode_workers: int = 0) -> None:
         self.engine = engine
         self.prefix = prefix
         self.metrics = metrics
         self.clock = clock
         self.batch_max = batch_max
+        self.decode_workers = decode_workers
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
-        self._thread: threading.Thread | None = None
+        self._decoded: queue.Queue[tuple[int, Future | list[Raw]] | None] = queue.Queue(maxsize=4)
+        self._pool: ProcessPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Called on the MQTT network thread; blocks when the queue is full (back-pressure)."""
         self._queue.put(Raw(topic, payload, self.clock()))
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="edgefleet-ingest", daemon=True)
-            self._thread.start()
+        if self._threads:
+            return
+        if self.decode_workers > 0:
+            self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        self._threads = [threading.Thread(target=self._collect, name="edgefleet-ingest-collect", daemon=True),
+                         threading.Thread(target=self._store_loop, name="edgefleet-ingest-store", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout)
-            self._thread = None
+        """Store what was received, then stop."""
+        if not self._threads:
+            return
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def flush(self) -> None:
         """Block until everything submitted so far is stored (tests, shutdown)."""
         self._queue.join()
 
-    def _run(self) -> None:
+    def process(self, raws: list[Raw]) -> BatchResult:
+        """Decode and store ``raws`` synchronously in the calling thread; never raises."""
+        return self._store(decode_many(raws, self.prefix))
+
+    def _collect(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while len(batch) < self.batch_max:
+            batch = [self._queue.get()]
+            while len(batch) < self.batch_max and batch[-1] is not None:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            stop = batch[-1] is None
             raws = [r for r in batch if r is not None]
-            try:
-                if raws:
-                    self.process(raws)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-                self.metrics.ingest_queue_depth.set(self._queue.qsize())
-            if len(raws) != len(batch):
+            if raws:
+                work = self._pool.submit(decode_many, raws, self.prefix) if self._pool else raws
+                self._decoded.put((len(raws), work))
+            if stop:
+                self._queue.task_done()
+                self._decoded.put(None)
                 return
 
-    def process(self, raws: list[Raw]) -> BatchResult:
-        """Decode and store ``raws``; never raises."""
+    def _store_loop(self) -> None:
+        while True:
+            entry = self._decoded.get()
+            if entry is None:
+                return
+            count, work = entry
+            try:
+                decoded = work.result() if isinstance(work, Future) else decode_many(work, self.prefix)
+                self._store(decoded)
+            except Exception:  # a decode worker died, or a bug: count, log, carry on
+                log.exception("ingest of a batch of %d messages failed", count)
+                self.metrics.mqtt_rejected.labels("ingest_error").inc(count)
+            finally:
+                for _ in range(count):
+                    self._queue.task_done()
+                self.metrics.ingest_queue_depth.set(self._queue.qsize())
+
+    def _store(self, decoded: list[Decoded | Rejected]) -> BatchResult:
         result = BatchResult()
         items = []
-        for raw in raws:
-            try:
-                items.append(parse(raw, prefix=self.prefix))
-            except MessageError as exc:
-                result.reject(exc.code)
-                log.warning("rejected MQTT message on %s (%d bytes): %s", raw.topic[:200], len(raw.payload), exc)
+        for d in decoded:
+            if isinstance(d, Rejected):
+                result.reject(d.code)
+                log.warning("rejected MQTT message on %s (%d bytes): %s", d.topic, d.size, d.text)
+            else:
+                items.append(d)
         started = time.perf_counter()
         try:
             with session_scope(self.engine) as session:
@@ -207,17 +225,17 @@ class Ingestor:
         self._count(items, result)
         return result
 
-    def _store_one(self, item: Incoming, result: BatchResult) -> None:
+    def _store_one(self, item: Decoded, result: BatchResult) -> None:
         try:
             with session_scope(self.engine) as session:
                 store_batch(session, [item], result)
         except IntegrityError:
             result.duplicates += 1
         except SQLAlchemyError:
-            log.exception("could not store %s message %s from %s", item.kind, item.message.msg_id, item.device_id)
+            log.exception("could not store %s message %s from %s", item.kind, item.msg_id, item.device_id)
             result.reject("store_error")
 
-    def _count(self, items: list[Incoming], result: BatchResult) -> None:
+    def _count(self, items: list[Decoded], result: BatchResult) -> None:
         for reason, n in result.rejected.items():
             self.metrics.mqtt_rejected.labels(reason).inc(n)
         if result.duplicates:

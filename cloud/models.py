@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -171,7 +171,8 @@ class TelemetryRecord(SQLModel, table=True):
     drift_js: float | None = None
     drift_ks: float | None = None
     drift_level: str | None = None
-    payload: dict = _json(dict)
+    raw: str = Field(default="", sa_type=Text)
+    """The message exactly as received (unknown fields included)."""
     received_at: float
 
 

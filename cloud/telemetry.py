@@ -15,27 +15,8 @@ from sqlmodel import Session, col, select
 from edgefleet.cloud.models import Bundle, Device, Model, ModelVersion, TelemetryRecord
 from edgefleet.cloud.registry import get_model_version
 from edgefleet.protocol.errors import MessageError
-from edgefleet.protocol.messages import TelemetryWindow
 
 GROUPS = ("device", "bundle", "model_version", "tag")
-
-
-def record_row(window: TelemetryWindow, *, now: float) -> dict[str, Any]:
-    """The ``telemetry_windows`` row for a window (a dict, for bulk inserts)."""
-    drift = window.drift
-    bundle = window.bundle
-    return {
-        "msg_id": window.msg_id, "device_id": window.device_id,
-        "bundle_digest": bundle.digest if bundle else None, "bundle_name": bundle.name if bundle else None,
-        "bundle_version": bundle.version if bundle else None, "window_seq": window.window_seq,
-        "window_start": window.window_start, "window_end": window.window_end, "requests": window.requests,
-        "batches": window.batches, "samples": window.samples, "errors": window.errors,
-        "latency_bounds": window.latency_ms.bounds, "latency_counts": window.latency_ms.counts,
-        "predictions": window.predictions,
-        "drift_psi": drift.psi if drift else None, "drift_js": drift.js if drift else None,
-        "drift_ks": drift.ks if drift else None, "drift_level": drift.level if drift else None,
-        "payload": window.model_dump(mode="json"), "received_at": now,
-    }
 
 
 def percentile(bounds: list[float], counts: list[int], q: float) -> float | None:

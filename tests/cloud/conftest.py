@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.controller import Controller
-from edgefleet.cloud.ingest import Raw
+from edgefleet.cloud.decoding import Raw
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe

@@ -1,0 +1,275 @@
+"""Telemetry ingest: the controller's MQTT bridge + ingest worker (every message decoded,
+validated and persisted in SQLite) against a bare paho subscriber, on the same Mosquitto.
+
+A private Mosquitto (free port; unlimited queue, inflight window 1000) carries N QoS 1
+telemetry windows spread over many device ids, published by ONE client in a separate process
+(as a fleet simulator drives many devices from one loop). Two measurements per consumer:
+
+* sustained -- the consumer is connected while the fleet publishes as fast as it can; rate =
+  N / (first publish .. last message received or stored). This is the issue's figure.
+* capacity  -- the backlog is queued at the broker first (persistent session), then the
+  consumer connects and drains it; shows the consumer's own ceiling.
+
+Runs alternate between the consumers; medians and the ratio controller / bare are printed.
+
+    python benchmarks/ingest.py [--messages 20000] [--devices 2000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from edgefleet.cloud import devices
+from edgefleet.cloud.bridge import MqttBridge
+from edgefleet.cloud.db import create_schema, make_engine, session_scope
+from edgefleet.cloud.ingest import Ingestor
+from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.models import TelemetryRecord
+from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
+from edgefleet.protocol.topics import controller_subscriptions, telemetry
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "max_queued_messages 0\nmax_inflight_messages 1000\n")
+    proc = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def payloads(prefix: str, n: int, n_devices: int) -> list[tuple[str, bytes]]:
+    """Realistic windows of the digits demo: 64 features x 10 bins, 12 latency buckets."""
+    rng = np.random.default_rng(0)
+    bundle = InstalledBundle(name="digits", version="1.0.0", build=1, digest="ab" * 32, runtime="onnx", slot="a")
+    features = rng.integers(0, 50, size=(64, 10)).tolist()
+    out = []
+    for i in range(n):
+        device_id = f"dev-{i % n_devices:05d}"
+        window = TelemetryWindow(
+            device_id=device_id, window_seq=i // n_devices, window_start=1000.0 + i, window_end=1060.0 + i,
+            bundle=bundle, requests=100, batches=100, samples=100, errors=0,
+            latency_ms=Histogram(bounds=[0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200],
+                                 counts=rng.integers(0, 20, size=12).tolist()),
+            features=features, predictions={str(k): 10 for k in range(10)},
+            drift=DriftScores(psi=0.01, js=0.005, ks=0.02, per_feature_psi=[0.01] * 64, level="ok", samples=100))
+        out.append((telemetry(device_id, prefix), encode(window)))
+    return out
+
+
+def _publish_process(port: int, prefix: str, n: int, n_devices: int, ready, go, result) -> None:
+    messages = payloads(prefix, n, n_devices)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    ready.set()
+    go.wait()
+    started = time.time()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(120)
+    result.put((started, time.time()))
+    client.disconnect()
+    client.loop_stop()
+
+
+class Fleet:
+    """The publishing fleet in its own process, so it does not share the GIL with a consumer."""
+
+    def __init__(self, port: int, prefix: str, n: int, n_devices: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready, self.go, self.result = ctx.Event(), ctx.Event(), ctx.Queue()
+        self.proc = ctx.Process(target=_publish_process, args=(port, prefix, n, n_devices, self.ready, self.go,
+                                                               self.result))
+        self.proc.start()
+        if not self.ready.wait(120):
+            raise RuntimeError("publisher did not start")
+
+    def start(self) -> None:
+        self.go.set()
+
+    def finish(self) -> tuple[float, float]:
+        started, ended = self.result.get(timeout=300)
+        self.proc.join(30)
+        return started, ended
+
+
+class BareSubscriber:
+    """The baseline: one paho client that only counts what it receives."""
+
+    def __init__(self, port: int, prefix: str, client_id: str, expected: int, **_) -> None:
+        self.port, self.expected = port, expected
+        self.count = 0
+        self.finished_at = 0.0
+        self.done = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(controller_subscriptions(prefix)[2], qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.finished_at = time.time()
+            self.done.set()
+
+    def connect(self) -> None:
+        self.client.connect("127.0.0.1", self.port)
+        self.client.loop_start()
+        self.subscribed.wait(10)
+
+    def disconnect(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait(self) -> float:
+        if not self.done.wait(300):
+            raise RuntimeError(f"bare subscriber got {self.count}/{self.expected}")
+        self.disconnect()
+        return self.finished_at
+
+
+class ControllerIngest:
+    """The production path: MqttBridge -> Ingestor (batched SQLite writes), devices enrolled."""
+
+    def __init__(self, port: int, prefix: str, client_id: str, expected: int, n_devices: int, workdir: Path,
+                 decode_workers: int) -> None:
+        self.expected = expected
+        self.engine = make_engine(f"sqlite:///{workdir / f'{client_id}.db'}")
+        create_schema(self.engine)
+        with session_scope(self.engine) as session:
+            for i in range(n_devices):
+                _, token = devices.create_enrollment_token(session, actor="bench", now=time.time(),
+                                                           device_id=f"dev-{i:05d}")
+                devices.enroll(session, token=token, device_id=f"dev-{i:05d}", now=time.time())
+        self.ingestor = Ingestor(engine=self.engine, prefix=prefix, metrics=ControllerMetrics(),
+                                 decode_workers=decode_workers)
+        self.ingestor.start()
+        self._bridge_args = {"url": f"mqtt://127.0.0.1:{port}", "client_id": client_id,
+                             "subscriptions": controller_subscriptions(prefix), "on_message": self.ingestor.submit}
+        self.bridge = MqttBridge(**self._bridge_args)
+
+    def connect(self) -> None:
+        self.bridge.start()
+        time.sleep(0.3)        # let the SUBACK arrive
+
+    def disconnect(self) -> None:
+        self.bridge.stop()
+        self.bridge = MqttBridge(**self._bridge_args)
+
+    def stored(self) -> int:
+        with Session(self.engine) as session:
+            return session.exec(select(func.count()).select_from(TelemetryRecord)).one()
+
+    def wait(self) -> float:
+        deadline = time.monotonic() + 300
+        while self.stored() < self.expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"controller stored {self.stored()}/{self.expected}")
+            time.sleep(0.02)
+        finished = time.time()
+        self.bridge.stop()
+        self.ingestor.stop()
+        self.engine.dispose()
+        return finished
+
+
+CONSUMERS = {"bare paho subscriber": BareSubscriber, "controller ingest (stored)": ControllerIngest}
+
+
+def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir: Path,
+             decode_workers: int) -> tuple[float, float]:
+    """Returns (consumer rate, publisher rate) in messages/s."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/edgefleet/v1"
+    consumer = consumer_cls(port, prefix, f"c-{uuid.uuid4().hex[:8]}", n, n_devices=n_devices, workdir=workdir,
+                            decode_workers=decode_workers)
+    fleet = Fleet(port, prefix, n, n_devices)
+    consumer.connect()
+    if mode == "capacity":
+        consumer.disconnect()          # the broker queues everything for the persistent session
+        fleet.start()
+        published, pub_end = fleet.finish()
+        started = time.time()
+        consumer.connect()
+        finished = consumer.wait()
+    else:
+        fleet.start()
+        finished = consumer.wait()
+        published, pub_end = fleet.finish()
+        started = published
+    return n / (finished - started), n / (pub_end - published)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", default="sustained,capacity")
+    parser.add_argument("--decode-workers", type=int, default=1,
+                        help="controller decode processes (EDGEFLEET_INGEST_DECODE_WORKERS)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
+    broker, port = start_mosquitto(workdir)
+    modes = args.modes.split(",")
+    rates = {(m, c): [] for m in modes for c in CONSUMERS}
+    publish_rates = []
+    try:
+        for run in range(args.repeats):
+            for mode in modes:
+                for name, cls in CONSUMERS.items():
+                    rate, pub = run_once(mode, cls, port, args.messages, args.devices, workdir, args.decode_workers)
+                    rates[(mode, name)].append(rate)
+                    publish_rates.append(pub)
+                    print(f"run {run + 1} {mode:9s} {name:28s} {rate:8.0f} msg/s  (fleet published {pub:6.0f}/s)",
+                          flush=True)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    size = len(payloads("x", 1, 1)[0][1])
+    print(f"\n{args.messages} telemetry windows of {size} bytes from {args.devices} devices, QoS 1, Mosquitto, "
+          f"controller decode workers {args.decode_workers}, medians of {args.repeats} runs:")
+    for mode in modes:
+        med = {name: statistics.median(rates[(mode, name)]) for name in CONSUMERS}
+        bare, ctl = med["bare paho subscriber"], med["controller ingest (stored)"]
+        print(f"  {mode:9s} bare {bare:8.0f} msg/s   controller {ctl:8.0f} msg/s   ratio {ctl / bare:.2f}x")
+    print(f"  fleet publisher median {statistics.median(publish_rates):.0f} msg/s; target: sustained ratio >= 0.5x")
+
+
+if __name__ == "__main__":
+    main()
