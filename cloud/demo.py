@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from edgefleet.agent.enroll import enroll_device
 from edgefleet.cloud.cli_fleet import follow_deployment
 from edgefleet.cloud.cli_output import print_table
 from edgefleet.cloud.client import ControllerClient
@@ -158,12 +157,7 @@ class Demo:
                              state_dir=self.base / "devices" / f"edge-{i + 1:02d}")
             token = self.client.post("/api/v1/enrollment-tokens",
                                      {"device_id": dev.device_id, "tags": [runtime, "demo"]})["token"]
-            config = enroll_device(controller_url=self.server.url, token=token, state_dir=dev.state_dir,
-                                   settings={"inference_listen": "127.0.0.1:0",
-                                             "telemetry_interval_s": TELEMETRY_INTERVAL_S,
-                                             "heartbeat_interval_s": 5.0,
-                                             "health_check_inferences": 0,
-                                             "hardware_class": "demo-pc"})
+            config = self.enroll(dev, token)
             logfile = open(dev.state_dir / "agent.log", "ab")
             self.logs.append(logfile)
             dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config", str(config),
@@ -175,6 +169,19 @@ class Demo:
         self.step(f"{self.n_devices} agents enrolled and online "
                   f"({sum(d.runtime == 'onnx' for d in self.devices)} ONNX Runtime, "
                   f"{sum(d.runtime == 'tflite' for d in self.devices)} LiteRT)")
+
+    def enroll(self, dev: DemoDevice, token: str) -> Path:
+        """Run ``edgefleet-agent enroll`` as a device would (the controller never imports the agent)."""
+        settings = {"inference_listen": "127.0.0.1:0", "telemetry_interval_s": TELEMETRY_INTERVAL_S,
+                    "heartbeat_interval_s": 5.0, "health_check_inferences": 0, "hardware_class": "demo-pc"}
+        cmd = [sys.executable, "-m", "edgefleet.agent.daemon", "enroll", "--controller", self.server.url,
+               "--token", token, "--state-dir", str(dev.state_dir)]
+        for key, value in settings.items():
+            cmd += ["--set", f"{key}={value}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise TransportError(f"enrolling {dev.device_id} failed: {done.stderr.strip()}", where="demo")
+        return dev.state_dir / "agent.toml"
 
     def deploy(self, pushed: dict[str, dict[str, Any]]) -> None:
         for runtime, bundle in pushed.items():
