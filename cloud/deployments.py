@@ -20,7 +20,7 @@ from edgefleet.cloud import audit, devices
 from edgefleet.cloud.models import Bundle, Deployment, DeploymentTarget, Device
 from edgefleet.cloud.orders import OrderIssuer
 from edgefleet.cloud.registry import get_bundle
-from edgefleet.protocol.errors import ConflictError, MessageError, NotFoundError, TargetMismatchError
+from edgefleet.protocol.errors import ConflictError, MessageError, NotFoundError, ReplayError, TargetMismatchError
 from edgefleet.protocol.manifest import BundleManifest, check_target
 from edgefleet.protocol.messages import OrderMessage, StatusReport, encode
 from edgefleet.protocol.topics import cmd
@@ -225,6 +225,15 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
     entry = {"state": report.state, "sequence": report.sequence, "final": report.final,
              "outcome": report.outcome, "reason": report.reason}
     if target.final or (report.sequence and report.sequence < target.sequence):
+        _history(target, now, ignored=True, **entry)
+        session.add(target)
+        return target
+    if report.outcome == "refused" and report.reason == ReplayError.code:
+        # A redelivered copy of an order the device already accepted (QoS 1 duplicate, re-publish
+        # after a crash): the device is working on it, progress reports follow. If it really
+        # never runs it, the deployment timeout ends the target.
+        log.warning("deployment %s device %s: duplicate order refused as replay; ignored", target.deployment_id,
+                    device_id)
         _history(target, now, ignored=True, **entry)
         session.add(target)
         return target

@@ -129,6 +129,25 @@ def test_stale_sequence_report_is_ignored(client, fleet, bundle):
     fleet.status("st", "dep-unknown", 1, "committed", final=True, outcome="committed")  # unknown deployment: ignored
 
 
+def test_refusal_of_a_duplicate_order_does_not_end_the_target(client, fleet, bundle):
+    fleet.add("dup")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["dup"]}).json()["id"]
+    fleet.status("dup", dep_id, 1, "downloading")
+    fleet.status("dup", dep_id, 1, "downloading", final=True, outcome="refused", reason="replayed_order")
+    target = client.get(f"/api/v1/deployments/{dep_id}").json()["targets"][0]
+    assert not target["final"] and target["history"][-1]["ignored"] is True
+    fleet.status("dup", dep_id, 1, "committed", final=True, outcome="committed")
+    assert client.get(f"/api/v1/deployments/{dep_id}").json()["status"] == "succeeded"
+
+
+def test_a_real_refusal_ends_the_target(client, fleet, bundle):
+    fleet.add("ref")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["ref"]}).json()["id"]
+    fleet.status("ref", dep_id, 1, "idle", final=True, outcome="refused", reason="busy")
+    shown = client.get(f"/api/v1/deployments/{dep_id}").json()
+    assert shown["status"] == "failed" and shown["targets"][0]["outcome"] == "refused"
+
+
 def test_cancel_sends_signed_cancel_orders(client, fleet, bundle, transport, controller, clock):
     fleet.add("x1")
     fleet.add("x2")
