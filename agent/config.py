@@ -70,7 +70,8 @@ class AgentConfig(BaseModel):
     download_timeout_s: float = Field(30.0, gt=0)
     retry_base_s: float = Field(1.0, gt=0)
     retry_cap_s: float = Field(60.0, gt=0)
-    stats_buffer_rows: int = Field(65536, gt=0)
+    drift_max_rows: int = Field(16384, ge=0)
+    """Inputs binned for drift per telemetry window (counts of requests/samples are always complete)."""
     fault_pause_in: list[str] = Field(default_factory=list)
     """Testing only: update states in which the agent stops right after persisting the
     state (before its side effect), so a test can kill it exactly there. Leave empty."""

@@ -73,7 +73,7 @@ class Agent:
         self.updater = Updater(device_id=self.device_id, state_dir=state_dir, slots=self.slots,
                                predictor=self.predictor, release_keys=release, controller_keys=controller,
                                facts=self.facts, report=self._enqueue, policy=policy,
-                               buffer_rows=config.stats_buffer_rows)
+                               max_binned_rows=config.drift_max_rows)
         self.malformed = 0
         self._malformed_reported = 0
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
@@ -180,6 +180,7 @@ class Agent:
                                                                         self._installed()):
                 self._publish_state()
         self.pump.pump(self.link.publish, self.link.connected)
+        self.predictor.fold()
 
     def flush_telemetry(self) -> None:
         for installed, summary in self.predictor.flush():

@@ -61,7 +61,7 @@ class LoadedModel:
 
 
 def load_model(bundle: VerifiedBundle, *, digest: str, slot: str, window_start: float,
-               buffer_rows: int = 65536) -> LoadedModel:
+               max_binned_rows: int = 16384) -> LoadedModel:
     """Open a session for a verified bundle (raises InferenceError / RuntimeUnavailableError)."""
     m = bundle.manifest
     session = open_session(m.runtime, bundle.model)
@@ -69,7 +69,7 @@ def load_model(bundle: VerifiedBundle, *, digest: str, slot: str, window_start: 
                                 runtime=m.runtime, slot=slot)
     first_output = session.outputs[0].name if session.outputs else None
     stats = WindowStats(profile=m.reference_profile, labels=m.labels, output_name=first_output,
-                        start=window_start, buffer_rows=buffer_rows)
+                        start=window_start, max_binned_rows=max_binned_rows)
     dtypes = {s.name: np.dtype(s.dtype) for s in session.inputs}
     return LoadedModel(session=session, manifest=m, installed=installed, stats=stats, dtypes=dtypes)
 
@@ -146,6 +146,12 @@ class Predictor:
         model.stats.record(feed, outputs, latency, n)
         model.count_live(True)
         return Prediction(outputs, model.installed)
+
+    def fold(self, min_rows: int = 1024) -> None:
+        """Do the statistics' vectorised work now (called from the agent loop, off the request path)."""
+        model = self._model
+        if model is not None:
+            model.stats.fold(min_rows)
 
     def flush(self) -> list[tuple[InstalledBundle, WindowSummary]]:
         """Close the current window (and hand out windows of models replaced since)."""

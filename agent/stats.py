@@ -1,9 +1,11 @@
 """Per-window inference statistics, cheap on the hot path.
 
 ``record()`` only appends references (latency, the profiled input, the first output) to
-lists; the vectorised work (histograms, feature binning, argmax) happens when a window is
-flushed, or when the buffer grows past ``buffer_rows`` (amortised, still vectorised). Raw
-inputs never leave the device: a window carries counts only.
+lists; the vectorised work (histograms, feature binning, argmax) happens in :meth:`fold`,
+which the agent's loop calls between requests (never on the request path), and at the end of
+the window. At most ``max_binned_rows`` inputs per window are binned for drift (the feature
+histograms and drift scores say how many: ``drift.samples``); requests, samples, latencies and
+predictions are always counted in full. Raw inputs never leave the device.
 """
 
 from __future__ import annotations
@@ -80,11 +82,11 @@ class WindowStats:
     """Statistics of one model over one telemetry window (thread-safe)."""
 
     def __init__(self, *, profile: ReferenceProfile | None, labels: list[str] | None, output_name: str | None,
-                 start: float, buffer_rows: int = 65536) -> None:
+                 start: float, max_binned_rows: int = 16384) -> None:
         self.profile = profile
         self.labels = labels
         self.output_name = output_name
-        self.buffer_rows = buffer_rows
+        self.max_binned_rows = max_binned_rows
         self._binner = FeatureBinner(profile) if profile is not None and profile.features else None
         self._lock = threading.Lock()
         self._start = start
@@ -94,8 +96,8 @@ class WindowStats:
         self._buf = _Buffers()
         self.requests = self.batches = self.samples = self.errors = 0
         self._features = np.zeros((self._binner.n_features, self._binner.n_bins), np.int64) if self._binner else None
-        self._classes = np.zeros(0, np.int64)
         self._class_chunks: list[np.ndarray] = []
+        self._sampled = 0
 
     def record(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], latency_s: float,
                n: int, *, request: bool = True) -> None:
@@ -105,53 +107,73 @@ class WindowStats:
             self.batches += 1
             self.samples += n
             buf.latencies.append(latency_s)
-            if self._binner is not None:
+            if self._binner is not None and self._sampled < self.max_binned_rows:
                 buf.inputs.append(inputs[self.profile.input])
+                self._sampled += n
             if self.output_name is not None:
                 buf.outputs.append(outputs[self.output_name])
             buf.rows += n
-            if buf.rows >= self.buffer_rows:
-                self._fold()
 
     def error(self, *, request: bool = True) -> None:
         with self._lock:
             self.requests += request
             self.errors += 1
 
-    def _fold(self) -> None:
-        """Bin buffered inputs/outputs (vectorised) and drop the references. Lock held."""
-        buf = self._buf
-        if buf.inputs:
-            batch = np.concatenate([np.asarray(x).reshape(len(x), -1) for x in buf.inputs])
+    def fold(self, min_rows: int = 0) -> None:
+        """Bin buffered inputs/outputs (vectorised) and drop the references. The heavy part
+        runs outside the lock, so concurrent ``record()`` calls never wait for it."""
+        with self._lock:
+            buf = self._buf
+            if buf.rows < max(min_rows, 1):
+                return
+            inputs, outputs = buf.inputs, buf.outputs
+            buf.inputs, buf.outputs, buf.rows = [], [], 0
+            generation = self._features
+        counts = classes = None
+        if inputs:
+            batch = np.concatenate([np.asarray(x).reshape(len(x), -1) for x in inputs])
             try:
-                self._features += self._binner.counts(batch)
+                counts = self._binner.counts(batch)
             except ValueError:
-                pass  # inputs that do not match the profile are counted as samples only
-            buf.inputs = []
-        if buf.outputs:
-            self._class_chunks.append(np.concatenate([predicted_classes(o) for o in buf.outputs]))
-            buf.outputs = []
-        buf.rows = 0
+                counts = None  # inputs that do not match the profile are counted as samples only
+        if outputs:
+            classes = np.concatenate([predicted_classes(o) for o in outputs])
+        with self._lock:
+            if generation is not self._features:
+                return  # the window was flushed meanwhile; these rows belong to it, drop them
+            if counts is not None:
+                self._features += counts
+            if classes is not None:
+                self._class_chunks.append(classes)
 
     def flush(self, now: float) -> WindowSummary:
         """Close the window at ``now`` and start the next one."""
+        self.fold()
         with self._lock:
-            self._fold()
-            latencies = np.asarray(self._buf.latencies, dtype=np.float64) * 1000.0
-            lat = Histogram(bounds=list(LATENCY_BOUNDS_MS), counts=histogram(latencies))
-            features = self._binner.trim(self._features) if self._binner is not None else []
-            predictions: dict[str, int] = {}
-            if self._class_chunks:
-                idx, cnt = np.unique(np.concatenate(self._class_chunks), return_counts=True)
-                for i, c in zip(idx.tolist(), cnt.tolist()):
-                    key = self.labels[i] if self.labels and 0 <= i < len(self.labels) else str(i)
-                    predictions[key] = predictions.get(key, 0) + c
-            drift = None
-            if self.profile is not None and features:
-                drift = score(self.profile, features, predictions)
-            summary = WindowSummary(start=self._start, end=now, requests=self.requests, batches=self.batches,
-                                    samples=self.samples, errors=self.errors, latency_ms=lat, features=features,
-                                    predictions=predictions, drift=drift)
-            self._start = now
+            buf, features, chunks = self._buf, self._features, self._class_chunks
+            requests, batches, samples, errors = self.requests, self.batches, self.samples, self.errors
+            start, self._start = self._start, now
             self._reset()
-            return summary
+        if buf.inputs:  # rows recorded since the fold above
+            try:
+                features = features + self._binner.counts(
+                    np.concatenate([np.asarray(x).reshape(len(x), -1) for x in buf.inputs]))
+            except ValueError:
+                pass
+        if buf.outputs:
+            chunks.append(np.concatenate([predicted_classes(o) for o in buf.outputs]))
+        latencies = np.asarray(buf.latencies, dtype=np.float64) * 1000.0
+        lat = Histogram(bounds=list(LATENCY_BOUNDS_MS), counts=histogram(latencies))
+        feature_counts = self._binner.trim(features) if self._binner is not None else []
+        predictions: dict[str, int] = {}
+        if chunks:
+            idx, cnt = np.unique(np.concatenate(chunks), return_counts=True)
+            for i, c in zip(idx.tolist(), cnt.tolist()):
+                key = self.labels[i] if self.labels and 0 <= i < len(self.labels) else str(i)
+                predictions[key] = predictions.get(key, 0) + c
+        drift = None
+        if self.profile is not None and feature_counts and sum(feature_counts[0]):
+            drift = score(self.profile, feature_counts, predictions)
+        return WindowSummary(start=start, end=now, requests=requests, batches=batches, samples=samples,
+                             errors=errors, latency_ms=lat, features=feature_counts, predictions=predictions,
+                             drift=drift)

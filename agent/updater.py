@@ -22,6 +22,7 @@ from pathlib import Path
 from edgefleet.agent.backoff import delay
 from edgefleet.agent.download import download
 from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_test
+from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import (POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, S,
                                           UpdateRecord, next_state)
@@ -64,7 +65,7 @@ class Updater:
                  report: Callable[[StatusReport], None], policy: UpdatePolicy = UpdatePolicy(),
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  downloader: Callable[..., Path] = download, sleep: Callable[[float], object] | None = None,
-                 threaded: bool = True, buffer_rows: int = 65536) -> None:
+                 threaded: bool = True, max_binned_rows: int = 16384) -> None:
         self.device_id = device_id
         self.store = RecordStore(state_dir / "update.json")
         self.downloads = state_dir / "downloads"
@@ -79,7 +80,7 @@ class Updater:
         self.clock = clock
         self.rng = rng or random.Random()
         self.downloader = downloader
-        self.buffer_rows = buffer_rows
+        self.max_binned_rows = max_binned_rows
         self.record = self.store.load()
         self.trace: list[str] = []
         self._stop = threading.Event()
@@ -316,8 +317,9 @@ class Updater:
         self._bytes_done = order.bundle_size
         self._move(E.DOWNLOADED, reason=None, detail=None)
 
-    def _verify_bytes(self, data: bytes, order: DeploymentOrder) -> VerifiedBundle:
-        bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=order.bundle_digest,
+    def _verify_bytes(self, data: bytes, order: DeploymentOrder, *, digest_checked: bool = False) -> VerifiedBundle:
+        bundle = verify_bundle(data, trusted=self.release_keys,
+                               expected_digest=None if digest_checked else order.bundle_digest,
                                expected_size=order.bundle_size,
                                limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes))
         check_target(bundle.manifest, self.facts)
@@ -331,7 +333,9 @@ class Updater:
             self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
             return
         try:
-            bundle = self._verify_bytes(data, order)
+            # The downloader hashed these bytes while streaming and only moved them into place
+            # once size and sha256 matched the order: no second pass over the digest here.
+            bundle = self._verify_bytes(data, order, digest_checked=True)
         except VerificationError as exc:
             self._bundle_file().unlink(missing_ok=True)
             self._fail(exc)
@@ -363,6 +367,7 @@ class Updater:
             return
         self.slots.switch(slot)
         self.predictor.activate(model)
+        release_memory()
         self._move(E.ACTIVATED)
 
     def _health_check(self) -> None:
@@ -404,7 +409,8 @@ class Updater:
             digest = self.slots.digest(slot)
             bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest,
                                    limits=BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data))))
-        return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(), buffer_rows=self.buffer_rows)
+        return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(),
+                          max_binned_rows=self.max_binned_rows)
 
     def _load_active(self) -> None:
         slot = self.slots.active()
@@ -413,6 +419,7 @@ class Updater:
             return
         try:
             self.predictor.activate(self._load_slot(slot))
+            release_memory()
             log.info("serving %s %s from slot %s device=%s", self.predictor.model.installed.name,
                      self.predictor.model.installed.version, slot, self.device_id)
         except (EdgeFleetError, OSError) as exc:

@@ -33,11 +33,13 @@ def test_predicted_classes_by_output_kind():
 
 def test_window_counts_features_predictions_and_drift():
     profile = _profile()
-    stats = WindowStats(profile=profile, labels=["no", "yes"], output_name="p", start=0.0, buffer_rows=100)
+    stats = WindowStats(profile=profile, labels=["no", "yes"], output_name="p", start=0.0)
     rng = np.random.default_rng(1)
-    for _ in range(30):  # 30 batches of 10 -> folded every 100 rows
+    for i in range(30):  # 30 batches of 10, folded now and then as the agent loop does
         x = rng.normal(size=(10, 3)).astype(np.float32)
         stats.record({"x": x}, {"p": np.eye(2, dtype=np.float32)[rng.integers(0, 2, 10)]}, 0.0004, 10)
+        if i % 7 == 0:
+            stats.fold()
     stats.error()
     w = stats.flush(10.0)
     assert (w.requests, w.batches, w.samples, w.errors) == (31, 30, 300, 1)
@@ -62,3 +64,12 @@ def test_no_profile_means_no_feature_counts():
     stats.record({"x": np.zeros((2, 3))}, {"p": np.array([[0.2, 0.8], [0.9, 0.1]])}, 0.001, 2)
     w = stats.flush(1.0)
     assert w.features == [] and w.drift is None and w.predictions == {"1": 1, "0": 1}
+
+
+def test_drift_binning_is_bounded_per_window_but_counts_are_complete():
+    stats = WindowStats(profile=_profile(), labels=None, output_name=None, start=0.0, max_binned_rows=100)
+    x = np.random.default_rng(3).normal(size=(60, 3)).astype(np.float32)
+    for _ in range(5):
+        stats.record({"x": x}, {}, 0.001, 60)
+    w = stats.flush(1.0)
+    assert w.samples == 300 and sum(w.features[0]) == 120 and w.drift.samples == 120
