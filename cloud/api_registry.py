@@ -15,6 +15,8 @@ from edgefleet.cloud.schemas import (BundleDetail, BundleOut, ModelCreate, Model
 from edgefleet.protocol.errors import MessageError, NotFoundError, SizeLimitError
 
 api = APIRouter(prefix="/api/v1")
+uploads = APIRouter(prefix="/api/v1")
+"""The streaming upload routes: included with the (large) upload body limit instead of the API's."""
 
 _OCTETS = {"requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}}}
@@ -73,7 +75,7 @@ def show_model_version(name: str, version: str, session: SessionDep, _: ViewerDe
     return ModelVersionOut.model_validate(registry.get_model_version(session, model_name=name, version=version))
 
 
-@api.put("/models/{name}/versions/{version}/artifact", tags=["models"], openapi_extra=_OCTETS)
+@uploads.put("/models/{name}/versions/{version}/artifact", tags=["models"], openapi_extra=_OCTETS)
 async def upload_artifact(name: str, version: str, request: Request, controller: ControllerDep,
                           session: SessionDep, who: OperatorDep) -> ModelVersionOut:
     """Upload the model file (ONNX / TFLite bytes) of a version as the raw request body."""
@@ -97,7 +99,7 @@ def download_artifact(name: str, version: str, controller: ControllerDep, sessio
 
 # ---------------------------------------------------------------- bundles
 
-@api.post("/bundles", tags=["bundles"], status_code=201, openapi_extra=_OCTETS)
+@uploads.post("/bundles", tags=["bundles"], status_code=201, openapi_extra=_OCTETS)
 async def upload_bundle(request: Request, controller: ControllerDep, session: SessionDep, who: OperatorDep,
                         model: Annotated[str | None, Query(max_length=128)] = None,
                         model_version: Annotated[str | None, Query(max_length=64)] = None) -> BundleOut:

@@ -32,7 +32,8 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
                transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> FastAPI:
     """Build the controller app. ``transport_factory`` replaces the MQTT bridge (tests);
     ``reconcile_in_background=False`` leaves reconciling to explicit ``controller.reconcile(now)`` calls."""
-    controller = Controller(settings or ControllerSettings(), clock=clock, transport_factory=transport_factory,
+    settings = settings or ControllerSettings()
+    controller = Controller(settings, clock=clock, transport_factory=transport_factory,
                             reconcile_in_background=reconcile_in_background)
 
     @asynccontextmanager
@@ -44,6 +45,7 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
             controller.stop()
 
     app = FastAPI(title="EdgeFleet controller", version="1", lifespan=lifespan,
+                  max_body_size=settings.max_request_bytes,
                   description="Registry, devices, deployments and telemetry of an EdgeFleet fleet. "
                               "Authenticate with `Authorization: Bearer <API token>`.")
     app.state.controller = controller
@@ -51,5 +53,6 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
     app.include_router(api_system.router)
     for module in (api_system, api_registry, api_devices, api_deployments, api_telemetry):
         app.include_router(module.api)
+    app.include_router(api_registry.uploads, max_body_size=max(settings.max_bundle_bytes, settings.max_artifact_bytes))
     app.include_router(ui.router)
     return app

@@ -51,6 +51,8 @@ class ControllerSettings(BaseSettings):
     download_token_lifetime_s: float = Field(default=3600.0, gt=0)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     processed_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    max_request_bytes: int = Field(default=1 * MiB, gt=0)
+    """Body limit of every request except the bundle and model-file uploads."""
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
     max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
     ingest_batch_max: int = Field(default=1000, gt=0)

@@ -78,3 +78,11 @@ def test_audit_log_records_state_changes(client):
     client.post("/api/v1/models", json={"name": "audited"})
     entries = client.get("/api/v1/audit", params={"action": "model."}).json()
     assert entries[0]["action"] == "model.create" and entries[0]["actor"] == "admin:admin"
+
+
+def test_oversized_json_bodies_are_refused_before_parsing(client):
+    big = b'{"token": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    r = client.post("/api/v1/enroll", content=big, headers={"Content-Type": "application/json", "Authorization": ""})
+    assert r.status_code == 413
+    r = client.post("/api/v1/models", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
