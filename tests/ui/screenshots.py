@@ -9,6 +9,7 @@ UI tests (without the hostile strings), logs in with Debian's Chromium and saves
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import tempfile
@@ -47,7 +48,7 @@ def main(out: Path) -> None:
             seed(app.state.controller, now=time.time(), hostile=False)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 800}, device_scale_factor=1)
+                page = browser.new_page(viewport={"width": int(os.environ.get("WIDTH", 1280)), "height": 800}, device_scale_factor=1)
                 base = f"http://127.0.0.1:{port}"
                 page.goto(f"{base}/ui/login")
                 page.fill("#token", TOKEN)
