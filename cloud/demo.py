@@ -211,7 +211,7 @@ class Demo:
                 probs = np.asarray(next(iter(reply["outputs"].values())))
                 dev.correct += int((probs.argmax(axis=1) == y[idx]).sum())
                 dev.answered += len(idx)
-                dev.versions.add(f"{reply['bundle']['name']} {reply['bundle']['version']}")
+                dev.versions.add(reply["bundle"]["version"])
 
         threads = [threading.Thread(target=run, args=(d, i)) for i, d in enumerate(self.devices)]
         for t in threads:
@@ -242,7 +242,7 @@ class Demo:
                          f"{s['drift']['psi_max']:.3f}" if s["drift"]["psi_max"] is not None else "-",
                          _levels(levels)))
         console.print()
-        print_table("fleet after the rollout", ["device", "runtime", "serving", "inputs", "requests", "accuracy",
+        print_table("fleet after the rollout", ["device", "runtime", "bundle", "inputs", "requests", "accuracy",
                                                 "p50", "p95", "max PSI", "drift windows"], rows)
         verdict = "[green]drift detected exactly on the shifted devices[/]" if ok else \
             "[red]drift detection did not match the shifted devices[/]"
@@ -315,6 +315,7 @@ def run_demo(*, devices: int = 4, keep_running: bool = False, data_dir: str | No
     base = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]EdgeFleet demo")
+    logging.getLogger("edgefleet").setLevel(logging.ERROR)  # the demo narrates; agent logs go to files
     demo = Demo(devices=devices, data_dir=base, port=port, broker_url=broker_url)
     try:
         demo.start_controller()
