@@ -1,0 +1,97 @@
+"""The compress and sample-models commands, through typer's CLI runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from edgefleet.compression.cli import register
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture()
+def model_file(tmp_path, cnn):
+    path = tmp_path / "digits-cnn.onnx"
+    path.write_bytes(cnn)
+    return path
+
+
+def test_compress_with_builtin_samples_prints_json(app, runner, model_file, tmp_path, run_model):
+    out = tmp_path / "out" / "cnn.tflite"
+    result = runner.invoke(app, ["compress", str(model_file), "-o", str(out), "--runtime",
+                                 "tflite", "--mode", "dynamic_int8", "--samples", "digits",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["gate"]["passed"] and report["runtime"] == "tflite"
+    assert run_model("tflite", out.read_bytes(),
+                     np.zeros((1, 1, 8, 8), np.float32)).shape == (1, 10)
+
+
+def test_compress_with_recipe_and_npz_prints_table(app, runner, model_file, tmp_path, samples):
+    _, calibration, eval_x, eval_y = samples["cnn"]
+    data = tmp_path / "data.npz"
+    np.savez(data, calibration=calibration.reshape(len(calibration), -1), eval_x=eval_x,
+             eval_y=eval_y)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[compression]\nmode = "fp16"\nlatency_runs = 5\n')
+    out = tmp_path / "cnn.fp16.onnx"
+    result = runner.invoke(app, ["compress", str(model_file), "-o", str(out), "--recipe",
+                                 str(recipe), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "fp16" in result.stdout and "PASS" in result.stdout
+    assert out.exists()
+
+
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["--samples", "digits", "--sparsity", "0.95", "--pruning", "structured"], 3,
+     "accuracy gate"),
+    (["--mode", "weight_only_int8", "--samples", "digits"], 2, "not available for ONNX"),
+    (["--mode", "static_int8"], 2, "calibration"),
+])
+def test_errors_are_one_line_without_traceback(app, runner, model_file, tmp_path, args, code,
+                                               text):
+    result = runner.invoke(app, ["compress", str(model_file), "-o", str(tmp_path / "o.onnx"),
+                                 *args])
+    assert result.exit_code == code
+    assert text in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_truncated_model_file(app, runner, model_file, tmp_path):
+    model_file.write_bytes(model_file.read_bytes()[:500])
+    result = runner.invoke(app, ["compress", str(model_file), "-o", str(tmp_path / "o.onnx"),
+                                 "--samples", "digits"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: model: not a valid ONNX model")
+
+
+def test_missing_model_file(app, runner, tmp_path):
+    result = runner.invoke(app, ["compress", str(tmp_path / "nope.onnx"), "-o",
+                                 str(tmp_path / "o.onnx")])
+    assert result.exit_code == 2
+    assert "cannot read model" in result.stderr
+
+
+def test_sample_models_command(app, runner, tmp_path, run_model):
+    result = runner.invoke(app, ["sample-models", str(tmp_path), "--tflite"])
+    assert result.exit_code == 0, result.output
+    for name in ("digits-mlp.onnx", "digits-cnn.onnx", "digits-mlp.tflite", "digits-cnn.tflite"):
+        assert (tmp_path / name).stat().st_size > 10_000
