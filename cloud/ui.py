@@ -25,11 +25,11 @@ from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud import auth, charts, deployments, devices, registry, telemetry
-from edgefleet.cloud.auth import AuthenticationError, Principal
+from edgefleet.cloud.auth import AuthenticationError, PermissionDeniedError, Principal
 from edgefleet.cloud.deps import ControllerDep, SessionDep
-from edgefleet.cloud.models import Bundle, Deployment, DeploymentTarget, Device, DeviceEvent, Model, ModelVersion, \
+from edgefleet.cloud.models import Bundle, Deployment, DeploymentTarget, DeviceEvent, Model, ModelVersion, \
     TelemetryRecord
-from edgefleet.protocol.errors import EdgeFleetError, NotFoundError
+from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -478,6 +478,45 @@ def deployment_detail(request: Request, deployment_id: str, session: SessionDep,
                    targets=targets, bundle=row["bundle"],
                    counts_chart=charts.hbars(_state_slices(row["counts"]), kind="targets",
                                              title="devices per state"))
+
+
+def _same_origin(request: Request) -> bool:
+    """A state-changing form post must come from a page of this site (SameSite=Strict already
+    keeps the cookie off cross-site posts; this also refuses a foreign or opaque Origin)."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin is None:
+        return True
+    host = request.headers.get("host", "")
+    parts = origin.split("://", 1)
+    return len(parts) == 2 and parts[1].split("/", 1)[0] == host
+
+
+@router.post("/ui/deployments/{deployment_id}/cancel")
+def cancel_deployment(request: Request, deployment_id: str, controller: ControllerDep) -> Response:
+    """Cancel a running deployment (operator or admin): signed cancel orders go out at once."""
+    with controller.session() as session:
+        user = _principal(request, session)
+    if user is None:
+        return _to_login(request)
+    try:
+        if not _same_origin(request):
+            raise PermissionDeniedError("this form was not posted from the controller's own pages")
+        user.require("operator")
+        with controller.session() as session:
+            deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,
+                                          actor=user.actor, now=controller.now())
+    except PermissionDeniedError as exc:
+        log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, exc.message)
+        return _render(request, "error.html", status_code=403, user=user, title="Not allowed", message=exc.message)
+    except NotFoundError as exc:
+        return _not_found(request, user, exc)
+    except ConflictError:
+        pass  # finished meanwhile: the page shows how
+    else:
+        log.info("deployment %s cancelled from the UI by %s", deployment_id, user.actor)
+        controller.publish_pending()
+    base = request.scope.get("root_path", "").rstrip("/")
+    return RedirectResponse(f"{base}/ui/deployments/{quote(deployment_id)}", status_code=303)
 
 
 def _not_found(request: Request, user: Principal, exc: EdgeFleetError) -> HTMLResponse:

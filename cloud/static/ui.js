@@ -11,6 +11,7 @@
     if (busy || document.hidden) return;
     var focused = document.activeElement;
     if (focused && main.contains(focused) && /^(INPUT|SELECT|TEXTAREA)$/.test(focused.tagName)) return;
+    if (main.querySelector("details[open]")) return;  // the operator is about to act: keep the page still
     busy = true;
     fetch(window.location.href, { credentials: "same-origin", headers: { "X-Requested-With": "edgefleet-refresh" } })
       .then(function (r) {

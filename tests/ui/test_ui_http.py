@@ -136,3 +136,32 @@ def test_empty_controller_pages_render(client):
     assert "No device matches" in client.get("/ui/devices").text
     assert "No bundle yet" in client.get("/ui/bundles").text
     assert "No deployment" in client.get("/ui/deployments").text
+
+
+@pytest.fixture
+def seeded(app, client):
+    from .ui_fleet import seed
+    return seed(app.state.controller, now=time.time())
+
+
+def test_only_operators_see_and_use_the_cancel_button(client, app, seeded):
+    with app.state.controller.session() as session:
+        _, viewer = auth.create_token(session, name="viewer", role="viewer", actor="admin:test", now=time.time())
+    path = f"/ui/deployments/{seeded.deployment_id}"
+    login(client, token=viewer)
+    assert 'id="cancel"' not in client.get(path).text
+    r = client.post(f"{path}/cancel")
+    assert r.status_code == 403 and "needs operator" in r.text
+    login(client)
+    assert 'id="cancel"' in client.get(path).text
+
+
+def test_cancel_from_another_origin_is_refused(client, seeded):
+    login(client)
+    path = f"/ui/deployments/{seeded.deployment_id}"
+    r = client.post(f"{path}/cancel", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert "badge st-run" in client.get(path).text                    # still active
+    r = client.post(f"{path}/cancel", headers={"Origin": "http://testserver"})
+    assert r.status_code == 303 and r.headers["location"] == path
+    assert ">cancelled<" in client.get(path).text

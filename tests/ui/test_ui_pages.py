@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
 from .ui_support import screenshot
 
-from edgefleet.cloud import auth
+from edgefleet.cloud import audit, auth, deployments
 from edgefleet.cloud.ingest import Raw
 from edgefleet.protocol.messages import Event, encode
 from edgefleet.protocol.topics import device_topic
@@ -230,3 +230,24 @@ def test_every_page_renders(logged_in, ui_server):
         response = page.goto(path)
         assert response.status == 200, path
         screenshot(page, name)
+
+
+def test_operator_cancels_a_deployment(logged_in, ui_server):
+    controller = ui_server.controller
+    with controller.session() as session:
+        dep = deployments.create_deployment(session, bundle_digest=ui_server.fleet.bundles["1.3.0"].digest,
+                                            issuer=controller.issuer, actor="admin:ui-test", now=time.time(),
+                                            timeout_s=600, device_ids=["gate-02"])
+        dep_id = dep.id
+    page = logged_in
+    page.goto(f"/ui/deployments/{dep_id}")
+    expect(page.locator("#targets tr[data-device='gate-02']")).to_have_attribute("data-outcome", "")
+    page.click("#cancel summary")
+    page.click("#cancel button[type=submit]")
+    expect(page).to_have_url(f"{ui_server.url}/ui/deployments/{dep_id}")
+    expect(page.locator("h1 .badge")).to_have_text("cancelled")
+    expect(page.locator("#targets tr[data-device='gate-02']")).to_have_attribute("data-outcome", "cancelled")
+    expect(page.locator("#cancel")).to_have_count(0)
+    with controller.session() as session:
+        entries = audit.list_entries(session, action="deployment.cancel", target=f"deployment:{dep_id}")
+        assert [e.actor for e in entries] == ["admin:admin"]
