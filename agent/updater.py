@@ -24,8 +24,7 @@ from edgefleet.agent.download import download
 from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_test
 from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
-from edgefleet.agent.statemachine import (POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, S,
-                                          UpdateRecord, next_state)
+from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, S, next_state
 from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
 from edgefleet.protocol.errors import (EdgeFleetError, InferenceError, SizeLimitError, TransportError,
                                        VerificationError)

@@ -92,3 +92,21 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "telemetry_interval_s" in lines[0] and str(cfg) in lines[0], out.stderr
+
+
+def test_crash_publishes_the_last_will_offline_state(agent_harness):
+    h = agent_harness
+    h.start()
+    h.wait_online()
+    h.agent.kill()
+    offline = h.observer.wait_for(lambda o: next((m for m in o.of("state") if m["status"] == "offline"), None),
+                                  what="last will")
+    assert offline["device_id"] == h.device_id
+
+
+def test_mqtt5_session_installs_and_serves(agent_harness):
+    h = agent_harness
+    agent = h.start(mqtt_protocol="5")
+    h.wait_online()
+    assert h.install(h.bundle())["outcome"] == "committed"
+    assert agent.predict({"x": samples(n=2).tolist()})[0] == 200
