@@ -18,7 +18,7 @@ from edgefleet.protocol.errors import (ArchiveError, DigestMismatchError, Signat
 from edgefleet.protocol.messages import Signature
 from edgefleet.protocol.runtimes import open_session
 
-from conftest import RECIPE, make_onnx_model
+from protocolkit import RECIPE, make_onnx_model
 
 
 # --------------------------------------------------------------------------- helpers

@@ -8,7 +8,7 @@ from edgefleet.protocol.manifest import (BundleManifest, DeviceFacts, TargetCons
                                          parse_semver)
 from edgefleet.protocol.errors import TargetMismatchError
 
-from conftest import RECIPE
+from protocolkit import RECIPE
 
 GOOD_TOML = """
 [bundle]

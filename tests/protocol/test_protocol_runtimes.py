@@ -7,7 +7,7 @@ from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import InferenceError, RuntimeUnavailableError
 from edgefleet.protocol.runtimes import available_runtimes, open_session
 
-from conftest import make_onnx_model
+from protocolkit import make_onnx_model
 
 
 def _softmax_ref(x: np.ndarray, seed: int = 0) -> np.ndarray:
