@@ -143,6 +143,8 @@ class Controller:
     @property
     def device_broker_url(self) -> str | None:
         """The broker URL handed to devices (no controller credentials)."""
+        if self.settings.device_broker_url:
+            return self.settings.device_broker_url
         return parse_broker_url(self.broker_url).public_url if self.broker_url else None
 
     def publish(self, topic: str, payload: bytes) -> bool:

@@ -36,6 +36,9 @@ from edgefleet.protocol.messages import Hello, State, StatusReport
 log = logging.getLogger(__name__)
 
 _CONTROL_KINDS = ("hello", "state", "status")
+_REMEMBERED_KINDS = ("hello", "status")
+"""Kinds whose ids go to ``processed_messages``. State messages (heartbeats, retained state, the
+last will) are not remembered: applying one twice is harmless and they come every heartbeat."""
 # Statements built once, with expanding IN parameters (building an IN of 1000 literals per batch costs).
 _KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=True)), Device.mqtt_password_hash != "")
 _PROCESSED = {kind: select(column).where(col(column).in_(bindparam("ids", expanding=True)))
@@ -86,8 +89,9 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         elif item.kind == "events":
             event_rows.append(item.row)
         else:
-            session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
-                                         received_at=item.received_at))
+            if item.kind in _REMEMBERED_KINDS:
+                session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
+                                             received_at=item.received_at))
             if isinstance(message, Hello):
                 devices.apply_hello(device, message, now=item.received_at)
             elif isinstance(message, State):
@@ -112,7 +116,10 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
 def _already_processed(session: Session, items: list[Decoded]) -> set[str]:
     ids: dict[str, list[str]] = {"telemetry": [], "events": [], "other": []}
     for item in items:
-        ids[item.kind if item.kind in ("telemetry", "events") else "other"].append(item.msg_id)
+        if item.kind in ("telemetry", "events"):
+            ids[item.kind].append(item.msg_id)
+        elif item.kind in _REMEMBERED_KINDS:
+            ids["other"].append(item.msg_id)
     seen: set[str] = set()
     for kind, query in _PROCESSED.items():
         if ids[kind]:

@@ -191,8 +191,8 @@ class DeviceEvent(SQLModel, table=True):
 
 
 class ProcessedMessage(SQLModel, table=True):
-    """Ids of ingested device messages (hello/state/status), so a redelivery is a no-op.
-    Telemetry and events are de-duplicated by their own unique ``msg_id`` column."""
+    """Ids of ingested hello and status messages, so a redelivery is a no-op. Telemetry and
+    events are de-duplicated by their own unique ``msg_id`` column; state messages are idempotent."""
 
     __tablename__ = "processed_messages"
 

@@ -28,6 +28,9 @@ class ControllerSettings(BaseSettings):
     """Any SQLAlchemy URL; ``None`` means a SQLite file ``controller.db`` in ``data_dir``."""
     broker_url: str | None = None
     """``mqtt://host:port`` of the broker; ``None`` starts the embedded broker."""
+    device_broker_url: str | None = None
+    """Broker URL handed to devices at enrollment, when they reach the broker under another name
+    than the controller does; ``None`` means ``broker_url`` without its credentials."""
     embedded_broker_host: str = "127.0.0.1"
     embedded_broker_port: int = Field(default=0, ge=0, le=65535)
     """0 picks a free port."""

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from cloudkit import Fleet
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
 from edgefleet.cloud import auth
-from edgefleet.cloud.models import Device
+from edgefleet.cloud.app import create_app
+from edgefleet.cloud.models import Device, ProcessedMessage
 from edgefleet.protocol.keys import key_id, load_public_key_pem
 
 
@@ -93,3 +98,21 @@ def test_decommission_revokes_and_stops_ingest(client, fleet):
     assert client.get(f"/api/v1/bundles/{'0' * 64}/download", headers=headers).status_code == 401
     fleet.telemetry("old", 1)
     assert client.get("/api/v1/telemetry/windows", params={"device_id": "old"}).json() == []
+
+
+def test_device_broker_url_overrides_what_devices_are_told(settings, clock, transport):
+    app = create_app(settings.model_copy(update={"device_broker_url": "mqtts://broker.example:8883"}), clock=clock,
+                     transport_factory=lambda url, cb: transport, reconcile_in_background=False)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {settings.admin_token}"
+        creds = Fleet(client, app.state.controller, clock).enroll("far")
+    assert creds["broker_url"] == "mqtts://broker.example:8883"
+
+
+def test_heartbeats_are_not_remembered_but_hello_and_status_are(client, fleet, controller):
+    fleet.add("hb")
+    for _ in range(3):
+        fleet.state("hb", "online")
+    with controller.session() as s:
+        kinds = sorted(p.kind for p in s.exec(select(ProcessedMessage)))
+    assert kinds == ["hello"]
