@@ -73,7 +73,7 @@ class Harness:
         self.observer.publish("cmd", payload)
         return dep
 
-    def install(self, data: bytes, timeout: float = 60.0, **kwargs) -> dict:
+    def install(self, data: bytes, timeout: float = 120.0, **kwargs) -> dict:
         dep = self.deploy(data, **kwargs)
         return self.observer.final_status(dep, timeout)
 

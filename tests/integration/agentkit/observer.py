@@ -44,7 +44,7 @@ class Observer:
         with self.cond:
             return [o for k, o, _, _ in self.messages if k == kind and o is not None]
 
-    def wait_for(self, predicate, timeout: float = 30.0, what: str = "condition"):
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition"):
         """Wait until ``predicate(self)`` returns a truthy value; return it."""
         end = time.monotonic() + timeout
         with self.cond:
@@ -58,7 +58,7 @@ class Observer:
                     raise AssertionError(f"timed out waiting for {what}; last messages: {kinds}")
                 self.cond.wait(min(left, 0.5))
 
-    def final_status(self, deployment_id: str, timeout: float = 60.0) -> dict:
+    def final_status(self, deployment_id: str, timeout: float = 120.0) -> dict:
         return self.wait_for(lambda o: next((m for m in o.of("status")
                                              if m["deployment_id"] == deployment_id and m["final"]), None),
                              timeout, f"final status of {deployment_id}")

@@ -54,7 +54,7 @@ class AgentProcess:
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> str:
+    def wait_ready(self, timeout: float = 60.0) -> str:
         addr = self.state_dir / "inference.addr"
         end = time.monotonic() + timeout
         while time.monotonic() < end:
