@@ -51,13 +51,13 @@ def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
     matmul = gemm_to_matmul(model)
     if mode is Mode.DYNAMIC_INT8:
         return (lambda exclude: quantize_onnx.quantize_dynamic_int8(
-            matmul, per_channel=config.per_channel, exclude=exclude),
+            matmul, per_channel=config.channelwise, exclude=exclude),
             quantize_onnx.candidates(matmul, static=False))
     if calibration is None:
         raise ConfigError("static_int8 needs calibration data", where="calibration",
                           hint="pass calibration samples (e.g. --samples digits)")
     return (lambda exclude: quantize_onnx.quantize_static_int8(
-        matmul, calibration, config=config.calibration, per_channel=config.per_channel,
+        matmul, calibration, config=config.calibration, per_channel=config.channelwise,
         exclude=exclude), quantize_onnx.candidates(matmul, static=True))
 
 
@@ -66,7 +66,7 @@ def _tflite_quantizer(model: bytes, config: CompressionConfig,
     if config.mode is Mode.NONE:
         return (lambda exclude: model), []
     return (lambda exclude: quantize_tflite(
-        model, config.mode, per_channel=config.per_channel, exclude=exclude,
+        model, config.mode, per_channel=config.channelwise, exclude=exclude,
         calibration=calibration, calibration_config=config.calibration),
         tflite_candidates(model, config.mode))
 
@@ -175,7 +175,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         runtime=runtime,
         source_format=source_format,
         mode=config.mode,
-        per_channel=config.per_channel,
+        per_channel=config.channelwise,
         calibration_method=config.calibration.method if config.mode is Mode.STATIC_INT8 else None,
         pruning=config.pruning,
         sparsity=sparsity,

@@ -73,7 +73,8 @@ class FallbackConfig(_Strict):
 
 class CompressionConfig(_Strict):
     mode: Mode = Mode.DYNAMIC_INT8
-    per_channel: bool = True
+    #: None: per-channel for static int8, per-tensor (one scale per weight) otherwise.
+    per_channel: bool | None = None
     calibration: CalibrationConfig = CalibrationConfig()
     pruning: PruningConfig | None = None
     gate: GateConfig = GateConfig()
@@ -82,6 +83,11 @@ class CompressionConfig(_Strict):
     #: Evaluate this many samples per call. 1 matches on-device inference: dynamic
     #: quantization derives activation ranges from the whole batch it sees.
     eval_batch_size: int = Field(default=1, gt=0)
+
+    @property
+    def channelwise(self) -> bool:
+        """The effective per-channel setting."""
+        return self.mode is Mode.STATIC_INT8 if self.per_channel is None else self.per_channel
 
 
 def load_compression_recipe(source: str | Path | dict[str, Any]) -> CompressionConfig:

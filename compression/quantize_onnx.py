@@ -71,6 +71,16 @@ def _quiet_root() -> Iterator[None]:
         logging.getLogger().removeFilter(quiet)
 
 
+def _lean(path: Path) -> bytes:
+    """The quantized model without value_info and doc strings (the runtime re-infers shapes)."""
+    model = onnx.load_model(str(path))
+    del model.graph.value_info[:]
+    model.doc_string = ""
+    for node in model.graph.node:
+        node.doc_string = ""
+    return model.SerializeToString()
+
+
 def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
     """Node names the quantizer would rewrite (what the fallback can keep in float)."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
@@ -96,7 +106,7 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
                                  extra_options={"MatMulConstBOnly": True})
         except Exception as exc:  # the quantizer raises bare ValueError/KeyError/...
             raise _translate(exc, "dynamic int8 quantization") from exc
-        return out.read_bytes()
+        return _lean(out)
 
 
 _METHODS = {
@@ -137,7 +147,7 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
             raise
         except Exception as exc:
             raise _translate(exc, "static int8 quantization") from exc
-        return out.read_bytes()
+        return _lean(out)
 
 
 def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:
