@@ -252,6 +252,20 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
     return target
 
 
+def resend_unacknowledged(session: Session, *, device_id: str, now: float) -> int:
+    """A device (re)connected: queue again every order it has not acknowledged yet (it may have
+    been offline when the order was published). A copy it already has is refused as a replay,
+    which :func:`apply_status` ignores."""
+    targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id,
+                                                               DeploymentTarget.final == False,  # noqa: E712
+                                                               DeploymentTarget.state == "sent")))
+    for target in targets:
+        target.published_at = None
+        _history(target, now, state="sent", note="device reconnected; order queued again")
+        session.add(target)
+    return len(targets)
+
+
 def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, str]]:
     """Fail every open target whose device has been silent longer than its deployment's timeout."""
     expired = []

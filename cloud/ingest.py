@@ -94,6 +94,7 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
                                              received_at=item.received_at))
             if isinstance(message, Hello):
                 devices.apply_hello(device, message, now=item.received_at)
+                deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
             elif isinstance(message, State):
                 devices.apply_state(device, message, now=item.received_at)
             elif isinstance(message, StatusReport):

@@ -211,6 +211,19 @@ def test_orders_wait_for_the_broker_and_survive_restart(client, fleet, bundle, t
     assert controller.reconcile().orders_published == 0
 
 
+def test_orders_are_sent_again_when_the_device_says_hello(client, fleet, bundle, transport, controller):
+    fleet.add("away")
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["away"]}).json()["id"]
+    assert len(_orders(transport, "away")) == 1
+    fleet.hello("away")                          # reconnected: it may have missed the order
+    assert controller.reconcile().orders_published == 1
+    first, again = _orders(transport, "away")
+    assert first.order == again.order            # the same signed order, not a new sequence
+    fleet.status("away", dep_id, 1, "downloading")
+    fleet.hello("away")
+    assert controller.reconcile().orders_published == 0   # acknowledged orders are not re-sent
+
+
 def test_timed_out_target_never_gets_its_unsent_order(client, fleet, bundle, transport, controller, clock):
     fleet.add("late")
     transport.connected = False
