@@ -77,7 +77,12 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
     """Keep the most harmful operators in float, one at a time, until the gate holds.
 
     Harm of an operator = mean |error| of the model in which only that operator is quantized.
+    When even the model with every candidate in float fails (the loss comes from pruning, not
+    quantization), nothing is tried and the first result stands.
     """
+    if not judge(quantize(candidates)).gate.passed:
+        logger.info("fallback skipped: the gate fails even with every operator in float")
+        return None, first, []
     harm = {}
     for name in candidates:
         harm[name] = judge(quantize([c for c in candidates if c != name])).fidelity.mean_abs_error

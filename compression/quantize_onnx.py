@@ -7,6 +7,7 @@ to keep in float (the automatic fallback grows that list one operator at a time)
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -138,11 +139,13 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
         try:
             # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm.
             quant_pre_process(model, prepared, skip_optimization=True)
-            quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-                            calibrate_method=getattr(OrtMethod, _METHODS[config.method]),
-                            extra_options=extra)
+            # The histogram calibrators print progress to stdout (it would corrupt --json).
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
+                                per_channel=per_channel, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                                calibrate_method=getattr(OrtMethod, _METHODS[config.method]),
+                                extra_options=extra)
         except CompressionError:
             raise
         except Exception as exc:

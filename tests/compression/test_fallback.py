@@ -60,3 +60,15 @@ def test_disabled_gate_reports_without_refusing(samples):
                                gate=GateConfig(enabled=False, max_mean_abs_error=0.0))
     report = compress(model, "onnx", config, eval_x=eval_x, eval_y=eval_y).report
     assert report.gate.passed and not report.gate.enabled
+
+
+def test_fallback_is_skipped_when_the_loss_is_not_from_quantization(samples):
+    from edgefleet.compression import PruningConfig, PruningKind
+
+    model, calibration, eval_x, eval_y = samples["mlp"]
+    config = CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0,
+                               pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.9))
+    with pytest.raises(AccuracyGateError) as info:
+        compress(model, "onnx", config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
+    assert info.value.report["float_operators"] == []
+    assert info.value.report["size"]["ratio"] > 8  # the numbers of the refused model itself
