@@ -126,20 +126,17 @@ class Predictor:
         if model is None:
             self.total_errors += 1
             raise InferenceError("no model is installed", code="no_model")
-        feed = {k: (v if type(v) is np.ndarray and v.dtype == model.dtypes.get(k)
-                    else np.asarray(v, dtype=model.dtypes.get(k))) for k, v in inputs.items()}
-        t0 = time.perf_counter()
         try:
+            feed = {k: (v if type(v) is np.ndarray and v.dtype == model.dtypes.get(k)
+                        else np.asarray(v, dtype=model.dtypes.get(k))) for k, v in inputs.items()}
+            t0 = time.perf_counter()
             outputs = model.session.run(feed)
-        except InferenceError:
+        except (InferenceError, ValueError, TypeError) as exc:
             self.total_errors += 1
             model.stats.error()
             model.count_live(False)
-            raise
-        except (ValueError, TypeError) as exc:
-            self.total_errors += 1
-            model.stats.error()
-            model.count_live(False)
+            if isinstance(exc, InferenceError):
+                raise
             raise InferenceError(f"bad input: {exc}", code="bad_input") from None
         latency = time.perf_counter() - t0
         n = len(next(iter(feed.values()))) if feed else 0

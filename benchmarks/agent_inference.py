@@ -62,14 +62,15 @@ def compare(name: str, model: bytes, n_in: int, batch: int, rounds: int, calls: 
     bare_t, agent_t, flush_t = [], [], []
     clock = time.perf_counter
     for _ in range(rounds):
-        for _ in range(calls):
+        for i in range(calls):
+            first, second = (bare, agent) if i % 2 else (agent, bare)  # no position bias
             t0 = clock()
-            bare()
+            first()
             t1 = clock()
-            agent()
+            second()
             t2 = clock()
-            bare_t.append(t1 - t0)
-            agent_t.append(t2 - t1)
+            (bare_t if i % 2 else agent_t).append(t1 - t0)
+            (agent_t if i % 2 else bare_t).append(t2 - t1)
         t0 = clock()
         predictor.fold(0)  # the statistics' work for `calls` requests, on the agent loop
         predictor.flush()
