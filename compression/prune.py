@@ -170,57 +170,49 @@ def _per_channel_constants(node: onnx.NodeProto, inits: dict[str, onnx.TensorPro
     return True
 
 
-def _activation_means(model: onnx.ModelProto, names: list[str],
-                      calibration: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per feature/channel mean and mean |.| of the named values over the calibration set."""
+_CALIBRATION_LIMIT = 2048  # samples used to rank units and refit the next layer
+
+
+def _capture(model: onnx.ModelProto, name: str, calibration: np.ndarray) -> np.ndarray:
+    """The value ``name`` of ``model`` on the calibration samples."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    del probe.graph.value_info[:]
+    if name not in {o.name for o in probe.graph.output}:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = 1
     session = ort.InferenceSession(probe.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    sums: dict[str, list[np.ndarray]] = {}
-    count = 0
-    for start in range(0, len(calibration), 128):
-        batch = np.ascontiguousarray(calibration[start:start + 128], dtype=np.float32)
-        for name, value in zip(names, session.run(names, {input_name: batch})):
-            axes = (0, 2, 3) if value.ndim == 4 else tuple(range(value.ndim - 1))
-            entry = sums.setdefault(name, [0.0, 0.0])
-            entry[0] = entry[0] + value.sum(axis=axes)
-            entry[1] = entry[1] + np.abs(value).sum(axis=axes)
-        count += len(batch)
-    result = {}
-    for name, (total, total_abs) in sums.items():
-        per = count * (session.run([name], {input_name: calibration[:1]})[0][0].size
-                       // np.size(total))
-        result[name] = (np.asarray(total) / per, np.asarray(total_abs) / per)
-    return result
+    feed = np.ascontiguousarray(calibration[:_CALIBRATION_LIMIT], dtype=np.float32)
+    return session.run([name], {session.get_inputs()[0].name: feed})[0]
+
+
+def _per_feature(values: np.ndarray) -> np.ndarray:
+    """Mean over samples (and spatial positions for NCHW values): one number per feature."""
+    return values.mean(axis=(0, 2, 3)) if values.ndim == 4 else values.reshape(
+        len(values), -1).mean(axis=0)
 
 
 def prune_structured(model: onnx.ModelProto, sparsity: float,
                      calibration: np.ndarray | None = None) -> PruneResult:
     """Remove ``sparsity`` of the hidden units/channels of every prunable layer pair.
 
-    With calibration data, units are ranked by mean |activation| x outgoing weight norm and the
-    removed units' mean contribution is folded into the next layer's bias (no fine-tuning);
-    without it, by incoming x outgoing weight norms.
+    Without data, units are ranked by incoming x outgoing weight norms. With calibration data
+    they are ranked by mean |activation| x outgoing weight norm, and the next layer is refitted
+    (no fine-tuning): a Gemm/MatMul by least squares so that it reproduces the *original*
+    model's output of that layer from the kept units, a Conv by folding the removed channels'
+    mean contribution into its bias.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inits = initializers(out)
-    chains = _chains(out)
-    stats = (_activation_means(out, [c.consumer.input[0] for c in chains], calibration)
-             if calibration is not None and chains else {})
     removed = total = 0
     touched = []
-    for chain in chains:
+    for chain in _chains(out):
         wp_name, wc_name = chain.producer.input[1], chain.consumer.input[1]
         wp, wc = numpy_helper.to_array(inits[wp_name]), numpy_helper.to_array(inits[wc_name])
         axis_p, axis_c = _out_axis(chain.producer), _in_axis(chain.consumer)
@@ -235,19 +227,26 @@ def prune_structured(model: onnx.ModelProto, sparsity: float,
             continue
         c_features = np.moveaxis(wc, axis_c, 0)  # [features, ...rest]
         out_norm = np.linalg.norm(c_features.reshape(c_features.shape[0], -1), axis=1)
-        if chain.consumer.input[0] in stats:
-            mean, mean_abs = stats[chain.consumer.input[0]]
-            score = (mean_abs * out_norm).reshape(units, spatial).sum(axis=1)
+        current = None
+        if calibration is not None:
+            current = _capture(out, chain.consumer.input[0], calibration)
+            strength = np.abs(current).mean(axis=(0, 2, 3)) if current.ndim == 4 else \
+                np.abs(current.reshape(len(current), -1)).mean(axis=0)
+            score = (strength * out_norm).reshape(units, spatial).sum(axis=1)
         else:
-            mean = None
             p_norm = np.linalg.norm(np.moveaxis(wp, axis_p, 0).reshape(units, -1), axis=1)
             score = p_norm * out_norm.reshape(units, spatial).sum(axis=1)
         keep = np.sort(np.argsort(-score, kind="stable")[:keep_n])
         c_keep = (keep[:, None] * spatial + np.arange(spatial)[None, :]).ravel()
-        if mean is not None:
-            _compensate(out, chain.consumer, c_features, mean, c_keep)
+        if current is not None and chain.consumer.op_type == "Conv":
+            _fold_mean(out, chain.consumer, c_features, _per_feature(current), c_keep)
+            _replace(inits[wc_name], np.take(wc, c_keep, axis=axis_c))
+        elif current is not None:
+            target = _capture(model, chain.consumer.output[0], calibration)
+            _refit(out, chain.consumer, current.reshape(len(current), -1)[:, c_keep], target)
+        else:
+            _replace(inits[wc_name], np.take(wc, c_keep, axis=axis_c))
         _replace(inits[wp_name], np.take(wp, keep, axis=axis_p))
-        _replace(inits[wc_name], np.take(wc, c_keep, axis=axis_c))
         for node in [chain.producer, *chain.between]:
             for name in node.input[1:] if node is not chain.producer else node.input[2:]:
                 if name in inits and int(np.prod(inits[name].dims)) == units:
@@ -262,21 +261,49 @@ def prune_structured(model: onnx.ModelProto, sparsity: float,
     return PruneResult(out, removed / total if total else 0.0, touched)
 
 
-def _compensate(model: onnx.ModelProto, consumer: onnx.NodeProto, c_features: np.ndarray,
-                mean: np.ndarray, c_keep: np.ndarray) -> None:
-    """Fold the removed features' mean contribution into the consumer's bias."""
-    if consumer.op_type == "MatMul":
-        return  # no bias input to fold into
+def _refit(model: onnx.ModelProto, consumer: onnx.NodeProto, kept: np.ndarray,
+           target: np.ndarray) -> None:
+    """Least-squares weights (and bias) for a Gemm/MatMul fed only the kept features."""
+    inits = initializers(model)
+    with_bias = consumer.op_type == "Gemm"
+    x = kept.astype(np.float64)
+    if with_bias:
+        x = np.hstack([x, np.ones((len(x), 1))])
+    y = target.reshape(len(target), -1).astype(np.float64)
+    gram = x.T @ x
+    ridge = 1e-4 * np.trace(gram) / len(gram)
+    theta = np.linalg.solve(gram + ridge * np.eye(len(gram)), x.T @ y).astype(np.float32)
+    weight = theta[:-1] if with_bias else theta  # [kept features, outputs]
+    if consumer.op_type == "Gemm":
+        alpha, beta = attribute(consumer, "alpha", 1.0), attribute(consumer, "beta", 1.0)
+        weight = weight / np.float32(alpha)
+        _replace(inits[consumer.input[1]], weight.T if attribute(consumer, "transB", 0) else weight)
+        bias = theta[-1] / np.float32(beta)
+        if len(consumer.input) > 2 and consumer.input[2] in inits:
+            _replace(inits[consumer.input[2]], bias.reshape(inits[consumer.input[2]].dims)
+                     if int(np.prod(inits[consumer.input[2]].dims)) == bias.size else bias)
+        else:
+            name = f"{consumer.name}.refit_bias"
+            model.graph.initializer.append(numpy_helper.from_array(bias, name))
+            if len(consumer.input) > 2:
+                consumer.input[2] = name
+            else:
+                consumer.input.append(name)
+    else:
+        _replace(inits[consumer.input[1]], weight)
+
+
+def _fold_mean(model: onnx.ModelProto, consumer: onnx.NodeProto, c_features: np.ndarray,
+               mean: np.ndarray, c_keep: np.ndarray) -> None:
+    """Fold the removed channels' mean contribution into a Conv consumer's bias."""
     dropped = np.setdiff1d(np.arange(c_features.shape[0]), c_keep)
     contribution = c_features[dropped].reshape(len(dropped), c_features.shape[1], -1).sum(axis=2)
     delta = (mean.reshape(-1)[dropped, None] * contribution).sum(axis=0).astype(np.float32)
     inits = initializers(model)
     if len(consumer.input) > 2 and consumer.input[2] in inits:
         bias = inits[consumer.input[2]]
-        array = numpy_helper.to_array(bias).astype(np.float32)
-        _replace(bias, (array.reshape(-1) + delta).reshape(array.shape)
-                 if array.size == delta.size else array + delta)
-    elif len(consumer.input) <= 2:
+        _replace(bias, numpy_helper.to_array(bias).astype(np.float32) + delta)
+    else:
         name = f"{consumer.name}.compensation_bias"
         model.graph.initializer.append(numpy_helper.from_array(delta, name))
         consumer.input.append(name)

@@ -37,8 +37,8 @@ def samples(digits: DigitsData, mlp: bytes, cnn: bytes):
         return x.reshape(-1, 1, 8, 8)
 
     return {
-        "mlp": (mlp, digits.x_train[:256], digits.x_test, digits.y_test),
-        "cnn": (cnn, images(digits.x_train[:256]), images(digits.x_test), digits.y_test),
+        "mlp": (mlp, digits.x_train, digits.x_test, digits.y_test),
+        "cnn": (cnn, images(digits.x_train), images(digits.x_test), digits.y_test),
     }
 
 
