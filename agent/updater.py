@@ -157,11 +157,12 @@ class Updater:
         """Bring the device to a consistent state after a start (or a power cut)."""
         r = self.record
         if r.state in POST_ACTIVATION:
-            if r.previous_slot is not None and self.slots.has_bundle(r.previous_slot) or r.previous_slot is None \
-                    and r.attempt + 1 >= self.policy.download_attempts:
+            can_roll_back = self.slots.has_bundle(r.previous_slot)
+            if can_roll_back or r.attempt + 1 >= self.policy.download_attempts:
                 self._move(E.INTERRUPTED, outcome="rolled_back", reason="interrupted",
-                           detail=f"agent restarted during {r.state.value}; previous model restored")
-            else:
+                           detail=f"agent restarted during {r.state.value}; "
+                                  + ("previous model restored" if can_roll_back else "no previous model to restore"))
+            else:  # nothing to roll back to: activate and health-check the new bundle again
                 self._move(E.REACTIVATE, attempt=r.attempt + 1)
         if self.record.state == S.ROLLED_BACK and not self.record.final_reported:
             # Switch back BEFORE loading anything: the new model may be what crashed us.
