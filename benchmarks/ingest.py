@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="sustained,capacity")
-    parser.add_argument("--decode-workers", type=int, default=1,
+    parser.add_argument("--decode-workers", type=int, default=0,
                         help="controller decode processes (EDGEFLEET_INGEST_DECODE_WORKERS)")
     args = parser.parse_args()
 
