@@ -58,13 +58,13 @@ VARIANTS: list[tuple[str, CompressionConfig]] = [
         mode=Mode.DYNAMIC_INT8, pruning=PruningConfig(sparsity=0.75))),
     ("prune 75% + static int8", CompressionConfig(
         mode=Mode.STATIC_INT8, pruning=PruningConfig(sparsity=0.75))),
-    ("structured 25%", CompressionConfig(
-        mode=Mode.NONE, pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.25))),
     ("structured 50%", CompressionConfig(
         mode=Mode.NONE, pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.5))),
-    ("structured 25% + dynamic int8", CompressionConfig(
+    ("structured 75%", CompressionConfig(
+        mode=Mode.NONE, pruning=PruningConfig(kind=PruningKind.STRUCTURED, sparsity=0.75))),
+    ("structured 50% + dynamic int8", CompressionConfig(
         mode=Mode.DYNAMIC_INT8, pruning=PruningConfig(kind=PruningKind.STRUCTURED,
-                                                      sparsity=0.25))),
+                                                      sparsity=0.5))),
 ]
 
 ONNX_ONLY = {"static int8 entropy", "static int8 percentile"}

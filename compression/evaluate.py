@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefleet.compression.config import GateConfig
-from edgefleet.compression.inference import Runtime, latency_ms, open_session, predict
+from edgefleet.compression.inference import Runtime, Session, latency_ms, predict
 from edgefleet.compression.report import AccuracyReport, FidelityReport, GateResult, LatencyReport
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class Reference:
 
 
 def reference(model: bytes, runtime: Runtime, eval_x: np.ndarray, batch_size: int) -> Reference:
-    return Reference(model, runtime, predict(open_session(runtime, model), eval_x, batch_size))
+    return Reference(model, runtime, predict(Session(runtime, model), eval_x, batch_size))
 
 
 def fidelity(original: np.ndarray, compressed: np.ndarray) -> FidelityReport:
@@ -84,7 +84,7 @@ class Measurement:
 
 def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: np.ndarray,
             eval_y: np.ndarray | None, config: GateConfig, batch_size: int) -> Measurement:
-    outputs = predict(open_session(runtime, model), eval_x, batch_size)
+    outputs = predict(Session(runtime, model), eval_x, batch_size)
     fid = fidelity(ref.outputs, outputs)
     acc = accuracy(ref.outputs, outputs, eval_y) if eval_y is not None else None
     return Measurement(acc, fid, gate(config, acc, fid))
@@ -93,7 +93,7 @@ def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: np.ndarray,
 def latency(ref: Reference, model: bytes, runtime: Runtime, sample: np.ndarray,
             runs: int) -> LatencyReport:
     """Interleave the two models' timing runs in rounds so machine noise hits both alike."""
-    original, compressed = open_session(ref.runtime, ref.model), open_session(runtime, model)
+    original, compressed = Session(ref.runtime, ref.model), Session(runtime, model)
     rounds = 5
     per_round = max(runs // rounds, 1)
     o50, o95, c50, c95 = [], [], [], []

@@ -1,88 +1,43 @@
-"""Run a model in its target runtime (ONNX Runtime or LiteRT) for evaluation and calibration.
+"""Run a model in its target runtime for evaluation, through the device's own runtime adapters.
 
-A thin adapter: one input array in, the first output array out, with the batch dimension
-resized as needed. Runtime errors are translated into :class:`CompressionError`.
+:mod:`edgefleet.protocol.runtimes` is the code an agent runs, so the evaluation and the latency
+in a report are what a device gets. This wrapper feeds one input array and returns the first
+output; runtime errors become :class:`CompressionError` (the model under test is at fault).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-from edgefleet.protocol.errors import CompressionError
+from edgefleet.protocol import runtimes
+from edgefleet.protocol.errors import CompressionError, EdgeFleetError
 
 logger = logging.getLogger(__name__)
 
 Runtime = Literal["onnx", "tflite"]
 
 
-class Session(Protocol):
-    input_name: str
+class Session:
+    """A model loaded in ONNX Runtime or LiteRT: first input in, first output out."""
 
-    def run(self, x: np.ndarray) -> np.ndarray: ...
-
-
-class OnnxSession:
-    def __init__(self, model: bytes) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.log_severity_level = 3
+    def __init__(self, runtime: Runtime, model: bytes) -> None:
         try:
-            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise CompressionError(f"ONNX Runtime cannot load the model: {exc}",
+            self._session = runtimes.open_session(runtime, model)
+        except EdgeFleetError as exc:
+            raise CompressionError(f"{runtime} runtime cannot load the model: {exc.message}",
                                    where="model") from exc
-        self.input_name = self._session.get_inputs()[0].name
-        self._output_name = self._session.get_outputs()[0].name
+        self.input_name = self._session.inputs[0].name
+        self._output_name = self._session.outputs[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
         try:
-            return self._session.run([self._output_name], {self.input_name: x})[0]
-        except Exception as exc:
-            raise CompressionError(f"ONNX Runtime inference failed: {exc}", where="model") from exc
-
-
-class TfliteSession:
-    def __init__(self, model: bytes) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._model = bytes(model)  # the interpreter keeps a pointer into this buffer
-        try:
-            self._interpreter = Interpreter(model_content=self._model, num_threads=1)
-            self._interpreter.allocate_tensors()
-        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with C++ text
-            raise CompressionError(f"LiteRT cannot load the model: {exc}", where="model") from exc
-        detail = self._interpreter.get_input_details()[0]
-        self.input_name = detail["name"]
-        self._input_index = detail["index"]
-        self._output_index = self._interpreter.get_output_details()[0]["index"]
-        self._shape = tuple(detail["shape"])
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        try:
-            if tuple(x.shape) != self._shape:
-                self._interpreter.resize_tensor_input(self._input_index, list(x.shape))
-                self._interpreter.allocate_tensors()
-                self._shape = tuple(x.shape)
-            self._interpreter.set_tensor(self._input_index, np.ascontiguousarray(x))
-            self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output_index).copy()
-        except Exception as exc:
-            raise CompressionError(f"LiteRT inference failed: {exc}", where="model") from exc
-
-
-def open_session(runtime: Runtime, model: bytes) -> Session:
-    if runtime == "onnx":
-        return OnnxSession(model)
-    if runtime == "tflite":
-        return TfliteSession(model)
-    raise CompressionError(f"unknown runtime {runtime!r}", where="runtime",
-                           hint="use 'onnx' or 'tflite'")
+            return self._session.run({self.input_name: x})[self._output_name]
+        except EdgeFleetError as exc:
+            raise CompressionError(f"inference failed: {exc.message}", where="model") from exc
 
 
 def predict(session: Session, x: np.ndarray, batch_size: int) -> np.ndarray:
