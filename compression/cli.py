@@ -6,7 +6,6 @@ The main CLI calls :func:`register`. Errors print one line to stderr and exit no
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from enum import StrEnum
@@ -22,7 +21,6 @@ from edgefleet.compression.config import (CompressionConfig, GateConfig, Mode, P
 from edgefleet.compression.inference import Runtime
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError, EdgeFleetError
 
-logger = logging.getLogger(__name__)
 
 
 class Samples(StrEnum):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,6 @@ from edgefleet.compression.config import GateConfig
 from edgefleet.compression.inference import Runtime, Session, latency_ms, predict
 from edgefleet.compression.report import AccuracyReport, FidelityReport, GateResult, LatencyReport
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ output; runtime errors become :class:`CompressionError` (the model under test is
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Literal
 
@@ -16,7 +15,6 @@ import numpy as np
 from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import CompressionError, EdgeFleetError
 
-logger = logging.getLogger(__name__)
 
 Runtime = Literal["onnx", "tflite"]
 

@@ -66,6 +66,8 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
             graph.initializer.append(tensor)
         else:
             kept.append(node)
+    if len(kept) < len(graph.node):
+        logger.info("moved %d Constant node(s) to initializers", len(graph.node) - len(kept))
     del graph.node[:]
     graph.node.extend(kept)
     seen: set[str] = set()

@@ -107,6 +107,8 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
                                  extra_options={"MatMulConstBOnly": True})
         except Exception as exc:  # the quantizer raises bare ValueError/KeyError/...
             raise _translate(exc, "dynamic int8 quantization") from exc
+        logger.info("ONNX dynamic int8 (per_channel=%s, %d nodes in float)", per_channel,
+                    len(exclude))
         return _lean(out)
 
 
@@ -150,6 +152,8 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
             raise
         except Exception as exc:
             raise _translate(exc, "static int8 quantization") from exc
+        logger.info("ONNX static int8 (%s on %d samples, per_channel=%s, %d nodes in float)",
+                    config.method.value, len(samples), per_channel, len(exclude))
         return _lean(out)
 
 
