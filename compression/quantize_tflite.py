@@ -8,6 +8,8 @@ arrays feed the float and the quantized model.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import warnings
@@ -97,7 +99,8 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
             samples = calibration[:calibration_config.max_samples]
             signature = parsed.signatureDefs[0].signatureKey
             signature = signature.decode() if isinstance(signature, bytes) else signature
-            with warnings.catch_warnings():  # LiteRT warns about its own debugging option
+            # LiteRT warns about its own debugging option and draws a progress bar on stderr.
+            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore", UserWarning)
                 result = qt.calibrate(
                     {signature or SIGNATURE_KEY: _Batches(input_name, samples,
