@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pydantic_core
+
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine
@@ -20,15 +22,21 @@ from edgefleet.cloud import models  # noqa: F401  (registers the tables on SQLMo
 log = logging.getLogger(__name__)
 
 
+def _to_json(value: object) -> str:
+    return pydantic_core.to_json(value).decode("utf-8")
+
+
 def make_engine(url: str) -> Engine:
+    """JSON columns are serialized by pydantic-core (Rust): the ingest path writes several per row."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=_to_json)
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, json_serializer=_to_json)
     return engine
 
 
