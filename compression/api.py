@@ -14,6 +14,7 @@ from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
 from edgefleet.compression.export_tflite import export_tflite
 from edgefleet.compression.inference import Runtime
+from edgefleet.compression.inputs import Inputs, count, normalise_inputs
 from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
 from edgefleet.compression.prune import prune, weight_sparsity
 from edgefleet.compression.quantize_tflite import candidates as tflite_candidates
@@ -37,7 +38,7 @@ Quantizer = Callable[[list[str]], bytes]
 
 
 def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
-                    calibration: np.ndarray | None) -> tuple[Quantizer, list[str]]:
+                    calibration: Inputs | None) -> tuple[Quantizer, list[str]]:
     mode = config.mode
     if mode not in _ONNX_MODES:
         raise ConfigError(f"mode {mode.value} is not available for ONNX", where="mode",
@@ -62,7 +63,7 @@ def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
 
 
 def _tflite_quantizer(model: bytes, config: CompressionConfig,
-                      calibration: np.ndarray | None) -> tuple[Quantizer, list[str]]:
+                      calibration: Inputs | None) -> tuple[Quantizer, list[str]]:
     if config.mode is Mode.NONE:
         return (lambda exclude: model), []
     return (lambda exclude: quantize_tflite(
@@ -101,22 +102,14 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
     return model, measurement, excluded
 
 
-def _as_float(array: np.ndarray | None, what: str) -> np.ndarray | None:
-    if array is None:
-        return None
-    array = np.asarray(array)
-    if array.size == 0:
-        raise ConfigError(f"{what} is empty", where=what)
-    return array.astype(np.float32, copy=False)
-
-
 def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
-             calibration: np.ndarray | None = None, eval_x: np.ndarray | None = None,
+             calibration: Inputs | None = None, eval_x: Inputs | None = None,
              eval_y: np.ndarray | None = None) -> CompressionResult:
     """Compress ``model`` (ONNX or TFLite bytes) for ``runtime`` ("onnx" | "tflite").
 
     An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
-    Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them the gate checks
+    ``calibration`` and ``eval_x`` are one array (the model's first input) or a mapping of
+    arrays by input name. Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them the gate checks
     fidelity), falling back to the calibration samples when no evaluation set is given.
     Raises :class:`AccuracyGateError` (carrying the report) when the gate fails even after
     the fallback, :class:`CompressionError` subclasses for unusable models, and
@@ -124,9 +117,9 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
     """
     if runtime not in ("onnx", "tflite"):
         raise ConfigError(f"unknown runtime {runtime!r}", where="runtime", hint="onnx or tflite")
-    calibration = _as_float(calibration, "calibration")
-    eval_x = _as_float(eval_x, "eval_x")
-    if eval_y is not None and (eval_x is None or len(eval_y) != len(eval_x)):
+    calibration = normalise_inputs(calibration, "calibration")
+    eval_x = normalise_inputs(eval_x, "eval_x")
+    if eval_y is not None and (eval_x is None or len(eval_y) != count(eval_x)):
         raise ConfigError("eval_y needs eval_x of the same length", where="eval_y")
     data = eval_x if eval_x is not None else calibration
     if data is None and config.gate.enabled:

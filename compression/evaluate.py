@@ -8,6 +8,7 @@ import numpy as np
 
 from edgefleet.compression.config import GateConfig
 from edgefleet.compression.inference import Runtime, Session, latency_ms, predict
+from edgefleet.compression.inputs import Inputs
 from edgefleet.compression.report import AccuracyReport, FidelityReport, GateResult, LatencyReport
 
 
@@ -21,7 +22,7 @@ class Reference:
     outputs: np.ndarray
 
 
-def reference(model: bytes, runtime: Runtime, eval_x: np.ndarray, batch_size: int) -> Reference:
+def reference(model: bytes, runtime: Runtime, eval_x: Inputs, batch_size: int) -> Reference:
     return Reference(model, runtime, predict(Session(runtime, model), eval_x, batch_size))
 
 
@@ -80,7 +81,7 @@ class Measurement:
     gate: GateResult
 
 
-def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: np.ndarray,
+def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: Inputs,
             eval_y: np.ndarray | None, config: GateConfig, batch_size: int) -> Measurement:
     outputs = predict(Session(runtime, model), eval_x, batch_size)
     fid = fidelity(ref.outputs, outputs)
@@ -88,7 +89,7 @@ def measure(ref: Reference, model: bytes, runtime: Runtime, eval_x: np.ndarray,
     return Measurement(acc, fid, gate(config, acc, fid))
 
 
-def latency(ref: Reference, model: bytes, runtime: Runtime, sample: np.ndarray,
+def latency(ref: Reference, model: bytes, runtime: Runtime, sample: Inputs,
             runs: int) -> LatencyReport:
     """Interleave the two models' timing runs in rounds so machine noise hits both alike."""
     original, compressed = Session(ref.runtime, ref.model), Session(runtime, model)

@@ -1,8 +1,8 @@
 """Run a model in its target runtime for evaluation, through the device's own runtime adapters.
 
 :mod:`edgefleet.protocol.runtimes` is the code an agent runs, so the evaluation and the latency
-in a report are what a device gets. This wrapper feeds one input array and returns the first
-output; runtime errors become :class:`CompressionError` (the model under test is at fault).
+in a report are what a device gets. This wrapper feeds one array (the first input) or a mapping
+of arrays by input name, and returns the first output; runtime errors become :class:`CompressionError` (the model under test is at fault).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import CompressionError, EdgeFleetError
 
@@ -20,7 +21,7 @@ Runtime = Literal["onnx", "tflite"]
 
 
 class Session:
-    """A model loaded in ONNX Runtime or LiteRT: first input in, first output out."""
+    """A model loaded in ONNX Runtime or LiteRT: inputs in, first output out."""
 
     def __init__(self, runtime: Runtime, model: bytes) -> None:
         try:
@@ -31,22 +32,24 @@ class Session:
         self.input_name = self._session.inputs[0].name
         self._output_name = self._session.outputs[0].name
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: Inputs) -> np.ndarray:
         try:
-            return self._session.run({self.input_name: x})[self._output_name]
+            return self._session.run(feed(x, self.input_name))[self._output_name]
         except EdgeFleetError as exc:
             raise CompressionError(f"inference failed: {exc.message}", where="model") from exc
 
 
-def predict(session: Session, x: np.ndarray, batch_size: int) -> np.ndarray:
+def predict(session: Session, x: Inputs, batch_size: int) -> np.ndarray:
     """Run ``x`` through the session in batches and concatenate the outputs."""
-    parts = [session.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    n = count(x)
+    parts = [session.run(take(x, i, i + batch_size)) for i in range(0, n, batch_size)]
     return np.concatenate(parts, axis=0).astype(np.float32)
 
 
-def latency_ms(session: Session, sample: np.ndarray, runs: int, warmup: int = 5) -> tuple[float, float]:
+def latency_ms(session: Session, sample: Inputs, runs: int,
+               warmup: int = 5) -> tuple[float, float]:
     """p50 and p95 latency in milliseconds of single-sample inference."""
-    one = sample[:1]
+    one = take(sample, 0, 1)
     for _ in range(warmup):
         session.run(one)
     times = []

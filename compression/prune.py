@@ -21,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.compression.config import PruningConfig, PruningKind, PruningScope
+from edgefleet.compression.inputs import Inputs, feed, take
 from edgefleet.compression.onnx_graph import attribute, initializers
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def _weight_name(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> st
 
 
 def prune(model: onnx.ModelProto, config: PruningConfig,
-          calibration: np.ndarray | None = None) -> PruneResult:
+          calibration: Inputs | None = None) -> PruneResult:
     if config.kind is PruningKind.UNSTRUCTURED:
         return prune_unstructured(model, config.sparsity, config.scope)
     return prune_structured(model, config.sparsity, calibration)
@@ -173,7 +174,7 @@ def _per_channel_constants(node: onnx.NodeProto, inits: dict[str, onnx.TensorPro
 _CALIBRATION_LIMIT = 2048  # samples used to rank units and refit the next layer
 
 
-def _capture(model: onnx.ModelProto, name: str, calibration: np.ndarray) -> np.ndarray:
+def _capture(model: onnx.ModelProto, name: str, calibration: Inputs) -> np.ndarray:
     """The value ``name`` of ``model`` on the calibration samples."""
     import onnxruntime as ort
 
@@ -187,8 +188,8 @@ def _capture(model: onnx.ModelProto, name: str, calibration: np.ndarray) -> np.n
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(probe.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    feed = np.ascontiguousarray(calibration[:_CALIBRATION_LIMIT], dtype=np.float32)
-    return session.run([name], {session.get_inputs()[0].name: feed})[0]
+    return session.run([name], feed(take(calibration, 0, _CALIBRATION_LIMIT),
+                                    session.get_inputs()[0].name))[0]
 
 
 def _per_feature(values: np.ndarray) -> np.ndarray:
@@ -198,7 +199,7 @@ def _per_feature(values: np.ndarray) -> np.ndarray:
 
 
 def prune_structured(model: onnx.ModelProto, sparsity: float,
-                     calibration: np.ndarray | None = None) -> PruneResult:
+                     calibration: Inputs | None = None) -> PruneResult:
     """Remove ``sparsity`` of the hidden units/channels of every prunable layer pair.
 
     Without data, units are ranked by incoming x outgoing weight norms. With calibration data

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod
+from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.protocol.errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,12 @@ class BatchReader:
     matter how many samples calibrate the model.
     """
 
-    def __init__(self, input_name: str, data: np.ndarray, batch_size: int) -> None:
+    def __init__(self, input_name: str, data: Inputs, batch_size: int, limit: int) -> None:
         self._input_name = input_name
         self._data = data
         self._batch_size = batch_size
-        self._batches = (len(data) + batch_size - 1) // batch_size
+        self._samples = min(count(data), limit)
+        self._batches = (self._samples + batch_size - 1) // batch_size
         self._iter: Iterator[int] = iter(range(self._batches))
 
     def __len__(self) -> int:
@@ -48,8 +50,8 @@ class BatchReader:
         if index is None:
             return None
         start = index * self._batch_size
-        return {self._input_name: np.ascontiguousarray(
-            self._data[start:start + self._batch_size], dtype=np.float32)}
+        stop = min(start + self._batch_size, self._samples)
+        return feed(take(self._data, start, stop), self._input_name)
 
     def rewind(self) -> None:
         self._iter = iter(range(self._batches))
@@ -119,7 +121,7 @@ _METHODS = {
 }
 
 
-def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
+def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
                          config: CalibrationConfig, per_channel: bool,
                          exclude: list[str]) -> bytes:
     """Static int8 QDQ (int8 weights per channel, int8 activations) calibrated on batches."""
@@ -127,8 +129,9 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    samples = calibration[:config.max_samples]
-    reader = BatchReader(model.graph.input[0].name, samples, config.batch_size)
+    initialised = {t.name for t in model.graph.initializer}
+    first_input = next(i.name for i in model.graph.input if i.name not in initialised)
+    reader = BatchReader(first_input, calibration, config.batch_size, config.max_samples)
     extra = {
         "CalibStridedMinMax": 1,  # collect and merge statistics one batch at a time
         "CalibPercentile": config.percentile,
@@ -153,7 +156,8 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: np.ndarray, *,
         except Exception as exc:
             raise _translate(exc, "static int8 quantization") from exc
         logger.info("ONNX static int8 (%s on %d samples, per_channel=%s, %d nodes in float)",
-                    config.method.value, len(samples), per_channel, len(exclude))
+                    config.method.value, min(count(calibration), config.max_samples),
+                    per_channel, len(exclude))
         return _lean(out)
 
 

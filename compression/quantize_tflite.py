@@ -19,6 +19,7 @@ import numpy as np
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod, Mode
 from edgefleet.compression.export_tflite import SIGNATURE_KEY
+from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.compression.tflite_graph import load_tflite, operators
 from edgefleet.protocol.errors import CompressionError, ConfigError
 
@@ -45,17 +46,18 @@ def candidates(model: bytes, mode: Mode) -> list[str]:
 class _Batches:
     """Re-iterable calibration set: the quantizer walks it twice (count, then calibrate)."""
 
-    def __init__(self, input_name: str, data: np.ndarray, batch_size: int) -> None:
+    def __init__(self, input_name: str, data: Inputs, batch_size: int, limit: int) -> None:
         self._input_name, self._data, self._batch_size = input_name, data, batch_size
+        self._samples = min(count(data), limit)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self._data), self._batch_size):
-            yield {self._input_name: np.ascontiguousarray(
-                self._data[start:start + self._batch_size], dtype=np.float32)}
+        for start in range(0, self._samples, self._batch_size):
+            stop = min(start + self._batch_size, self._samples)
+            yield feed(take(self._data, start, stop), self._input_name)
 
 
 def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: list[str],
-                    calibration: np.ndarray | None = None,
+                    calibration: Inputs | None = None,
                     calibration_config: CalibrationConfig = CalibrationConfig()) -> bytes:
     from litert_quantizer import calibrator, quantizer
     from litert_quantizer.algorithm_manager import AlgorithmName
@@ -96,15 +98,15 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
                 raise CompressionError("full int8 needs a model with a signature",
                                        where="model.signature_defs")
             input_name = input_name.decode() if isinstance(input_name, bytes) else input_name
-            samples = calibration[:calibration_config.max_samples]
             signature = parsed.signatureDefs[0].signatureKey
             signature = signature.decode() if isinstance(signature, bytes) else signature
             # LiteRT warns about its own debugging option and draws a progress bar on stderr.
             with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
                 warnings.simplefilter("ignore", UserWarning)
                 result = qt.calibrate(
-                    {signature or SIGNATURE_KEY: _Batches(input_name, samples,
-                                                          calibration_config.batch_size)},
+                    {signature or SIGNATURE_KEY: _Batches(input_name, calibration,
+                                                          calibration_config.batch_size,
+                                                          calibration_config.max_samples)},
                     mode=calibrator.CalibrationMode.CALIBRATION_PROFILER_BASED)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

@@ -71,3 +71,39 @@ def test_control_flow_quantizes_for_onnx_and_is_named_for_tflite(run_model):
     assert run_model("onnx", result.model, X[:2]).shape == (2, 10)
     with pytest.raises(UnsupportedModelError, match="If"):
         compress(model, "tflite", CompressionConfig(latency_runs=0), eval_x=X)
+
+
+def _two_inputs() -> bytes:
+    w = RNG.standard_normal((24, 10)).astype(np.float32) * 0.5
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=1),
+         helper.make_node("MatMul", ["ab", "w"], ["logits"], name="fc"),
+         helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=-1)],
+        "two_inputs",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize(("runtime", "mode"), [("onnx", Mode.DYNAMIC_INT8),
+                                               ("onnx", Mode.STATIC_INT8),
+                                               ("tflite", Mode.STATIC_INT8),
+                                               ("tflite", Mode.FP16)])
+def test_several_inputs_are_fed_by_name(runtime, mode):
+    inputs = {"a": RNG.random((120, 16), dtype=np.float32),
+              "b": RNG.random((120, 8), dtype=np.float32)}
+    result = compress(_two_inputs(), runtime, CompressionConfig(mode=mode, latency_runs=5),
+                      calibration=inputs, eval_x=inputs)
+    assert result.report.gate.passed
+    assert result.report.fidelity.samples == 120
+    assert result.report.latency is not None
+
+
+def test_ragged_inputs_are_a_config_error():
+    from edgefleet.protocol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="sample counts"):
+        compress(_two_inputs(), "onnx", CompressionConfig(),
+                 eval_x={"a": np.zeros((3, 16)), "b": np.zeros((4, 8))})
