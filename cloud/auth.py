@@ -93,11 +93,9 @@ def authenticate(session: Session, *, secret: str | None) -> Principal:
     return Principal(name=row.device_id or row.name, role=row.role, device_id=row.device_id)
 
 
-def list_tokens(session: Session, *, include_device: bool = False) -> list[ApiToken]:
-    query = select(ApiToken).order_by(ApiToken.id)
-    if not include_device:
-        query = query.where(ApiToken.role != "device")
-    return list(session.exec(query))
+def list_tokens(session: Session) -> list[ApiToken]:
+    """Operator tokens; device tokens come and go with enrollment and decommissioning."""
+    return list(session.exec(select(ApiToken).where(ApiToken.role != "device").order_by(ApiToken.id)))
 
 
 def revoke_token(session: Session, *, token_id: int, actor: str, now: float) -> ApiToken:

@@ -37,9 +37,6 @@ class BlobStore:
             raise NotFoundError(f"{digest!r} is not a sha256 digest", where="digest")
         return self.root / digest
 
-    def exists(self, digest: str) -> bool:
-        return self.path(digest).is_file()
-
     def open_path(self, digest: str) -> Path:
         path = self.path(digest)
         if not path.is_file():

@@ -190,5 +190,6 @@ def delete_bundle(session: Session, *, digest: str, store: BlobStore, actor: str
     if session.exec(select(Deployment).where(Deployment.bundle_id == bundle.id)).first() is not None:
         raise ConflictError(f"bundle {bundle.digest[:12]} is used by deployments", where="digest")
     session.delete(bundle)
+    session.flush()               # fails here (not after the file is gone) if the row cannot go
     store.delete(bundle.digest)
     audit.record(session, actor=actor, action="bundle.delete", target=f"bundle:{bundle.digest}", now=now)
