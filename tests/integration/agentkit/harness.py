@@ -43,9 +43,15 @@ class Harness:
             "topic_prefix": prefix, "release_keys": [str(release_key.public_path)],
             "controller_keys": [str(controller_key.public_path)], **FAST})
 
-    def start(self, **overrides) -> AgentProcess:
+    def start(self, *, online: bool = True, **overrides) -> AgentProcess:
+        """Start the agent; with ``online``, wait until THIS run announced itself online (so it
+        has subscribed to its cmd topic before a test publishes an order)."""
+        seen = len(self.observer.messages)
         self.agent.start(**overrides)
         self.agent.wait_ready()
+        if online:
+            self.observer.wait_for(lambda o: any(k == "state" and m and m.get("status") == "online"
+                                                 for k, m, _, _ in o.messages[seen:]), what="agent online")
         return self.agent
 
     def wait_online(self, timeout: float = 30.0) -> dict:
