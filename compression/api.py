@@ -16,7 +16,7 @@ from edgefleet.compression.export_tflite import export_tflite
 from edgefleet.compression.inference import Runtime
 from edgefleet.compression.inputs import Inputs, count, normalise_inputs
 from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
-from edgefleet.compression.prune import prune, weight_sparsity
+from edgefleet.compression.prune import prune
 from edgefleet.compression.quantize_tflite import candidates as tflite_candidates
 from edgefleet.compression.quantize_tflite import quantize_tflite
 from edgefleet.compression.report import CompressionReport, GateResult, SizeReport, stored_size
@@ -109,8 +109,9 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
 
     An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
     ``calibration`` and ``eval_x`` are one array (the model's first input) or a mapping of
-    arrays by input name. Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them the gate checks
-    fidelity), falling back to the calibration samples when no evaluation set is given.
+    arrays by input name. Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them
+    the gate checks fidelity), falling back to the calibration samples when no evaluation set
+    is given.
     Raises :class:`AccuracyGateError` (carrying the report) when the gate fails even after
     the fallback, :class:`CompressionError` subclasses for unusable models, and
     :class:`ConfigError` for contradictory settings.
@@ -142,13 +143,14 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         graph = normalise(load_onnx(model))
         original = bytes(model) if runtime == "onnx" else export_tflite(model)
         if config.pruning is not None:
-            graph = prune(graph, config.pruning, calibration).model
-            sparsity = weight_sparsity(graph)
+            pruned = prune(graph, config.pruning, calibration)
+            graph, sparsity = pruned.model, pruned.sparsity
         if runtime == "onnx":
             quantize, candidates = _onnx_quantizer(graph, config, calibration)
         else:
-            quantize, candidates = _tflite_quantizer(
-                export_tflite(graph.SerializeToString()), config, calibration)
+            target = original if config.pruning is None else export_tflite(
+                graph.SerializeToString())
+            quantize, candidates = _tflite_quantizer(target, config, calibration)
 
     compressed = quantize([])
     float_operators: list[str] = []

@@ -312,12 +312,3 @@ def _fold_mean(model: onnx.ModelProto, consumer: onnx.NodeProto, c_features: np.
 
 def _replace(tensor: onnx.TensorProto, array: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
-
-
-def weight_sparsity(model: onnx.ModelProto) -> float:
-    """Fraction of exact zeros among the weights of Gemm/MatMul/Conv."""
-    inits = initializers(model)
-    names = {n for node in model.graph.node if (n := _weight_name(node, inits))}
-    arrays = [numpy_helper.to_array(inits[n]) for n in names]
-    total = sum(a.size for a in arrays)
-    return sum(int((a == 0).sum()) for a in arrays) / total if total else 0.0

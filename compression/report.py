@@ -10,7 +10,7 @@ import zlib
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
-from edgefleet.compression.config import CalibrationMethod, Mode, PruningConfig
+from edgefleet.compression.config import CalibrationMethod, Mode, PruningConfig, PruningKind
 
 #: The bundle format deflates a file only when that saves at least this fraction.
 DEFLATE_MIN_SAVING = 0.10
@@ -101,7 +101,7 @@ class CompressionReport(_Report):
     per_channel: bool
     calibration_method: CalibrationMethod | None
     pruning: PruningConfig | None
-    sparsity: float
+    sparsity: float  # achieved: zero weights (unstructured) or removed units (structured)
     size: SizeReport
     latency: LatencyReport | None
     accuracy: AccuracyReport | None
@@ -117,8 +117,10 @@ class CompressionReport(_Report):
                                         if self.calibration_method else "")),
         ]
         if self.pruning is not None:
+            achieved = ("weights zero" if self.pruning.kind is PruningKind.UNSTRUCTURED
+                        else "units removed")
             rows.append(("pruning", f"{self.pruning.kind.value} {self.pruning.scope.value} "
-                                    f"target {self.pruning.sparsity:.0%}, weights zero "
+                                    f"target {self.pruning.sparsity:.0%}, {achieved} "
                                     f"{self.sparsity:.1%}"))
         s = self.size
         rows += [
