@@ -86,3 +86,25 @@ def test_oversized_json_bodies_are_refused_before_parsing(client):
     assert r.status_code == 413
     r = client.post("/api/v1/models", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413
+
+
+def test_every_state_changing_call_is_audited(client, fleet, make_bundle, upload):
+    client.post("/api/v1/models", json={"name": "aud"})
+    client.post("/api/v1/models/aud/versions", json={"version": "1"})
+    client.put("/api/v1/models/aud/versions/1/artifact", content=b"model-bytes")
+    built = make_bundle(name="audited")
+    upload(built)
+    fleet.add("ad1")
+    client.patch("/api/v1/devices/ad1", json={"add_tags": ["x"], "hardware_class": "hw"})
+    dep_id = client.post("/api/v1/deployments", json={"bundle": built.digest, "device_ids": ["ad1"]}).json()["id"]
+    client.post(f"/api/v1/deployments/{dep_id}/cancel")
+    token_id = client.post("/api/v1/tokens", json={"name": "t", "role": "viewer"}).json()["id"]
+    client.delete(f"/api/v1/tokens/{token_id}")
+    client.post("/api/v1/devices/ad1/decommission")
+    actions = {e["action"] for e in client.get("/api/v1/audit", params={"limit": 1000}).json()}
+    assert actions >= {"model.create", "model_version.create", "model_version.artifact", "bundle.upload",
+                       "enrollment_token.create", "device.enroll", "device.tags", "device.hardware_class",
+                       "deployment.create", "deployment.cancel", "token.create", "token.revoke",
+                       "device.decommission"}
+    entry = client.get("/api/v1/audit", params={"action": "deployment.cancel"}).json()[0]
+    assert entry["actor"] == "admin:admin" and entry["target"] == f"deployment:{dep_id}" and entry["at"] > 0

@@ -4,7 +4,10 @@ cancel, timeouts, superseding, orders held while the broker is away."""
 from __future__ import annotations
 
 import pytest
+from cloudkit import FakeTransport
+from fastapi.testclient import TestClient
 
+from edgefleet.cloud.app import create_app
 from edgefleet.protocol.errors import ReplayError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.messages import decode
@@ -238,3 +241,16 @@ def test_bundle_in_use_cannot_be_deleted(client, fleet, bundle):
     fleet.add("u1")
     client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["u1"]})
     assert client.delete(f"/api/v1/bundles/{bundle.digest}").status_code == 409
+
+
+def test_a_restarted_controller_sends_what_the_old_one_could_not(settings, clock, fleet, bundle, client, transport):
+    fleet.add("rs")
+    transport.connected = False
+    dep_id = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["rs"]}).json()["id"]
+    fresh = FakeTransport()
+    restarted = create_app(settings, clock=clock, transport_factory=lambda url, cb: fresh,
+                           reconcile_in_background=False)
+    with TestClient(restarted):
+        assert restarted.state.controller.reconcile().orders_published == 1
+    (topic, payload), = fresh.published
+    assert topic == "edgefleet/v1/devices/rs/cmd" and decode("cmd", payload).order.signed.deployment_id == dep_id
