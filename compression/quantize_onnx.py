@@ -170,4 +170,61 @@ def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:
                                              node_block_list=list(exclude) or None)
     except Exception as exc:
         raise _translate(exc, "fp16 conversion") from exc
+    _drop_round_trip_casts(converted)
+    logger.info("ONNX fp16 (%d nodes in float)", len(exclude))
     return converted.SerializeToString()
+
+
+def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
+    """Remove float32 -> float16 -> float32 Cast pairs the converter puts between float nodes.
+
+    They would round every value passed between two operators kept in float through fp16.
+    """
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def cast_to(node: onnx.NodeProto | None, dtype: int) -> bool:
+        return (node is not None and node.op_type == "Cast"
+                and any(a.name == "to" and a.i == dtype for a in node.attribute))
+
+    removed: set[int] = set()
+    for node in graph.node:
+        if not cast_to(node, onnx.TensorProto.FLOAT):
+            continue
+        first = producers.get(node.input[0])
+        if not cast_to(first, onnx.TensorProto.FLOAT16) or id(first) in removed:
+            continue
+        source, target = first.input[0], node.output[0]
+        origin = producers.get(source)
+        produces_float32 = origin is not None and (origin.op_type != "Cast"
+                                                   or cast_to(origin, onnx.TensorProto.FLOAT))
+        if not (produces_float32 or _is_float32(model, source)):
+            continue
+        if target in outputs:  # the float32 producer writes the graph output directly
+            if origin is None:
+                continue
+            origin.output[:] = [target if o == source else o for o in origin.output]
+            for user in consumers.get(source, []):
+                user.input[:] = [target if i == source else i for i in user.input]
+        else:
+            for user in consumers.get(target, []):
+                user.input[:] = [source if i == target else i for i in user.input]
+        removed.add(id(node))
+        if all(id(u) in removed for u in consumers.get(first.output[0], [])):
+            removed.add(id(first))
+    kept = [n for n in graph.node if id(n) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _is_float32(model: onnx.ModelProto, name: str) -> bool:
+    """``name`` is a float32 graph input or the output of a node kept in float32."""
+    for value in list(model.graph.input) + list(model.graph.value_info):
+        if value.name == name:
+            return value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    return False

@@ -16,7 +16,9 @@ def _mean_error(model, runtime, mode, calibration, eval_x):
 
 @pytest.mark.parametrize(("runtime", "mode"), [("onnx", Mode.STATIC_INT8),
                                                ("tflite", Mode.STATIC_INT8),
-                                               ("onnx", Mode.DYNAMIC_INT8)])
+                                               ("onnx", Mode.DYNAMIC_INT8),
+                                               ("onnx", Mode.FP16),
+                                               ("tflite", Mode.FP16)])
 def test_fallback_keeps_harmful_operators_in_float_until_gate_holds(samples, runtime, mode):
     model, calibration, eval_x, _ = samples["cnn"]
     full = _mean_error(model, runtime, mode, calibration, eval_x)
@@ -72,3 +74,13 @@ def test_fallback_is_skipped_when_the_loss_is_not_from_quantization(samples):
         compress(model, "onnx", config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
     assert info.value.report["float_operators"] == []
     assert info.value.report["size"]["ratio"] > 8  # the numbers of the refused model itself
+
+
+def test_fp16_with_every_node_in_float_is_exact(samples, run_model):
+    from edgefleet.compression.onnx_graph import load_onnx, normalise
+    from edgefleet.compression.quantize_onnx import to_fp16
+
+    model, _, eval_x, _ = samples["cnn"]
+    graph = normalise(load_onnx(model))
+    converted = to_fp16(graph, exclude=[n.name for n in graph.node])
+    assert (run_model("onnx", converted, eval_x) == run_model("onnx", model, eval_x)).all()
