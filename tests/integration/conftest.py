@@ -60,10 +60,11 @@ def mqtt_broker() -> Broker:
 class PrivateMosquitto:
     """A Mosquitto of our own on a free port, which a test may stop and start."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        tls_conf = f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\n" if tls else ""
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n{tls_conf}allow_anonymous true\npersistence true\n"
                              f"persistence_location {workdir}/\nmax_queued_messages 100000\n"
                              # as root, mosquitto drops to its own user, which cannot write here
                              + ("user root\n" if os.geteuid() == 0 else ""))
@@ -76,6 +77,7 @@ class PrivateMosquitto:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        # (a TLS listener accepts TCP connections too, so the port check below works for both)
         end = time.monotonic() + 10
         while not _port_open("127.0.0.1", self.port, 0.2):
             if self.proc.poll() is not None or time.monotonic() > end:
@@ -91,14 +93,21 @@ class PrivateMosquitto:
 
 @pytest.fixture
 def private_mosquitto(tmp_path: Path, mqtt_broker: Broker):
+    """A Mosquitto of this test's own (stop/start it freely); call ``private_mosquitto(tls=...)``
+    via :func:`start_private_mosquitto` for a TLS listener."""
+    broker = start_private_mosquitto(tmp_path)
+    yield broker
+    broker.stop()
+
+
+def start_private_mosquitto(tmp_path: Path, tls: tuple[Path, Path, Path] | None = None) -> PrivateMosquitto:
     if not Path(MOSQUITTO_BIN).exists():
         pytest.skip("mosquitto binary not found")
     workdir = tmp_path / "mosquitto"
-    workdir.mkdir()
-    broker = PrivateMosquitto(workdir)
+    workdir.mkdir(exist_ok=True)
+    broker = PrivateMosquitto(workdir, tls=tls)
     broker.start()
-    yield broker
-    broker.stop()
+    return broker
 
 
 @pytest.fixture

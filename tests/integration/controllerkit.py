@@ -35,9 +35,10 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str
 
 def controller_settings(tmp_path: Path, *, broker_url: str | None, prefix: str, release_pub: Path,
                         **overrides) -> ControllerSettings:
-    return ControllerSettings(data_dir=tmp_path / "controller", broker_url=broker_url, topic_prefix=prefix,
-                              release_key_paths=[release_pub], admin_token=ADMIN,
-                              mqtt_client_id=f"ctl-{prefix.split('/')[0]}", reconcile_interval_s=0.2, **overrides)
+    values = {"data_dir": tmp_path / "controller", "broker_url": broker_url, "topic_prefix": prefix,
+              "release_key_paths": [release_pub], "admin_token": ADMIN,
+              "mqtt_client_id": f"ctl-{prefix.split('/')[0]}", "reconcile_interval_s": 0.2}
+    return ControllerSettings(**(values | overrides))
 
 
 @contextmanager

@@ -133,3 +133,25 @@ def test_messages_published_while_the_controller_is_down_are_not_lost(tmp_path, 
                        what="all 20 windows after restart")
     finally:
         sim.close()
+
+
+def test_two_replicas_split_ingest_with_a_shared_subscription(tmp_path, mqtt_broker, topic_prefix, release_key):
+    """MQTT 5 shared subscription: each message reaches exactly one replica; both write one database."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = controller_settings(tmp_path / "a", broker_url=mqtt_broker.url, prefix=topic_prefix,
+                                release_pub=release_key.public_path, database_url=db,
+                                shared_subscription_group="ctl", mqtt_client_id=f"a-{topic_prefix[:17]}")
+    second = first.model_copy(update={"data_dir": tmp_path / "b", "mqtt_client_id": f"b-{topic_prefix[:17]}"})
+    with running_controller(first) as (client, ctl_a), running_controller(second) as (_, ctl_b):
+        creds = _enroll(client, "shared-1")
+        sim = SimDevice(creds["broker_url"], "shared-1", topic_prefix)
+        try:
+            for i in range(40):
+                sim.publish(_window("shared-1", i), "telemetry")
+            wait_until(lambda: len(client.get("/api/v1/telemetry/windows", params={"limit": 100}).json()) == 40,
+                       what="40 windows stored once")
+        finally:
+            sim.close()
+        counts = [c.metrics.registry.get_sample_value("edgefleet_mqtt_messages_total", {"kind": "telemetry"}) or 0
+                  for c in (ctl_a, ctl_b)]
+        assert sum(counts) == 40 and all(counts), counts

@@ -12,7 +12,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 
 class Observer:
-    def __init__(self, host: str, port: int, prefix: str, device_id: str, *, persistent: bool = False) -> None:
+    def __init__(self, host: str, port: int, prefix: str, device_id: str, *, persistent: bool = False,
+                 tls_ca=None) -> None:
         self.prefix = prefix
         self.device_id = device_id
         self.base = f"{prefix}/devices/{device_id}"
@@ -21,6 +22,8 @@ class Observer:
         # persistent: a broker restart keeps our session, so QoS 1 messages wait for us
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"obs-{uuid.uuid4().hex[:8]}",
                                   clean_session=not persistent)
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.1, 0.5)
         subscribed = threading.Event()
