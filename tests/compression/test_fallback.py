@@ -82,5 +82,5 @@ def test_fp16_with_every_node_in_float_is_exact(samples, run_model):
 
     model, _, eval_x, _ = samples["cnn"]
     graph = normalise(load_onnx(model))
-    converted = to_fp16(graph, exclude=[n.name for n in graph.node])
+    converted = to_fp16(graph, exclude=[n.name for n in graph.graph.node])
     assert (run_model("onnx", converted, eval_x) == run_model("onnx", model, eval_x)).all()
