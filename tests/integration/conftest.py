@@ -93,10 +93,19 @@ class PrivateMosquitto:
 
 @pytest.fixture
 def private_mosquitto(tmp_path: Path, mqtt_broker: Broker):
-    """A Mosquitto of this test's own (stop/start it freely); call ``private_mosquitto(tls=...)``
-    via :func:`start_private_mosquitto` for a TLS listener."""
+    """A Mosquitto of this test's own (stop/start it freely)."""
     broker = start_private_mosquitto(tmp_path)
     yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def private_mosquitto_tls(tmp_path: Path, mqtt_broker: Broker):
+    """A private Mosquitto with a TLS listener; yields ``(broker, ca_file)``."""
+    from agentkit.tls import make_ca_and_server
+    ca, cert, key = make_ca_and_server(tmp_path / "tls")
+    broker = start_private_mosquitto(tmp_path, tls=(ca, cert, key))
+    yield broker, ca
     broker.stop()
 
 

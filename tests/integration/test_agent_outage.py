@@ -35,10 +35,8 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
 def test_broker_outage_every_window_arrives_exactly_once(tmp_path, private_mosquitto, topic_prefix, release_key,
                                                          controller_key, file_server, tiny_onnx):
     broker = private_mosquitto
-    h = Harness(tmp_path, broker.broker, topic_prefix, release_key, controller_key, file_server, tiny_onnx)
-    h.observer.close()
-    from agentkit.observer import Observer
-    h.observer = Observer(broker.broker.host, broker.port, topic_prefix, h.device_id, persistent=True)
+    h = Harness(tmp_path, broker.broker, topic_prefix, release_key, controller_key, file_server, tiny_onnx,
+                persistent_observer=True)
     try:
         agent = h.start(telemetry_interval_s=0.2)
         assert h.install(h.bundle())["outcome"] == "committed"

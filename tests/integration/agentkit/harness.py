@@ -27,7 +27,7 @@ FAST = {
 
 class Harness:
     def __init__(self, tmp_path: Path, broker, prefix: str, release_key, controller_key, file_server,
-                 tiny_onnx: bytes) -> None:
+                 tiny_onnx: bytes, *, tls_ca=None, persistent_observer: bool = False) -> None:
         self.tmp = tmp_path
         self.broker = broker
         self.prefix = prefix
@@ -37,7 +37,8 @@ class Harness:
         self.model = tiny_onnx
         self.device_id = f"dev-{uuid.uuid4().hex[:10]}"
         self.sequence = 0
-        self.observer = Observer(broker.host, broker.port, prefix, self.device_id)
+        self.observer = Observer(broker.host, broker.port, prefix, self.device_id, tls_ca=tls_ca,
+                                 persistent=persistent_observer)
         self.agent = AgentProcess(tmp_path, {
             "device_id": self.device_id, "state_dir": str(tmp_path / "state"), "broker_url": broker.url,
             "topic_prefix": prefix, "release_keys": [str(release_key.public_path)],
