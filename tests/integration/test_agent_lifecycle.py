@@ -96,3 +96,23 @@ def test_live_inference_errors_during_health_check_roll_back(agent_harness):
     assert (final["outcome"], final["reason"]) == ("rolled_back", "live_inference_failed")
     status, body = agent.get("/v1/health")
     assert body["bundle"]["version"] == "1.0.0"
+
+
+def test_old_model_serves_until_the_new_one_is_activated(agent_harness):
+    h = agent_harness
+    agent = h.start()
+    old, new = mlp_onnx(seed=1), mlp_onnx(seed=2)
+    assert h.install(h.bundle(version="1.0.0", model=old))["outcome"] == "committed"
+    h.files.faults.hold_after = 10  # the next download stalls after 10 bytes
+    dep = h.deploy(h.bundle(version="2.0.0", build=2, model=new))
+    h.observer.wait_for(lambda o: "downloading" in o.states_of(dep), what="downloading")
+    x = samples(n=3, seed=4)
+    for _ in range(3):
+        status, body = agent.predict({"x": x.tolist()})
+        assert status == 200 and body["bundle"]["version"] == "1.0.0"
+        np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(old, x), rtol=1e-5, atol=1e-6)
+    h.files.faults.release.set()
+    assert h.observer.final_status(dep)["outcome"] == "committed"
+    status, body = agent.predict({"x": x.tolist()})
+    assert body["bundle"]["version"] == "2.0.0"
+    np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(new, x), rtol=1e-5, atol=1e-6)
