@@ -138,7 +138,7 @@ def _chains(model: onnx.ModelProto) -> list[_Chain]:
                 flattened = True
             elif user.op_type not in _PASS_THROUGH or flattened:
                 break
-            elif not _per_channel_constants(user, inits, units):
+            elif not _per_channel_constants(user, inits, units, node.op_type == "Conv"):
                 break  # a residual join or a bias that is not per channel
             between.append(user)
             value = user.output[0]
@@ -158,15 +158,21 @@ def _chains(model: onnx.ModelProto) -> list[_Chain]:
 
 
 def _per_channel_constants(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
-                           units: int) -> bool:
-    """Every other input of ``node`` is a constant with one value, or one per channel."""
+                           units: int, nchw: bool) -> bool:
+    """Every other input of ``node`` is a constant with one value, or one per channel.
+
+    On NCHW values a per-channel constant must broadcast over the channel axis ([C, 1, 1]).
+    """
     for name in node.input[1:]:
         if not name:
             continue
         if name not in inits:
             return False
-        size = int(np.prod(inits[name].dims, dtype=np.int64))
-        if size not in (1, units):
+        dims = list(inits[name].dims)
+        size = int(np.prod(dims, dtype=np.int64))
+        if size == 1:
+            continue
+        if size != units or (nchw and (len(dims) < 3 or dims[-3] != units)):
             return False
     return True
 

@@ -110,3 +110,33 @@ def test_pruned_model_is_refused_when_it_loses_too_much(samples):
 
     with pytest.raises(AccuracyGateError):
         compress(model, "onnx", config, calibration=calibration, eval_x=eval_x, eval_y=eval_y)
+
+
+def _conv_add_conv(bias_shape: tuple[int, ...]) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b"),
+             numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["c1", "b"], ["a"], name="add"),
+         helper.make_node("Relu", ["a"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_structured_conv_chain_slices_per_channel_constants(run_model):
+    x = np.random.default_rng(1).random((5, 3, 8, 8), dtype=np.float32)
+    result = prune_structured(_conv_add_conv((8, 1, 1)), 0.5, x)
+    assert result.pruned == ["conv1"]
+    shapes = {t.name: list(t.dims) for t in result.model.graph.initializer}
+    assert shapes["w1"] == [4, 3, 3, 3] and shapes["b"] == [4, 1, 1] and shapes["w2"] == [4, 4, 1, 1]
+    assert run_model("onnx", result.model.SerializeToString(), x).shape == (5, 4, 8, 8)
+
+
+def test_structured_chain_stops_at_a_constant_that_is_not_per_channel():
+    assert prune_structured(_conv_add_conv((8, 8, 8)), 0.5).pruned == []
