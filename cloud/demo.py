@@ -187,7 +187,7 @@ class Demo:
         for runtime, bundle in pushed.items():
             dep = self.client.post("/api/v1/deployments", {"bundle": bundle["digest"], "tag": runtime,
                                                           "note": f"demo rollout to the {runtime} devices"})
-            dep = follow_deployment(self.client, dep["id"], timeout_s=120)
+            dep = follow_deployment(self.client, dep["id"], quiet=True, timeout_s=120)
             outcomes = {t["device_id"]: t["outcome"] for t in dep["targets"]}
             self.step(f"deployment {dep['id']} of {bundle['name']} → {dep['status']}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
@@ -298,7 +298,9 @@ def _ms(v: float | None) -> str:
 
 
 def _levels(levels: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(levels.items())) or "-"
+    """Drift level per telemetry window, e.g. ``alarm 3, few 1`` (few: too few samples to judge)."""
+    names = {"alarm": "alarm", "warn": "warn", "ok": "ok", "insufficient": "few"}
+    return ", ".join(f"{names[k]} {levels[k]}" for k in names if levels.get(k)) or "-"
 
 
 def _size_line(report: dict[str, Any]) -> str:
