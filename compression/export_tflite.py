@@ -192,7 +192,7 @@ class _Converter:
         layout = Layout.NHWC if nhwc else Layout.PLAIN
         inputs = []
         for name in node.input:
-            if name in self.inits and name not in self.values and nhwc:
+            if name in self.inits and nhwc:
                 array = self.inits[name]
                 array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_TO_NHWC)
                 inputs.append(self.b.const(f"{name}/nhwc", array))
@@ -360,10 +360,15 @@ class _Converter:
 
     def softmax(self, node: onnx.NodeProto) -> None:
         rank = len(self.shape(node.input[0], node))
-        if attribute(node, "axis", -1) % rank != rank - 1:
-            raise _unsupported(node, "softmax over an axis other than the last")
-        x = self.get(node.input[0], Layout.PLAIN, node)
-        self.b.op(tfl.BuiltinOperator.SOFTMAX, [x], [self.define(node.output[0], Layout.PLAIN, node)],
+        axis = attribute(node, "axis", -1) % rank
+        if rank == 4 and axis == 1 and self.layout_of(node.input[0]) is Layout.NHWC:
+            layout = Layout.NHWC  # channels are the last axis of an NHWC tensor
+        elif axis == rank - 1:
+            layout = Layout.PLAIN
+        else:
+            raise _unsupported(node, "softmax over an axis other than the last (or channels)")
+        x = self.get(node.input[0], layout, node)
+        self.b.op(tfl.BuiltinOperator.SOFTMAX, [x], [self.define(node.output[0], layout, node)],
                   *_options("SoftmaxOptions", beta=1.0))
 
     def _reshape_to(self, node: onnx.NodeProto, target: list[int]) -> None:

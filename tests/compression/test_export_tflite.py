@@ -115,6 +115,11 @@ CASES = {
                                 helper.make_node("Concat", ["c", "x"], ["y"], name="cat", axis=1)],
                                [("x", ["N", 3, 4, 4])], ["N", 5, 4, 4], {"w": _w(2, 3, 1, 1)}),
                         (2, 3, 4, 4)),
+    "softmax_channels": (_model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv",
+                                                  kernel_shape=[1, 1]),
+                                 helper.make_node("Softmax", ["c"], ["y"], name="s", axis=1)],
+                                [("x", ["N", 3, 4, 4])], ["N", 2, 4, 4], {"w": _w(2, 3, 1, 1)}),
+                         (2, 3, 4, 4)),
     "concat_2d": (_model([helper.make_node("Concat", ["x", "c"], ["y"], name="cat", axis=1)],
                          [("x", [2, 3])], [2, 5], {"c": _w(2, 2)}), (2, 3)),
     "add_nhwc_bias": (_model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv",
@@ -151,6 +156,13 @@ def test_unsupported_operator_is_named():
     assert "Erf" in str(info.value)
     assert "my_erf" in str(info.value)
     assert info.value.code == "unsupported_model"
+
+
+def test_softmax_over_a_middle_axis_is_rejected():
+    model = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)],
+                   [("x", ["N", 3, 5])], ["N", 3, 5])
+    with pytest.raises(UnsupportedModelError, match="sm"):
+        export_tflite(model)
 
 
 def test_grouped_convolution_is_rejected_clearly():
