@@ -114,7 +114,7 @@ class Controller:
         self.engine.dispose()
 
     def _mqtt_transport(self, url: str, on_message: Callable[[str, bytes], None]) -> Transport:
-        return MqttBridge(url=url, client_id=self.settings.mqtt_client_id, on_message=on_message,
+        return MqttBridge(url=url, client_id=self.settings.resolved_mqtt_client_id, on_message=on_message,
                           subscriptions=controller_subscriptions(self.settings.topic_prefix,
                                                                  self.settings.shared_subscription_group),
                           shared_group=self.settings.shared_subscription_group)

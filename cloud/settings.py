@@ -7,6 +7,7 @@ e.g. ``database_url = "postgresql+psycopg://..."``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class ControllerSettings(BaseSettings):
     """If set, this token is stored (hashed) as an admin token at start instead of a generated one."""
     topic_prefix: str = DEFAULT_PREFIX
     shared_subscription_group: str | None = None
-    mqtt_client_id: str = "edgefleet-controller"
+    mqtt_client_id: str | None = None
+    """``None`` derives a stable id from the data dir, database URL and topic prefix: the same controller
+    keeps its persistent session across restarts, two controllers never take over each other's."""
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
@@ -79,6 +82,13 @@ class ControllerSettings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'controller.db'}"
+
+    @property
+    def resolved_mqtt_client_id(self) -> str:
+        if self.mqtt_client_id:
+            return self.mqtt_client_id
+        identity = f"{self.data_dir.resolve()}|{self.resolved_database_url}|{self.topic_prefix}".encode()
+        return f"edgefleet-controller-{hashlib.sha256(identity).hexdigest()[:12]}"
 
     @property
     def resolved_public_url(self) -> str:
