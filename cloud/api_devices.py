@@ -86,7 +86,8 @@ def decommission(device_id: str, controller: ControllerDep, session: SessionDep,
 def device_deployments(device_id: str, session: SessionDep, _: ViewerDep,
                        limit: Annotated[int, Query(ge=1, le=500)] = 20) -> list[TargetOut]:
     devices.get_device(session, device_id=device_id)
-    return [TargetOut.model_validate(t) for t in deployments.targets_for_device(session, device_id=device_id, limit=limit)]
+    targets = deployments.targets_for_device(session, device_id=device_id, limit=limit)
+    return [TargetOut.model_validate(t) for t in targets]
 
 
 @api.get("/devices/{device_id}/events", tags=["devices"])

@@ -144,4 +144,5 @@ def download_bundle(digest: str, controller: ControllerDep, session: SessionDep,
     if bundle.digest != digest:
         raise NotFoundError("download needs the full digest", where="digest")
     return LargeFileResponse(controller.bundles.open_path(bundle.digest), media_type="application/x-tar",
-                             headers={"etag": f'"{bundle.digest}"', "cache-control": "private, max-age=31536000, immutable"})
+                             headers={"etag": f'"{bundle.digest}"',
+                                      "cache-control": "private, max-age=31536000, immutable"})

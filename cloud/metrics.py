@@ -9,8 +9,8 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.mqtt_messages = Counter("edgefleet_mqtt_messages_total", "Device messages decoded (before de-duplication), by kind",
-                                     ["kind"], registry=r)
+        self.mqtt_messages = Counter("edgefleet_mqtt_messages_total",
+                                     "Device messages decoded (before de-duplication), by kind", ["kind"], registry=r)
         self.mqtt_rejected = Counter("edgefleet_mqtt_rejected_total",
                                      "Device messages rejected (malformed, oversized, bad topic, unknown device)",
                                      ["reason"], registry=r)

@@ -49,8 +49,8 @@ class ControllerSettings(BaseSettings):
     topic_prefix: str = DEFAULT_PREFIX
     shared_subscription_group: str | None = None
     mqtt_client_id: str | None = None
-    """``None`` derives a stable id from the data dir, database URL and topic prefix: the same controller
-    keeps its persistent session across restarts, two controllers never take over each other's."""
+    """``None`` derives a stable id from the data dir, database URL and topic prefix: the same
+    controller keeps its persistent session across restarts, two never take over each other's."""
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
