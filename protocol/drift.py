@@ -105,7 +105,11 @@ class FeatureBinner:
         x = feature_matrix(batch, self.profile.mode)
         if x.shape[1] != self.n_features:
             raise ValueError(f"batch has {x.shape[1]} features, profile has {self.n_features}")
-        idx = (x[:, :, None] > self._edges[None, :, :]).sum(axis=2) + self._offsets
+        # One [N, F] comparison per bin edge (edges are sorted; padding edges are +inf), so the
+        # temporary stays the size of the batch instead of N x F x B.
+        idx = np.broadcast_to(self._offsets, x.shape).copy()
+        for j in range(self._edges.shape[1]):
+            idx += x > self._edges[:, j]
         return np.bincount(idx.ravel(), minlength=self.n_features * self.n_bins).reshape(
             self.n_features, self.n_bins)
 
