@@ -1,0 +1,55 @@
+"""A device installs ``edgefleet[agent,tflite]`` and nothing of the controller's stack.
+
+Builds a fresh virtual environment with only those extras (pip's cache makes this quick after
+the project's own install) and checks what landed, that both runtimes are usable from there and
+that the daemon starts (a bad config is one clear line).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import venv
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTROLLER_STACK = {"fastapi", "sqlmodel", "sqlalchemy", "onnx", "uvicorn", "scikit-learn", "litert-quantizer",
+                    "typer", "jinja2", "psycopg", "iotcore"}
+
+
+@pytest.fixture(scope="module")
+def device_env(tmp_path_factory) -> Path:
+    env = tmp_path_factory.mktemp("device-venv")
+    venv.EnvBuilder(with_pip=True).create(env)
+    done = subprocess.run([str(env / "bin" / "python"), "-m", "pip", "install", "-q", f"{ROOT}[agent,tflite]"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return env
+
+
+def test_device_install_holds_no_controller_packages(device_env):
+    listed = subprocess.run([str(device_env / "bin" / "python"), "-m", "pip", "list", "--format=freeze"],
+                            capture_output=True, text=True, check=True).stdout
+    installed = {line.split("==")[0].lower() for line in listed.splitlines()}
+    assert "onnxruntime" in installed and "paho-mqtt" in installed and "ai-edge-litert" in installed
+    assert installed & CONTROLLER_STACK == set()
+
+
+def test_agent_runs_from_the_device_install(device_env, tmp_path):
+    python = str(device_env / "bin" / "python")
+    probe = subprocess.run([python, "-c", "import sys, edgefleet.agent.daemon, edgefleet.agent.enroll\n"
+                            "from edgefleet.protocol.runtimes import available_runtimes\n"
+                            "print(','.join(available_runtimes()))"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "onnx,tflite"
+    (tmp_path / "agent.toml").write_text('device_id = "dev 1"\nstate_dir = "state"\n')
+    bad = subprocess.run([str(device_env / "bin" / "edgefleet-agent"), "--config", str(tmp_path / "agent.toml")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert "device_id" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+
