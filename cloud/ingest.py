@@ -1,9 +1,9 @@
 """Turning raw device messages into stored state, fast and idempotently.
 
 The MQTT network thread only enqueues ``(topic, payload, received_at)``. A collector thread
-takes batches off that queue and has them decoded (:mod:`decoding`: topic, size limit, schema,
-device id in topic == in payload) -- inline, or in ``decode_workers`` processes so decoding
-runs in parallel with storing. A storer thread then writes each batch, in order, in one
+takes batches off that queue and decodes them (:mod:`decoding`: topic, size limit, schema,
+device id in topic == in payload) -- itself, overlapping the storer's SQLite work, or in
+``decode_workers`` processes. A storer thread then writes each batch, in order, in one
 transaction: telemetry and events as bulk inserts plus one bulk ``last_seen`` update,
 hello/state/status through the services, each message at most once (by ``msg_id``).
 A rejected message is logged and counted, never stored; a storage error is logged and the
@@ -129,7 +129,7 @@ def _already_processed(session: Session, items: list[Decoded]) -> set[str]:
 
 
 class Ingestor:
-    """Raw queue -> collector thread (batches, decode inline or in processes) -> storer thread."""
+    """Raw queue -> collector thread (batches, decodes here or in processes) -> storer thread."""
 
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
@@ -141,7 +141,7 @@ class Ingestor:
         self.batch_max = batch_max
         self.decode_workers = decode_workers
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
-        self._decoded: queue.Queue[tuple[int, Future | list[Raw]] | None] = queue.Queue(maxsize=4)
+        self._decoded: queue.Queue[tuple[int, Future | list[Decoded | Rejected]] | None] = queue.Queue(maxsize=4)
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -190,7 +190,9 @@ class Ingestor:
             stop = batch[-1] is None
             raws = [r for r in batch if r is not None]
             if raws:
-                work = self._pool.submit(decode_many, raws, self.prefix) if self._pool else raws
+                # Decoding here overlaps with the storer's SQLite work (which releases the GIL).
+                work = self._pool.submit(decode_many, raws, self.prefix) if self._pool else \
+                    decode_many(raws, self.prefix)
                 self._decoded.put((len(raws), work))
             if stop:
                 self._queue.task_done()
@@ -204,7 +206,7 @@ class Ingestor:
                 return
             count, work = entry
             try:
-                decoded = work.result() if isinstance(work, Future) else decode_many(work, self.prefix)
+                decoded = work.result() if isinstance(work, Future) else work
                 self._store(decoded)
             except Exception:  # a decode worker died, or a bug: count, log, carry on
                 log.exception("ingest of a batch of %d messages failed", count)
