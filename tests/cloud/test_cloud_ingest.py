@@ -8,6 +8,7 @@ import pytest
 from sqlmodel import select
 
 from edgefleet.cloud.decoding import Raw
+from edgefleet.cloud.ingest import Ingestor
 from edgefleet.cloud.models import TelemetryRecord
 from edgefleet.protocol.messages import Event, Histogram, TelemetryWindow, encode
 
@@ -116,3 +117,22 @@ def test_unknown_fields_are_kept_in_the_stored_payload(client, fleet, controller
     with controller.session() as s:
         row = s.exec(select(TelemetryRecord).where(TelemetryRecord.msg_id == "newer")).one()
         assert json.loads(row.raw)["future_field"] == {"x": 1}
+
+
+@pytest.mark.parametrize("decode_workers", [0, 1])
+def test_threaded_ingest_with_and_without_decode_processes(client, fleet, controller, clock, decode_workers):
+    fleet.add("w1")
+    ingestor = Ingestor(engine=controller.engine, prefix="edgefleet/v1", metrics=controller.metrics, clock=clock,
+                        batch_max=7, decode_workers=decode_workers)
+    ingestor.start()
+    try:
+        windows = [TelemetryWindow(device_id="w1", window_seq=i, window_start=0, window_end=i,
+                                   latency_ms=Histogram(bounds=[1.0], counts=[1, 0])) for i in range(30)]
+        for w in windows:
+            ingestor.submit("edgefleet/v1/devices/w1/telemetry", encode(w))
+        ingestor.submit("edgefleet/v1/devices/w1/telemetry", b"junk")
+        ingestor.flush()
+    finally:
+        ingestor.stop()
+    assert len(_windows(client, device_id="w1", limit=100)) == 30
+    assert _rejected(controller, "malformed_message") == 1
