@@ -51,9 +51,10 @@ def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) 
 
 
 @api.get("/devices", tags=["devices"])
-def list_devices(session: SessionDep, _: ViewerDep, tag: str | None = None,
-                 online: bool | None = None) -> list[DeviceOut]:
-    return [device_out(d) for d in devices.list_devices(session, tag=tag, online=online)]
+def list_devices(session: SessionDep, _: ViewerDep, tag: str | None = None, online: bool | None = None,
+                 offset: Annotated[int, Query(ge=0)] = 0,
+                 limit: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[DeviceOut]:
+    return [device_out(d) for d in devices.list_devices(session, tag=tag, online=online, offset=offset, limit=limit)]
 
 
 @api.get("/devices/{device_id}", tags=["devices"])

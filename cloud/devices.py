@@ -96,14 +96,16 @@ def enroll(session: Session, *, token: str, device_id: str | None, now: float) -
     return Enrollment(device=device, mqtt_username=device_id, mqtt_password=password, api_token=api_token)
 
 
-def list_devices(session: Session, *, tag: str | None = None, online: bool | None = None) -> list[Device]:
+def list_devices(session: Session, *, tag: str | None = None, online: bool | None = None,
+                 offset: int = 0, limit: int | None = None) -> list[Device]:
+    """Devices by id; ``offset``/``limit`` page through the (filtered) list."""
     query = select(Device).order_by(Device.id)
     if online is not None:
         query = query.where(Device.online == online)
-    devices = list(session.exec(query))
-    if tag:
-        devices = [d for d in devices if tag in d.tags]
-    return devices
+    if not tag:
+        return list(session.exec(query.offset(offset).limit(limit)))
+    tagged = [d for d in session.exec(query) if tag in d.tags]
+    return tagged[offset:None if limit is None else offset + limit]
 
 
 def get_device(session: Session, *, device_id: str) -> Device:

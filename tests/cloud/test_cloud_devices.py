@@ -91,6 +91,15 @@ def test_tags_and_hardware_class(client, fleet):
     assert client.get("/api/v1/audit", params={"action": "device.tags"}).json()[0]["target"] == "device:t1"
 
 
+def test_device_list_pages(client, fleet):
+    for i in range(5):
+        fleet.enroll(f"p{i}", tags=["odd"] if i % 2 else [])
+    ids = lambda **params: [d["id"] for d in client.get("/api/v1/devices", params=params).json()]  # noqa: E731
+    assert ids(limit=2) == ["p0", "p1"] and ids(offset=2, limit=2) == ["p2", "p3"]
+    assert ids(tag="odd", offset=1) == ["p3"]
+    assert client.get("/api/v1/devices", params={"limit": 0}).status_code == 422
+
+
 def test_decommission_revokes_and_stops_ingest(client, fleet):
     creds = fleet.add("old")
     assert client.post("/api/v1/devices/old/decommission").json()["decommissioned"] is True
