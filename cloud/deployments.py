@@ -59,7 +59,8 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     """Target the devices, check each one can run the bundle, and sign one order per device.
 
     Devices named explicitly must all be compatible (else :class:`TargetMismatchError`);
-    devices matched by a tag or ``all`` are skipped when incompatible (listed in ``skipped``).
+    devices matched by a tag or ``all`` are skipped when incompatible or already running the
+    bundle (listed in ``skipped``).
     A device's open target in an older deployment is superseded.
     """
     bundle = get_bundle(session, digest=bundle_digest)
@@ -69,6 +70,8 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     skipped: list[dict] = []
     for device in candidates:
         reason = _incompatibility(manifest, device)
+        if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
+            reason = "already runs this bundle"
         if reason is None:
             chosen.append(device)
         elif device_ids:
@@ -77,7 +80,8 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
             skipped.append({"device_id": device.id, "reason": reason})
     if not chosen:
         raise ConflictError("no compatible device matches the target", where="target",
-                            hint=f"skipped: {skipped}" if skipped else "enroll devices or change the selector")
+                            hint=f"skipped: {skipped[:5]}{' ...' if len(skipped) > 5 else ''}" if skipped
+                            else "enroll devices or change the selector")
     deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", bundle_id=bundle.id, bundle_digest=bundle.digest,
                             selector=selector, skipped=skipped, note=note, created_at=now, created_by=actor,
                             timeout_s=timeout_s)

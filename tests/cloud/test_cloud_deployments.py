@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from edgefleet.cloud.app import create_app
 from edgefleet.protocol.errors import ReplayError
 from edgefleet.protocol.keys import TrustedKeys
-from edgefleet.protocol.messages import decode
+from edgefleet.protocol.messages import InstalledBundle, decode
 from edgefleet.protocol.orders import verify_order
 
 
@@ -68,6 +68,18 @@ def test_tag_and_all_skip_incompatible_devices(client, fleet, make_bundle, uploa
     dep = client.post("/api/v1/deployments", json={"bundle": tflite_only.digest, "all": True}).json()
     assert [t["device_id"] for t in dep["targets"]] == ["arm"]
     assert len(_orders(transport, "x86")) == 0
+
+
+def test_tag_skips_devices_already_running_the_bundle(client, fleet, bundle):
+    fleet.add("has")
+    fleet.add("lacks")
+    installed = InstalledBundle(name="detector", version="1.2.0", build=3, digest=bundle.digest, runtime="onnx")
+    fleet.state("has", "online", installed=installed)
+    dep = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "all": True}).json()
+    assert [t["device_id"] for t in dep["targets"]] == ["lacks"]
+    assert dep["skipped"] == [{"device_id": "has", "reason": "already runs this bundle"}]
+    explicit = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["has"]})
+    assert explicit.status_code == 201          # named explicitly: re-install on request
 
 
 def test_explicit_incompatible_device_is_refused(client, fleet, make_bundle, upload):
