@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from edgefleet.cloud import auth, registry
@@ -100,16 +100,19 @@ def download_artifact(name: str, version: str, controller: ControllerDep, sessio
 # ---------------------------------------------------------------- bundles
 
 @uploads.post("/bundles", tags=["bundles"], status_code=201, openapi_extra=_OCTETS)
-async def upload_bundle(request: Request, controller: ControllerDep, session: SessionDep, who: OperatorDep,
+async def upload_bundle(request: Request, response: Response, controller: ControllerDep, session: SessionDep,
+                        who: OperatorDep,
                         model: Annotated[str | None, Query(max_length=128)] = None,
                         model_version: Annotated[str | None, Query(max_length=64)] = None) -> BundleOut:
     """Upload a signed bundle as the raw body. The release signature and every file are verified
-    before anything is stored; the same bytes again return the existing bundle."""
+    before anything is stored (201); the same bytes again return the existing bundle (200)."""
     incoming = await _receive(request, controller.bundles, controller.settings.max_bundle_bytes)
-    bundle, _created = registry.register_bundle(
+    bundle, created = registry.register_bundle(
         session, incoming=incoming, store=controller.bundles, trusted=controller.trusted_release_keys(session),
         max_bytes=controller.settings.max_bundle_bytes, model_name=model, model_version=model_version,
         actor=who.actor, now=controller.now())
+    if not created:
+        response.status_code = 200
     return BundleOut.model_validate(bundle)
 
 

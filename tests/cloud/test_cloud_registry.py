@@ -46,7 +46,7 @@ def test_bundle_upload_is_verified_and_idempotent(client, make_bundle, upload, c
     assert body["digest"] == built.digest and body["name"] == "tiny" and body["size"] == len(built.data)
     assert (controller.settings.bundle_dir / built.digest).read_bytes() == built.data
     again = client.post("/api/v1/bundles", content=built.data)
-    assert again.status_code == 201 and again.json()["digest"] == built.digest
+    assert again.status_code == 200 and again.json()["digest"] == built.digest
     assert [b["digest"] for b in client.get("/api/v1/bundles").json()] == [built.digest]
     detail = client.get(f"/api/v1/bundles/{built.digest[:12]}").json()
     assert detail["manifest"]["name"] == "tiny" and detail["download_path"].endswith("/download")
