@@ -275,13 +275,13 @@ def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, st
     expired = []
     rows = session.exec(select(DeploymentTarget, Deployment)
                         .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
-                        .where(DeploymentTarget.final == False))  # noqa: E712
+                        .where(DeploymentTarget.final == False,  # noqa: E712
+                               DeploymentTarget.updated_at + Deployment.timeout_s < now))
     for target, deployment in rows:
-        if now - target.updated_at > deployment.timeout_s:
-            _finish(target, now, outcome="failed", reason="deployment_timeout",
-                    detail=f"no report for {now - target.updated_at:.0f} s (state {target.state})")
-            session.add(target)
-            expired.append((deployment.id, target.device_id))
+        _finish(target, now, outcome="failed", reason="deployment_timeout",
+                detail=f"no report for {now - target.updated_at:.0f} s (state {target.state})")
+        session.add(target)
+        expired.append((deployment.id, target.device_id))
     session.flush()
     for deployment_id in {d for d, _ in expired}:
         _rollup(session, deployment_id=deployment_id, now=now)

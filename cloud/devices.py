@@ -11,6 +11,7 @@ import logging
 import secrets
 from dataclasses import dataclass
 
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud import audit, auth
@@ -200,7 +201,9 @@ def _seen(device: Device, *, now: float) -> None:
 def expire_heartbeats(session: Session, *, now: float, timeout_s: float) -> list[str]:
     """Mark online devices silent for longer than the timeout (or 3 heartbeat intervals) offline."""
     gone = []
-    for device in session.exec(select(Device).where(Device.online == True)):  # noqa: E712
+    candidates = select(Device).where(Device.online == True,  # noqa: E712
+                                      or_(col(Device.last_seen).is_(None), Device.last_seen < now - timeout_s))
+    for device in session.exec(candidates):
         limit = max(timeout_s, 3 * (device.heartbeat_interval_s or 0.0))
         if device.last_seen is None or now - device.last_seen > limit:
             device.online = False
