@@ -155,3 +155,28 @@ def test_two_replicas_split_ingest_with_a_shared_subscription(tmp_path, mqtt_bro
         counts = [c.metrics.registry.get_sample_value("edgefleet_mqtt_messages_total", {"kind": "telemetry"}) or 0
                   for c in (ctl_a, ctl_b)]
         assert sum(counts) == 40 and all(counts), counts
+
+
+def test_broker_outage_holds_orders_and_the_bridge_reconnects(tmp_path, private_mosquitto, topic_prefix,
+                                                              release_key, tiny_onnx):
+    import numpy as np
+    settings = controller_settings(tmp_path, broker_url=private_mosquitto.broker.url, prefix=topic_prefix,
+                                   release_pub=release_key.public_path)
+    recipe = parse_recipe({"bundle": {"name": "tiny", "version": "1.0.0", "build": 1, "runtime": "onnx"}})
+    built = build_bundle(recipe, tiny_onnx, samples=np.zeros((8, 4), np.float32), release_key=release_key.private)
+    with running_controller(settings) as (client, ctl):
+        _enroll(client, "out-1")
+        sim = SimDevice(private_mosquitto.broker.url, "out-1", topic_prefix)
+        sim.publish(Hello(device_id="out-1", agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx"]),
+                    "hello")
+        wait_until(lambda: client.get("/api/v1/devices/out-1").json()["arch"], what="hello stored")
+        assert client.post("/api/v1/bundles", content=built.data).status_code == 201
+        private_mosquitto.stop()
+        wait_until(lambda: client.get("/healthz").json()["mqtt"] == "disconnected", what="bridge notices")
+        dep = client.post("/api/v1/deployments", json={"bundle": built.digest, "device_ids": ["out-1"]}).json()
+        assert dep["targets"][0]["state"] == "pending"          # held, not lost
+        private_mosquitto.start()
+        wait_until(lambda: client.get("/healthz").json()["mqtt"] == "connected", timeout=40, what="reconnect")
+        order = wait_until(lambda: sim.orders and sim.orders[-1], timeout=40, what="held order delivered")
+        assert order.order.signed.deployment_id == dep["id"]
+        sim.close()
