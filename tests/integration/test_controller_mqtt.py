@@ -3,6 +3,7 @@ the embedded broker the controller starts itself. Each test uses its own topic p
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from controllerkit import SimDevice, controller_settings, running_controller, wait_until
 
@@ -97,7 +98,6 @@ def test_last_will_marks_the_device_offline(controller, topic_prefix):
 
 
 def test_deployment_orders_reach_the_device_and_status_closes_it(controller, device, release_key, tiny_onnx):
-    import numpy as np
     client, ctl = controller
     device.publish(Hello(device_id="sim-1", agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx"]),
                    "hello")
@@ -159,7 +159,6 @@ def test_two_replicas_split_ingest_with_a_shared_subscription(tmp_path, mqtt_bro
 
 def test_broker_outage_holds_orders_and_the_bridge_reconnects(tmp_path, private_mosquitto, topic_prefix,
                                                               release_key, tiny_onnx):
-    import numpy as np
     settings = controller_settings(tmp_path, broker_url=private_mosquitto.broker.url, prefix=topic_prefix,
                                    release_pub=release_key.public_path)
     recipe = parse_recipe({"bundle": {"name": "tiny", "version": "1.0.0", "build": 1, "runtime": "onnx"}})
