@@ -186,6 +186,13 @@ class Updater:
         """Handle a signed order from the cmd topic (never raises)."""
         order = signed.signed
         with self._lock:
+            if self.record.order is not None and self.record.order == signed.model_dump(mode="json"):
+                # The controller re-sends an order the device may have missed (e.g. one published
+                # before its first connection). Already accepted: answer with where it stands.
+                log.info("order %s/%d received again; re-reporting state %s device=%s", order.deployment_id,
+                         order.sequence, self.record.state.value, self.device_id)
+                self._send_report(final=self.record.state in TERMINAL)
+                return
             try:
                 verified = verify_order(signed, trusted=self.controller_keys, device_id=self.device_id,
                                         last_sequence=self.record.last_sequence, now=self.clock())

@@ -118,10 +118,26 @@ def test_replayed_and_concurrent_orders_are_refused(world, keys):
     world.updater.submit(signed)
     world.updater.submit(keys.order(data, now=world.now, sequence=2, deployment_id="dep-2"))  # busy
     world.updater.run()
-    world.updater.submit(signed)  # replay
+    world.deploy(data, sequence=3, deployment_id="dep-3")
+    world.updater.submit(signed)  # replay of an older order
     refusals = [(r.deployment_id, r.reason) for r in world.finals() if r.outcome == "refused"]
     assert refusals == [("dep-2", "busy"), ("dep-1", "replayed_order")]
-    assert RecordStore(world.tmp / "update.json").load().last_sequence == 1
+    assert RecordStore(world.tmp / "update.json").load().last_sequence == 3
+
+
+def test_redelivered_current_order_re_reports_instead_of_refusing(world, keys):
+    data = keys.bundle()
+    signed = keys.order(data, now=world.now)
+    world.served = data
+    world.updater.submit(signed)
+    world.updater.run()
+    first_final = world.finals()[-1]
+    trace = list(world.updater.trace)
+    world.updater.submit(signed)  # the controller re-sent it (e.g. the device had not connected yet)
+    again = world.reports[-1]
+    assert world.updater.trace == trace  # nothing re-done
+    assert (again.final, again.outcome, again.msg_id) == (True, "committed", first_final.msg_id)
+    assert [r for r in world.finals() if r.outcome == "refused"] == []
 
 
 def test_expired_order_is_refused_before_anything_happens(world, keys):
