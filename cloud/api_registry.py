@@ -149,3 +149,7 @@ def download_bundle(digest: str, controller: ControllerDep, session: SessionDep,
     return LargeFileResponse(controller.bundles.open_path(bundle.digest), media_type="application/x-tar",
                              headers={"etag": f'"{bundle.digest}"',
                                       "cache-control": "private, max-age=31536000, immutable"})
+
+
+api.add_api_route("/bundles/{digest}/download", download_bundle, methods=["HEAD"], include_in_schema=False,
+                  response_class=LargeFileResponse)

@@ -133,6 +133,9 @@ def test_download_with_range_and_auth(client, make_bundle, upload, controller):
     bad = client.get(url, headers={"Range": f"bytes={len(built.data) + 10}-"})
     assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(built.data)}"
     assert client.get(f"/api/v1/bundles/{'0' * 64}/download").status_code == 404
+    head = client.head(url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(built.data) and not head.content
+    assert head.headers["etag"] == f'"{built.digest}"' and head.headers["accept-ranges"] == "bytes"
 
 
 def test_download_with_signed_url_token(client, make_bundle, upload, controller, clock):
