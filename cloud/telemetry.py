@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.models import Bundle, Device, Model, ModelVersion, TelemetryRecord
@@ -83,7 +84,7 @@ def summarize(rows: list[TelemetryRecord]) -> dict[str, Any]:
 
 def _query(*, device_id: str | None = None, bundle_digest: str | None = None, since: float | None = None,
            device_ids: list[str] | None = None, bundle_digests: list[str] | None = None):
-    query = select(TelemetryRecord)
+    query = select(TelemetryRecord).options(defer(TelemetryRecord.raw))   # the verbatim message stays on disk
     if device_id:
         query = query.where(TelemetryRecord.device_id == device_id)
     if device_ids is not None:
