@@ -41,6 +41,7 @@ from edgefleet.cloud.db import create_schema, make_engine, session_scope
 from edgefleet.cloud.ingest import Ingestor
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.models import TelemetryRecord
+from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
 from edgefleet.protocol.topics import controller_subscriptions, telemetry
 
@@ -239,7 +240,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="sustained,capacity")
-    parser.add_argument("--decode-workers", type=int, default=0,
+    parser.add_argument("--decode-workers", type=int,
+                        default=ControllerSettings.model_fields["ingest_decode_workers"].default,
                         help="controller decode processes (EDGEFLEET_INGEST_DECODE_WORKERS)")
     args = parser.parse_args()
 

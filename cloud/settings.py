@@ -63,8 +63,9 @@ class ControllerSettings(BaseSettings):
     max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
     ingest_batch_max: int = Field(default=1000, gt=0)
     ingest_queue_max: int = Field(default=100_000, gt=0)
-    ingest_decode_workers: int = Field(default=0, ge=0, le=32)
-    """Processes that decode device messages in parallel with storing (0 = in the ingest thread)."""
+    ingest_decode_workers: int = Field(default=1, ge=0, le=32)
+    """Processes that decode device messages in parallel with storing (0 = in the ingest thread;
+    started on the first message)."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
