@@ -86,10 +86,13 @@ def decode_raw(raw: Raw, *, prefix: str) -> Decoded:
 
 
 def decode_many(raws: list[Raw], prefix: str) -> list[Decoded | Rejected]:
+    """Decode every message; one that cannot be decoded, for whatever reason, is rejected alone."""
     out: list[Decoded | Rejected] = []
     for raw in raws:
         try:
             out.append(decode_raw(raw, prefix=prefix))
         except MessageError as exc:
             out.append(Rejected(exc.code, raw.topic[:200], len(raw.payload), str(exc)[:300]))
+        except Exception as exc:  # a decoder bug must not cost the rest of the batch
+            out.append(Rejected("decode_error", raw.topic[:200], len(raw.payload), repr(exc)[:300]))
     return out

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, insert, update
@@ -141,7 +142,8 @@ class Ingestor:
         self.batch_max = batch_max
         self.decode_workers = decode_workers
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
-        self._decoded: queue.Queue[tuple[int, Future | list[Decoded | Rejected]] | None] = queue.Queue(maxsize=4)
+        self._decoded: queue.Queue[tuple[list[Raw], Future | list[Decoded | Rejected]] | None] = \
+            queue.Queue(maxsize=4)
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -190,29 +192,45 @@ class Ingestor:
             stop = batch[-1] is None
             raws = [r for r in batch if r is not None]
             if raws:
-                # Decoding here overlaps with the storer's SQLite work (which releases the GIL).
-                work = self._pool.submit(decode_many, raws, self.prefix) if self._pool else \
-                    decode_many(raws, self.prefix)
-                self._decoded.put((len(raws), work))
+                self._decoded.put((raws, self._decode(raws)))
             if stop:
                 self._queue.task_done()
                 self._decoded.put(None)
                 return
+
+    def _decode(self, raws: list[Raw]) -> Future | list[Decoded | Rejected]:
+        """Hand the batch to a decode process, or decode it here (overlapping the storer's SQLite
+        work, which releases the GIL)."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(decode_many, raws, self.prefix)
+            except BrokenProcessPool:
+                self._restart_pool()
+        return decode_many(raws, self.prefix)
+
+    def _restart_pool(self) -> None:
+        log.error("a decode worker process died; starting a new pool")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _store_loop(self) -> None:
         while True:
             entry = self._decoded.get()
             if entry is None:
                 return
-            count, work = entry
+            raws, work = entry
             try:
-                decoded = work.result() if isinstance(work, Future) else work
-                self._store(decoded)
-            except Exception:  # a decode worker died, or a bug: count, log, carry on
-                log.exception("ingest of a batch of %d messages failed", count)
-                self.metrics.mqtt_rejected.labels("ingest_error").inc(count)
+                if isinstance(work, Future):
+                    try:
+                        work = work.result()
+                    except BrokenProcessPool:   # the worker died mid-batch: decode it here instead
+                        work = decode_many(raws, self.prefix)
+                self._store(work)
+            except Exception:  # a bug: count, log, carry on with the next batch
+                log.exception("ingest of a batch of %d messages failed", len(raws))
+                self.metrics.mqtt_rejected.labels("ingest_error").inc(len(raws))
             finally:
-                for _ in range(count):
+                for _ in raws:
                     self._queue.task_done()
                 self.metrics.ingest_queue_depth.set(self._queue.qsize())
 

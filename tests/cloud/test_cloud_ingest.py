@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 from sqlmodel import select
@@ -136,3 +138,27 @@ def test_threaded_ingest_with_and_without_decode_processes(client, fleet, contro
         ingestor.stop()
     assert len(_windows(client, device_id="w1", limit=100)) == 30
     assert _rejected(controller, "malformed_message") == 1
+
+
+def test_ingest_survives_a_killed_decode_worker(client, fleet, controller, clock):
+    fleet.add("k1")
+    ingestor = Ingestor(engine=controller.engine, prefix="edgefleet/v1", metrics=controller.metrics, clock=clock,
+                        decode_workers=1)
+    ingestor.start()
+
+    def send(seqs) -> None:
+        for i in seqs:
+            window = TelemetryWindow(device_id="k1", window_seq=i, window_start=0, window_end=i,
+                                     latency_ms=Histogram(bounds=[1.0], counts=[1, 0]))
+            ingestor.submit("edgefleet/v1/devices/k1/telemetry", encode(window))
+        ingestor.flush()
+    try:
+        send(range(10))
+        for process in list(ingestor._pool._processes.values()):   # fault injection: the worker dies
+            os.kill(process.pid, signal.SIGKILL)
+            process.join(10)
+        send(range(10, 20))
+        send(range(20, 30))
+    finally:
+        ingestor.stop()
+    assert len(_windows(client, device_id="k1", limit=100)) == 30
