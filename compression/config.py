@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.protocol.errors import ConfigError
+from edgefleet.protocol.errors import ConfigError, first_problem
 
 
 class Mode(StrEnum):
@@ -114,7 +114,6 @@ def load_compression_recipe(source: str | Path | dict[str, Any]) -> CompressionC
     try:
         return CompressionConfig.model_validate(table)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"{first['msg']}", where=f"{where} {key}",
+        key, problem = first_problem(exc)
+        raise ConfigError(problem, where=f"{where} {key}",
                           hint=f"{len(exc.errors())} problem(s) in the table") from exc

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.drift import DriftThresholds, build_profile
 from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatchError, SizeLimitError,
-                                       VerificationError)
+                                       VerificationError, first_problem)
 from edgefleet.protocol.keys import TrustedKeys, sign
 from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints,
                                          parse_semver)
@@ -127,9 +127,8 @@ def parse_recipe(data: dict[str, Any], where: str = "recipe") -> BundleRecipe:
     try:
         return BundleRecipe.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{first['msg']}", where=f"{where}: {loc}") from None
+        loc, problem = first_problem(exc)
+        raise ConfigError(problem, where=f"{where}: {loc}") from None
 
 
 def load_recipe(path: str | Path) -> BundleRecipe:
@@ -318,9 +317,8 @@ def _parse_manifest(raw: bytes | memoryview) -> BundleManifest:
     try:
         return BundleManifest.model_validate_json(bytes(raw))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise VerificationError(f"manifest is invalid: {first['msg']}",
-                                where="manifest." + ".".join(str(p) for p in first["loc"])) from None
+        loc, problem = first_problem(exc)
+        raise VerificationError(f"manifest is invalid: {problem}", where=f"manifest.{loc}") from None
 
 
 def read_manifest(data: bytes) -> BundleManifest:

@@ -18,6 +18,8 @@ exceptions are translated at the boundary only.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class EdgeFleetError(Exception):
     """Root of every EdgeFleet error.
@@ -153,3 +155,11 @@ class NotFoundError(EdgeFleetError):
 
 class ConflictError(EdgeFleetError):
     code = "conflict"
+
+
+def first_problem(exc: ValidationError) -> tuple[str, str]:
+    """``(location, message)`` of a pydantic error's first problem, for our one-line errors:
+    the location dotted (``bundle.version``), the message without pydantic's prefixes."""
+    first = exc.errors()[0]
+    return (".".join(str(part) for part in first["loc"]),
+            first["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, "))

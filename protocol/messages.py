@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefleet.protocol.errors import MessageError
+from edgefleet.protocol.errors import MessageError, first_problem
 
 SCHEMA_VERSION = 1
 
@@ -236,6 +236,5 @@ def decode(kind: str, payload: bytes) -> Message:
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise MessageError(f"invalid {kind} message: {first['msg']}", where=f"{kind}.{loc}") from None
+        loc, problem = first_problem(exc)
+        raise MessageError(f"invalid {kind} message: {problem}", where=f"{kind}.{loc}") from None
