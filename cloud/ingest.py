@@ -42,9 +42,9 @@ _REMEMBERED_KINDS = ("hello", "status")
 last will) are not remembered: applying one twice is harmless and they come every heartbeat."""
 # Statements built once, with expanding IN parameters (building an IN of 1000 literals per batch costs).
 _KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=True)), Device.mqtt_password_hash != "")
-_PROCESSED = {kind: select(column).where(col(column).in_(bindparam("ids", expanding=True)))
-              for kind, column in (("telemetry", TelemetryRecord.msg_id), ("events", DeviceEvent.msg_id),
-                                   ("other", ProcessedMessage.msg_id))}
+_PROCESSED = {kind: select(table.device_id, table.msg_id).where(col(table.msg_id).in_(bindparam("ids", expanding=True)))
+              for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent),
+                                  ("other", ProcessedMessage))}
 _SEEN = update(Device).where(Device.id == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
 
 
@@ -79,10 +79,11 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
     telemetry_rows, event_rows = [], []
     last_seen: dict[str, float] = {}
     for item in accepted:
-        if item.msg_id in seen:
+        key = (item.device_id, item.msg_id)
+        if key in seen:
             result.duplicates += 1
             continue
-        seen.add(item.msg_id)
+        seen.add(key)
         device = loaded.get(item.device_id)
         message = item.message
         if item.kind == "telemetry":
@@ -115,17 +116,18 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         session.connection().execute(_SEEN, [{"device": d, "seen": t} for d, t in last_seen.items()])
 
 
-def _already_processed(session: Session, items: list[Decoded]) -> set[str]:
+def _already_processed(session: Session, items: list[Decoded]) -> set[tuple[str, str]]:
+    """``(device_id, msg_id)`` pairs of these items that were stored before."""
     ids: dict[str, list[str]] = {"telemetry": [], "events": [], "other": []}
     for item in items:
         if item.kind in ("telemetry", "events"):
             ids[item.kind].append(item.msg_id)
         elif item.kind in _REMEMBERED_KINDS:
             ids["other"].append(item.msg_id)
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for kind, query in _PROCESSED.items():
         if ids[kind]:
-            seen.update(session.exec(query, params={"ids": ids[kind]}))
+            seen.update((device, msg_id) for device, msg_id in session.exec(query, params={"ids": ids[kind]}))
     return seen
 
 

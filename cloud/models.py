@@ -149,10 +149,12 @@ class DeploymentTarget(SQLModel, table=True):
 
 class TelemetryRecord(SQLModel, table=True):
     __tablename__ = "telemetry_windows"
-    __table_args__ = (Index("ix_telemetry_device_end", "device_id", "window_end"),)
+    __table_args__ = (Index("ix_telemetry_device_end", "device_id", "window_end"),
+                      UniqueConstraint("device_id", "msg_id"))
 
     id: int | None = Field(default=None, primary_key=True)
-    msg_id: str = Field(unique=True, max_length=64)
+    msg_id: str = Field(max_length=64)
+    """De-duplication is per device: one device cannot shadow another's messages by reusing ids."""
     device_id: str = Field(index=True, max_length=64)
     bundle_digest: str | None = Field(default=None, index=True, max_length=64)
     bundle_name: str | None = None
@@ -178,9 +180,10 @@ class TelemetryRecord(SQLModel, table=True):
 
 class DeviceEvent(SQLModel, table=True):
     __tablename__ = "device_events"
+    __table_args__ = (UniqueConstraint("device_id", "msg_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    msg_id: str = Field(unique=True, max_length=64)
+    msg_id: str = Field(max_length=64)
     device_id: str = Field(index=True, max_length=64)
     level: str
     kind: str
@@ -192,12 +195,13 @@ class DeviceEvent(SQLModel, table=True):
 
 class ProcessedMessage(SQLModel, table=True):
     """Ids of ingested hello and status messages, so a redelivery is a no-op. Telemetry and
-    events are de-duplicated by their own unique ``msg_id`` column; state messages are idempotent."""
+    events are de-duplicated by their own unique ``(device_id, msg_id)``; state messages are
+    idempotent. Ids are per device: a device cannot pre-empt another device's message ids."""
 
     __tablename__ = "processed_messages"
 
+    device_id: str = Field(primary_key=True, max_length=64)
     msg_id: str = Field(primary_key=True, max_length=64)
-    device_id: str = Field(max_length=64)
     kind: str
     received_at: float = Field(index=True)
 

@@ -200,19 +200,33 @@ def score(profile: ReferenceProfile, feature_counts: list[list[int]] | np.ndarra
         names = sorted(set(profile.predictions) | set(prediction_counts))
         pred_psi = psi([profile.predictions.get(k, 0.0) for k in names],
                        [prediction_counts.get(k, 0) for k in names])
-    t = profile.thresholds
-    if n < t.min_samples:
-        level = "insufficient"
-    else:
-        bins = int(np.median([len(f.probs) for f in profile.features])) if profile.features else 2
-        floor = noise_floor(bins, n, profile.samples, t.alpha)
-        if mean_psi >= max(t.psi_alarm, 2 * floor):
-            level = "alarm"
-        elif mean_psi >= max(t.psi_warn, floor):
-            level = "warn"
-        else:
-            level = "ok"
+    level = "insufficient" if n < profile.thresholds.min_samples else _level(profile, per_psi, mean_psi, n)
     return DriftScores(psi=mean_psi, js=float(np.mean(per_js)) if per_js else 0.0,
                        ks=float(np.max(per_ks)) if per_ks else 0.0,
                        per_feature_psi=[round(v, 6) for v in per_psi], prediction_psi=pred_psi,
                        level=level, samples=n)
+
+
+_RANK = {"ok": 0, "warn": 1, "alarm": 2}
+
+
+def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: int) -> str:
+    """The worse of two judgements, each against the usual PSI thresholds raised to the window's
+    noise floor: the mean over features (broad drift), and each feature on its own (drift in one
+    feature that the mean would dilute), whose floor is Bonferroni-corrected for the number of
+    features so that many features do not multiply the false alarms."""
+    if not profile.features:
+        return "ok"
+    t = profile.thresholds
+
+    def judge(value: float, floor: float) -> str:
+        if value >= max(t.psi_alarm, 2 * floor):
+            return "alarm"
+        return "warn" if value >= max(t.psi_warn, floor) else "ok"
+
+    bins = int(np.median([len(f.probs) for f in profile.features]))
+    levels = [judge(mean_psi, noise_floor(bins, n, profile.samples, t.alpha))]
+    alpha_each = t.alpha / len(profile.features)
+    levels += [judge(v, noise_floor(len(f.probs), n, profile.samples, alpha_each))
+               for f, v in zip(profile.features, per_psi) if v >= t.psi_warn]
+    return max(levels, key=_RANK.__getitem__)

@@ -43,6 +43,17 @@ def test_duplicates_inside_one_batch(client, fleet, controller, clock):
     assert len(_windows(client, device_id="t2")) == 1
 
 
+def test_one_device_cannot_shadow_another_devices_message_ids(client, fleet):
+    fleet.add("victim")
+    fleet.add("mallory")
+    window = fleet.telemetry("victim", 1)
+    forged = window.model_copy(update={"device_id": "mallory"})  # same msg_id, on mallory's own topic
+    fleet.send(forged, "telemetry")
+    fleet.send(window, "telemetry")
+    assert [w["msg_id"] for w in _windows(client, device_id="victim")] == [window.msg_id]
+    assert [w["msg_id"] for w in _windows(client, device_id="mallory")] == [window.msg_id]
+
+
 def test_events_stored_and_deduplicated(client, fleet):
     fleet.add("e1")
     event = Event(device_id="e1", kind="install", text="installed", level="info", data={"slot": "b"})

@@ -188,3 +188,29 @@ def test_thresholds_from_profile():
     assert score(strict, b.trim(b.counts(x[:100] + 0.5))).level in ("warn", "alarm")
     lax = strict.model_copy(update={"thresholds": DriftThresholds(min_samples=1000)})
     assert score(lax, b.trim(b.counts(x[:100]))).level == "insufficient"
+
+
+@pytest.fixture(scope="module")
+def wide_profile():
+    ref = np.random.default_rng(7).normal(size=(REF_N, 64)).astype(np.float32)
+    return build_profile(ref, input_name="x", bins=10)
+
+
+def test_drift_in_one_of_many_features_is_not_diluted_by_the_mean(wide_profile):
+    b = FeatureBinner(wide_profile)
+    w = np.random.default_rng(8).normal(size=(2000, 64)).astype(np.float32)
+    w[:, 17] += 2.0  # one sensor of 64 drifts by two standard deviations
+    s = score(wide_profile, b.trim(b.counts(w)))
+    assert s.psi < wide_profile.thresholds.psi_warn  # the mean alone would call this fine
+    assert s.level == "alarm"
+    assert int(np.argmax(s.per_feature_psi)) == 17
+
+
+@pytest.mark.parametrize("n", [60, 300, 3000])
+def test_many_features_do_not_multiply_false_alarms(wide_profile, n):
+    rng = np.random.default_rng(n)
+    b = FeatureBinner(wide_profile)
+    levels = [score(wide_profile, b.trim(b.counts(rng.normal(size=(n, 64)).astype(np.float32)))).level
+              for _ in range(100)]
+    assert levels.count("alarm") == 0
+    assert levels.count("warn") <= 2
