@@ -78,14 +78,13 @@ def devices_show(device_id: str, url: str = URL, token: str = TOKEN, json_out: b
                   "tags": ", ".join(d.get("tags", []))})
     if summary:
         lat = summary["latency_ms"]
-        drift = summary["drift"]
         print_fields({"requests": summary["requests"], "errors": summary["errors"],
                       "latency p50/p95": f"{_ms(lat['p50'])} / {_ms(lat['p95'])}",
-                      "drift (latest)": f"{drift.get('latest_level')} psi={_num(drift.get('latest_psi'))}"})
+                      "drift": f"{drift_levels(summary)} (max PSI {_num(summary['drift'].get('psi_max'))})"})
     if targets:
         print_table("recent deployments", ["deployment", "state", "outcome", "reason"],
-                    [(t["deployment_id"] if "deployment_id" in t else "", t["state"], t.get("outcome") or "-",
-                      t.get("reason") or "") for t in targets])
+                    [(t["deployment_id"], t["state"], t.get("outcome") or "-", t.get("reason") or "")
+                     for t in targets])
 
 
 @devices_app.command("enroll")
@@ -246,7 +245,15 @@ def telemetry(group_by: str = typer.Option("device", "--by", help="device, bundl
         data = c.get("/api/v1/telemetry/summary", group_by=group_by, key=key, since=since)
     if json_out:
         return print_json(data)
-    print_table(None, [group_by, "windows", "requests", "samples", "errors", "p50", "p95", "drift", "psi"],
-                [(k, s["windows"], s["requests"], s["samples"], s["errors"], _ms(s["latency_ms"]["p50"]),
-                  _ms(s["latency_ms"]["p95"]), s["drift"].get("latest_level") or "-",
-                  _num(s["drift"].get("latest_psi"))) for k, s in data.items()])
+    print_table(None, [group_by, "windows", "requests", "samples", "errors", "p50", "p95", "max PSI",
+                       "drift windows"],
+                [(short(k) if group_by == "bundle" else k, s["windows"], s["requests"], s["samples"], s["errors"],
+                  _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p95"]), _num(s["drift"].get("psi_max")),
+                  drift_levels(s)) for k, s in data.items()])
+
+
+def drift_levels(summary: dict[str, Any]) -> str:
+    """How many windows were judged at each drift level, worst first (``few``: too few samples)."""
+    levels = summary["drift"].get("levels", {})
+    names = {"alarm": "alarm", "warn": "warn", "ok": "ok", "insufficient": "few"}
+    return ", ".join(f"{names[k]} {levels[k]}" for k in names if levels.get(k)) or "-"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from edgefleet.cloud.cli_fleet import follow_deployment
+from edgefleet.cloud.cli_fleet import drift_levels, follow_deployment
 from edgefleet.cloud.cli_output import print_table
 from edgefleet.cloud.client import ControllerClient
 from edgefleet.cloud.server import BackgroundServer, free_port
@@ -240,7 +240,7 @@ class Demo:
                          s["requests"], f"{100 * d.correct / max(d.answered, 1):.1f}%",
                          _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p95"]),
                          f"{s['drift']['psi_max']:.3f}" if s["drift"]["psi_max"] is not None else "-",
-                         _levels(levels)))
+                         drift_levels(s)))
         console.print()
         print_table("fleet after the rollout", ["device", "runtime", "bundle", "inputs", "requests", "accuracy",
                                                 "p50", "p95", "max PSI", "drift windows"], rows)
@@ -295,12 +295,6 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f} ms"
-
-
-def _levels(levels: dict[str, int]) -> str:
-    """Drift level per telemetry window, e.g. ``alarm 3, few 1`` (few: too few samples to judge)."""
-    names = {"alarm": "alarm", "warn": "warn", "ok": "ok", "insufficient": "few"}
-    return ", ".join(f"{names[k]} {levels[k]}" for k in names if levels.get(k)) or "-"
 
 
 def _size_line(report: dict[str, Any]) -> str:

@@ -224,6 +224,7 @@ class DeploymentCreate(Body):
 
 
 class TargetOut(Out):
+    deployment_id: str
     device_id: str
     sequence: int
     state: str
