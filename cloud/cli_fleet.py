@@ -42,7 +42,7 @@ def ago(ts: float | None) -> str:
 def installed_label(installed: dict[str, Any] | None) -> str:
     if not installed:
         return "-"
-    return f"{installed.get('name')} {installed.get('version')}+{installed.get('build')} ({installed.get('runtime')})"
+    return f"{installed.get('name')} {installed.get('version')}+{installed.get('build')}"
 
 
 # ------------------------------------------------------------------------------------ devices

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from edgefleet.cloud.cli_fleet import drift_levels, follow_deployment
+from edgefleet.cloud.cli_fleet import follow_deployment
 from edgefleet.cloud.cli_output import print_table
 from edgefleet.cloud.client import ControllerClient
 from edgefleet.cloud.server import BackgroundServer, free_port
@@ -236,14 +236,17 @@ class Demo:
             levels = s["drift"]["levels"]
             detected = bool(levels.get("alarm") or levels.get("warn"))
             ok &= detected == d.shifted
-            rows.append((d.device_id, d.runtime, ", ".join(sorted(d.versions)), "shifted" if d.shifted else "clean",
-                         s["requests"], f"{100 * d.correct / max(d.answered, 1):.1f}%",
+            rows.append((d.device_id, d.runtime, "shifted" if d.shifted else "clean", s["requests"],
+                         f"{100 * d.correct / max(d.answered, 1):.1f}%",
                          _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p95"]),
-                         f"{s['drift']['psi_max']:.3f}" if s["drift"]["psi_max"] is not None else "-",
-                         drift_levels(s)))
+                         f"{s['drift']['psi_max']:.2f}" if s["drift"]["psi_max"] is not None else "-",
+                         _verdict(levels)))
         console.print()
-        print_table("fleet after the rollout", ["device", "runtime", "bundle", "inputs", "requests", "accuracy",
-                                                "p50", "p95", "max PSI", "drift windows"], rows)
+        print_table("fleet after the rollout",
+                    ["device", "runtime", "inputs", "requests", "accuracy", "p50", "p95", "max PSI", "drift"], rows)
+        served = sorted({v for d in self.devices for v in d.versions})
+        console.print("drift: the device's worst verdict, and in how many of its telemetry windows it was given")
+        console.print(f"every prediction came back stamped with bundle version {', '.join(served)}")
         verdict = "[green]drift detected exactly on the shifted devices[/]" if ok else \
             "[red]drift detection did not match the shifted devices[/]"
         console.print(verdict)
@@ -297,6 +300,13 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f} ms"
 
 
+def _verdict(levels: dict[str, int]) -> str:
+    """The worst drift verdict over the windows that had enough samples, e.g. ``alarm 3/3``."""
+    judged = sum(v for k, v in levels.items() if k != "insufficient")
+    worst = next((k for k in ("alarm", "warn", "ok") if levels.get(k)), None)
+    return f"{worst} {levels[worst]}/{judged}" if worst else "-"
+
+
 def _size_line(report: dict[str, Any]) -> str:
     size, acc = report["size"], report.get("accuracy")
     line = f"{size['original_bytes'] / 1024:.0f} → {size['compressed_bytes'] / 1024:.0f} KiB ({size['ratio']:.1f}× smaller)"
@@ -326,6 +336,7 @@ def run_demo(*, devices: int = 4, keep_running: bool = False, data_dir: str | No
                       highlight=False, soft_wrap=True)
         if keep_running:
             console.print("everything keeps running; press Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly on SIGTERM
             try:
                 while True:
                     demo._check_agents()
