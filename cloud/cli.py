@@ -33,13 +33,17 @@ def serve(
     port: int = typer.Option(None, help="listen port (default from settings: 8080)"),
     data_dir: str = typer.Option(None, help="data directory (SQLite, bundles, keys)"),
     broker_url: str = typer.Option(None, help="mqtt://host:port; empty starts the embedded broker"),
+    release_key: list[str] = typer.Option([], "--release-key",
+                                          help="release public key (PEM) trusted to sign bundles (repeatable)"),
 ) -> None:
-    """Run the controller (REST API, web UI, MQTT bridge; embedded broker unless --broker-url)."""
+    """Run the controller (REST API, web UI, MQTT bridge; embedded broker unless --broker-url).
+    Every option can also come from EDGEFLEET_* environment variables (docs/operations.md)."""
     from edgefleet.cloud.server import serve_forever
     from edgefleet.cloud.settings import ControllerSettings
 
     overrides = {k: v for k, v in {"listen_host": host, "listen_port": port, "data_dir": data_dir,
-                                   "broker_url": broker_url}.items() if v is not None}
+                                   "broker_url": broker_url, "release_key_paths": release_key or None}.items()
+                 if v is not None}
     serve_forever(ControllerSettings(**overrides))
 
 
