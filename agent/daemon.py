@@ -74,7 +74,6 @@ class Agent:
                                facts=self.facts, report=self._enqueue, policy=policy,
                                max_binned_rows=config.drift_max_rows)
         self.malformed = 0
-        self._malformed_reported = 0
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.stop_event = threading.Event()

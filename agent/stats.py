@@ -42,20 +42,6 @@ def histogram(values_ms: np.ndarray, bounds=LATENCY_BOUNDS_MS) -> list[int]:
     return np.bincount(idx, minlength=len(bounds) + 1).astype(int).tolist()
 
 
-def quantile_from_histogram(counts: list[int], q: float, bounds=LATENCY_BOUNDS_MS) -> float | None:
-    """Upper bound of the bin holding quantile ``q`` (p50/p95/p99 from a window)."""
-    total = sum(counts)
-    if not total:
-        return None
-    target = q * total
-    running = 0
-    for i, c in enumerate(counts):
-        running += c
-        if running >= target:
-            return float(bounds[i]) if i < len(bounds) else float("inf")
-    return float("inf")
-
-
 def predicted_classes(output: np.ndarray) -> np.ndarray:
     """Class index per sample: argmax for scores ``[N, C>1]``, threshold 0.5 for one score,
     the value itself for integer outputs."""

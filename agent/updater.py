@@ -230,13 +230,6 @@ class Updater:
         if worker is not None:
             worker.join(timeout)
 
-    def wait_idle(self, timeout: float) -> bool:
-        worker = self._worker
-        if worker is not None:
-            worker.join(timeout)
-            return not worker.is_alive()
-        return True
-
     # ------------------------------------------------------------------ the loop
 
     def _start_worker(self) -> None:

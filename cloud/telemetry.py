@@ -16,25 +16,9 @@ from sqlmodel import Session, col, select
 from edgefleet.cloud.models import Bundle, Device, Model, ModelVersion, TelemetryRecord
 from edgefleet.cloud.registry import get_model_version
 from edgefleet.protocol.errors import MessageError
+from edgefleet.protocol.messages import histogram_quantile
 
 GROUPS = ("device", "bundle", "model_version", "tag")
-
-
-def percentile(bounds: list[float], counts: list[int], q: float) -> float | None:
-    """The ``q``-quantile (0..1) of a fixed-bin histogram; ``None`` when empty."""
-    total = sum(counts)
-    if total == 0 or not bounds:
-        return None
-    rank = q * total
-    seen = 0.0
-    for i, c in enumerate(counts):
-        if c and seen + c >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1])
-            lower = bounds[i - 1] if i > 0 else 0.0
-            return float(lower + (bounds[i] - lower) * max(0.0, rank - seen) / c)
-        seen += c
-    return float(bounds[-1])
 
 
 def merge_histograms(rows: Iterable[TelemetryRecord]) -> tuple[list[float], list[int]]:
@@ -70,8 +54,8 @@ def summarize(rows: list[TelemetryRecord]) -> dict[str, Any]:
         "windows": len(rows), "devices": len({r.device_id for r in rows}),
         "requests": sum(r.requests for r in rows), "samples": sum(r.samples for r in rows),
         "errors": sum(r.errors for r in rows),
-        "latency_ms": {"p50": percentile(bounds, counts, 0.5), "p95": percentile(bounds, counts, 0.95),
-                       "bounds": bounds, "counts": counts},
+        "latency_ms": {"p50": histogram_quantile(bounds, counts, 0.5),
+                       "p95": histogram_quantile(bounds, counts, 0.95), "bounds": bounds, "counts": counts},
         "drift": {"psi_mean": sum(psis) / len(psis) if psis else None, "psi_max": max(psis) if psis else None,
                   "js_mean": sum(jss) / len(jss) if jss else None, "levels": dict(levels),
                   "latest_level": latest.drift_level if latest else None,
@@ -109,8 +93,8 @@ def series(session: Session, *, device_id: str, since: float | None = None, limi
     rows = list_windows(session, device_id=device_id, since=since, limit=limit)
     return [{"window_end": r.window_end, "window_seq": r.window_seq, "bundle_digest": r.bundle_digest,
              "requests": r.requests, "errors": r.errors,
-             "p50_ms": percentile(r.latency_bounds, r.latency_counts, 0.5),
-             "p95_ms": percentile(r.latency_bounds, r.latency_counts, 0.95),
+             "p50_ms": histogram_quantile(r.latency_bounds, r.latency_counts, 0.5),
+             "p95_ms": histogram_quantile(r.latency_bounds, r.latency_counts, 0.95),
              "psi": r.drift_psi, "js": r.drift_js, "drift_level": r.drift_level} for r in reversed(rows)]
 
 

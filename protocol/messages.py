@@ -147,10 +147,32 @@ class StatusReport(Message):
 
 class Histogram(WireModel):
     """Fixed-bin histogram: ``counts[i]`` counts values in ``(bounds[i-1], bounds[i]]``;
-    ``counts`` has ``len(bounds) + 1`` entries (the last is the overflow bin)."""
+    ``counts`` has ``len(bounds) + 1`` entries (the last is the overflow bin). Histograms with the
+    same bounds merge by adding counts."""
 
     bounds: list[float]
     counts: list[int]
+
+    def quantile(self, q: float) -> float | None:
+        return histogram_quantile(self.bounds, self.counts, q)
+
+
+def histogram_quantile(bounds: list[float], counts: list[int], q: float) -> float | None:
+    """The ``q``-quantile (0..1) of a fixed-bin histogram, interpolated linearly inside its bin
+    (the first bin starts at 0; the overflow bin reports the last bound); ``None`` when empty."""
+    total = sum(counts)
+    if total == 0 or not bounds:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, c in enumerate(counts):
+        if c and seen + c >= rank:
+            if i >= len(bounds):
+                return float(bounds[-1])
+            lower = bounds[i - 1] if i > 0 else 0.0
+            return float(lower + (bounds[i] - lower) * max(0.0, rank - seen) / c)
+        seen += c
+    return float(bounds[-1])
 
 
 class DriftScores(WireModel):

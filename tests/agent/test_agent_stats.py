@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefleet.agent.stats import LATENCY_BOUNDS_MS, WindowStats, histogram, predicted_classes, quantile_from_histogram
+from edgefleet.protocol.messages import histogram_quantile
+from edgefleet.agent.stats import LATENCY_BOUNDS_MS, WindowStats, histogram, predicted_classes
 from edgefleet.protocol.drift import build_profile
 
 
@@ -17,12 +18,18 @@ def test_histogram_bins_are_upper_inclusive_with_overflow():
     assert counts[0] == 1 and counts[2] == 0 and counts[1] == 1 and counts[-1] == 1
 
 
-def test_quantiles_from_histogram():
+def test_quantiles_from_histogram_fall_in_the_right_bins():
     counts = histogram(np.array([0.3] * 50 + [3.0] * 45 + [30.0] * 5))
-    assert quantile_from_histogram(counts, 0.5) == 0.5
-    assert quantile_from_histogram(counts, 0.95) == 5
-    assert quantile_from_histogram(counts, 0.99) == 50
-    assert quantile_from_histogram([0] * len(counts), 0.5) is None
+    b = LATENCY_BOUNDS_MS
+
+    def bin_of(v):
+        i = int(np.searchsorted(b, v, side="left"))
+        return (b[i - 1] if i else 0.0), b[i]
+
+    for q, value in ((0.5, 0.3), (0.95, 3.0), (0.99, 30.0)):
+        lower, upper = bin_of(value)
+        assert lower < histogram_quantile(b, counts, q) <= upper
+    assert histogram_quantile(b, [0] * len(counts), 0.5) is None
 
 
 def test_predicted_classes_by_output_kind():
