@@ -87,8 +87,13 @@ def test_every_refusal_is_reported_and_the_device_keeps_serving(agent_harness, m
     run("order for another device", *_other_device(h, other))
     now = int(time.time())
     run("expired order", *h.order(other, issued_at=now - 7200, ttl=3600))
-    # replay: the same signed order twice; the first installs, the second is refused
+    # the same signed order again while it is the current one: a redelivery, answered with its
+    # final state and not re-done; once a newer order was accepted, a replay of it is refused
     run("first use of an order", replay_dep, replay_payload)
+    h.observer.messages.clear()
+    run("redelivery of the current order", replay_dep, replay_payload)
+    assert h.observer.states_of(replay_dep) == []  # only the final state re-reported: nothing re-done
+    run("a newer order", *h.order(h.bundle(version="1.1.1", build=3)))
     h.observer.messages.clear()
     run("replayed order", replay_dep, replay_payload)
     run("stale sequence", *h.order(good, sequence=1))
@@ -124,6 +129,8 @@ def test_every_refusal_is_reported_and_the_device_keeps_serving(agent_harness, m
         "order for another device": ("refused", "target_mismatch"),
         "expired order": ("refused", "expired"),
         "first use of an order": ("committed", None),
+        "redelivery of the current order": ("committed", None),
+        "a newer order": ("committed", None),
         "replayed order": ("refused", "replayed_order"),
         "stale sequence": ("refused", "replayed_order"),
         "digest mismatch": ("refused", "digest_mismatch"),
@@ -144,7 +151,7 @@ def test_every_refusal_is_reported_and_the_device_keeps_serving(agent_harness, m
     }
     assert observed == expected
     status, body = agent.get("/v1/health")
-    assert status == 200 and body["bundle"]["version"] == "1.1.0"
+    assert status == 200 and body["bundle"]["version"] == "1.1.1"
     assert agent.predict({"x": samples(n=1).tolist()})[0] == 200
 
 
