@@ -27,6 +27,8 @@ from edgefleet.agent.inference import Predictor
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError
 
 log = logging.getLogger(__name__)
+DISCARD_LIMIT = 16 * 1024 * 1024
+"""Refused request bodies up to this size are read and dropped before the error answer."""
 
 
 def bundle_info(installed) -> dict[str, Any]:
@@ -68,6 +70,16 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(404, "not_found", f"no endpoint {self.path}")
 
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body (up to a bound) so the client sees the 413 instead of a
+        reset connection; anything larger is cut off by closing the connection."""
+        left = min(length, DISCARD_LIMIT)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 64 * 1024))
+            if not chunk:
+                break
+            left -= len(chunk)
+
     def do_POST(self) -> None:  # noqa: N802
         if self.path != "/v1/predict":
             self._error(404, "not_found", f"no endpoint {self.path}")
@@ -77,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(411, "length_required", "Content-Length is required")
             return
         if int(length) > self.server.max_request_bytes:
+            self._discard(int(length))
             self._error(413, "too_large", f"request exceeds {self.server.max_request_bytes} bytes")
             self.close_connection = True
             return
