@@ -20,6 +20,7 @@ import json
 import tarfile
 import tomllib
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -277,7 +278,9 @@ def _members(data: memoryview, limits: BundleLimits) -> dict[str, memoryview]:
     """Split the archive into member name -> bytes, refusing anything but safe regular files."""
     out: dict[str, memoryview] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        # BytesIO shares an immutable bytes object instead of copying it
+        whole = data.obj if isinstance(data.obj, bytes) and data.nbytes == len(data.obj) else data
+        with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as tar:
             for info in tar:
                 name = info.name
                 if len(out) >= limits.max_files + 2:
@@ -332,6 +335,9 @@ def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_di
 
     Order: size bound, digest (when the order gave one), archive safety, release signature over
     the raw manifest bytes, then every file's size and sha256 after decoding with a size bound.
+    The whole-bundle digest and the per-file digests are two sha256 passes over the same bytes;
+    hashlib releases the GIL, so the whole-bundle pass runs on another core meanwhile. A bundle
+    whose digest differs is reported as a digest mismatch whatever else is wrong with it.
     """
     limits = limits or BundleLimits()
     view = memoryview(data)
@@ -339,12 +345,27 @@ def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_di
         raise SizeLimitError(f"bundle is {len(view)} bytes, the order says {expected_size}", where="bundle")
     if len(view) > limits.max_bundle_bytes:
         raise SizeLimitError(f"bundle is {len(view)} bytes, limit {limits.max_bundle_bytes}", where="bundle")
-    digest = None
-    if expected_digest is not None:
-        digest = bundle_digest(view)
-        if digest != expected_digest:
-            raise DigestMismatchError(f"bundle sha256 {digest[:16]}... differs from the signed {expected_digest[:16]}...",
-                                      where="bundle", hint="the download was altered or is the wrong file")
+    if expected_digest is None:
+        return _verify_contents(view, trusted, limits)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(bundle_digest, view)
+        try:
+            verified = _verify_contents(view, trusted, limits)
+        except VerificationError:
+            _check_digest(digest.result(), expected_digest)
+            raise
+        _check_digest(digest.result(), expected_digest)
+    verified.digest = expected_digest
+    return verified
+
+
+def _check_digest(digest: str, expected: str) -> None:
+    if digest != expected:
+        raise DigestMismatchError(f"bundle sha256 {digest[:16]}... differs from the signed {expected[:16]}...",
+                                  where="bundle", hint="the download was altered or is the wrong file")
+
+
+def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimits) -> VerifiedBundle:
     members = _members(view, limits)
     manifest_raw = members[MANIFEST]
     if len(manifest_raw) > limits.max_manifest_bytes:
@@ -374,7 +395,7 @@ def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_di
         if len(content) != entry.size or bundle_digest(content) != entry.sha256:
             raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
         files[entry.path] = bytes(content)
-    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, digest=digest)
+    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by)
 
 
 def _inflate(stored: memoryview, size: int, where: str) -> bytes:
