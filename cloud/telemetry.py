@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import and_, func
 from sqlalchemy.orm import defer
 from sqlmodel import Session, col, select
 
@@ -141,3 +142,20 @@ def _grouped(rows: list[TelemetryRecord], keys_of) -> dict[str, dict[str, Any]]:
         for k in keys_of(r):
             groups[k].append(r)
     return {k: summarize(v) for k, v in sorted(groups.items())}
+
+
+JUDGED = ("ok", "warn", "alarm")
+
+
+def latest_drift_verdicts(session: Session, *, device_ids: list[str] | None = None) -> dict[str, TelemetryRecord]:
+    """Per device, its newest window that judged drift (level ok, warn or alarm). Windows with
+    too few samples or no traffic say nothing about drift, so they do not hide the last verdict."""
+    newest = select(TelemetryRecord.device_id, func.max(TelemetryRecord.window_end).label("end")) \
+        .where(col(TelemetryRecord.drift_level).in_(JUDGED)).group_by(TelemetryRecord.device_id)
+    if device_ids is not None:
+        newest = newest.where(col(TelemetryRecord.device_id).in_(device_ids))
+    sub = newest.subquery()
+    rows = session.exec(select(TelemetryRecord).join(sub, and_(TelemetryRecord.device_id == sub.c.device_id,
+                                                               TelemetryRecord.window_end == sub.c.end))
+                        .where(col(TelemetryRecord.drift_level).in_(JUDGED)))
+    return {r.device_id: r for r in rows}

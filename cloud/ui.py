@@ -21,14 +21,12 @@ from urllib.parse import quote
 import jinja2
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
-from sqlalchemy import and_, func
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud import auth, charts, deployments, devices, registry, telemetry
 from edgefleet.cloud.auth import AuthenticationError, PermissionDeniedError, Principal
 from edgefleet.cloud.deps import ControllerDep, SessionDep
-from edgefleet.cloud.models import Bundle, Deployment, DeploymentTarget, DeviceEvent, Model, ModelVersion, \
-    TelemetryRecord
+from edgefleet.cloud.models import Bundle, Deployment, DeploymentTarget, DeviceEvent, Model, ModelVersion
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -190,18 +188,6 @@ def static(name: str) -> Response:
 
 # --------------------------------------------------------------------------- read helpers
 
-def _latest_windows(session: Session, device_ids: list[str] | None = None) -> dict[str, TelemetryRecord]:
-    """The newest telemetry window of every device (or of ``device_ids``)."""
-    newest = select(TelemetryRecord.device_id, func.max(TelemetryRecord.window_end).label("end")) \
-        .group_by(TelemetryRecord.device_id)
-    if device_ids is not None:
-        newest = newest.where(col(TelemetryRecord.device_id).in_(device_ids))
-    sub = newest.subquery()
-    rows = session.exec(select(TelemetryRecord).join(sub, and_(TelemetryRecord.device_id == sub.c.device_id,
-                                                               TelemetryRecord.window_end == sub.c.end)))
-    return {r.device_id: r for r in rows}
-
-
 def _bundles_by_digest(session: Session, digests: set[str]) -> dict[str, Bundle]:
     if not digests:
         return {}
@@ -264,7 +250,7 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
     now = controller.now()
     fleet = devices.list_devices(session)
     online = sum(d.online for d in fleet)
-    latest = _latest_windows(session)
+    latest = telemetry.latest_drift_verdicts(session)
     drift_counts: dict[str, int] = {}
     alarms = []
     for d in fleet:
@@ -317,7 +303,7 @@ def device_list(request: Request, session: SessionDep, controller: ControllerDep
     fleet = devices.list_devices(session, tag=tag or None, online=want_online)
     if q:
         fleet = [d for d in fleet if q.lower() in d.id.lower()]
-    latest = _latest_windows(session, [d.id for d in fleet])
+    latest = telemetry.latest_drift_verdicts(session, device_ids=[d.id for d in fleet])
     all_tags = sorted({t for d in devices.list_devices(session) for t in d.tags})
     return _render(request, "devices.html", user=user, now=controller.now(), refresh=10, devices=fleet,
                    latest=latest, tag=tag or "", online=online or "", q=q or "", all_tags=all_tags)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgefleet.cloud.telemetry import latest_drift_verdicts
 from edgefleet.protocol.messages import histogram_quantile as percentile
 from edgefleet.protocol.messages import InstalledBundle
 
@@ -61,3 +62,19 @@ def test_windows_filters_and_bad_queries(client, fleet, installed, clock):
     assert client.get("/api/v1/telemetry/windows", params={"limit": 0}).status_code == 422
     assert client.get("/api/v1/telemetry/windows", params={"since": "yesterday"}).status_code == 422
     assert client.get("/api/v1/devices/ghost/telemetry").status_code == 404
+
+
+def test_latest_drift_verdict_is_not_hidden_by_quiet_windows(fleet, controller, clock):
+    fleet.add("q")
+    fleet.add("r")
+    fleet.telemetry("q", 1, psi=0.6, level="alarm")
+    clock.advance(2)
+    fleet.telemetry("q", 2, psi=0.0, level="insufficient", requests=0)  # traffic stopped
+    fleet.telemetry("r", 1, psi=0.01, level="ok")
+    clock.advance(2)
+    fleet.telemetry("r", 2, psi=0.02, level="ok")
+    with controller.session() as session:
+        verdicts = latest_drift_verdicts(session)
+        assert {k: (v.drift_level, v.window_seq) for k, v in verdicts.items()} == {"q": ("alarm", 1),
+                                                                                   "r": ("ok", 2)}
+        assert set(latest_drift_verdicts(session, device_ids=["r"])) == {"r"}
