@@ -285,7 +285,7 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
         states_chart=charts.hbars(_state_slices(states), kind="states", title="devices per update state"),
         drift_chart=charts.hbars([charts.Slice(k, drift_counts.get(k, 0), STATE_CSS[k])
                                   for k in ("ok", "warn", "alarm", "insufficient")],
-                                 kind="drift", title="devices per drift level (latest window)"),
+                                 kind="drift", title="devices per drift level (latest judged window)"),
         installed_chart=charts.hbars([charts.Slice(k, v, "s1") for k, v in sorted(installed.items())],
                                      kind="installed", title="installed bundles"),
         alarms=alarms, n_alarm=drift_counts.get("alarm", 0), n_warn=drift_counts.get("warn", 0),
@@ -348,7 +348,7 @@ def device_detail(request: Request, device_id: str, session: SessionDep, control
         col(Bundle.id).in_({d.bundle_id for d in deps_by_id.values()})))} if deps_by_id else {}
     events = list(session.exec(select(DeviceEvent).where(DeviceEvent.device_id == device_id)
                                .order_by(col(DeviceEvent.received_at).desc()).limit(10)))
-    latest = windows[0] if windows else None
+    latest = telemetry.latest_drift_verdicts(session, device_ids=[device_id]).get(device_id)
     return _render(request, "device.html", user=user, now=controller.now(), refresh=10, device=device,
                    bundle=bundle, summary=summary, latest=latest, thresholds=th, latency_chart=latency,
                    drift_chart=drift, predictions_chart=preds, requests_spark=requests_spark, targets=targets,
