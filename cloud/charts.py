@@ -315,7 +315,8 @@ def hbars(slices: Sequence[Slice], *, kind: str, title: str, width: int = 420, r
     items = [s for s in slices if s.value > 0]
     if not items:
         return _empty(width, 80, "nothing to show", kind)
-    label_w, value_w = 110, 40
+    # ~6.5 px per character of the 11 px tick font, so long labels (bundle names) are not clipped
+    label_w, value_w = min(width // 2, max(110, int(6.5 * max(len(s.label) for s in items)) + 12)), 40
     pw = width - label_w - value_w
     hi = max(s.value for s in items)
     height = row * len(items) + 8
