@@ -34,8 +34,8 @@ def test_environment_overrides_file(tmp_path):
     assert cfg.tags == ["line-1", "eu"] and cfg.telemetry_interval_s == 5.0 and cfg.listen is None
 
 
-def test_environment_alone_is_enough():
-    cfg = load_config(None, environ={"EDGEFLEET_AGENT_DEVICE_ID": "d", "EDGEFLEET_AGENT_STATE_DIR": "/tmp/x"})
+def test_environment_alone_is_enough(tmp_path):
+    cfg = load_config(None, environ={"EDGEFLEET_AGENT_DEVICE_ID": "d", "EDGEFLEET_AGENT_STATE_DIR": str(tmp_path)})
     assert cfg.device_id == "d"
 
 

@@ -111,7 +111,10 @@ def private_mosquitto_tls(tmp_path: Path, mqtt_broker: Broker):
 
 def start_private_mosquitto(tmp_path: Path, tls: tuple[Path, Path, Path] | None = None) -> PrivateMosquitto:
     if not Path(MOSQUITTO_BIN).exists():
-        pytest.skip("mosquitto binary not found")
+        message = "mosquitto binary not found (apt-get install mosquitto)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
     workdir = tmp_path / "mosquitto"
     workdir.mkdir(exist_ok=True)
     broker = PrivateMosquitto(workdir, tls=tls)
