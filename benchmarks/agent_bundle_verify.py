@@ -29,7 +29,6 @@ from edgefleet.protocol.keys import TrustedKeys, generate_private_key  # noqa: E
 
 
 def big_model(mb: int) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     n = int(mb * 1024 * 1024 / 4 / 512)
     w = np.random.default_rng(0).normal(size=(512, n)).astype(np.float32)  # random: does not deflate

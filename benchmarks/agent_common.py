@@ -9,7 +9,6 @@ import numpy as np
 
 
 def mlp_onnx(n_in: int, n_hidden: int, n_out: int, layers: int, seed: int = 0) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
     nodes, inits, prev, width = [], [], "x", n_in

@@ -14,7 +14,6 @@ from edgefleet.protocol.orders import sign_order
 
 
 def tiny_model(seed: int = 0) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")

@@ -9,7 +9,7 @@ import pytest
 
 from edgefleet.agent.inference import Predictor
 from edgefleet.agent.slots import Slots
-from edgefleet.agent.statemachine import RecordStore, S
+from edgefleet.agent.statemachine import RecordStore
 from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.protocol.errors import TransportError
 from edgefleet.protocol.manifest import DeviceFacts

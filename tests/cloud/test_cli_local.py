@@ -7,7 +7,6 @@ import os
 import stat
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

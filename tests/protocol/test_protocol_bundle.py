@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgefleet.protocol import keys
-from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, bundle_digest, pack, parse_recipe,
+from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, pack, parse_recipe,
                                        read_manifest, verify_bundle)
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.errors import (ArchiveError, DigestMismatchError, SignatureError, SizeLimitError,
