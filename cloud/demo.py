@@ -6,7 +6,7 @@
 4. compressed for ONNX Runtime (static int8) and exported + quantized for LiteRT, each gated
 5. signed bundles built from the compressed models and uploaded
 6. real ``edgefleet-agent`` processes enrolled with one-time tokens, half ONNX, half LiteRT
-7. staged per runtime tag, deployed; every device ends committed
+7. one deployment per runtime tag (one signed order per device); every device ends committed
 8. held-out digits sent to every device; on some, the inputs are shifted (a washed-out camera)
 9. the devices' own drift scores come back through MQTT: drift where inputs shifted, not elsewhere
 """
@@ -43,7 +43,6 @@ from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.errors import EdgeFleetError, TransportError
 from edgefleet.protocol.manifest import Lineage
 
-log = logging.getLogger(__name__)
 console = Console()
 
 LABELS = [str(i) for i in range(10)]
@@ -163,9 +162,11 @@ class Demo:
             dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config", str(config),
                                             "--log-level", "INFO"], stdout=logfile, stderr=subprocess.STDOUT)
             self.devices.append(dev)
-        self.wait_for(lambda: all(d["online"] for d in self.client.get("/api/v1/devices"))
-                      and len(self.client.get("/api/v1/devices")) == self.n_devices,
-                      what="every agent online", timeout_s=60)
+        def all_online() -> bool:
+            fleet = self.client.get("/api/v1/devices")
+            return len(fleet) == self.n_devices and all(d["online"] for d in fleet)
+
+        self.wait_for(all_online, what="every agent online", timeout_s=60)
         self.step(f"{self.n_devices} agents enrolled and online "
                   f"({sum(d.runtime == 'onnx' for d in self.devices)} ONNX Runtime, "
                   f"{sum(d.runtime == 'tflite' for d in self.devices)} LiteRT)")

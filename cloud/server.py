@@ -14,7 +14,6 @@ from edgefleet.cloud.app import create_app
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.errors import TransportError
 
-log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
