@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from edgefleet.protocol import keys as keylib
 from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, bundle_digest,
                                        load_recipe, read_manifest, verify_bundle)
 from edgefleet.protocol.errors import ConfigError
+from edgefleet.protocol.manifest import Lineage
 
 keys_app = typer.Typer(no_args_is_help=True, help="Generate and inspect Ed25519 signing keys.")
 bundle_app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, inspect and push bundles.")
@@ -55,12 +57,14 @@ def keys_show(path: Path = typer.Argument(..., help="a public (.pub) or private 
     console.print(keylib.key_id(public))
 
 
-def load_samples(spec: str) -> np.ndarray:
-    """``digits`` (the bundled scikit-learn digits, held-out split) or a .npy/.npz file."""
+def load_samples(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sample inputs (and labels when known): ``digits`` (the bundled scikit-learn digits,
+    held-out split) or a .npy file, or a .npz file with arrays ``x`` (and ``y``) or one array."""
     if spec == "digits":
         from edgefleet.compression.samples import load_digits_split
 
-        return load_digits_split().x_test
+        data = load_digits_split()
+        return data.x_test, data.y_test
     path = Path(spec)
     if not path.exists():
         raise ConfigError("sample file not found", where=spec, hint="give a .npy/.npz file or 'digits'")
@@ -69,8 +73,10 @@ def load_samples(spec: str) -> np.ndarray:
     except ValueError as exc:
         raise ConfigError(f"cannot read samples: {exc}", where=spec) from None
     if isinstance(data, np.lib.npyio.NpzFile):
-        data = data[data.files[0]]
-    return np.asarray(data, dtype=np.float32)
+        x = data["x"] if "x" in data.files else data[data.files[0]]
+        y = data["y"] if "y" in data.files else None
+        return np.asarray(x, dtype=np.float32), y
+    return np.asarray(data, dtype=np.float32), None
 
 
 @bundle_app.command("build")
@@ -78,8 +84,11 @@ def bundle_build(
     recipe: Path = typer.Argument(..., help="bundle recipe (TOML, see firmware-bundles/)"),
     key: Path = typer.Option(..., "--key", "-k", help="release private key"),
     model: Path = typer.Option(None, help="model file (default: [bundle].model of the recipe)"),
-    samples: str = typer.Option("digits", help="sample inputs for the drift profile and smoke tests: "
-                                               ".npy/.npz file or 'digits'"),
+    samples: str = typer.Option("digits", help="sample inputs for the drift profile, smoke tests and compression: "
+                                               ".npy, .npz (x and optional labels y) or 'digits'"),
+    compress_model: bool = typer.Option(False, "--compress", help="compress the model first, as the recipe's "
+                                                                  "[compression] table says (gated; report in the manifest)"),
+    compression_report: Path = typer.Option(None, help="a report from 'edgefleet compress --json' to embed"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default NAME-VERSION+BUILD.efb)"),
     passphrase: str = PASSPHRASE,
     json_out: bool = typer.Option(False, "--json"),
@@ -93,15 +102,39 @@ def bundle_build(
         model_bytes = Path(model_path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read model: {exc.strerror}", where=str(model_path)) from None
-    built = build_bundle(r, model_bytes, samples=load_samples(samples),
-                         release_key=keylib.load_private_key(key, passphrase))
+    x, y = load_samples(samples)
+    report = _read_report(compression_report) if compression_report else None
+    lineage = Lineage(source=str(model_path))
+    if compress_model:
+        from edgefleet.compression import compress, load_compression_recipe
+
+        result = compress(model_bytes, r.bundle.runtime, load_compression_recipe(recipe),
+                          calibration=x, eval_x=x, eval_y=y)
+        lineage = lineage.model_copy(update={"parent_digest": bundle_digest(model_bytes)})
+        model_bytes, report = result.model, result.report.manifest_dict()
+    built = build_bundle(r, model_bytes, samples=x, release_key=keylib.load_private_key(key, passphrase),
+                         compression_report=report, lineage=lineage)
     out = out or Path(f"{r.bundle.name}-{r.bundle.version}+{r.bundle.build}.efb")
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(built.data)
     tmp.replace(out)
     info = {"bundle": str(out), "name": r.bundle.name, "version": r.bundle.version, "build": r.bundle.build,
-            "runtime": r.bundle.runtime, "digest": built.digest, "size": len(built.data)}
+            "runtime": r.bundle.runtime, "digest": built.digest, "size": len(built.data),
+            "compression": (report or {}).get("mode", "none")}
     print_json(info) if json_out else print_fields(info)
+
+
+def _read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the compression report: {exc.strerror}", where=str(path)) from None
+    except ValueError:
+        raise ConfigError("the compression report is not JSON", where=str(path),
+                          hint="write it with: edgefleet compress ... --json > report.json") from None
+    if not isinstance(report, dict):
+        raise ConfigError("the compression report is not a JSON object", where=str(path))
+    return report
 
 
 @bundle_app.command("sign")

@@ -128,7 +128,7 @@ class Demo:
             t = time.monotonic()
             result = compress(fp32, runtime, CompressionConfig(mode=mode, gate=gate, latency_runs=20),
                               calibration=data.x_train[:256], eval_x=data.x_test, eval_y=data.y_test)
-            report = result.report.model_dump(mode="json")
+            report = result.report.manifest_dict()
             out[runtime] = (result.model, report)
             self.step(f"{runtime}: {mode.value} {_size_line(report)} in {time.monotonic() - t:.1f}s")
         return out

@@ -109,6 +109,12 @@ class CompressionReport(_Report):
     float_operators: list[str]
     gate: GateResult
 
+    def manifest_dict(self) -> dict:
+        """The report as embedded in a bundle manifest: everything but the latency measured on
+        the build machine, which differs run to run and would make rebuilds differ (the device's
+        own latency comes back in its telemetry)."""
+        return self.model_dump(mode="json", exclude={"latency"})
+
     def to_table(self) -> str:
         """A readable two-column table (plain text)."""
         rows: list[tuple[str, str]] = [

@@ -108,3 +108,31 @@ def test_recipe_with_an_unknown_key_names_it(capsys, workdir):
     (workdir / "recipe.toml").write_text((workdir / "recipe.toml").read_text() + 'colour = "red"\n')
     rc, _, err = run(capsys, "bundle", "build", "recipe.toml", "--key", "k/release.key", "--samples", "samples.npy")
     assert rc == 2 and "bundle.colour" in err
+
+
+def test_bundle_build_compress_applies_the_recipe_reproducibly(capsys, workdir):
+    run(capsys, "keys", "generate", "release", "--out", "k")
+    recipe = workdir / "recipe.toml"
+    recipe.write_text(recipe.read_text() + '[compression]\nmode = "dynamic_int8"\n'
+                      '[compression.gate]\nmin_top1_agreement = 0.9\n')
+    args = ["bundle", "build", "recipe.toml", "--key", "k/release.key", "--samples", "samples.npy", "--compress",
+            "--json"]
+    digests = [json.loads(run(capsys, *args, "--out", f"{n}.efb")[1])["digest"] for n in ("a", "b")]
+    assert digests[0] == digests[1]  # latency measured while compressing stays out of the manifest
+    manifest = json.loads(run(capsys, "bundle", "inspect", "a.efb", "--json")[1])["manifest"]
+    assert manifest["compression"]["mode"] == "dynamic_int8" and "latency" not in manifest["compression"]
+    assert manifest["compression"]["gate"]["passed"] is True
+    assert manifest["compression"]["size"]["compressed_bytes"] == manifest["files"][0]["size"]  # the variant ships
+    assert manifest["lineage"]["parent_digest"] is not None
+
+
+def test_bundle_build_embeds_a_given_compression_report(capsys, workdir):
+    run(capsys, "keys", "generate", "release", "--out", "k")
+    (workdir / "report.json").write_text('{"mode": "fp16", "note": "made elsewhere"}')
+    base = ["bundle", "build", "recipe.toml", "--key", "k/release.key", "--samples", "samples.npy"]
+    assert run(capsys, *base, "--compression-report", "report.json", "--out", "r.efb")[0] == 0
+    manifest = json.loads(run(capsys, "bundle", "inspect", "r.efb", "--json")[1])["manifest"]
+    assert manifest["compression"] == {"mode": "fp16", "note": "made elsewhere"}
+    (workdir / "bad.json").write_text("not json")
+    rc, _, err = run(capsys, *base, "--compression-report", "bad.json")
+    assert rc == 2 and "not JSON" in err
