@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from edgefleet.cloud import auth, registry
+from edgefleet.cloud import auth, bundle_builds, datasets, registry
 from edgefleet.cloud.blobstore import BlobStore, Incoming
 from edgefleet.cloud.deps import BearerDep, ControllerDep, OperatorDep, SessionDep, ViewerDep
-from edgefleet.cloud.schemas import (BundleDetail, BundleOut, ModelCreate, ModelDetail, ModelOut, ModelVersionCreate,
-                                     ModelVersionOut)
+from edgefleet.cloud.schemas import (BundleBuildRequest, BundleDetail, BundleOut, DatasetOut, ModelCreate, ModelDetail,
+                                     ModelOut, ModelVersionCreate, ModelVersionOut)
 from edgefleet.protocol.errors import MessageError, NotFoundError, SizeLimitError
 
 api = APIRouter(prefix="/api/v1")
@@ -95,6 +95,44 @@ def download_artifact(name: str, version: str, controller: ControllerDep, sessio
     return LargeFileResponse(controller.artifacts.open_path(row.artifact_digest),
                              media_type="application/octet-stream",
                              filename=f"{name}-{version}.{row.format}")
+
+
+@uploads.put("/models/{name}/dataset", tags=["models"], openapi_extra=_OCTETS)
+async def upload_dataset(name: str, request: Request, controller: ControllerDep, session: SessionDep,
+                         who: OperatorDep) -> DatasetOut:
+    """Upload the model's sample set as the raw body: an ``.npz`` with ``x`` (inputs, samples
+    first) and optional integer labels ``y``. Used by compression jobs and server builds with
+    ``"data": "dataset"``; replaces the previous one. A malformed archive stores nothing."""
+    registry.get_model(session, name=name)
+    limit = controller.settings.max_dataset_bytes
+    incoming = await _receive(request, controller.artifacts, limit)
+    row = datasets.store_dataset(session, model_name=name, incoming=incoming, store=controller.artifacts,
+                                 max_unpacked=limit, actor=who.actor, now=controller.now())
+    return DatasetOut.model_validate(row)
+
+
+@api.get("/models/{name}/dataset", tags=["models"])
+def show_dataset(name: str, session: SessionDep, _: ViewerDep) -> DatasetOut:
+    return DatasetOut.model_validate(datasets.get_dataset(session, model_name=name))
+
+
+@api.post("/models/{name}/versions/{version}/bundles", tags=["bundles"], status_code=201)
+def build_bundle(name: str, version: str, body: BundleBuildRequest, response: Response, controller: ControllerDep,
+                 session: SessionDep, who: OperatorDep) -> BundleOut:
+    """Build, sign and register a bundle of this version on the controller (opt-in: needs
+    ``release_signing_key_path``, whose public key must be trusted). The body is the bundle
+    recipe as JSON (``bundle``, ``target``, ``smoke_test``, ``drift``...; ``bundle.runtime`` must
+    be the version's format) and ``data``, the samples for the drift profile and smoke test.
+    Synchronous: small models build in well under a second. The same recipe again gives the
+    same bytes and returns the stored bundle (200)."""
+    bundle, created = bundle_builds.build_and_register(
+        session, model_name=name, version=version, recipe=body.model_dump(mode="json", exclude={"data"}),
+        data=body.data, key=controller.release_signing_key, trusted=controller.trusted_release_keys(session),
+        artifacts=controller.artifacts, bundles=controller.bundles,
+        max_bundle_bytes=controller.settings.max_bundle_bytes, max_dataset_bytes=controller.settings.max_dataset_bytes, actor=who.actor, now=controller.now())
+    if not created:
+        response.status_code = 200
+    return BundleOut.model_validate(bundle)
 
 
 # ---------------------------------------------------------------- bundles

@@ -20,8 +20,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from edgefleet.cloud import (api_deployments, api_devices, api_registry, api_system, api_telemetry, http_errors,
-                            ui)
+from edgefleet.cloud import (api_compression, api_deployments, api_devices, api_registry, api_system, api_telemetry,
+                            http_errors, ui)
 from edgefleet.cloud.controller import Clock, Controller, TransportFactory
 from edgefleet.cloud.settings import ControllerSettings
 
@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: ControllerSettings | None = None, *, clock: Clock = time.time,
                transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> FastAPI:
     """Build the controller app. ``transport_factory`` replaces the MQTT bridge (tests);
-    ``reconcile_in_background=False`` leaves reconciling to explicit ``controller.reconcile(now)`` calls."""
+    ``reconcile_in_background=False`` leaves reconciling to explicit ``controller.reconcile(now)`` calls
+    and compression jobs to ``controller.run_pending_jobs()``."""
     settings = settings or ControllerSettings()
     controller = Controller(settings, clock=clock, transport_factory=transport_factory,
                             reconcile_in_background=reconcile_in_background)
@@ -51,8 +52,9 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
     app.state.controller = controller
     http_errors.install(app)
     app.include_router(api_system.router)
-    for module in (api_system, api_registry, api_devices, api_deployments, api_telemetry):
+    for module in (api_system, api_registry, api_compression, api_devices, api_deployments, api_telemetry):
         app.include_router(module.api)
-    app.include_router(api_registry.uploads, max_body_size=max(settings.max_bundle_bytes, settings.max_artifact_bytes))
+    app.include_router(api_registry.uploads, max_body_size=max(settings.max_bundle_bytes, settings.max_artifact_bytes,
+                                                                    settings.max_dataset_bytes))
     app.include_router(ui.router)
     return app

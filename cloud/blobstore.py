@@ -64,6 +64,19 @@ class BlobStore:
             raise
         return Incoming(Path(name), sha.hexdigest(), size)
 
+    def put(self, data: bytes) -> Incoming:
+        """Write bytes made on the controller (a compressed model, a built bundle) to a temp file."""
+        fd, name = tempfile.mkstemp(dir=self.root, prefix=".upload-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            os.unlink(name)
+            raise
+        return Incoming(Path(name), hashlib.sha256(data).hexdigest(), len(data))
+
     def commit(self, incoming: Incoming) -> Path:
         target = self.path(incoming.digest)
         os.replace(incoming.path, target)

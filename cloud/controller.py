@@ -1,5 +1,6 @@
 """The composition root: one :class:`Controller` owns the engine, keys, stores, metrics, the
-MQTT transport (embedded broker when no URL is configured), the ingest worker and the reconciler.
+MQTT transport (embedded broker when no URL is configured), the ingest worker, the reconciler and
+the compression-job worker.
 
 ``create_app`` wraps it in FastAPI; the demo and tests can use it directly::
 
@@ -21,7 +22,7 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from edgefleet.cloud import auth, deployments, trust
+from edgefleet.cloud import auth, compression_jobs, deployments, trust
 from edgefleet.cloud.blobstore import BlobStore
 from edgefleet.cloud.bridge import MqttBridge, parse_broker_url
 from edgefleet.cloud.broker import EmbeddedBroker
@@ -63,6 +64,9 @@ class Controller:
         create_schema(self.engine)
         self.controller_key = trust.load_or_create_controller_key(settings.resolved_controller_key_path)
         self.configured_release_keys = trust.configured_release_keys(settings.release_key_paths)
+        passphrase = settings.release_signing_key_passphrase
+        self.release_signing_key = trust.load_release_signing_key(
+            settings.release_signing_key_path, passphrase.get_secret_value() if passphrase else None)
         self.bundles = BlobStore(settings.bundle_dir)
         self.artifacts = BlobStore(settings.data_dir / "artifacts")
         self.metrics = ControllerMetrics()
@@ -77,6 +81,10 @@ class Controller:
         self.broker_url: str | None = settings.broker_url
         self._publish_lock = threading.Lock()
         self._loop = ReconcilerLoop(self.reconcile, interval_s=settings.reconcile_interval_s) \
+            if reconcile_in_background else None
+        self._jobs_lock = threading.Lock()
+        self._jobs = compression_jobs.JobWorker(self.run_pending_jobs,
+                                                interval_s=settings.compression_poll_interval_s) \
             if reconcile_in_background else None
         with self.session() as session:
             self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
@@ -97,10 +105,16 @@ class Controller:
         self.transport.start()
         if self._loop is not None:
             self._loop.start()
+        with self.session() as session:
+            compression_jobs.recover_interrupted(session, now=self.clock())
+        if self._jobs is not None:
+            self._jobs.start()
         log.info("controller started: API %s, broker %s", self.settings.resolved_public_url,
                  parse_broker_url(self.broker_url).public_url)
 
     def stop(self) -> None:
+        if self._jobs is not None:
+            self._jobs.stop()
         if self._loop is not None:
             self._loop.stop()
         if self.transport is not None:
@@ -157,6 +171,22 @@ class Controller:
                                                issuer=self.issuer, now=self.clock())
         self.metrics.orders_published.inc(sent)
         return sent
+
+    def wake_jobs(self) -> None:
+        """Tell the compression worker a job is waiting (no-op without the background worker)."""
+        if self._jobs is not None:
+            self._jobs.wake()
+
+    def run_pending_jobs(self) -> list[int]:
+        """Run every pending compression job to a final state, in order; return their ids.
+        The background worker calls this; tests (``reconcile_in_background=False``) call it directly."""
+        done: list[int] = []
+        with self._jobs_lock:
+            while (job_id := compression_jobs.run_next(open_session=self.session, store=self.artifacts,
+                                                       clock=self.clock,
+                                                       max_dataset_bytes=self.settings.max_dataset_bytes)) is not None:
+                done.append(job_id)
+        return done
 
     def reconcile(self, now: float | None = None) -> ReconcileReport:
         with self._publish_lock, self.session() as session:

@@ -241,3 +241,49 @@ class ReleaseKey(SQLModel, table=True):
     pem: str
     added_at: float
     added_by: str = ""
+
+
+class ModelDataset(SQLModel, table=True):
+    """The sample set of a model (an ``.npz`` with ``x`` and optional ``y``) in the artifact store,
+    used for calibration and evaluation by compression jobs and for server-side bundle builds."""
+
+    __tablename__ = "model_datasets"
+
+    model_id: int = Field(foreign_key="models.id", primary_key=True)
+    digest: str = Field(max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    samples: int
+    labelled: bool = False
+    uploaded_at: float
+    uploaded_by: str = ""
+
+
+class CompressionJob(SQLModel, table=True):
+    """Compress a model version into a new ``compressed`` version (run off the request path)."""
+
+    __tablename__ = "compression_jobs"
+    __table_args__ = (Index("ix_compression_jobs_state", "state", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True, max_length=128)
+    source_version_id: int = Field(foreign_key="model_versions.id", index=True)
+    source_version: str = Field(max_length=64)
+    variant: str = Field(max_length=64)
+    """The version string the compressed variant is registered under."""
+    runtime: str
+    config: dict = _json(dict)
+    """A :class:`edgefleet.compression.CompressionConfig` as JSON (validated when the job was created)."""
+    data: str = "digits"
+    """``digits`` (scikit-learn's bundled digits) or ``dataset`` (the model's uploaded ``.npz``)."""
+    state: str = "pending"
+    """``pending``, ``running``, ``succeeded`` or ``failed``."""
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    report: dict | None = _json()
+    """The compression report (also kept when the accuracy gate refused the result)."""
+    result_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    created_by: str = ""

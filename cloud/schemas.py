@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.compression import CompressionConfig
+from edgefleet.protocol.bundle import BundleSection, DriftSection, ProfileSection, SmokeSection, TargetSection
 from edgefleet.protocol.messages import DeviceId
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -131,6 +133,60 @@ class BundleOut(Out):
 class BundleDetail(BundleOut):
     manifest: dict[str, Any]
     download_path: str
+
+
+DataSource = Literal["digits", "dataset"]
+"""Samples for calibration, evaluation and drift profiles: ``digits`` (scikit-learn's bundled
+digits) or ``dataset`` (the ``.npz`` uploaded with ``PUT /models/{name}/dataset``)."""
+
+
+class DatasetOut(Out):
+    digest: str
+    size: int
+    samples: int
+    labelled: bool
+    uploaded_at: float
+    uploaded_by: str
+
+
+class CompressionJobCreate(Body):
+    variant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    """Version string of the compressed variant to register."""
+    runtime: Literal["onnx", "tflite"] = "onnx"
+    config: CompressionConfig = CompressionConfig()
+    data: DataSource = "digits"
+
+
+class CompressionJobOut(Out):
+    id: int
+    model_name: str
+    source_version: str
+    variant: str
+    runtime: str
+    config: dict[str, Any]
+    data: str
+    state: str
+    attempts: int
+    error_code: str | None
+    error_message: str | None
+    report: dict[str, Any] | None
+    result_version_id: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    created_by: str
+
+
+class BundleBuildRequest(Body):
+    """A bundle recipe as JSON (the tables of the TOML recipe, without ``bundle.model``) and the samples."""
+
+    bundle: BundleSection
+    target: TargetSection = TargetSection()
+    preprocessing: dict[str, Any] = {}
+    smoke_test: SmokeSection = SmokeSection()
+    profile: ProfileSection = ProfileSection()
+    drift: DriftSection = DriftSection()
+    data: DataSource = "digits"
 
 
 # ---------------------------------------------------------------- devices

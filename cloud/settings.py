@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -44,6 +44,11 @@ class ControllerSettings(BaseSettings):
     """Ed25519 key that signs orders; ``None`` means ``data_dir/keys/controller.key`` (generated)."""
     release_key_paths: list[Path] = []
     """Public keys (PEM) trusted to sign bundle manifests."""
+    release_signing_key_path: Path | None = None
+    """Opt-in: an Ed25519 *private* release key that lets the controller build and sign bundles
+    itself (``POST .../bundles``). Whoever controls the controller can then sign releases; leave
+    unset to keep release signing off the server (docs/security.md)."""
+    release_signing_key_passphrase: SecretStr | None = None
     admin_token: str | None = None
     """If set, this token is stored (hashed) as an admin token at start instead of a generated one."""
     topic_prefix: str = DEFAULT_PREFIX
@@ -61,6 +66,10 @@ class ControllerSettings(BaseSettings):
     """Body limit of every request except the bundle and model-file uploads."""
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
     max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
+    max_dataset_bytes: int = Field(default=64 * MiB, gt=0)
+    """Bound of an uploaded sample set (``.npz``), packed and unpacked."""
+    compression_poll_interval_s: float = Field(default=5.0, gt=0)
+    """How often the compression worker looks for pending jobs (it is also woken on each new job)."""
     ingest_batch_max: int = Field(default=1000, gt=0)
     ingest_queue_max: int = Field(default=100_000, gt=0)
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)

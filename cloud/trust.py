@@ -27,6 +27,16 @@ def load_or_create_controller_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def load_release_signing_key(path: Path | None, passphrase: str | None) -> Ed25519PrivateKey | None:
+    """The opt-in release key for server-side bundle builds (``None`` when not configured)."""
+    if path is None:
+        return None
+    key = load_private_key(path, passphrase)
+    log.warning("the controller holds a release signing key (key id %s): it can sign bundles",
+                key_id(key.public_key())[:16])
+    return key
+
+
 def configured_release_keys(paths: list[Path]) -> list[Ed25519PublicKey]:
     return [load_public_key(p) for p in paths]
 
