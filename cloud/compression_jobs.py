@@ -194,7 +194,7 @@ class JobWorker:
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(60)
+            self._thread.join(10)
             self._thread = None
 
     def _run(self) -> None:

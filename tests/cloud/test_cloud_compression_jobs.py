@@ -4,6 +4,7 @@ bundles built on the controller (opt-in release signing key)."""
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from cloudkit import ADMIN
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
+from edgefleet.cloud.compression_jobs import JobWorker
 from edgefleet.cloud.models import CompressionJob
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys
@@ -195,6 +197,8 @@ def test_server_build_with_the_key(signing_settings, clock, transport, release_k
         assert verified.manifest.compression == variant["report"]
         lineage = client.get("/api/v1/models/digits").json()["lineage"]
         assert lineage[0]["children"][0]["bundles"][0]["digest"] == bundle["digest"]
+        assert "bundle.build" in [e["action"] for e in client.get("/api/v1/audit").json()]
+        assert "/api/v1/compression-jobs/{job_id}" in client.get("/openapi.json").json()["paths"]
         again = client.post("/api/v1/models/digits/versions/1.0.0-int8/bundles", json=RECIPE)
         assert again.status_code == 200 and again.json()["digest"] == bundle["digest"]   # reproducible
         wrong = RECIPE | {"bundle": RECIPE["bundle"] | {"runtime": "tflite", "build": 2}}
@@ -226,3 +230,44 @@ def test_server_build_without_the_key_is_refused(client, source):
     error = r.json()["error"]
     assert error["where"] == "release_signing_key_path" and "edgefleet bundle build" in error["hint"]
     assert client.get("/api/v1/bundles").json() == []
+
+
+def test_background_worker_runs_a_new_job(settings, clock, transport, mlp):
+    app = create_app(settings, clock=clock, transport_factory=lambda url, on_message: transport)
+    worker = app.state.controller._jobs
+    passes, done = worker.step, threading.Event()
+
+    def step() -> None:
+        passes()
+        done.set()
+    worker.step = step
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN}"
+        client.post("/api/v1/models", json={"name": "digits"})
+        client.post("/api/v1/models/digits/versions", json={"version": "1.0.0"})
+        client.put("/api/v1/models/digits/versions/1.0.0/artifact", content=mlp, headers=OCTETS)
+        r = client.post("/api/v1/models/digits/versions/1.0.0/compress", json={"variant": "v-int8", "config": FAST})
+        assert r.status_code == 202
+        while _job(client, r.json()["id"])["state"] in ("pending", "running"):
+            assert done.wait(30), "the worker was not woken"
+            done.clear()
+        assert _job(client, r.json()["id"])["state"] == "succeeded"
+
+
+def test_job_worker_survives_a_failing_pass():
+    calls: list[int] = []
+    second = threading.Event()
+
+    def step() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            worker.wake()           # ask for another pass, then fail this one
+            raise RuntimeError("boom")
+        second.set()
+    worker = JobWorker(step, interval_s=3600)
+    worker.start()
+    try:
+        worker.wake()
+        assert second.wait(10) and len(calls) == 2
+    finally:
+        worker.stop()
