@@ -15,7 +15,7 @@ import sys
 import click
 import typer
 
-from edgefleet.cloud import cli_bundles, cli_fleet
+from edgefleet.cloud import cli_bundles, cli_fleet, cli_models
 from edgefleet.cloud.cli_output import err_console
 from edgefleet.protocol.errors import EdgeFleetError
 
@@ -25,6 +25,7 @@ app = typer.Typer(name="edgefleet", no_args_is_help=True, pretty_exceptions_enab
 
 cli_bundles.register(app)
 cli_fleet.register(app)
+cli_models.register(app)
 
 
 @app.command()

@@ -208,3 +208,45 @@ def test_cli_errors_are_one_line(capsys, fleet):
     assert rc != 0 and "401" in err and "Traceback" not in err
     rc, _, err = run_cli(capsys, "devices", "list", "--url", f"http://127.0.0.1:{free_port()}")
     assert rc != 0 and "cannot reach the controller" in err
+
+
+@pytest.mark.parametrize("fleet", ["embedded"], indirect=True)
+def test_model_registry_and_compression_job_from_the_cli(capsys, fleet, tmp_path):
+    """Source model -> controller compression job -> compressed variant -> bundle, all from the CLI."""
+    onnx_model = train_mlp(load_digits_split(), hidden=(32,))
+    (tmp_path / "digits.onnx").write_bytes(onnx_model)
+    assert cli_json(capsys, "models", "create", "digits")["name"] == "digits"
+    uploaded = cli_json(capsys, "models", "upload", "digits", "1.0.0", str(tmp_path / "digits.onnx"))
+    assert uploaded["artifact_size"] == len(onnx_model)
+    job = cli_json(capsys, "models", "compress", "digits", "1.0.0", "--variant", "1.0.0-int8",
+                   "--mode", "dynamic_int8", "--wait")
+    assert job["state"] == "succeeded", job
+    assert job["report"]["gate"]["passed"] is True
+    failing = cli_json(capsys, "models", "compress", "digits", "1.0.0", "--variant", "1.0.0-bad", "--wait",
+                       "--recipe", str(_write(tmp_path / "bad.toml", BAD_COMPRESSION)))
+    assert (failing["state"], failing["error_code"]) == ("failed", "accuracy_gate_failed")
+    lineage = cli_json(capsys, "models", "show", "digits")["lineage"]
+    (source,) = lineage
+    assert source["version"] == "1.0.0" and [c["version"] for c in source["children"]] == ["1.0.0-int8"]
+    rc, out, _ = run_cli(capsys, "models", "show", "digits")
+    assert rc == 0 and "1.0.0-int8" in out and "compressed" in out
+    jobs = cli_json(capsys, "models", "jobs", "--model", "digits")
+    assert sorted(j["state"] for j in jobs) == ["failed", "succeeded"]
+
+
+BAD_COMPRESSION = """
+[compression]
+mode = "static_int8"
+[compression.pruning]
+kind = "unstructured"
+sparsity = 0.95
+[compression.gate]
+max_accuracy_drop = 0.0
+[compression.fallback]
+enabled = false
+"""
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
