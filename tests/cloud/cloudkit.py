@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.decoding import Raw
@@ -15,21 +13,9 @@ from edgefleet.protocol.messages import (DriftScores, Hello, Histogram, Installe
                                          TelemetryWindow, encode)
 from edgefleet.protocol.topics import device_topic
 
+from onnx_models import tiny_classifier as make_onnx_model  # noqa: F401  (used by conftest)
+
 ADMIN = "eft_test-admin-token"
-
-
-def make_onnx_model(n_in: int = 4, n_out: int = 3, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(n_in, n_out)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.normal(size=(n_out,)).astype(np.float32), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_out])], initializer=[w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 class FakeClock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -168,6 +169,19 @@ RECIPE = {"bundle": {"name": "digits-mlp", "version": "1.0.0", "build": 1, "runt
           "target": {"archs": ["x86_64"]}, "smoke_test": {"vectors": 2}, "drift": {}}
 
 
+@contextmanager
+def _controller_with_source(settings, clock, transport, model: bytes):
+    """A controller (jobs run on demand) with model ``digits`` version 1.0.0 holding ``model``."""
+    app = create_app(settings, clock=clock, transport_factory=lambda url, on_message: transport,
+                     reconcile_in_background=False)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN}"
+        client.post("/api/v1/models", json={"name": "digits"})
+        client.post("/api/v1/models/digits/versions", json={"version": "1.0.0"})
+        client.put("/api/v1/models/digits/versions/1.0.0/artifact", content=model, headers=OCTETS)
+        yield app, client
+
+
 @pytest.fixture
 def signing_settings(settings, release_key, tmp_path):
     settings.release_signing_key_path = keys.save_private_key(release_key, tmp_path / "release.key")
@@ -175,13 +189,7 @@ def signing_settings(settings, release_key, tmp_path):
 
 
 def test_server_build_with_the_key(signing_settings, clock, transport, release_key, mlp):
-    app = create_app(signing_settings, clock=clock, transport_factory=lambda url, on_message: transport,
-                     reconcile_in_background=False)
-    with TestClient(app) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN}"
-        client.post("/api/v1/models", json={"name": "digits"})
-        client.post("/api/v1/models/digits/versions", json={"version": "1.0.0"})
-        client.put("/api/v1/models/digits/versions/1.0.0/artifact", content=mlp, headers=OCTETS)
+    with _controller_with_source(signing_settings, clock, transport, mlp) as (app, client):
         r = client.post("/api/v1/models/digits/versions/1.0.0/compress", json={"variant": "1.0.0-int8",
                                                                               "config": FAST})
         app.state.controller.run_pending_jobs()
@@ -211,13 +219,7 @@ def test_server_build_with_the_key(signing_settings, clock, transport, release_k
 def test_server_build_needs_a_trusted_key(signing_settings, clock, transport, mlp, tmp_path):
     signing_settings.release_signing_key_path = keys.save_private_key(keys.generate_private_key(),
                                                                       tmp_path / "stranger.key")
-    app = create_app(signing_settings, clock=clock, transport_factory=lambda url, on_message: transport,
-                     reconcile_in_background=False)
-    with TestClient(app) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN}"
-        client.post("/api/v1/models", json={"name": "digits"})
-        client.post("/api/v1/models/digits/versions", json={"version": "1.0.0"})
-        client.put("/api/v1/models/digits/versions/1.0.0/artifact", content=mlp, headers=OCTETS)
+    with _controller_with_source(signing_settings, clock, transport, mlp) as (app, client):
         r = client.post("/api/v1/models/digits/versions/1.0.0/bundles", json=RECIPE)
         assert r.status_code == 409 and "not a trusted release key" in r.json()["error"]["message"]
         assert "release-keys" in r.json()["error"]["hint"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]  # ui helpers, tests/onnx_models.py
 
 from ui_fleet import seed  # noqa: E402
 from ui_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402

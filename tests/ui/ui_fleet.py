@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.cloud import deployments, devices, registry
 from edgefleet.cloud.blobstore import Incoming as Upload
@@ -27,6 +25,7 @@ from edgefleet.protocol.manifest import Lineage
 from edgefleet.protocol.messages import (DriftScores, Event, Hello, Histogram, InstalledBundle, Message, State,
                                          StatusReport, TelemetryWindow, encode)
 from edgefleet.protocol.topics import device_topic
+from onnx_models import tiny_classifier
 
 LABELS = ["cat", "dog", "bird"]
 LATENCY_BOUNDS = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0]
@@ -34,22 +33,6 @@ XSS_TAG = '<img src=x onerror="window.__xss=1">'
 XSS_TEXT = '</li><script>window.__xss=2</script>'
 WINDOWS = 36
 WINDOW_S = 60.0
-
-
-def tiny_onnx_model(n_in: int = 4, n_out: int = 3, seed: int = 0) -> bytes:
-    """y = softmax(x @ W + b), dynamic batch, opset 13."""
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(n_in, n_out)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.normal(size=(n_out,)).astype(np.float32), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_out])], initializer=[w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 @dataclass
@@ -133,7 +116,7 @@ def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
     specs = {d: dict(s, tags=[t for t in s["tags"] if hostile or t != XSS_TAG]) for d, s in DEVICES.items()}
     release = keys.generate_private_key()
     trusted = keys.TrustedKeys.of([release.public_key()], role="release")
-    source = tiny_onnx_model(seed=0)
+    source = tiny_classifier(seed=0)
     samples = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     actor = "admin:ui-test"
     for version, build in (("1.2.0", 3), ("1.3.0", 4)):
