@@ -13,21 +13,15 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet.protocol.brokers import BrokerAddress, parse_broker_url
 from edgefleet.protocol.errors import ConfigError, MessageError
 from edgefleet.protocol.topics import DEFAULT_PREFIX, validate_device_id
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 MiB = 1024 * 1024
-
-
-class BrokerAddress(BaseModel):
-    tls: bool
-    host: str
-    port: int
 
 
 class AgentConfig(BaseModel):
@@ -87,7 +81,10 @@ class AgentConfig(BaseModel):
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str) -> str:
-        parse_broker_url(value)
+        try:
+            parse_broker_url(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
         return value
 
     @field_validator("inference_listen")
@@ -104,20 +101,6 @@ class AgentConfig(BaseModel):
     @property
     def listen(self) -> tuple[str, int] | None:
         return None if self.inference_listen == "off" else parse_listen(self.inference_listen)
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"broker URL {url!r} has a bad port") from None
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(tls=tls, host=parts.hostname, port=port or (8883 if tls else 1883))
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -25,7 +25,7 @@ from edgefleet.agent.mqtt import MqttLink
 from edgefleet.agent.outbox import Outbox, OutboxPump
 from edgefleet.agent.server import InferenceServer, bundle_info
 from edgefleet.agent.slots import Slots
-from edgefleet.agent.statemachine import atomic_write
+from edgefleet.protocol.files import atomic_write
 from edgefleet.agent.updater import Updater, UpdatePolicy
 from edgefleet.protocol import topics
 from edgefleet.protocol.errors import EdgeFleetError, MessageError

@@ -20,6 +20,7 @@ from typing import Any
 
 from edgefleet.agent.config import load_config
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, TransportError
+from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import load_public_key_pem
 
 
@@ -58,16 +59,6 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
                              hint="check --controller and the network") from None
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id: str | None = None,
                   broker_url: str | None = None, settings: dict[str, Any] | None = None,
                   timeout: float = 30.0) -> Path:
@@ -81,12 +72,12 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
     keys_dir.mkdir(parents=True, exist_ok=True)
     controller_pem = reply["controller_public_key_pem"].encode()
     load_public_key_pem(controller_pem, where="controller key from the controller")
-    (keys_dir / "controller.pub").write_bytes(controller_pem)
+    atomic_write(keys_dir / "controller.pub", controller_pem)
     release_paths = []
     for i, pem in enumerate(reply["release_public_keys_pem"]):
         load_public_key_pem(pem.encode(), where=f"release key {i} from the controller")
         path = keys_dir / f"release-{i}.pub"
-        path.write_bytes(pem.encode())
+        atomic_write(path, pem.encode())
         release_paths.append(str(path))
     if not release_paths:
         raise ConfigError("the controller trusts no release key", where="controller settings: release_key_paths",
@@ -104,7 +95,7 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
         **(settings or {}),
     }
     config_path = state_dir / "agent.toml"
-    _write_private(config_path, render_config(values))
+    atomic_write(config_path, render_config(values).encode(), secret=True)
     load_config(config_path, environ={})  # the file we wrote must be a valid config
     return config_path
 

@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgefleet.agent.statemachine import atomic_write
+from edgefleet.protocol.files import atomic_write
 
 SLOTS = ("a", "b")
 
@@ -45,12 +45,8 @@ class Slots:
         with its sha256 beside it (checked again whenever the slot is loaded)."""
         (self.root / slot / "digest").unlink(missing_ok=True)
         target = self.bundle_path(slot)
-        tmp = target.with_name(".bundle.tmp")
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
+        with open(source, "rb") as src:
+            atomic_write(target, iter(lambda: src.read(1024 * 1024), b""))
         atomic_write(self.root / slot / "digest", digest.encode())
 
     def digest(self, slot: str) -> str | None:

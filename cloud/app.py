@@ -20,8 +20,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from edgefleet.cloud import (api_compression, api_deployments, api_devices, api_registry, api_system, api_telemetry,
-                            http_errors, ui)
+from edgefleet.cloud import api, ui
 from edgefleet.cloud.controller import Clock, Controller, TransportFactory
 from edgefleet.cloud.settings import ControllerSettings
 
@@ -50,11 +49,7 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
                   description="Registry, devices, deployments and telemetry of an EdgeFleet fleet. "
                               "Authenticate with `Authorization: Bearer <API token>`.")
     app.state.controller = controller
-    http_errors.install(app)
-    app.include_router(api_system.router)
-    for module in (api_system, api_registry, api_compression, api_devices, api_deployments, api_telemetry):
-        app.include_router(module.api)
-    app.include_router(api_registry.uploads, max_body_size=max(settings.max_bundle_bytes, settings.max_artifact_bytes,
-                                                                    settings.max_dataset_bytes))
-    app.include_router(ui.router)
+    api.install(app, upload_body_limit=max(settings.max_bundle_bytes, settings.max_artifact_bytes,
+                                           settings.max_dataset_bytes))
+    ui.install(app)
     return app

@@ -13,7 +13,6 @@ the compression-job worker.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,15 +21,17 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from edgefleet.cloud import auth, compression_jobs, deployments, trust
-from edgefleet.cloud.blobstore import BlobStore
-from edgefleet.cloud.bridge import MqttBridge, parse_broker_url
-from edgefleet.cloud.broker import EmbeddedBroker
-from edgefleet.cloud.db import create_schema, make_engine, session_scope
-from edgefleet.cloud.ingest import Ingestor
+from edgefleet.cloud.services import auth, compression_jobs, deployments, trust
+from edgefleet.cloud.store.blobs import BlobStore
+from edgefleet.cloud.mqtt.bridge import MqttBridge
+from edgefleet.protocol.brokers import parse_broker_url
+from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
+from edgefleet.cloud.mqtt.ingest import Ingestor
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.orders import OrderIssuer
-from edgefleet.cloud.reconciler import ReconcileReport, ReconcilerLoop, reconcile
+from edgefleet.cloud.services.orders import OrderIssuer
+from edgefleet.cloud.services.reconciler import ReconcileReport, reconcile
+from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
 from edgefleet.protocol.topics import controller_subscriptions
@@ -80,17 +81,16 @@ class Controller:
         self.broker: EmbeddedBroker | None = None
         self.broker_url: str | None = settings.broker_url
         self._publish_lock = threading.Lock()
-        self._loop = ReconcilerLoop(self.reconcile, interval_s=settings.reconcile_interval_s) \
+        self._loop = BackgroundLoop(self.reconcile, interval_s=settings.reconcile_interval_s, name="reconciler") \
             if reconcile_in_background else None
         self._jobs_lock = threading.Lock()
-        self._jobs = compression_jobs.JobWorker(self.run_pending_jobs,
-                                                interval_s=settings.compression_poll_interval_s) \
+        self._jobs = BackgroundLoop(self.run_pending_jobs, interval_s=settings.compression_poll_interval_s,
+                                    name="compression-worker") \
             if reconcile_in_background else None
         with self.session() as session:
             self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
-        if self.initial_admin_token:
-            log.warning("created the first admin API token (shown once): %s", self.initial_admin_token)
-            print(f"EdgeFleet admin token (shown once, store it): {self.initial_admin_token}", file=sys.stderr)
+        if self.initial_admin_token:  # the plaintext is handed to whoever started us, never logged
+            log.warning("created the first admin API token (its holder is shown it once)")
 
     # ------------------------------------------------------------------ lifecycle
 

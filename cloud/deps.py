@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from edgefleet.cloud.auth import Principal, authenticate
+from edgefleet.cloud.services.auth import Principal, authenticate
 from edgefleet.cloud.controller import Controller
 
 _bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer eft_...`")

@@ -4,9 +4,9 @@ background thread (the demo, end-to-end tests)."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 
@@ -16,17 +16,16 @@ from edgefleet.protocol.errors import TransportError
 
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def serve_forever(settings: ControllerSettings) -> None:
+def serve_forever(settings: ControllerSettings, *, announce: Callable[[str], object] = print) -> None:
+    """Run the controller in the foreground until interrupted. ``announce`` gets the lines a
+    person needs: where it listens and, on the first start, the admin token (once)."""
     logging.getLogger("edgefleet").setLevel(logging.INFO)
     app = create_app(settings)
-    print(f"EdgeFleet controller on http://{settings.listen_host}:{settings.listen_port} "
-          f"(UI at /, API docs at /docs; data in {settings.data_dir})", flush=True)
+    controller = app.state.controller
+    announce(f"EdgeFleet controller on http://{settings.listen_host}:{settings.listen_port} "
+             f"(UI at /, API docs at /docs; data in {settings.data_dir}); Ctrl-C stops it")
+    if controller.initial_admin_token:
+        announce(f"admin API token (shown once, store it): {controller.initial_admin_token}")
     uvicorn.run(app, host=settings.listen_host, port=settings.listen_port, log_level="warning")
 
 

@@ -12,7 +12,7 @@ import onnx
 from edgefleet.compression import quantize_onnx
 from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
-from edgefleet.compression.export_tflite import export_tflite
+from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.inference import Runtime
 from edgefleet.compression.inputs import Inputs, count, normalise_inputs
 from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod, Mode
-from edgefleet.compression.export_tflite import SIGNATURE_KEY
+from edgefleet.compression.onnx_to_tflite import SIGNATURE_KEY
 from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.compression.tflite_graph import load_tflite, operators
 from edgefleet.protocol.errors import CompressionError, ConfigError

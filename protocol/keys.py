@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.protocol.errors import ConfigError, SignatureError, UnknownKeyError
+from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.messages import Signature
 
 
@@ -44,24 +45,11 @@ def public_key_pem(key: Ed25519PublicKey) -> bytes:
 
 def save_private_key(key: Ed25519PrivateKey, path: str | Path, passphrase: str | None = None) -> Path:
     """Write the private key as PEM, readable by the owner only (created 0600, never widened)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # a stale temp file left by a crash keeps its old mode under O_CREAT
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_key_pem(key, passphrase))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, private_key_pem(key, passphrase), secret=True)
 
 
 def save_public_key(key: Ed25519PublicKey, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(public_key_pem(key))
-    return path
+    return atomic_write(path, public_key_pem(key))
 
 
 def load_private_key(path: str | Path, passphrase: str | None = None) -> Ed25519PrivateKey:

@@ -7,23 +7,12 @@ import time
 import numpy as np
 import pytest
 
+from onnx_models import mlp_onnx
+
 from edgefleet.protocol.bundle import build_bundle, bundle_digest, parse_recipe
 from edgefleet.protocol.keys import TrustedKeys, generate_private_key
 from edgefleet.protocol.messages import DeploymentOrder
 from edgefleet.protocol.orders import sign_order
-
-
-def tiny_model(seed: int = 0) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 class Keys:
@@ -36,7 +25,7 @@ class Keys:
     def bundle(self, version: str = "1.0.0", build: int = 1, seed: int = 0, **recipe) -> bytes:
         r = parse_recipe({"bundle": {"name": "tiny", "version": version, "build": build, "runtime": "onnx"}, **recipe})
         x = np.random.default_rng(1).normal(size=(64, 4)).astype(np.float32)
-        return build_bundle(r, tiny_model(seed), samples=x, release_key=self.release).data
+        return build_bundle(r, mlp_onnx(seed=seed, layers=0), samples=x, release_key=self.release).data
 
     def order(self, data: bytes, *, device_id: str = "dev-1", sequence: int = 1, deployment_id: str = "dep-1",
               now: float | None = None, ttl: int = 600, action: str = "install"):

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.controller import Controller
-from edgefleet.cloud.decoding import Raw
+from edgefleet.cloud.mqtt.decoding import Raw
 from edgefleet.protocol.messages import (DriftScores, Hello, Histogram, InstalledBundle, Message, State, StatusReport,
                                          TelemetryWindow, encode)
 from edgefleet.protocol.topics import device_topic
 
-from onnx_models import tiny_classifier as make_onnx_model  # noqa: F401  (used by conftest)
+from onnx_models import mlp_onnx as make_onnx_model  # noqa: F401  (used by conftest)
 
 ADMIN = "eft_test-admin-token"
 

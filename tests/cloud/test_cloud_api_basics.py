@@ -56,16 +56,17 @@ def test_unknown_route_is_404_json(client):
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
 
-def test_first_start_creates_an_admin_token_once(tmp_path, capsys):
+def test_first_start_creates_an_admin_token_once_and_never_logs_it(tmp_path, capsys, caplog):
     settings = ControllerSettings(data_dir=tmp_path, broker_url="mqtt://127.0.0.1:1")
     app = create_app(settings, transport_factory=lambda url, cb: FakeTransport(), reconcile_in_background=False)
     token = app.state.controller.initial_admin_token
-    assert token and token in capsys.readouterr().err
+    assert token
     with TestClient(app) as c:
         assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     again = create_app(settings, transport_factory=lambda url, cb: FakeTransport(), reconcile_in_background=False)
     assert again.state.controller.initial_admin_token is None
-    assert token not in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert token not in captured.out + captured.err + caplog.text
 
 
 def test_info_lists_keys_and_broker(client, controller):

@@ -13,8 +13,8 @@ from cloudkit import ADMIN
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
-from edgefleet.cloud.compression_jobs import JobWorker
-from edgefleet.cloud.models import CompressionJob
+from edgefleet.cloud.background import BackgroundLoop
+from edgefleet.cloud.store.tables import CompressionJob
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import verify_bundle
@@ -256,7 +256,7 @@ def test_background_worker_runs_a_new_job(settings, clock, transport, mlp):
         assert _job(client, r.json()["id"])["state"] == "succeeded"
 
 
-def test_job_worker_survives_a_failing_pass():
+def test_background_loop_survives_a_failing_pass():
     calls: list[int] = []
     second = threading.Event()
 
@@ -266,7 +266,7 @@ def test_job_worker_survives_a_failing_pass():
             worker.wake()           # ask for another pass, then fail this one
             raise RuntimeError("boom")
         second.set()
-    worker = JobWorker(step, interval_s=3600)
+    worker = BackgroundLoop(step, interval_s=3600, name="test")
     worker.start()
     try:
         worker.wake()

@@ -6,9 +6,9 @@ from cloudkit import Fleet
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from edgefleet.cloud import auth
+from edgefleet.cloud.services import auth
 from edgefleet.cloud.app import create_app
-from edgefleet.cloud.models import Device, ProcessedMessage
+from edgefleet.cloud.store.tables import Device, ProcessedMessage
 from edgefleet.protocol.keys import key_id, load_public_key_pem
 
 

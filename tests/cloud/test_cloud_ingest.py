@@ -9,9 +9,9 @@ import signal
 import pytest
 from sqlmodel import select
 
-from edgefleet.cloud.decoding import Raw
-from edgefleet.cloud.ingest import Ingestor
-from edgefleet.cloud.models import TelemetryRecord
+from edgefleet.cloud.mqtt.decoding import Raw
+from edgefleet.cloud.mqtt.ingest import Ingestor
+from edgefleet.cloud.store.tables import TelemetryRecord
 from edgefleet.protocol.messages import Event, Histogram, TelemetryWindow, encode
 
 

@@ -10,7 +10,7 @@ import uuid
 import psycopg
 import pytest
 
-from edgefleet.cloud.decoding import Raw
+from edgefleet.cloud.mqtt.decoding import Raw
 from edgefleet.protocol.messages import encode
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]

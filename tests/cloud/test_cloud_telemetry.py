@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.cloud.telemetry import latest_drift_verdicts
+from edgefleet.cloud.services.telemetry import latest_drift_verdicts
 from edgefleet.protocol.messages import histogram_quantile as percentile
 from edgefleet.protocol.messages import InstalledBundle
 

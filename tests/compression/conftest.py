@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgefleet.compression.export_tflite import export_tflite
+from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.samples import DigitsData, load_digits_split, train_cnn, train_mlp
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.protocol.keys import generate_private_key, save_private_key, save_public_key
+from testkit import free_port
 
 MOSQUITTO_HOST = "127.0.0.1"
 MOSQUITTO_PORT = 1883
@@ -37,12 +38,6 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +155,7 @@ def make_key_pair(tmp_path: Path):
 @pytest.fixture(scope="session")
 def tiny_onnx() -> bytes:
     """A 4-in, 3-class MLP with a softmax output, built with onnx.helper."""
-    from agentkit.models import mlp_onnx
+    from onnx_models import mlp_onnx
     return mlp_onnx()
 
 

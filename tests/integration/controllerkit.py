@@ -14,23 +14,14 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cloud.app import create_app
-from edgefleet.cloud.bridge import parse_broker_url
+from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.messages import Message, OrderMessage, State, decode, encode
 from edgefleet.protocol.topics import device_topic
+from testkit import wait_until
 
 ADMIN = "eft_integration-admin"
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def controller_settings(tmp_path: Path, *, broker_url: str | None, prefix: str, release_pub: Path,

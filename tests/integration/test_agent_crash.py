@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from agentkit.bundles import samples
-from agentkit.models import mlp_onnx, reference_forward
+from onnx_models import mlp_onnx, reference_forward
 
 pytestmark = pytest.mark.integration
 

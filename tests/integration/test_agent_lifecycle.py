@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agentkit.bundles import resign, samples, split
-from agentkit.models import mlp_onnx, reference_forward
+from onnx_models import mlp_onnx, reference_forward
 
 pytestmark = pytest.mark.integration
 

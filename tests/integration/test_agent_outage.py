@@ -11,6 +11,7 @@ import pytest
 
 from agentkit.bundles import samples
 from agentkit.harness import Harness
+from testkit import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -20,16 +21,6 @@ def windows_by_seq(observer) -> dict[int, set[str]]:
     for t in observer.of("telemetry"):
         seen[t["window_seq"]].add(t["msg_id"])
     return seen
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_broker_outage_every_window_arrives_exactly_once(tmp_path, private_mosquitto, topic_prefix, release_key,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agentkit.bundles import samples
-from agentkit.models import reference_forward
+from onnx_models import reference_forward
 from edgefleet.protocol.bundle import read_manifest
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def test_malformed_and_oversized_commands_are_counted_and_ignored(agent_harness)
 
 
 def _tflite(onnx_model: bytes) -> bytes:
-    from edgefleet.compression.export_tflite import export_tflite  # the dev install has every extra
+    from edgefleet.compression.onnx_to_tflite import export_tflite  # the dev install has every extra
 
     return export_tflite(onnx_model)
 

@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from edgefleet.cloud.cli import main as cli
-from edgefleet.cloud.client import ControllerClient
-from edgefleet.cloud.server import BackgroundServer, free_port
+from edgefleet.cloud.cli.client import ControllerClient
+from edgefleet.cloud.server import BackgroundServer
+from testkit import free_port, wait_until
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.compression import export_tflite
 from edgefleet.compression.samples import load_digits_split, train_mlp
@@ -122,16 +123,6 @@ def start_agent(capsys, server, agents, base: Path, device_id: str, tag: str) ->
                                    stdout=log, stderr=subprocess.STDOUT))
     log.close()
     return state_dir
-
-
-def wait_until(cond, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def predict(state_dir: Path, batch: np.ndarray) -> dict:

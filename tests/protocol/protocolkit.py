@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnx_models import tiny_classifier as make_onnx_model  # noqa: F401  (re-exported to the tests)
+from onnx_models import mlp_onnx as make_onnx_model  # noqa: F401  (re-exported to the tests)
 
 N_IN, N_OUT = 4, 3
 

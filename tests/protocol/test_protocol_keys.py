@@ -21,13 +21,13 @@ def test_private_key_file_is_0600(tmp_path):
     assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
 
 
-def test_private_key_mode_not_widened_by_stale_temp_file(tmp_path):
-    stale = tmp_path / "k.pem.tmp"
-    stale.write_bytes(b"junk")
-    stale.chmod(0o666)
-    path = keys.save_private_key(keys.generate_private_key(), tmp_path / "k.pem")
+def test_private_key_mode_not_widened_when_replacing_a_wider_file(tmp_path):
+    path = tmp_path / "k.pem"
+    path.write_bytes(b"junk")
+    path.chmod(0o666)
+    keys.save_private_key(keys.generate_private_key(), path)
     assert _mode(path) == 0o600
-    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.pem"]
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -7,21 +7,13 @@ from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import InferenceError, RuntimeUnavailableError
 from edgefleet.protocol.runtimes import available_runtimes, open_session
 
+from onnx_models import reference_forward
 from protocolkit import make_onnx_model
-
-
-def _softmax_ref(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(4, 3)).astype(np.float32)
-    b = rng.normal(size=(3,)).astype(np.float32)
-    z = x @ w + b
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
 def tflite_model(onnx_model) -> bytes:
-    from edgefleet.compression.export_tflite import export_tflite  # the dev install has every extra
+    from edgefleet.compression.onnx_to_tflite import export_tflite  # the dev install has every extra
 
     return export_tflite(onnx_model)
 
@@ -40,13 +32,13 @@ def test_available_runtimes_has_onnx():
     assert "onnx" in available_runtimes()
 
 
-def test_session_runs(session):
+def test_session_runs(session, onnx_model):
     assert session.runtime in ("onnx", "tflite")
     assert [(s.name, s.dtype, s.shape) for s in session.inputs] == [("x", "float32", [None, 4])]
     assert [(s.name, s.dtype, s.shape) for s in session.outputs] == [("probs", "float32", [None, 3])]
     out = session.run({"x": X})
     assert set(out) == {"probs"} and out["probs"].shape == (6, 3) and out["probs"].dtype == np.float32
-    np.testing.assert_allclose(out["probs"], _softmax_ref(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["probs"], reference_forward(onnx_model, X), rtol=1e-5, atol=1e-6)
 
 
 def test_batch_size_changes_and_lists(session):

@@ -23,17 +23,12 @@ import uvicorn
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
+from testkit import free_port
 
 from .ui_fleet import Fleet, seed
 from .ui_support import CHROMIUM, CHROMIUM_ARGS
 
 ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -54,7 +49,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def ui_server(tmp_path_factory) -> Iterator[Server]:
-    port = _free_port()
+    port = free_port()
     prefix = f"uitest-{uuid.uuid4().hex[:8]}/v1"
     settings = ControllerSettings(
         data_dir=tmp_path_factory.mktemp("controller"), listen_port=port, admin_token=ADMIN_TOKEN,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from edgefleet.cloud import charts
+from edgefleet.cloud.ui import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 

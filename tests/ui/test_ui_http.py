@@ -8,7 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud import auth
+from edgefleet.cloud.services import auth
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.settings import ControllerSettings
 

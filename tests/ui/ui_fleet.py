@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cloud import deployments, devices, registry
-from edgefleet.cloud.blobstore import Incoming as Upload
+from edgefleet.cloud.services import deployments, devices, registry
+from edgefleet.cloud.store.blobs import Incoming as Upload
 from edgefleet.cloud.controller import Controller
-from edgefleet.cloud.ingest import Raw
+from edgefleet.cloud.mqtt.ingest import Raw
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe
 from edgefleet.protocol.manifest import Lineage
 from edgefleet.protocol.messages import (DriftScores, Event, Hello, Histogram, InstalledBundle, Message, State,
                                          StatusReport, TelemetryWindow, encode)
 from edgefleet.protocol.topics import device_topic
-from onnx_models import tiny_classifier
+from onnx_models import mlp_onnx
 
 LABELS = ["cat", "dog", "bird"]
 LATENCY_BOUNDS = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0]
@@ -116,7 +116,7 @@ def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
     specs = {d: dict(s, tags=[t for t in s["tags"] if hostile or t != XSS_TAG]) for d, s in DEVICES.items()}
     release = keys.generate_private_key()
     trusted = keys.TrustedKeys.of([release.public_key()], role="release")
-    source = tiny_classifier(seed=0)
+    source = mlp_onnx(seed=0, layers=0)
     samples = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     actor = "admin:ui-test"
     for version, build in (("1.2.0", 3), ("1.3.0", 4)):

@@ -1,0 +1,24 @@
+"""The REST API under ``/api/v1``: one routes module per resource, request and response
+schemas, and the one mapping of domain errors to HTTP. Routes call :mod:`edgefleet.cloud.services`;
+they never query the database themselves."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from edgefleet.cloud.api import errors
+from edgefleet.cloud.api.routes import (audit, bundles, compression, deployments, devices, enrollment, keys, models,
+                                        system, telemetry, tokens)
+
+RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, deployments, telemetry)
+
+
+def install(app: FastAPI, *, upload_body_limit: int) -> None:
+    """Mount every route and the error handlers on ``app``; the streaming upload routes get
+    ``upload_body_limit`` instead of the app's request body limit."""
+    errors.install(app)
+    app.include_router(system.router)
+    for module in RESOURCES:
+        app.include_router(module.api)
+    for module in (models, bundles):
+        app.include_router(module.uploads, max_body_size=upload_body_limit)

@@ -1,0 +1,72 @@
+"""Domain errors -> HTTP, in one place. Every error body is
+``{"error": {"code", "message", "where", "hint"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edgefleet.cloud.services.auth import AuthenticationError, PermissionDeniedError
+from edgefleet.protocol.errors import (ConfigError, ConflictError, EdgeFleetError, MessageError, NotFoundError,
+                                       SizeLimitError, TransportError, VerificationError)
+
+log = logging.getLogger(__name__)
+
+STATUS: list[tuple[type[EdgeFleetError], int]] = [
+    (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (SizeLimitError, 413),
+    (VerificationError, 422),
+    (MessageError, 400),
+    (TransportError, 503),
+    (ConfigError, 500),
+]
+"""First match wins, so subclasses come before their bases."""
+
+
+def status_for(exc: EdgeFleetError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 400
+
+
+def error_body(code: str, message: str, where: str | None = None, hint: str | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "where": where, "hint": hint}}
+
+
+def install(app: FastAPI) -> None:
+    def count(code: str) -> None:
+        controller = getattr(app.state, "controller", None)
+        if controller is not None:
+            controller.metrics.http_errors.labels(code).inc()
+
+    @app.exception_handler(EdgeFleetError)
+    async def _domain(request: Request, exc: EdgeFleetError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc)
+        count(exc.code)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        count("invalid_request")
+        return JSONResponse(error_body("invalid_request", str(first.get("msg")), where,
+                                       "see /docs for the request schema"), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        count(code)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))

@@ -1,0 +1,1 @@
+"""One module per REST resource; each exposes ``api`` (an ``APIRouter`` under ``/api/v1``)."""

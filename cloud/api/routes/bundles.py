@@ -1,0 +1,75 @@
+"""Bundles: upload (verified before anything is stored), list, show, delete, download with Range."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from edgefleet.cloud.api.schemas import BundleDetail, BundleOut
+from edgefleet.cloud.api.transfer import OCTET_BODY, LargeFileResponse, receive_upload
+from edgefleet.cloud.deps import BearerDep, ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.services import auth, registry
+from edgefleet.protocol.errors import NotFoundError
+
+api = APIRouter(prefix="/api/v1")
+uploads = APIRouter(prefix="/api/v1")
+"""The streaming upload route: included with the (large) upload body limit instead of the API's."""
+
+
+# ---------------------------------------------------------------- bundles
+
+@uploads.post("/bundles", tags=["bundles"], status_code=201, openapi_extra=OCTET_BODY)
+async def upload_bundle(request: Request, response: Response, controller: ControllerDep, session: SessionDep,
+                        who: OperatorDep,
+                        model: Annotated[str | None, Query(max_length=128)] = None,
+                        model_version: Annotated[str | None, Query(max_length=64)] = None) -> BundleOut:
+    """Upload a signed bundle as the raw body. The release signature and every file are verified
+    before anything is stored (201); the same bytes again return the existing bundle (200)."""
+    incoming = await receive_upload(request, controller.bundles, controller.settings.max_bundle_bytes)
+    bundle, created = registry.register_bundle(
+        session, incoming=incoming, store=controller.bundles, trusted=controller.trusted_release_keys(session),
+        max_bytes=controller.settings.max_bundle_bytes, model_name=model, model_version=model_version,
+        actor=who.actor, now=controller.now())
+    if not created:
+        response.status_code = 200
+    return BundleOut.model_validate(bundle)
+
+
+@api.get("/bundles", tags=["bundles"])
+def list_bundles(session: SessionDep, _: ViewerDep, name: str | None = None) -> list[BundleOut]:
+    return [BundleOut.model_validate(b) for b in registry.list_bundles(session, name=name)]
+
+
+@api.get("/bundles/{digest}", tags=["bundles"])
+def show_bundle(digest: str, session: SessionDep, _: ViewerDep) -> BundleDetail:
+    bundle = registry.get_bundle(session, digest=digest)
+    return BundleDetail.model_validate(bundle.model_dump() | {
+        "download_path": f"/api/v1/bundles/{bundle.digest}/download"})
+
+
+@api.delete("/bundles/{digest}", tags=["bundles"], status_code=204)
+def delete_bundle(digest: str, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> None:
+    registry.delete_bundle(session, digest=digest, store=controller.bundles, actor=who.actor, now=controller.now())
+
+
+@api.get("/bundles/{digest}/download", tags=["bundles"], response_class=LargeFileResponse,
+         responses={206: {"description": "Partial content (Range)"}, 416: {"description": "Range not satisfiable"}})
+def download_bundle(digest: str, controller: ControllerDep, session: SessionDep, credentials: BearerDep,
+                    token: Annotated[str | None, Query(max_length=256)] = None) -> LargeFileResponse:
+    """The bundle bytes, with HTTP Range (resume). Authorized by any API token (devices use
+    theirs) or by the short-lived signed ``token`` the order's URL carries."""
+    if token is not None and credentials is None:
+        auth.check_download_token(controller.controller_key, digest=digest, token=token, now=controller.now())
+    else:
+        auth.authenticate(session, secret=credentials.credentials if credentials else None)
+    bundle = registry.get_bundle(session, digest=digest)
+    if bundle.digest != digest:
+        raise NotFoundError("download needs the full digest", where="digest")
+    return LargeFileResponse(controller.bundles.open_path(bundle.digest), media_type="application/x-tar",
+                             headers={"etag": f'"{bundle.digest}"',
+                                      "cache-control": "private, max-age=31536000, immutable"})
+
+
+api.add_api_route("/bundles/{digest}/download", download_bundle, methods=["HEAD"], include_in_schema=False,
+                  response_class=LargeFileResponse)

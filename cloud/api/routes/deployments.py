@@ -1,0 +1,65 @@
+"""Deployments: create (signed orders go out at once), list, show with per-device progress, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlmodel import Session
+
+from edgefleet.cloud.services import deployments
+from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.store.tables import Bundle, Deployment
+from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
+
+api = APIRouter(prefix="/api/v1")
+
+
+def deployment_out(session: Session, deployment: Deployment) -> DeploymentOut:
+    targets = deployments.targets_of(session, deployment_id=deployment.id)
+    return DeploymentOut.model_validate(deployment.model_dump() | {"progress": deployments.progress(targets)})
+
+
+def deployment_detail(session: Session, deployment: Deployment) -> DeploymentDetail:
+    targets = deployments.targets_of(session, deployment_id=deployment.id)
+    return DeploymentDetail.model_validate(deployment.model_dump() | {
+        "progress": deployments.progress(targets),
+        "bundle": BundleOut.model_validate(session.get(Bundle, deployment.bundle_id)),
+        "targets": [TargetOut.model_validate(t) for t in targets]})
+
+
+@api.post("/deployments", tags=["deployments"], status_code=201)
+def create_deployment(body: DeploymentCreate, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
+    """Deploy a bundle to ``device_ids``, a ``tag`` or ``all`` compatible devices. One signed order
+    per device is stored and published on its cmd topic right away (and retried by the reconciler)."""
+    with controller.session() as session:
+        deployment = deployments.create_deployment(
+            session, bundle_digest=body.bundle, issuer=controller.issuer, actor=who.actor, now=controller.now(),
+            timeout_s=body.timeout_s or controller.settings.deployment_timeout_s, device_ids=body.device_ids,
+            tag=body.tag, all_devices=body.all, note=body.note)
+        deployment_id = deployment.id
+    controller.publish_pending()
+    with controller.session() as session:
+        return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
+
+
+@api.get("/deployments", tags=["deployments"])
+def list_deployments(session: SessionDep, _: ViewerDep, status: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeploymentOut]:
+    return [deployment_out(session, d) for d in deployments.list_deployments(session, status=status, limit=limit)]
+
+
+@api.get("/deployments/{deployment_id}", tags=["deployments"])
+def show_deployment(deployment_id: str, session: SessionDep, _: ViewerDep) -> DeploymentDetail:
+    return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
+
+
+@api.post("/deployments/{deployment_id}/cancel", tags=["deployments"])
+def cancel_deployment(deployment_id: str, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
+    """Send signed cancel orders to devices not yet finished and mark them cancelled."""
+    with controller.session() as session:
+        deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,
+                                      actor=who.actor, now=controller.now())
+    controller.publish_pending()
+    with controller.session() as session:
+        return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))

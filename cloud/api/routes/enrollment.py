@@ -1,0 +1,50 @@
+"""Enrollment: one-time tokens (operators), the device's token exchange, the broker password export."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from edgefleet.cloud.api.schemas import (EnrollmentTokenCreate, EnrollmentTokenCreated, EnrollmentTokenOut,
+                                         EnrollRequest, EnrollResponse)
+from edgefleet.cloud.deps import AdminDep, ControllerDep, OperatorDep, SessionDep
+from edgefleet.cloud.services import devices, trust
+from edgefleet.protocol.keys import public_key_pem
+
+api = APIRouter(prefix="/api/v1")
+
+
+@api.post("/enrollment-tokens", tags=["devices"], status_code=201)
+def create_enrollment_token(body: EnrollmentTokenCreate, controller: ControllerDep, session: SessionDep,
+                            who: OperatorDep) -> EnrollmentTokenCreated:
+    """A one-time token a device exchanges at ``POST /api/v1/enroll`` for its credentials."""
+    row, secret = devices.create_enrollment_token(session, actor=who.actor, now=controller.now(),
+                                                  lifetime_s=body.ttl_s, device_id=body.device_id, tags=body.tags)
+    return EnrollmentTokenCreated.model_validate(row.model_dump() | {"token": secret})
+
+
+@api.get("/enrollment-tokens", tags=["devices"])
+def list_enrollment_tokens(session: SessionDep, _: OperatorDep,
+                           include_used: bool = False) -> list[EnrollmentTokenOut]:
+    return [EnrollmentTokenOut.model_validate(t)
+            for t in devices.list_enrollment_tokens(session, include_used=include_used)]
+
+
+@api.post("/enroll", tags=["devices"], status_code=201)
+def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) -> EnrollResponse:
+    """Device side: exchange a one-time enrollment token (in the body, no API token needed) for the
+    device's MQTT credentials, API token and the public keys it must trust."""
+    result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now())
+    release = [public_key_pem(k).decode() for k in
+               trust.release_keys(session, configured=controller.configured_release_keys)]
+    return EnrollResponse(device_id=result.device.id, mqtt_username=result.mqtt_username,
+                          mqtt_password=result.mqtt_password, api_token=result.api_token,
+                          broker_url=controller.device_broker_url, topic_prefix=controller.settings.topic_prefix,
+                          controller_url=controller.settings.resolved_public_url,
+                          controller_public_key_pem=controller.controller_public_pem,
+                          release_public_keys_pem=release)
+
+
+@api.get("/broker/passwd", tags=["devices"], response_class=Response)
+def broker_password_file(session: SessionDep, _: AdminDep) -> Response:
+    """A Mosquitto ``password_file`` for every enrolled device (PBKDF2 hashes, no plaintext)."""
+    return Response(devices.mosquitto_passwd(session), media_type="text/plain")

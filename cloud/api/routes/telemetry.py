@@ -1,0 +1,30 @@
+"""Telemetry windows and aggregates (latency percentiles from merged histograms, drift)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from edgefleet.cloud.services import telemetry
+from edgefleet.cloud.deps import SessionDep, ViewerDep
+from edgefleet.cloud.api.schemas import WindowOut
+
+api = APIRouter(prefix="/api/v1")
+
+
+@api.get("/telemetry/windows", tags=["telemetry"])
+def list_windows(session: SessionDep, _: ViewerDep, device_id: str | None = None, bundle: str | None = None,
+                 since: float | None = None, limit: Annotated[int, Query(ge=1, le=5000)] = 100) -> list[WindowOut]:
+    return [WindowOut.model_validate(w) for w in telemetry.list_windows(session, device_id=device_id,
+                                                                        bundle_digest=bundle, since=since,
+                                                                        limit=limit)]
+
+
+@api.get("/telemetry/summary", tags=["telemetry"])
+def summary(session: SessionDep, _: ViewerDep,
+            group_by: Annotated[str, Query(pattern="^(device|bundle|model_version|tag)$")] = "bundle",
+            key: str | None = None, since: float | None = None) -> dict[str, dict]:
+    """Aggregates keyed by device id, bundle digest, ``model@version`` or tag (``key`` picks one):
+    windows, requests, errors, latency p50/p95, drift (mean/max PSI, levels), predictions."""
+    return telemetry.aggregate(session, group_by=group_by, key=key, since=since)

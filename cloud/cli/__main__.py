@@ -1,0 +1,5 @@
+import sys
+
+from edgefleet.cloud.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""The ``edgefleet`` app: every command group registered on one typer app, and the one error
+policy of the CLI (:func:`run`).
+
+Local commands (keys, bundle build/sign/verify/inspect, compress, demo, serve) need no
+controller. Fleet commands talk to the controller's REST API; its URL and token come from
+``--url``/``--token``, the environment (``EDGEFLEET_URL``, ``EDGEFLEET_TOKEN``) or the file
+named by ``EDGEFLEET_CLI_CONFIG`` (default ``~/.config/edgefleet/cli.toml``).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+from edgefleet.cloud.cli import bundles, compress, deployments, devices, keys, models, serve, telemetry
+from edgefleet.cloud.cli.output import err_console
+from edgefleet.protocol.errors import AccuracyGateError, ConfigError, EdgeFleetError
+
+app = typer.Typer(name="edgefleet", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="EdgeFleet: compress, sign and roll out ML models to edge devices.")
+
+for group in (keys, bundles, compress, models, devices, deployments, telemetry, serve):
+    group.register(app)
+
+
+def package_version() -> str:
+    try:
+        return version("edgefleet")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgefleet {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version_: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                        help="print the version and exit")) -> None:
+    """EdgeFleet: compress, sign and roll out ML models to edge devices."""
+
+
+EXIT_USAGE = 2
+"""Wrong command line or configuration: fix the call."""
+EXIT_FAILED = 1
+"""The command ran and failed (controller refused, transport, verification)."""
+EXIT_GATE = 3
+"""A compressed model was refused by its accuracy gate."""
+EXIT_INTERRUPTED = 130
+
+
+def exit_code(exc: EdgeFleetError) -> int:
+    if isinstance(exc, AccuracyGateError):
+        return EXIT_GATE
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr and a non-zero exit code, never a
+    traceback: usage errors exit 2 with the usage line, our errors as :func:`exit_code` says."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = app(args=argv, prog_name="edgefleet", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted", highlight=False)
+        return EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # usage errors: unknown command, missing argument, bad value
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"Error: {exc.format_message()}", highlight=False, markup=False)
+        return exc.exit_code
+    except EdgeFleetError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return exit_code(exc)
+    except OSError as exc:
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        err_console.print(f"error: {exc.strerror or exc}{where}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_FAILED
+    return rc if isinstance(rc, int) else 0

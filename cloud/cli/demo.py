@@ -1,0 +1,355 @@
+"""``edgefleet demo``: the whole loop on one machine, with real parts and nothing to set up.
+
+1. keys: a release key (signs bundles); the controller makes its own order-signing key
+2. the controller (SQLite in a fresh data dir, embedded MQTT broker) in a background thread
+3. a classifier trained on scikit-learn's bundled handwritten digits (nothing downloaded)
+4. compressed for ONNX Runtime (static int8) and exported + quantized for LiteRT, each gated
+5. signed bundles built from the compressed models and uploaded
+6. real ``edgefleet-agent`` processes enrolled with one-time tokens, half ONNX, half LiteRT
+7. one deployment per runtime tag (one signed order per device); every device ends committed
+8. held-out digits sent to every device; on some, the inputs are shifted (a washed-out camera)
+9. the devices' own drift scores come back through MQTT: drift where inputs shifted, not elsewhere
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from edgefleet.cloud.cli.deployments import follow_deployment
+from edgefleet.cloud.cli.output import print_table
+from edgefleet.cloud.cli.client import ControllerClient
+from edgefleet.cloud.ports import free_port, port_is_free
+from edgefleet.cloud.server import BackgroundServer
+from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.compression import CompressionConfig, GateConfig, Mode, compress
+from edgefleet.compression.samples import load_digits_split, train_mlp
+from edgefleet.protocol import keys as keylib
+from edgefleet.protocol.bundle import build_bundle, parse_recipe
+from edgefleet.protocol.errors import EdgeFleetError, TransportError
+from edgefleet.protocol.files import atomic_write
+from edgefleet.protocol.manifest import Lineage
+
+console = Console()
+
+LABELS = [str(i) for i in range(10)]
+TELEMETRY_INTERVAL_S = 2.0
+SAMPLES_PER_DEVICE = 600
+BATCH = 10
+TRAFFIC_SECONDS = 3 * TELEMETRY_INTERVAL_S
+"""Traffic is spread over a few telemetry windows, so the summary shows several per device."""
+
+
+def shift_inputs(x: np.ndarray) -> np.ndarray:
+    """A washed-out camera: contrast halved, brightness up."""
+    return np.clip(0.5 * x + 0.45, 0.0, 1.0).astype(np.float32)
+
+
+def recipe(runtime: str, version: str, build: int) -> dict[str, Any]:
+    """The same recipe as firmware-bundles/digits-mlp.toml, per runtime."""
+    return {"bundle": {"name": f"digits-mlp-{runtime}", "version": version, "build": build, "runtime": runtime,
+                       "description": "8x8 handwritten digit classifier (scikit-learn digits)", "labels": LABELS},
+            "target": {"min_agent_version": "0.1.0"},
+            "preprocessing": {"input": "8x8 grey image, row-major, scaled to [0, 1] (pixel / 16)"},
+            "smoke_test": {"vectors": 4, "atol": 1e-3, "rtol": 1e-2},
+            "profile": {"bins": 10},
+            "drift": {"psi_warn": 0.1, "psi_alarm": 0.25, "min_samples": 100}}
+
+
+@dataclass
+class DemoDevice:
+    device_id: str
+    runtime: str
+    shifted: bool
+    state_dir: Path
+    process: subprocess.Popen | None = None
+    correct: int = 0
+    answered: int = 0
+    versions: set[str] = field(default_factory=set)
+
+
+class Demo:
+    def __init__(self, *, devices: int, data_dir: Path, port: int = 0, broker_url: str | None = None) -> None:
+        self.base = data_dir
+        self.broker_url = broker_url
+        self.n_devices = devices
+        self.port = port if port and port_is_free(port) else free_port()
+        self.wanted_port = port
+        self.server: BackgroundServer | None = None
+        self.client: ControllerClient | None = None
+        self.devices: list[DemoDevice] = []
+        self.logs: list[Any] = []
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------------------------- steps
+
+    def step(self, text: str) -> None:
+        console.print(f"[dim]{time.monotonic() - self.started:5.1f}s[/] [bold cyan]▸[/] {text}", highlight=False)
+
+    def start_controller(self) -> None:
+        key = keylib.generate_private_key()
+        self.release_key = key
+        keylib.save_private_key(key, self.base / "keys" / "release.key")
+        pub = keylib.save_public_key(key.public_key(), self.base / "keys" / "release.pub")
+        self.admin_token = "efa_demo_" + secrets.token_urlsafe(18)
+        settings = ControllerSettings(data_dir=self.base / "controller", listen_port=self.port,
+                                      broker_url=self.broker_url,
+                                      release_key_paths=[pub], admin_token=self.admin_token,
+                                      heartbeat_timeout_s=30.0, reconcile_interval_s=1.0,
+                                      deployment_timeout_s=120.0)
+        self.server = BackgroundServer(settings).start()
+        self.client = ControllerClient(self.server.url, self.admin_token)
+        info = self.client.get("/api/v1/info")
+        taken = f"; port {self.wanted_port} was taken" if self.wanted_port and self.port != self.wanted_port else ""
+        self.step(f"controller up at {self.server.url} (SQLite in {settings.data_dir}, "
+                  f"broker {info.get('broker_url') or 'embedded'}{taken})")
+
+    def train_and_compress(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        t = time.monotonic()
+        self.data = data = load_digits_split()
+        fp32 = train_mlp(data)
+        self.fp32_digest = hashlib.sha256(fp32).hexdigest()
+        self.step(f"trained an MLP on {len(data.x_train)} digits ({len(fp32) / 1024:.0f} KiB fp32 ONNX) "
+                  f"in {time.monotonic() - t:.1f}s")
+        out = {}
+        gate = GateConfig(max_accuracy_drop=1.0)
+        for runtime, mode in (("onnx", Mode.STATIC_INT8), ("tflite", Mode.DYNAMIC_INT8)):
+            t = time.monotonic()
+            result = compress(fp32, runtime, CompressionConfig(mode=mode, gate=gate, latency_runs=20),
+                              calibration=data.x_train[:256], eval_x=data.x_test, eval_y=data.y_test)
+            report = result.report.manifest_dict()
+            out[runtime] = (result.model, report)
+            self.step(f"{runtime}: {mode.value} {_size_line(report)} in {time.monotonic() - t:.1f}s")
+        return out
+
+    def build_and_push(self, models: dict[str, tuple[bytes, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+        pushed = {}
+        for runtime, (model, report) in models.items():
+            r = parse_recipe(recipe(runtime, "1.0.0", 1), where=f"demo recipe ({runtime})")
+            built = build_bundle(r, model, samples=self.data.x_train[:600], release_key=self.release_key,
+                                 compression_report=report,
+                                 lineage=Lineage(parent_digest=self.fp32_digest, source="demo: sklearn digits MLP"))
+            path = self.base / "bundles" / f"{r.bundle.name}-{r.bundle.version}.efb"
+            atomic_write(path, built.data)
+            pushed[runtime] = self.client.upload_bundle(path)
+            self.step(f"signed bundle {r.bundle.name} {r.bundle.version} ({len(built.data) / 1024:.0f} KiB, "
+                      f"sha256 {built.digest[:12]}) uploaded")
+        return pushed
+
+    def start_agents(self) -> None:
+        shifted_ids = {self.n_devices - 2, self.n_devices - 1}  # one ONNX, one LiteRT device
+        for i in range(self.n_devices):
+            runtime = "onnx" if i % 2 == 0 else "tflite"
+            dev = DemoDevice(device_id=f"edge-{i + 1:02d}", runtime=runtime, shifted=i in shifted_ids,
+                             state_dir=self.base / "devices" / f"edge-{i + 1:02d}")
+            token = self.client.post("/api/v1/enrollment-tokens",
+                                     {"device_id": dev.device_id, "tags": [runtime, "demo"]})["token"]
+            config = self.enroll(dev, token)
+            logfile = open(dev.state_dir / "agent.log", "ab")
+            self.logs.append(logfile)
+            dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config", str(config),
+                                            "--log-level", "INFO"], stdout=logfile, stderr=subprocess.STDOUT)
+            self.devices.append(dev)
+        def all_online() -> bool:
+            fleet = self.client.get("/api/v1/devices")
+            return len(fleet) == self.n_devices and all(d["online"] for d in fleet)
+
+        self.wait_for(all_online, what="every agent online", timeout_s=60)
+        self.step(f"{self.n_devices} agents enrolled and online "
+                  f"({sum(d.runtime == 'onnx' for d in self.devices)} ONNX Runtime, "
+                  f"{sum(d.runtime == 'tflite' for d in self.devices)} LiteRT)")
+
+    def enroll(self, dev: DemoDevice, token: str) -> Path:
+        """Run ``edgefleet-agent enroll`` as a device would (the controller never imports the agent)."""
+        settings = {"inference_listen": "127.0.0.1:0", "telemetry_interval_s": TELEMETRY_INTERVAL_S,
+                    "heartbeat_interval_s": 5.0, "health_check_inferences": 0, "hardware_class": "demo-pc"}
+        cmd = [sys.executable, "-m", "edgefleet.agent.daemon", "enroll", "--controller", self.server.url,
+               "--token", token, "--state-dir", str(dev.state_dir)]
+        for key, value in settings.items():
+            cmd += ["--set", f"{key}={value}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise TransportError(f"enrolling {dev.device_id} failed: {done.stderr.strip()}", where="demo")
+        return dev.state_dir / "agent.toml"
+
+    def deploy(self, pushed: dict[str, dict[str, Any]]) -> None:
+        for runtime, bundle in pushed.items():
+            dep = self.client.post("/api/v1/deployments", {"bundle": bundle["digest"], "tag": runtime,
+                                                          "note": f"demo rollout to the {runtime} devices"})
+            dep = follow_deployment(self.client, dep["id"], quiet=True, timeout_s=120)
+            outcomes = {t["device_id"]: t["outcome"] for t in dep["targets"]}
+            self.step(f"deployment {dep['id']} of {bundle['name']} → {dep['status']}: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+            if dep["status"] != "succeeded":
+                raise TransportError(f"deployment {dep['id']} ended {dep['status']}", where="demo",
+                                     hint=f"see the agent logs under {self.base / 'devices'}")
+
+    def drive_traffic(self) -> None:
+        x, y = self.data.x_test, self.data.y_test
+
+        def run(dev: DemoDevice, seed: int) -> None:
+            addr = (dev.state_dir / "inference.addr").read_text().strip()
+            order = np.random.default_rng(seed).permutation(len(x))
+            order = np.resize(order, SAMPLES_PER_DEVICE)
+            pause = TRAFFIC_SECONDS / (SAMPLES_PER_DEVICE / BATCH)
+            for start in range(0, len(order), BATCH):
+                time.sleep(pause)
+                idx = order[start:start + BATCH]
+                batch = shift_inputs(x[idx]) if dev.shifted else x[idx]
+                reply = _post(f"http://{addr}/v1/predict", {"inputs": {"input": batch.tolist()}})
+                probs = np.asarray(next(iter(reply["outputs"].values())))
+                dev.correct += int((probs.argmax(axis=1) == y[idx]).sum())
+                dev.answered += len(idx)
+                dev.versions.add(reply["bundle"]["version"])
+
+        threads = [threading.Thread(target=run, args=(d, i)) for i, d in enumerate(self.devices)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.step(f"sent {SAMPLES_PER_DEVICE} held-out digits to each device over its local HTTP endpoint; "
+                  f"inputs shifted on {', '.join(d.device_id for d in self.devices if d.shifted)}")
+
+    def collect(self) -> dict[str, dict[str, Any]]:
+        def arrived() -> bool:
+            summary = self.client.get("/api/v1/telemetry/summary", group_by="device")
+            return all(summary.get(d.device_id, {}).get("samples", 0) >= d.answered for d in self.devices)
+
+        self.wait_for(arrived, what="telemetry from every device", timeout_s=60)
+        return self.client.get("/api/v1/telemetry/summary", group_by="device")
+
+    def summarize(self, summary: dict[str, dict[str, Any]]) -> bool:
+        rows, ok = [], True
+        for d in self.devices:
+            s = summary[d.device_id]
+            levels = s["drift"]["levels"]
+            detected = bool(levels.get("alarm") or levels.get("warn"))
+            ok &= detected == d.shifted
+            rows.append((d.device_id, d.runtime, "shifted" if d.shifted else "clean", s["requests"],
+                         f"{100 * d.correct / max(d.answered, 1):.1f}%",
+                         _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p95"]),
+                         f"{s['drift']['psi_max']:.2f}" if s["drift"]["psi_max"] is not None else "-",
+                         _verdict(levels)))
+        console.print()
+        print_table("fleet after the rollout",
+                    ["device", "runtime", "inputs", "requests", "accuracy", "p50", "p95", "max PSI", "drift"], rows)
+        served = sorted({v for d in self.devices for v in d.versions})
+        console.print("drift: the device's worst verdict, and in how many of its telemetry windows it was given")
+        console.print(f"every prediction came back stamped with bundle version {', '.join(served)}")
+        verdict = "[green]drift detected exactly on the shifted devices[/]" if ok else \
+            "[red]drift detection did not match the shifted devices[/]"
+        console.print(verdict)
+        return ok
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def wait_for(self, cond, *, what: str, timeout_s: float, poll_s: float = 0.25) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            self._check_agents()
+            time.sleep(poll_s)
+        raise TransportError(f"timed out waiting for {what}", where="demo",
+                             hint=f"see the agent logs under {self.base / 'devices'}")
+
+    def _check_agents(self) -> None:
+        for d in self.devices:
+            if d.process is not None and d.process.poll() is not None:
+                raise TransportError(f"agent {d.device_id} exited with {d.process.returncode}", where="demo",
+                                     hint=f"see {d.state_dir / 'agent.log'}")
+
+    def stop(self) -> None:
+        for d in self.devices:
+            if d.process is not None and d.process.poll() is None:
+                d.process.send_signal(signal.SIGTERM)
+        for d in self.devices:
+            if d.process is not None:
+                try:
+                    d.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    d.process.kill()
+                    d.process.wait()
+        for f in self.logs:
+            f.close()
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} ms"
+
+
+def _verdict(levels: dict[str, int]) -> str:
+    """The worst drift verdict over the windows that had enough samples, e.g. ``alarm 3/3``."""
+    judged = sum(v for k, v in levels.items() if k != "insufficient")
+    worst = next((k for k in ("alarm", "warn", "ok") if levels.get(k)), None)
+    return f"{worst} {levels[worst]}/{judged}" if worst else "-"
+
+
+def _size_line(report: dict[str, Any]) -> str:
+    size, acc = report["size"], report.get("accuracy")
+    line = f"{size['original_bytes'] / 1024:.0f} → {size['compressed_bytes'] / 1024:.0f} KiB ({size['ratio']:.1f}× smaller)"
+    if acc:
+        line += f", accuracy {100 * acc['original']:.1f}% → {100 * acc['compressed']:.1f}%"
+    return line
+
+
+def run_demo(*, devices: int = 4, keep_running: bool = False, data_dir: str | None = None, port: int = 0,
+             broker_url: str | None = None) -> int:
+    started = time.monotonic()
+    base = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    base.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]EdgeFleet demo")
+    logging.getLogger("edgefleet").setLevel(logging.ERROR)  # the demo narrates; agent logs go to files
+    demo = Demo(devices=devices, data_dir=base, port=port, broker_url=broker_url)
+    try:
+        demo.start_controller()
+        models = demo.train_and_compress()
+        pushed = demo.build_and_push(models)
+        demo.start_agents()
+        demo.deploy(pushed)
+        demo.drive_traffic()
+        ok = demo.summarize(demo.collect())
+        console.print(f"demo finished in {time.monotonic() - started:.0f}s; state kept in {base}")
+        console.print(f"web UI: {demo.server.url}/  (sign in with the admin token {demo.admin_token})",
+                      highlight=False, soft_wrap=True)
+        if keep_running:
+            console.print("everything keeps running; press Ctrl-C to stop")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as cleanly on SIGTERM
+            try:
+                while True:
+                    demo._check_agents()
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        return 0 if ok else 1
+    except EdgeFleetError as exc:
+        console.print(f"[red]demo failed:[/] {exc}", highlight=False)
+        return 1
+    finally:
+        demo.stop()

@@ -1,0 +1,29 @@
+"""``edgefleet telemetry``: inference statistics and drift, aggregated."""
+
+from __future__ import annotations
+
+import typer
+
+from edgefleet.cloud.cli.client import client_from_env
+from edgefleet.cloud.cli.options import JSON, TOKEN, URL
+from edgefleet.cloud.cli.output import drift_levels, ms, num, print_json, print_table, short
+
+
+def register(app: typer.Typer) -> None:
+    app.command("telemetry")(telemetry)
+
+
+def telemetry(group_by: str = typer.Option("device", "--by", help="device, bundle, model_version or tag"),
+              key: str = typer.Option(None, help="only this device id / digest / model@version / tag"),
+              since: float = typer.Option(None, help="only windows after this Unix time"),
+              url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """Inference statistics and drift, aggregated per device, bundle, model version or tag."""
+    with client_from_env(url, token) as c:
+        data = c.get("/api/v1/telemetry/summary", group_by=group_by, key=key, since=since)
+    if json_out:
+        return print_json(data)
+    print_table(None, [group_by, "windows", "requests", "samples", "errors", "p50", "p95", "max PSI",
+                       "drift windows"],
+                [(short(k) if group_by == "bundle" else k, s["windows"], s["requests"], s["samples"], s["errors"],
+                  ms(s["latency_ms"]["p50"]), ms(s["latency_ms"]["p95"]), num(s["drift"].get("psi_max")),
+                  drift_levels(s)) for k, s in data.items()])

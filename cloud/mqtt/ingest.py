@@ -1,0 +1,280 @@
+"""Turning raw device messages into stored state, fast and idempotently.
+
+The MQTT network thread only enqueues ``(topic, payload, received_at)``. A collector thread
+takes batches off that queue and decodes them (:mod:`decoding`: topic, size limit, schema,
+device id in topic == in payload) -- itself, overlapping the storer's SQLite work, or in
+``decode_workers`` processes. A storer thread then writes each batch, in order, in one
+transaction: telemetry and events as bulk inserts plus one bulk ``last_seen`` update,
+hello/state/status through the services, each message at most once (by ``msg_id``).
+A rejected message is logged and counted, never stored; a storage error is logged and the
+batch retried message by message. Nothing here ever raises into the MQTT thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, col, select
+
+from edgefleet.cloud.services import deployments, devices
+from edgefleet.cloud.store.engine import session_scope
+from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
+from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
+from edgefleet.protocol.messages import Hello, State, StatusReport
+
+log = logging.getLogger(__name__)
+
+_CONTROL_KINDS = ("hello", "state", "status")
+_REMEMBERED_KINDS = ("hello", "status")
+"""Kinds whose ids go to ``processed_messages``. State messages (heartbeats, retained state, the
+last will) are not remembered: applying one twice is harmless and they come every heartbeat."""
+# Statements built once, with expanding IN parameters (building an IN of 1000 literals per batch costs).
+_KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=True)), Device.mqtt_password_hash != "")
+_PROCESSED = {kind: select(table.device_id, table.msg_id).where(col(table.msg_id).in_(bindparam("ids", expanding=True)))
+              for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent),
+                                  ("other", ProcessedMessage))}
+_SEEN = update(Device).where(Device.id == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
+
+
+@dataclass
+class BatchResult:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> None:
+    """Apply decoded messages in arrival order, each at most once; the caller commits.
+
+    Only devices that sent hello/state/status in this batch are loaded as objects; for the
+    others ``last_seen`` is one bulk update.
+    """
+    known = set(session.exec(_KNOWN, params={"ids": list({i.device_id for i in items})}))
+    accepted = []
+    for item in items:
+        if item.device_id in known:
+            accepted.append(item)
+        else:
+            result.reject("unknown_device")
+            log.warning("message from unknown or decommissioned device %s rejected", item.device_id)
+    control_ids = {i.device_id for i in accepted if i.kind in _CONTROL_KINDS}
+    loaded = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(control_ids)))} \
+        if control_ids else {}
+    seen = _already_processed(session, accepted)
+    telemetry_rows, event_rows = [], []
+    last_seen: dict[str, float] = {}
+    for item in accepted:
+        key = (item.device_id, item.msg_id)
+        if key in seen:
+            result.duplicates += 1
+            continue
+        seen.add(key)
+        device = loaded.get(item.device_id)
+        message = item.message
+        if item.kind == "telemetry":
+            telemetry_rows.append(item.row)
+        elif item.kind == "events":
+            event_rows.append(item.row)
+        else:
+            if item.kind in _REMEMBERED_KINDS:
+                session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
+                                             received_at=item.received_at))
+            if isinstance(message, Hello):
+                devices.apply_hello(device, message, now=item.received_at)
+                deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
+            elif isinstance(message, State):
+                devices.apply_state(device, message, now=item.received_at)
+            elif isinstance(message, StatusReport):
+                devices.mark_seen(device, now=item.received_at)
+                deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
+            session.add(device)
+        if device is None:
+            last_seen[item.device_id] = item.received_at
+        elif not (isinstance(message, State) and message.status == "offline"):
+            devices.mark_seen(device, now=item.received_at)
+        result.stored += 1
+    if telemetry_rows:
+        session.connection().execute(insert(TelemetryRecord.__table__), telemetry_rows)
+    if event_rows:
+        session.connection().execute(insert(DeviceEvent.__table__), event_rows)
+    if last_seen:
+        session.connection().execute(_SEEN, [{"device": d, "seen": t} for d, t in last_seen.items()])
+
+
+def _already_processed(session: Session, items: list[Decoded]) -> set[tuple[str, str]]:
+    """``(device_id, msg_id)`` pairs of these items that were stored before."""
+    ids: dict[str, list[str]] = {"telemetry": [], "events": [], "other": []}
+    for item in items:
+        if item.kind in ("telemetry", "events"):
+            ids[item.kind].append(item.msg_id)
+        elif item.kind in _REMEMBERED_KINDS:
+            ids["other"].append(item.msg_id)
+    seen: set[tuple[str, str]] = set()
+    for kind, query in _PROCESSED.items():
+        if ids[kind]:
+            seen.update((device, msg_id) for device, msg_id in session.exec(query, params={"ids": ids[kind]}))
+    return seen
+
+
+class Ingestor:
+    """Raw queue -> collector thread (batches, decodes here or in processes) -> storer thread."""
+
+    def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
+                 clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
+                 decode_workers: int = 0) -> None:
+        self.engine = engine
+        self.prefix = prefix
+        self.metrics = metrics
+        self.clock = clock
+        self.batch_max = batch_max
+        self.decode_workers = decode_workers
+        self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
+        self._decoded: queue.Queue[tuple[list[Raw], Future | list[Decoded | Rejected]] | None] = \
+            queue.Queue(maxsize=4)
+        self._pool: ProcessPoolExecutor | None = None
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        """Called on the MQTT network thread; blocks when the queue is full (back-pressure)."""
+        self._queue.put(Raw(topic, payload, self.clock()))
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        if self.decode_workers > 0:
+            self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        self._threads = [threading.Thread(target=self._collect, name="edgefleet-ingest-collect", daemon=True),
+                         threading.Thread(target=self._store_loop, name="edgefleet-ingest-store", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Store what was received, then stop."""
+        if not self._threads:
+            return
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def flush(self) -> None:
+        """Block until everything submitted so far is stored (tests, shutdown)."""
+        self._queue.join()
+
+    def process(self, raws: list[Raw]) -> BatchResult:
+        """Decode and store ``raws`` synchronously in the calling thread; never raises."""
+        return self._store(decode_many(raws, self.prefix))
+
+    def _collect(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.batch_max and batch[-1] is not None:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            raws = [r for r in batch if r is not None]
+            if raws:
+                self._decoded.put((raws, self._decode(raws)))
+            if stop:
+                self._queue.task_done()
+                self._decoded.put(None)
+                return
+
+    def _decode(self, raws: list[Raw]) -> Future | list[Decoded | Rejected]:
+        """Hand the batch to a decode process, or decode it here (overlapping the storer's SQLite
+        work, which releases the GIL)."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(decode_many, raws, self.prefix)
+            except BrokenProcessPool:
+                self._restart_pool()
+        return decode_many(raws, self.prefix)
+
+    def _restart_pool(self) -> None:
+        log.error("a decode worker process died; starting a new pool")
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _store_loop(self) -> None:
+        while True:
+            entry = self._decoded.get()
+            if entry is None:
+                return
+            raws, work = entry
+            try:
+                if isinstance(work, Future):
+                    try:
+                        work = work.result()
+                    except BrokenProcessPool:   # the worker died mid-batch: decode it here instead
+                        work = decode_many(raws, self.prefix)
+                self._store(work)
+            except Exception:  # a bug: count, log, carry on with the next batch
+                log.exception("ingest of a batch of %d messages failed", len(raws))
+                self.metrics.mqtt_rejected.labels("ingest_error").inc(len(raws))
+            finally:
+                for _ in raws:
+                    self._queue.task_done()
+                self.metrics.ingest_queue_depth.set(self._queue.qsize())
+
+    def _store(self, decoded: list[Decoded | Rejected]) -> BatchResult:
+        result = BatchResult()
+        items = []
+        for d in decoded:
+            if isinstance(d, Rejected):
+                result.reject(d.code)
+                log.warning("rejected MQTT message on %s (%d bytes): %s", d.topic, d.size, d.text)
+            else:
+                items.append(d)
+        started = time.perf_counter()
+        try:
+            with session_scope(self.engine) as session:
+                store_batch(session, items, result)
+        except SQLAlchemyError as exc:
+            log.warning("batch of %d messages failed (%s); storing one by one", len(items), exc.__class__.__name__)
+            result = BatchResult(rejected=result.rejected)
+            for item in items:
+                self._store_one(item, result)
+        self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
+        self._count(items, result)
+        return result
+
+    def _store_one(self, item: Decoded, result: BatchResult) -> None:
+        try:
+            with session_scope(self.engine) as session:
+                store_batch(session, [item], result)
+        except IntegrityError:
+            result.duplicates += 1
+        except SQLAlchemyError:
+            log.exception("could not store %s message %s from %s", item.kind, item.msg_id, item.device_id)
+            result.reject("store_error")
+
+    def _count(self, items: list[Decoded], result: BatchResult) -> None:
+        for reason, n in result.rejected.items():
+            self.metrics.mqtt_rejected.labels(reason).inc(n)
+        if result.duplicates:
+            self.metrics.mqtt_duplicates.labels("any").inc(result.duplicates)
+        kinds: dict[str, int] = {}
+        for item in items:
+            kinds[item.kind] = kinds.get(item.kind, 0) + 1
+        for kind, n in kinds.items():
+            self.metrics.mqtt_messages.labels(kind).inc(n)

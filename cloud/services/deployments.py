@@ -1,0 +1,338 @@
+"""Deployments: a bundle to one device, a list, a tag or every compatible device.
+
+Creating a deployment signs one order per device and stores it on the device's target row
+(``published_at`` empty); :func:`publish_pending` sends stored orders and is called right after
+the request and by the reconciler, so an order survives a controller restart or a broker outage.
+Status reports move each target to a final outcome; :func:`expire_silent_targets` fails targets
+whose device stays silent past the deployment's timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from edgefleet.cloud.services import audit, devices
+from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, Device
+from edgefleet.cloud.services.orders import OrderIssuer
+from edgefleet.cloud.services.registry import get_bundle
+from edgefleet.protocol.errors import ConflictError, MessageError, NotFoundError, ReplayError, TargetMismatchError
+from edgefleet.protocol.manifest import BundleManifest, check_target
+from edgefleet.protocol.messages import OrderMessage, StatusReport, encode
+from edgefleet.protocol.topics import cmd
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], bool]
+"""Hands ``payload`` to the broker for ``topic`` (QoS 1); False when not connected."""
+
+HISTORY_MAX = 50
+CANCELLED_BY_OPERATOR = "cancelled_by_operator"
+
+
+def _history(target: DeploymentTarget, now: float, **entry) -> None:
+    target.history = (list(target.history) + [{"at": now, **entry}])[-HISTORY_MAX:]
+
+
+def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str | None,
+                    all_devices: bool) -> tuple[list[Device], dict]:
+    chosen = [bool(device_ids), bool(tag), bool(all_devices)]
+    if sum(chosen) != 1:
+        raise MessageError("give exactly one of device_ids, tag or all", where="target")
+    if device_ids:
+        missing = [d for d in device_ids if session.get(Device, d) is None]
+        if missing:
+            raise NotFoundError(f"unknown devices: {', '.join(missing)}", where="device_ids")
+        return [session.get(Device, d) for d in dict.fromkeys(device_ids)], {"device_ids": list(device_ids)}
+    if tag:
+        return devices.list_devices(session, tag=tag), {"tag": tag}
+    return devices.list_devices(session), {"all": True}
+
+
+def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssuer, actor: str, now: float,
+                      timeout_s: float, device_ids: list[str] | None = None, tag: str | None = None,
+                      all_devices: bool = False, note: str = "") -> Deployment:
+    """Target the devices, check each one can run the bundle, and sign one order per device.
+
+    Devices named explicitly must all be compatible (else :class:`TargetMismatchError`);
+    devices matched by a tag or ``all`` are skipped when incompatible or already running the
+    bundle (listed in ``skipped``).
+    A device's open target in an older deployment is superseded.
+    """
+    bundle = get_bundle(session, digest=bundle_digest)
+    manifest = BundleManifest.model_validate(bundle.manifest)
+    candidates, selector = _select_devices(session, device_ids=device_ids, tag=tag, all_devices=all_devices)
+    chosen: list[Device] = []
+    skipped: list[dict] = []
+    for device in candidates:
+        reason = _incompatibility(manifest, device)
+        if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
+            reason = "already runs this bundle"
+        if reason is None:
+            chosen.append(device)
+        elif device_ids:
+            raise TargetMismatchError(f"device {device.id}: {reason}", where="device_ids")
+        else:
+            skipped.append({"device_id": device.id, "reason": reason})
+    if not chosen:
+        raise ConflictError("no compatible device matches the target", where="target",
+                            hint=f"skipped: {skipped[:5]}{' ...' if len(skipped) > 5 else ''}" if skipped
+                            else "enroll devices or change the selector")
+    deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", bundle_id=bundle.id, bundle_digest=bundle.digest,
+                            selector=selector, skipped=skipped, note=note, created_at=now, created_by=actor,
+                            timeout_s=timeout_s)
+    session.add(deployment)
+    session.flush()
+    for device in chosen:
+        _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
+        message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=bundle,
+                               action="install", now=now)
+        target = DeploymentTarget(deployment_id=deployment.id, device_id=device.id,
+                                  sequence=message.order.signed.sequence, order=message.model_dump(mode="json"),
+                                  created_at=now, updated_at=now)
+        _history(target, now, state="pending", sequence=target.sequence)
+        session.add(target)
+    audit.record(session, actor=actor, action="deployment.create", target=f"deployment:{deployment.id}",
+                 details={"bundle": bundle.digest, "selector": selector, "devices": [d.id for d in chosen],
+                          "skipped": skipped}, now=now)
+    log.info("deployment %s: bundle %s %s to %d device(s), %d skipped", deployment.id, bundle.name,
+             bundle.version, len(chosen), len(skipped))
+    return deployment
+
+
+def _incompatibility(manifest: BundleManifest, device: Device) -> str | None:
+    if not device.mqtt_password_hash:
+        return "device is decommissioned"
+    facts = devices.facts(device)
+    if facts is None:
+        return "device has not said hello yet (facts unknown)"
+    try:
+        check_target(manifest, facts)
+    except TargetMismatchError as exc:
+        return exc.message
+    return None
+
+
+def _supersede_open_targets(session: Session, *, device_id: str, by: str, now: float) -> None:
+    for target in session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id,
+                                                              DeploymentTarget.final == False)):  # noqa: E712
+        _finish(target, now, outcome="cancelled", reason="superseded", detail=f"superseded by {by}")
+        session.add(target)
+        session.flush()
+        _rollup(session, deployment_id=target.deployment_id, now=now)
+
+
+def _finish(target: DeploymentTarget, now: float, *, outcome: str, reason: str | None,
+            detail: str | None = None) -> None:
+    target.final, target.outcome, target.reason, target.detail = True, outcome, reason, detail
+    target.updated_at = now
+    _history(target, now, state=target.state, outcome=outcome, reason=reason)
+    log.info("deployment %s device %s: %s (%s)", target.deployment_id, target.device_id, outcome, reason)
+
+
+def _rollup(session: Session, *, deployment_id: str, now: float) -> None:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.finished_at is not None:
+        return
+    targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)))
+    if not all(t.final for t in targets):
+        return
+    committed = sum(t.outcome == "committed" for t in targets)
+    if deployment.status == "cancelled" or all(t.outcome == "cancelled" for t in targets):
+        deployment.status = "cancelled"
+    elif committed == len(targets):
+        deployment.status = "succeeded"
+    elif committed == 0:
+        deployment.status = "failed"
+    else:
+        deployment.status = "partial"
+    deployment.finished_at = now
+    session.add(deployment)
+    log.info("deployment %s finished: %s (%d/%d committed)", deployment_id, deployment.status, committed,
+             len(targets))
+
+
+def list_deployments(session: Session, *, status: str | None = None, bundle_id: int | None = None,
+                     limit: int = 100) -> list[Deployment]:
+    """Newest first; optionally only those with ``status`` or of one bundle."""
+    query = select(Deployment).order_by(col(Deployment.created_at).desc()).limit(limit)
+    if status:
+        query = query.where(Deployment.status == status)
+    if bundle_id is not None:
+        query = query.where(Deployment.bundle_id == bundle_id)
+    return list(session.exec(query))
+
+
+def deployments_by_id(session: Session, *, ids: set[str]) -> dict[str, Deployment]:
+    if not ids:
+        return {}
+    return {d.id: d for d in session.exec(select(Deployment).where(col(Deployment.id).in_(ids)))}
+
+
+def targets_by_deployment(session: Session, *, deployment_ids: list[str]) -> dict[str, list[DeploymentTarget]]:
+    """The targets of each deployment (every id gets a list, maybe empty)."""
+    found: dict[str, list[DeploymentTarget]] = {i: [] for i in deployment_ids}
+    if deployment_ids:
+        for t in session.exec(select(DeploymentTarget)
+                              .where(col(DeploymentTarget.deployment_id).in_(deployment_ids))):
+            found[t.deployment_id].append(t)
+    return found
+
+
+def get_deployment(session: Session, *, deployment_id: str) -> Deployment:
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None:
+        raise NotFoundError(f"no deployment {deployment_id!r}", where="deployment_id")
+    return deployment
+
+
+def targets_of(session: Session, *, deployment_id: str) -> list[DeploymentTarget]:
+    return list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)
+                             .order_by(DeploymentTarget.device_id)))
+
+
+def targets_for_device(session: Session, *, device_id: str, limit: int = 20) -> list[DeploymentTarget]:
+    return list(session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id)
+                             .order_by(col(DeploymentTarget.created_at).desc()).limit(limit)))
+
+
+def progress(targets: list[DeploymentTarget]) -> dict[str, int]:
+    """Counts per display state: pending/sent/in-progress states, then final outcomes."""
+    counts: dict[str, int] = {}
+    for t in targets:
+        key = t.outcome if t.final else t.state
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def cancel_deployment(session: Session, *, deployment_id: str, issuer: OrderIssuer, actor: str,
+                      now: float) -> Deployment:
+    """Send a signed cancel order to every device not yet final and mark those targets cancelled."""
+    deployment = get_deployment(session, deployment_id=deployment_id)
+    if deployment.finished_at is not None:
+        raise ConflictError(f"deployment {deployment_id} already finished ({deployment.status})",
+                            where="deployment_id")
+    bundle = session.get(Bundle, deployment.bundle_id)
+    cancelled = []
+    for target in targets_of(session, deployment_id=deployment_id):
+        if target.final:
+            continue
+        device = session.get(Device, target.device_id)
+        message = issuer.issue(session, device=device, deployment_id=deployment_id, bundle=bundle,
+                               action="cancel", now=now)
+        target.sequence = message.order.signed.sequence
+        target.order = message.model_dump(mode="json")
+        target.published_at = None
+        _finish(target, now, outcome="cancelled", reason=CANCELLED_BY_OPERATOR)
+        session.add(target)
+        cancelled.append(target.device_id)
+    deployment.status = "cancelled"
+    session.add(deployment)
+    session.flush()
+    _rollup(session, deployment_id=deployment_id, now=now)
+    audit.record(session, actor=actor, action="deployment.cancel", target=f"deployment:{deployment_id}",
+                 details={"devices": cancelled}, now=now)
+    return deployment
+
+
+def apply_status(session: Session, *, device_id: str, report: StatusReport, now: float) -> DeploymentTarget | None:
+    """Move the device's target in ``report.deployment_id`` along; stale reports only land in history."""
+    target = session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == report.deployment_id,
+                                                         DeploymentTarget.device_id == device_id)).first()
+    if target is None:
+        log.warning("status from %s for unknown deployment %s ignored", device_id, report.deployment_id)
+        return None
+    entry = {"state": report.state, "sequence": report.sequence, "final": report.final,
+             "outcome": report.outcome, "reason": report.reason}
+    if target.final or (report.sequence and report.sequence < target.sequence):
+        _history(target, now, ignored=True, **entry)
+        session.add(target)
+        return target
+    if report.outcome == "refused" and report.reason == ReplayError.code:
+        # A redelivered copy of an order the device already accepted (QoS 1 duplicate, re-publish
+        # after a crash): the device is working on it, progress reports follow. If it really
+        # never runs it, the deployment timeout ends the target.
+        log.warning("deployment %s device %s: duplicate order refused as replay; ignored", target.deployment_id,
+                    device_id)
+        _history(target, now, ignored=True, **entry)
+        session.add(target)
+        return target
+    target.state = report.state
+    target.bytes_done, target.bytes_total = report.bytes_done, report.bytes_total
+    target.updated_at = now
+    if report.final:
+        outcome = report.outcome or ("committed" if report.state == "committed" else "failed")
+        _finish(target, now, outcome=outcome, reason=report.reason, detail=report.detail)
+    else:
+        _history(target, now, **entry)
+        log.info("deployment %s device %s: %s", target.deployment_id, device_id, report.state)
+    session.add(target)
+    session.flush()
+    _rollup(session, deployment_id=target.deployment_id, now=now)
+    return target
+
+
+def resend_unacknowledged(session: Session, *, device_id: str, now: float) -> int:
+    """A device (re)connected: queue again every order it has not acknowledged yet (it may have
+    been offline when the order was published). A copy it already has is refused as a replay,
+    which :func:`apply_status` ignores."""
+    targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id,
+                                                               DeploymentTarget.final == False,  # noqa: E712
+                                                               DeploymentTarget.state == "sent")))
+    for target in targets:
+        target.published_at = None
+        _history(target, now, state="sent", note="device reconnected; order queued again")
+        session.add(target)
+    return len(targets)
+
+
+def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, str]]:
+    """Fail every open target whose device has been silent longer than its deployment's timeout."""
+    expired = []
+    rows = session.exec(select(DeploymentTarget, Deployment)
+                        .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+                        .where(DeploymentTarget.final == False,  # noqa: E712
+                               DeploymentTarget.updated_at + Deployment.timeout_s < now))
+    for target, deployment in rows:
+        _finish(target, now, outcome="failed", reason="deployment_timeout",
+                detail=f"no report for {now - target.updated_at:.0f} s (state {target.state})")
+        session.add(target)
+        expired.append((deployment.id, target.device_id))
+    session.flush()
+    for deployment_id in {d for d, _ in expired}:
+        _rollup(session, deployment_id=deployment_id, now=now)
+    return expired
+
+
+def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: OrderIssuer,
+                    now: float) -> int:
+    """Publish every stored order not yet handed to the broker (install orders of open targets,
+    cancel orders); re-sign orders that expired unsent."""
+    sent = 0
+    pending = list(session.exec(
+        select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None),
+                                       or_(DeploymentTarget.final == False,  # noqa: E712
+                                           DeploymentTarget.reason == CANCELLED_BY_OPERATOR))
+        .order_by(DeploymentTarget.id)))
+    for target in pending:
+        message = OrderMessage.model_validate(target.order)
+        if message.order.signed.expires_at <= now + 60:
+            device = session.get(Device, target.device_id)
+            bundle = session.get(Bundle, session.get(Deployment, target.deployment_id).bundle_id)
+            message = issuer.issue(session, device=device, deployment_id=target.deployment_id, bundle=bundle,
+                                   action=message.order.signed.action, now=now)
+            target.sequence = message.order.signed.sequence
+            target.order = message.model_dump(mode="json")
+        if not publish(cmd(target.device_id, prefix), encode(message)):
+            break
+        target.published_at = now
+        if target.state == "pending":
+            target.state = "sent"
+            _history(target, now, state="sent", sequence=target.sequence)
+        session.add(target)
+        sent += 1
+    return sent

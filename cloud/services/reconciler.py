@@ -1,0 +1,51 @@
+"""The controller's long-running logic as one idempotent pass over stored state.
+
+:func:`reconcile` may run any number of times, at any moment, in any process: it only moves
+state forward from what is stored (heartbeat timeouts, deployment timeouts, unsent orders,
+old message ids), so a restart loses nothing and a double run changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, func
+from sqlmodel import Session, select
+
+from edgefleet.cloud.services import deployments, devices
+from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.store.tables import Deployment, Device, ProcessedMessage
+from edgefleet.cloud.services.orders import OrderIssuer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    went_offline: list[str] = field(default_factory=list)
+    timed_out: list[tuple[str, str]] = field(default_factory=list)
+    orders_published: int = 0
+    pruned_ids: int = 0
+
+
+def reconcile(session: Session, *, now: float, heartbeat_timeout_s: float, processed_id_retention_s: float,
+              publish: deployments.Publish, issuer: OrderIssuer, prefix: str,
+              metrics: ControllerMetrics | None = None) -> ReconcileReport:
+    report = ReconcileReport()
+    report.went_offline = devices.expire_heartbeats(session, now=now, timeout_s=heartbeat_timeout_s)
+    report.timed_out = deployments.expire_silent_targets(session, now=now)
+    report.orders_published = deployments.publish_pending(session, publish=publish, prefix=prefix, issuer=issuer,
+                                                          now=now)
+    pruned = session.exec(delete(ProcessedMessage)
+                          .where(ProcessedMessage.received_at < now - processed_id_retention_s))
+    report.pruned_ids = pruned.rowcount or 0
+    if metrics is not None:
+        metrics.devices_online.set(session.exec(select(func.count()).select_from(Device)
+                                                .where(Device.online == True)).one())  # noqa: E712
+        metrics.deployments_active.set(session.exec(select(func.count()).select_from(Deployment)
+                                                    .where(Deployment.finished_at == None)).one())  # noqa: E711
+        metrics.orders_published.inc(report.orders_published)
+    return report

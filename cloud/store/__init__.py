@@ -1,0 +1,3 @@
+"""Storage: the tables (:mod:`tables`), the database engine and sessions (:mod:`engine`), the
+content-addressed blob store for bundles and model files (:mod:`blobs`). Imports nothing else of
+the controller."""

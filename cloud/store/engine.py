@@ -1,0 +1,70 @@
+"""Database engine and schema. SQLite (default, a file in the data dir) or any SQLAlchemy URL.
+
+The schema is created with ``create_all`` for now; Alembic migrations come once it settles
+(docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pydantic_core
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine
+
+from edgefleet.cloud.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+log = logging.getLogger(__name__)
+
+
+def _to_json(value: object) -> str:
+    return pydantic_core.to_json(value).decode("utf-8")
+
+
+def make_engine(url: str) -> Engine:
+    """JSON columns are serialized by pydantic-core (Rust): the ingest path writes several per row."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               json_serializer=_to_json)
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, json_serializer=_to_json)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_schema(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine)
+    log.info("database schema ready on %s", engine.url.render_as_string(hide_password=True))
+
+
+def ping(session: Session) -> None:
+    """Raise if the database does not answer (readiness checks)."""
+    session.exec(text("SELECT 1"))
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,64 @@
+"""Jinja filters of the UI: relative and absolute times, sizes, numbers, digests, state colours."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from edgefleet.cloud.ui import charts
+
+STATE_CSS = {
+    "pending": "st-wait", "sent": "st-wait", "idle": "st-idle",
+    "downloading": "st-run", "verifying": "st-run", "staged": "st-run", "activating": "st-run",
+    "health_check": "st-run", "committed": "st-ok", "succeeded": "st-ok", "active": "st-run",
+    "failed": "st-bad", "rolled_back": "st-warn", "refused": "st-bad", "cancelled": "st-idle", "partial": "st-warn",
+    "ok": "st-ok", "warn": "st-warn", "alarm": "st-bad", "insufficient": "st-idle",
+    "online": "st-ok", "offline": "st-idle",
+}
+"""Colour class of every state / outcome / level (defined in static/ui.css)."""
+STATE_ORDER = ["committed", "succeeded", "health_check", "activating", "staged", "verifying", "downloading",
+               "sent", "pending", "idle", "rolled_back", "cancelled", "refused", "failed"]
+"""Order of states in charts: done first, then in progress, then waiting, then the bad exits."""
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not isinstance(ts, int | float):
+        return "never"
+    delta = (now if now is not None else time.time()) - ts
+    if delta < 0:
+        return "just now" if delta > -5 else "in the future"
+    for limit, unit, size in ((60, "s", 1), (3600, "min", 60), (86400, "h", 3600), (math.inf, "d", 86400)):
+        if delta < limit:
+            return "just now" if unit == "s" and delta < 5 else f"{int(delta // size)} {unit} ago"
+    return ""
+
+
+def datetime_utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if isinstance(ts, int | float) else "—"
+
+
+def byte_size(n: int | None) -> str:
+    if not isinstance(n, int | float):
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def number(v: float | None, digits: int = 3) -> str:
+    return "—" if not isinstance(v, int | float) else charts.format_number(v) if abs(v) >= 1 else f"{v:.{digits}f}"
+
+
+def short(digest: str | None) -> str:
+    return (digest or "")[:12]
+
+
+def state_css(state: str | None) -> str:
+    return STATE_CSS.get(state or "", "st-idle")
+
+
+FILTERS = {"ago": ago, "datetime": datetime_utc, "bytes": byte_size, "num": number, "short": short,
+           "state_css": state_css}

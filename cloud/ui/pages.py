@@ -1,0 +1,319 @@
+"""The UI's pages: server-rendered (Jinja2, autoescaped) with inline SVG charts (:mod:`charts`),
+one small stylesheet and one small script served from this package. Nothing is loaded from
+another origin, so the UI works in a closed network. Pages read through the services, like the
+REST API; they never query the database themselves."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from edgefleet.cloud.deps import ControllerDep, SessionDep
+from edgefleet.cloud.services import deployments, devices, registry, telemetry
+from edgefleet.cloud.store.tables import Bundle, Deployment
+from edgefleet.cloud.ui import charts
+from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
+from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
+from edgefleet.cloud.ui.session import same_origin, signed_in, to_login
+from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png",
+                ".ico": "image/x-icon"}
+STATS_WINDOW_S = 24 * 3600.0
+"""Bundle pages summarise the telemetry of the last day."""
+DEFAULT_THRESHOLDS = {"psi_warn": 0.1, "psi_alarm": 0.25}
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/ui/static/{name}")
+def static(name: str) -> Response:
+    path = HERE / "static" / name
+    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+        return Response("not found", status_code=404, media_type="text/plain")
+    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
+
+
+# --------------------------------------------------------------------------- read helpers
+
+def _state_slices(counts: dict[str, int]) -> list[charts.Slice]:
+    keys = sorted(counts, key=lambda k: STATE_ORDER.index(k) if k in STATE_ORDER else len(STATE_ORDER))
+    return [charts.Slice(k.replace("_", " "), counts[k], STATE_CSS.get(k, "st-idle")) for k in keys]
+
+
+def _deployment_rows(session: SessionDep, items: list[Deployment]) -> list[dict[str, Any]]:
+    targets = deployments.targets_by_deployment(session, deployment_ids=[d.id for d in items])
+    bundles = registry.bundles_by_id(session, ids={d.bundle_id for d in items})
+    rows = []
+    for d in items:
+        counts = deployments.progress(targets[d.id])
+        total = len(targets[d.id])
+        done = sum(t.final for t in targets[d.id])
+        rows.append({"deployment": d, "bundle": bundles.get(d.bundle_id), "counts": counts, "total": total,
+                     "done": done, "selector": _selector_text(d.selector),
+                     "bar": charts.stacked_bar(_state_slices(counts), kind="progress",
+                                               title=f"{done} of {total} devices finished")})
+    return rows
+
+
+def _selector_text(selector: dict) -> str:
+    if selector.get("all"):
+        return "all compatible devices"
+    if selector.get("tag"):
+        return f"tag {selector['tag']}"
+    ids = selector.get("device_ids") or []
+    return ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+
+
+def _thresholds(bundle: Bundle | None) -> dict[str, float]:
+    profile = (bundle.manifest or {}).get("reference_profile") if bundle else None
+    found = dict(DEFAULT_THRESHOLDS)
+    if profile and isinstance(profile.get("thresholds"), dict):
+        for k in found:
+            v = profile["thresholds"].get(k)
+            if isinstance(v, int | float):
+                found[k] = float(v)
+    return found
+
+
+# --------------------------------------------------------------------------- pages
+
+@router.get("/", response_class=HTMLResponse)
+def overview(request: Request, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    now = controller.now()
+    fleet = devices.list_devices(session)
+    online = sum(d.online for d in fleet)
+    latest = telemetry.latest_drift_verdicts(session)
+    drift_counts: dict[str, int] = {}
+    alarms = []
+    for d in fleet:
+        w = latest.get(d.id)
+        level = w.drift_level if w else None
+        if level:
+            drift_counts[level] = drift_counts.get(level, 0) + 1
+        if level in ("warn", "alarm"):
+            alarms.append({"device": d, "window": w})
+    alarms.sort(key=lambda a: (a["window"].drift_level != "alarm", -(a["window"].drift_psi or 0.0)))
+    states: dict[str, int] = {}
+    for d in fleet:
+        key = d.update_state or "unknown"
+        states[key] = states.get(key, 0) + 1
+    active = deployments.list_deployments(session, status="active", limit=20)
+    recent = [d for d in deployments.list_deployments(session, limit=8) if d.status != "active"][:5]
+    bundles = registry.list_bundles(session)
+    installed: dict[str, int] = {}
+    for d in fleet:
+        if d.installed:
+            label = f"{d.installed.get('name', '?')} {d.installed.get('version', '')}".strip()
+            installed[label] = installed.get(label, 0) + 1
+    events = devices.recent_events(session, levels=("warning", "error"), limit=6)
+    return render(
+        request, "overview.html", user=user, now=now, refresh=10,
+        total=len(fleet), online=online, offline=len(fleet) - online,
+        donut=charts.donut([charts.Slice("online", online, "st-ok"), charts.Slice("offline", len(fleet) - online,
+                                                                               "st-idle")],
+                           kind="fleet", title=f"{online} of {len(fleet)} devices online",
+                           center=f"{online}/{len(fleet)}", caption="online"),
+        states_chart=charts.hbars(_state_slices(states), kind="states", title="devices per update state"),
+        drift_chart=charts.hbars([charts.Slice(k, drift_counts.get(k, 0), STATE_CSS[k])
+                                  for k in ("ok", "warn", "alarm", "insufficient")],
+                                 kind="drift", title="devices per drift level (latest judged window)"),
+        installed_chart=charts.hbars([charts.Slice(k, v, "s1") for k, v in sorted(installed.items())],
+                                     kind="installed", title="installed bundles"),
+        alarms=alarms, n_alarm=drift_counts.get("alarm", 0), n_warn=drift_counts.get("warn", 0),
+        active=_deployment_rows(session, active), recent=_deployment_rows(session, recent),
+        bundles=bundles[:6], n_bundles=len(bundles), events=events)
+
+
+@router.get("/ui/devices", response_class=HTMLResponse)
+def device_list(request: Request, session: SessionDep, controller: ControllerDep, tag: str | None = None,
+                online: str | None = None, q: str | None = None) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    want_online = {"yes": True, "no": False}.get(online or "")
+    fleet = devices.list_devices(session, tag=tag or None, online=want_online)
+    if q:
+        fleet = [d for d in fleet if q.lower() in d.id.lower()]
+    latest = telemetry.latest_drift_verdicts(session, device_ids=[d.id for d in fleet])
+    all_tags = sorted({t for d in devices.list_devices(session) for t in d.tags})
+    return render(request, "devices.html", user=user, now=controller.now(), refresh=10, devices=fleet,
+                   latest=latest, tag=tag or "", online=online or "", q=q or "", all_tags=all_tags)
+
+
+@router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
+def device_detail(request: Request, device_id: str, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    try:
+        device = devices.get_device(session, device_id=device_id)
+    except NotFoundError as exc:
+        return not_found(request, user, exc)
+    points = telemetry.series(session, device_id=device_id, limit=240)
+    windows = telemetry.list_windows(session, device_id=device_id, limit=240)
+    summary = telemetry.summarize(windows)
+    installed_digest = (device.installed or {}).get("digest")
+    bundle = registry.bundles_by_digest(session, digests={installed_digest} if installed_digest else set()
+                                        ).get(installed_digest or "")
+    th = _thresholds(bundle)
+    latency = charts.line_chart(
+        [charts.Series("p50", [(p["window_end"], p["p50_ms"]) for p in points], "s1"),
+         charts.Series("p95", [(p["window_end"], p["p95_ms"]) for p in points], "s2")],
+        kind="latency", title=f"inference latency of {device.id} (ms per window)", unit="ms")
+    drift = charts.line_chart(
+        [charts.Series("PSI", [(p["window_end"], p["psi"]) for p in points], "s3"),
+         charts.Series("Jensen–Shannon", [(p["window_end"], p["js"]) for p in points], "s4")],
+        kind="drift", title=f"input drift of {device.id} per window", empty_text="no drift scores yet",
+        thresholds=[charts.Threshold(th["psi_warn"], f"warn {th['psi_warn']:g}", "warn", band=False),
+                    charts.Threshold(th["psi_alarm"], f"alarm {th['psi_alarm']:g}", "alarm", band=True)])
+    reference = ((bundle.manifest or {}).get("reference_profile") or {}).get("predictions", {}) if bundle else {}
+    labels = (bundle.manifest or {}).get("labels") if bundle else None
+    names = list(labels) if labels else []
+    names += sorted((set(summary["predictions"]) | set(reference)) - set(names), key=_natural)
+    preds = charts.bar_chart([charts.Bar(n, summary["predictions"].get(n, 0), reference.get(n) if reference else None)
+                              for n in names], kind="predictions", title=f"prediction distribution of {device.id}")
+    requests_spark = charts.sparkline([p["requests"] for p in points], kind="requests", title="requests per window")
+    targets = deployments.targets_for_device(session, device_id=device_id, limit=10)
+    deps_by_id = deployments.deployments_by_id(session, ids={t.deployment_id for t in targets})
+    bundles_by_id = registry.bundles_by_id(session, ids={d.bundle_id for d in deps_by_id.values()})
+    events = devices.recent_events(session, device_id=device_id, limit=10)
+    latest = telemetry.latest_drift_verdicts(session, device_ids=[device_id]).get(device_id)
+    return render(request, "device.html", user=user, now=controller.now(), refresh=10, device=device,
+                   bundle=bundle, summary=summary, latest=latest, thresholds=th, latency_chart=latency,
+                   drift_chart=drift, predictions_chart=preds, requests_spark=requests_spark, targets=targets,
+                   deps_by_id=deps_by_id, bundles_by_id=bundles_by_id, events=events)
+
+
+def _natural(key: str) -> tuple:
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
+
+
+@router.get("/ui/bundles", response_class=HTMLResponse)
+def bundle_list(request: Request, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    bundles = registry.list_bundles(session)
+    counts: dict[str, int] = {}
+    for d in devices.list_devices(session):
+        digest = (d.installed or {}).get("digest")
+        if digest:
+            counts[digest] = counts.get(digest, 0) + 1
+    versions = registry.version_labels(session, ids={b.model_version_id for b in bundles if b.model_version_id})
+    return render(request, "bundles.html", user=user, now=controller.now(), refresh=None, bundles=bundles,
+                   installed_counts=counts, versions=versions, models=registry.list_models(session))
+
+
+@router.get("/ui/bundles/{digest}", response_class=HTMLResponse)
+def bundle_detail(request: Request, digest: str, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    try:
+        bundle = registry.get_bundle(session, digest=digest)
+    except EdgeFleetError as exc:
+        return not_found(request, user, exc)
+    manifest = bundle.manifest or {}
+    model_name = registry.model_name_of_version(session, version_id=bundle.model_version_id)
+    tree = registry.lineage(session, model_name=model_name) if model_name else []
+    used_by = _deployment_rows(session, deployments.list_deployments(session, bundle_id=bundle.id, limit=10))
+    on_devices = [d for d in devices.list_devices(session) if (d.installed or {}).get("digest") == bundle.digest]
+    stats = telemetry.aggregate(session, group_by="bundle", key=bundle.digest,
+                                since=controller.now() - STATS_WINDOW_S).get(bundle.digest)
+    profile = manifest.get("reference_profile") or {}
+    reference = profile.get("predictions") or {}
+    order = [k for k in manifest.get("labels") or [] if k in reference]
+    order += sorted(set(reference) - set(order), key=_natural)
+    ref_chart = charts.bar_chart([charts.Bar(k, reference[k]) for k in order], kind="reference",
+                                 title="reference prediction distribution", percent_labels=True,
+                                 empty_text="no reference predictions") if reference else None
+    return render(request, "bundle.html", user=user, now=controller.now(), refresh=None, bundle=bundle,
+                   manifest=manifest, profile=profile, tree=tree, model_name=model_name, used_by=used_by,
+                   on_devices=on_devices, stats=stats, ref_chart=ref_chart,
+                   compression=_flatten(manifest.get("compression") or {}))
+
+
+def _flatten(data: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """A compression report as ``(key, value)`` rows, nested keys joined with dots."""
+    out: list[tuple[str, str]] = []
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and depth < 2:
+            out.extend(_flatten(v, key + ".", depth + 1))
+        elif isinstance(v, float):
+            out.append((key, f"{v:.4g}"))
+        elif isinstance(v, list | dict):
+            text = str(v)
+            out.append((key, text if len(text) <= 80 else text[:77] + "..."))
+        else:
+            out.append((key, str(v)))
+    return out[:40]
+
+
+@router.get("/ui/deployments", response_class=HTMLResponse)
+def deployment_list(request: Request, session: SessionDep, controller: ControllerDep,
+                    status: str | None = None) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    items = deployments.list_deployments(session, status=status or None, limit=100)
+    return render(request, "deployments.html", user=user, now=controller.now(), refresh=5,
+                   rows=_deployment_rows(session, items), status=status or "")
+
+
+@router.get("/ui/deployments/{deployment_id}", response_class=HTMLResponse)
+def deployment_detail(request: Request, deployment_id: str, session: SessionDep,
+                      controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    try:
+        deployment = deployments.get_deployment(session, deployment_id=deployment_id)
+    except NotFoundError as exc:
+        return not_found(request, user, exc)
+    row = _deployment_rows(session, [deployment])[0]
+    targets = deployments.targets_of(session, deployment_id=deployment_id)
+    return render(request, "deployment.html", user=user, now=controller.now(),
+                   refresh=3 if deployment.finished_at is None else None, row=row, deployment=deployment,
+                   targets=targets, bundle=row["bundle"],
+                   counts_chart=charts.hbars(_state_slices(row["counts"]), kind="targets",
+                                             title="devices per state"))
+
+
+@router.post("/ui/deployments/{deployment_id}/cancel")
+def cancel_deployment(request: Request, deployment_id: str, controller: ControllerDep) -> Response:
+    """Cancel a running deployment (operator or admin): signed cancel orders go out at once."""
+    with controller.session() as session:
+        user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    refusal = user.refusal("operator") or (None if same_origin(request) else
+                                           "this form was not posted from the controller's own pages")
+    if refusal is not None:
+        log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, refusal)
+        return forbidden(request, user, refusal)
+    try:
+        with controller.session() as session:
+            deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,
+                                          actor=user.actor, now=controller.now())
+    except NotFoundError as exc:
+        return not_found(request, user, exc)
+    except ConflictError:
+        pass  # finished meanwhile: the page shows how
+    else:
+        log.info("deployment %s cancelled from the UI by %s", deployment_id, user.actor)
+        controller.publish_pending()
+    return RedirectResponse(f"{base_path(request)}/ui/deployments/{quote(deployment_id)}", status_code=303)
