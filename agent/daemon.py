@@ -33,6 +33,7 @@ from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import (MAX_PAYLOAD, Event, Hello, Message, OrderMessage, State, TelemetryWindow, decode, encode)
 from edgefleet.protocol.runtimes import available_runtimes
+from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel, Reason, UpdateState
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Agent:
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
-        self.link = MqttLink(config, will=(self._topic("state"), encode(self._state("offline"))),
+        self.link = MqttLink(config, will=(self._topic("state"), encode(self._state(DeviceStatus.OFFLINE))),
                              on_connected=self._on_connected, on_message=self._on_message,
                              on_published=self.pump.acked)
         self.server: InferenceServer | None = None
@@ -94,9 +95,9 @@ class Agent:
         model = self.predictor.model
         return model.installed if model is not None else None
 
-    def _state(self, status: str) -> State:
+    def _state(self, status: DeviceStatus) -> State:
         r = self.updater.record if hasattr(self, "updater") else None
-        return State(device_id=self.device_id, status=status, update_state=r.state.value if r else "idle",
+        return State(device_id=self.device_id, status=status, update_state=r.state if r else UpdateState.IDLE,
                      deployment_id=r.deployment_id if r else None, installed=self._installed(),
                      uptime_s=round(time.monotonic() - self.started, 3),
                      heartbeat_interval_s=self.config.heartbeat_interval_s)
@@ -126,7 +127,7 @@ class Agent:
         self._inbox.put((topic, payload))
 
     def _publish_state(self) -> None:
-        state = self._state("online")
+        state = self._state(DeviceStatus.ONLINE)
         if self.link.publish(self._topic("state"), encode(state), qos=1, retain=True) is not None:
             self._published_state = (state.update_state, state.deployment_id, state.installed)
             self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
@@ -138,7 +139,7 @@ class Agent:
             limit = min(self.config.max_payload_bytes, MAX_PAYLOAD["cmd"])
             if len(payload) > limit:
                 raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
-                                   code="payload_too_large", where="cmd")
+                                   code=Reason.PAYLOAD_TOO_LARGE, where="cmd")
             msg = decode("cmd", payload)
             if msg.device_id != self.device_id:
                 raise MessageError(f"message for device {msg.device_id!r}", where="cmd.device_id")
@@ -148,7 +149,7 @@ class Agent:
             now = time.monotonic()
             if now - self._last_malformed_event >= MALFORMED_EVENT_EVERY_S:
                 self._last_malformed_event = now
-                self._enqueue(Event(device_id=self.device_id, level="warning", kind="malformed_message",
+                self._enqueue(Event(device_id=self.device_id, level=EventLevel.WARNING, kind=Reason.MALFORMED_MESSAGE,
                                     text=str(exc)[:2000],
                                     data={"code": exc.code, "topic": topic, "bytes": len(payload),
                                           "count": self.malformed}))
@@ -190,7 +191,7 @@ class Agent:
                                       predictions=summary.predictions, drift=summary.drift)
                 return encode(msg), msg.msg_id
             self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
-            if summary.drift is not None and summary.drift.level == "alarm":
+            if summary.drift is not None and summary.drift.level == DriftLevel.ALARM:
                 log.warning("drift alarm: psi=%.3f js=%.3f over %d samples device=%s", summary.drift.psi,
                             summary.drift.js, summary.drift.samples, self.device_id)
 
@@ -236,7 +237,7 @@ class Agent:
         self.updater.stop()
         self.flush_telemetry()
         self.pump.pump(self.link.publish, self.link.connected)
-        self.link.close(final=(self._topic("state"), encode(self._state("offline"))))
+        self.link.close(final=(self._topic("state"), encode(self._state(DeviceStatus.OFFLINE))))
         if self.server is not None:
             self.server.stop()
         self.outbox.close()

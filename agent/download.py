@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.protocol.errors import DigestMismatchError, SizeLimitError, TransportError
+from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
                     try:
                         while True:
                             if should_stop is not None and should_stop():
-                                raise TransportError("download stopped", code="stopped", where=url)
+                                raise TransportError("download stopped", code=Reason.STOPPED, where=url)
                             chunk = response.read1(min(CHUNK, expected_size - done + 1))
                             if not chunk:
                                 break
@@ -104,7 +105,7 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
                         fh.flush()
                         os.fsync(fh.fileno())
     if done < expected_size:
-        raise TransportError(f"download truncated at {done} of {expected_size} bytes", code="truncated",
+        raise TransportError(f"download truncated at {done} of {expected_size} bytes", code=Reason.TRUNCATED,
                              where=url)
     if digest.hexdigest() != expected_sha256:
         part.unlink(missing_ok=True)

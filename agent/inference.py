@@ -21,6 +21,7 @@ from edgefleet.protocol.errors import InferenceError
 from edgefleet.protocol.manifest import BundleManifest
 from edgefleet.protocol.messages import InstalledBundle
 from edgefleet.protocol.runtimes import Session, open_session
+from edgefleet.protocol.vocabulary import Reason
 
 
 @dataclass(frozen=True)
@@ -83,16 +84,16 @@ def smoke_test(model: LoadedModel) -> None:
     got = model.session.run(inputs)
     for name, expected in test.expected.items():
         if name not in got:
-            raise InferenceError(f"smoke test: output {name!r} missing", code="smoke_test_failed", where=name)
+            raise InferenceError(f"smoke test: output {name!r} missing", code=Reason.SMOKE_TEST_FAILED, where=name)
         want = np.asarray(expected, dtype=np.float64)
         have = np.asarray(got[name], dtype=np.float64)
         if have.shape != want.shape:
             raise InferenceError(f"smoke test: output {name!r} has shape {list(have.shape)}, expected "
-                                 f"{list(want.shape)}", code="smoke_test_failed", where=name)
+                                 f"{list(want.shape)}", code=Reason.SMOKE_TEST_FAILED, where=name)
         if not np.all(np.abs(have - want) <= test.atol + test.rtol * np.abs(want)):
             worst = float(np.max(np.abs(have - want)))
             raise InferenceError(f"smoke test: output {name!r} differs from the expected values by up to {worst:.3g}",
-                                 code="smoke_test_failed", where=name)
+                                 code=Reason.SMOKE_TEST_FAILED, where=name)
 
 
 class Predictor:
@@ -125,7 +126,7 @@ class Predictor:
         self.total_requests += 1
         if model is None:
             self.total_errors += 1
-            raise InferenceError("no model is installed", code="no_model")
+            raise InferenceError("no model is installed", code=Reason.NO_MODEL)
         try:
             feed = {k: (v if type(v) is np.ndarray and v.dtype == model.dtypes.get(k)
                         else np.asarray(v, dtype=model.dtypes.get(k))) for k, v in inputs.items()}
@@ -137,7 +138,7 @@ class Predictor:
             model.count_live(False)
             if isinstance(exc, InferenceError):
                 raise
-            raise InferenceError(f"bad input: {exc}", code="bad_input") from None
+            raise InferenceError(f"bad input: {exc}", code=Reason.BAD_INPUT) from None
         latency = time.perf_counter() - t0
         n = len(next(iter(feed.values()))) if feed else 0
         model.stats.record(feed, outputs, latency, n)

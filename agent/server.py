@@ -25,6 +25,7 @@ import numpy as np
 
 from edgefleet.agent.inference import Predictor
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError
+from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 DISCARD_LIMIT = 16 * 1024 * 1024
@@ -120,21 +121,21 @@ class _Handler(BaseHTTPRequestHandler):
             if ctype == "application/x-npy":
                 model = self.server.predictor.model
                 if model is None:
-                    raise InferenceError("no model is installed", code="no_model")
+                    raise InferenceError("no model is installed", code=Reason.NO_MODEL)
                 if len(model.session.inputs) != 1:
                     raise InferenceError("application/x-npy needs a single-input model; send application/x-npz",
-                                         code="bad_input")
+                                         code=Reason.BAD_INPUT)
                 return {model.session.inputs[0].name: np.load(io.BytesIO(body), allow_pickle=False)}
             if ctype == "application/x-npz":
                 with np.load(io.BytesIO(body), allow_pickle=False) as npz:
                     return {k: npz[k] for k in npz.files}
             if ctype != "application/json":
-                raise InferenceError(f"unsupported Content-Type {ctype!r}", code="bad_input")
+                raise InferenceError(f"unsupported Content-Type {ctype!r}", code=Reason.BAD_INPUT)
             obj = json.loads(body)
         except (ValueError, OSError, EOFError) as exc:
-            raise InferenceError(f"cannot parse the request body: {exc}", code="bad_input") from None
+            raise InferenceError(f"cannot parse the request body: {exc}", code=Reason.BAD_INPUT) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
-            raise InferenceError('body must be {"inputs": {"<name>": [...]}}', code="bad_input")
+            raise InferenceError('body must be {"inputs": {"<name>": [...]}}', code=Reason.BAD_INPUT)
         return obj["inputs"]
 
 

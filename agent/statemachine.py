@@ -9,7 +9,7 @@ or undo.
 
 from __future__ import annotations
 
-import enum
+from enum import StrEnum
 import json
 from pathlib import Path
 from typing import Any
@@ -18,21 +18,12 @@ from pydantic import BaseModel, ConfigDict
 
 from edgefleet.protocol.errors import EdgeFleetError
 from edgefleet.protocol.files import atomic_write
+from edgefleet.protocol.vocabulary import Reason, UpdateState
 
 
-class S(str, enum.Enum):
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    STAGED = "staged"
-    ACTIVATING = "activating"
-    HEALTH_CHECK = "health_check"
-    COMMITTED = "committed"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
+class E(StrEnum):
+    """What happens to an update (agent-internal; the states are the protocol's :class:`UpdateState`)."""
 
-
-class E(str, enum.Enum):
     ACCEPT = "accept"            # a verified order starts an update
     DOWNLOADED = "downloaded"    # bundle bytes complete (size + sha256 match the order)
     RETRY = "retry"              # transient failure, try the same step again after backoff
@@ -48,40 +39,40 @@ class E(str, enum.Enum):
     REACTIVATE = "reactivate"    # restarted mid-activation with nothing to roll back to
 
 
-TERMINAL = frozenset({S.IDLE, S.COMMITTED, S.FAILED, S.ROLLED_BACK})
-PRE_ACTIVATION = (S.DOWNLOADING, S.VERIFYING, S.STAGED)
-POST_ACTIVATION = (S.ACTIVATING, S.HEALTH_CHECK)
+TERMINAL = frozenset({UpdateState.IDLE, UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK})
+PRE_ACTIVATION = (UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.STAGED)
+POST_ACTIVATION = (UpdateState.ACTIVATING, UpdateState.HEALTH_CHECK)
 
-TRANSITIONS: dict[tuple[S, E], S] = {
-    **{(s, E.ACCEPT): S.DOWNLOADING for s in TERMINAL},
-    (S.DOWNLOADING, E.DOWNLOADED): S.VERIFYING,
-    (S.DOWNLOADING, E.RETRY): S.DOWNLOADING,
-    (S.VERIFYING, E.VERIFIED): S.STAGED,
-    (S.STAGED, E.INSTALLED): S.ACTIVATING,
-    (S.STAGED, E.RETRY): S.STAGED,
-    (S.ACTIVATING, E.ACTIVATED): S.HEALTH_CHECK,
-    (S.HEALTH_CHECK, E.HEALTHY): S.COMMITTED,
-    **{(s, E.UNHEALTHY): S.ROLLED_BACK for s in POST_ACTIVATION},
-    **{(s, E.FAIL): S.FAILED for s in PRE_ACTIVATION},
-    **{(s, E.CANCEL): S.FAILED for s in PRE_ACTIVATION},
-    **{(s, E.TIMEOUT): S.FAILED for s in PRE_ACTIVATION},
-    **{(s, E.TIMEOUT): S.ROLLED_BACK for s in POST_ACTIVATION},
+TRANSITIONS: dict[tuple[UpdateState, E], UpdateState] = {
+    **{(s, E.ACCEPT): UpdateState.DOWNLOADING for s in TERMINAL},
+    (UpdateState.DOWNLOADING, E.DOWNLOADED): UpdateState.VERIFYING,
+    (UpdateState.DOWNLOADING, E.RETRY): UpdateState.DOWNLOADING,
+    (UpdateState.VERIFYING, E.VERIFIED): UpdateState.STAGED,
+    (UpdateState.STAGED, E.INSTALLED): UpdateState.ACTIVATING,
+    (UpdateState.STAGED, E.RETRY): UpdateState.STAGED,
+    (UpdateState.ACTIVATING, E.ACTIVATED): UpdateState.HEALTH_CHECK,
+    (UpdateState.HEALTH_CHECK, E.HEALTHY): UpdateState.COMMITTED,
+    **{(s, E.UNHEALTHY): UpdateState.ROLLED_BACK for s in POST_ACTIVATION},
+    **{(s, E.FAIL): UpdateState.FAILED for s in PRE_ACTIVATION},
+    **{(s, E.CANCEL): UpdateState.FAILED for s in PRE_ACTIVATION},
+    **{(s, E.TIMEOUT): UpdateState.FAILED for s in PRE_ACTIVATION},
+    **{(s, E.TIMEOUT): UpdateState.ROLLED_BACK for s in POST_ACTIVATION},
     # Restart: redo idempotent steps; never trust a half-activated model, roll back instead.
     **{(s, E.INTERRUPTED): s for s in PRE_ACTIVATION},
-    **{(s, E.INTERRUPTED): S.ROLLED_BACK for s in POST_ACTIVATION},
-    **{(s, E.REACTIVATE): S.ACTIVATING for s in POST_ACTIVATION},
+    **{(s, E.INTERRUPTED): UpdateState.ROLLED_BACK for s in POST_ACTIVATION},
+    **{(s, E.REACTIVATE): UpdateState.ACTIVATING for s in POST_ACTIVATION},
 }
 
 
 class IllegalTransition(EdgeFleetError):
-    code = "illegal_transition"
+    code: str = Reason.ILLEGAL_TRANSITION
 
 
-def next_state(state: S, event: E) -> S:
+def next_state(state: UpdateState, event: E) -> UpdateState:
     try:
-        return TRANSITIONS[(S(state), E(event))]
+        return TRANSITIONS[(UpdateState(state), E(event))]
     except KeyError:
-        raise IllegalTransition(f"no transition from {S(state).value} on {E(event).value}") from None
+        raise IllegalTransition(f"no transition from {UpdateState(state).value} on {E(event).value}") from None
 
 
 class UpdateRecord(BaseModel):
@@ -89,7 +80,7 @@ class UpdateRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    state: S = S.IDLE
+    state: UpdateState = UpdateState.IDLE
     last_sequence: int = 0
     deployment_id: str | None = None
     sequence: int = 0

@@ -24,7 +24,7 @@ from edgefleet.agent.download import download
 from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_test
 from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
-from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, S, next_state
+from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, next_state
 from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
 from edgefleet.protocol.errors import (EdgeFleetError, InferenceError, SizeLimitError, TransportError,
                                        VerificationError)
@@ -32,6 +32,7 @@ from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts, check_target
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder, StatusReport
 from edgefleet.protocol.orders import verify_order
+from edgefleet.protocol.vocabulary import OrderAction, Outcome, Reason, UpdateState
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class Updater:
     def _order(self) -> DeploymentOrder:
         return SignedOrder.model_validate(self.record.order).signed
 
-    def _move(self, event: E, **changes) -> S:
+    def _move(self, event: E, **changes) -> UpdateState:
         old = self.record.state
         new = next_state(old, event)
         final = new in TERMINAL
@@ -132,9 +133,9 @@ class Updater:
         r = self.record
         if r.final_reported:
             return
-        if r.state == S.ROLLED_BACK:
+        if r.state == UpdateState.ROLLED_BACK:
             self._restore_previous()
-        if r.state in (S.COMMITTED, S.FAILED, S.ROLLED_BACK):
+        if r.state in (UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK):
             for leftover in self.downloads.iterdir():
                 leftover.unlink(missing_ok=True)
         self._send_report(final=True)
@@ -147,9 +148,9 @@ class Updater:
     def _refuse(self, deployment_id: str, sequence: int, exc: EdgeFleetError) -> None:
         log.warning("order refused: %s (%s) device=%s deployment=%s", exc.code, exc, self.device_id, deployment_id)
         self.report(StatusReport(
-            msg_id=report_id(self.device_id, deployment_id, sequence, "refused", 0, True), device_id=self.device_id,
+            msg_id=report_id(self.device_id, deployment_id, sequence, Outcome.REFUSED, 0, True), device_id=self.device_id,
             deployment_id=deployment_id or "?", sequence=sequence, state=self.record.state.value, final=True,
-            outcome="refused", reason=exc.code, detail=str(exc)[:2000]))
+            outcome=Outcome.REFUSED, reason=exc.code, detail=str(exc)[:2000]))
 
     # ------------------------------------------------------------------ entry points
 
@@ -159,12 +160,12 @@ class Updater:
         if r.state in POST_ACTIVATION:
             can_roll_back = self.slots.has_bundle(r.previous_slot)
             if can_roll_back or r.attempt + 1 >= self.policy.download_attempts:
-                self._move(E.INTERRUPTED, outcome="rolled_back", reason="interrupted",
+                self._move(E.INTERRUPTED, outcome=Outcome.ROLLED_BACK, reason=Reason.INTERRUPTED,
                            detail=f"agent restarted during {r.state.value}; "
                                   + ("previous model restored" if can_roll_back else "no previous model to restore"))
             else:  # nothing to roll back to: activate and health-check the new bundle again
                 self._move(E.REACTIVATE, attempt=r.attempt + 1)
-        if self.record.state == S.ROLLED_BACK and not self.record.final_reported:
+        if self.record.state == UpdateState.ROLLED_BACK and not self.record.final_reported:
             # Switch back BEFORE loading anything: the new model may be what crashed us.
             prev = self.record.previous_slot
             self.slots.switch(prev if self.slots.has_bundle(prev) else None)
@@ -175,7 +176,7 @@ class Updater:
         else:
             if self.record.state in PRE_ACTIVATION:
                 if self.record.attempt + 1 >= self.policy.download_attempts:
-                    self._move(E.FAIL, outcome="failed", reason="interrupted",
+                    self._move(E.FAIL, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
                                detail="agent restarted too often during this update")
                     self._finish()
                     return
@@ -199,7 +200,7 @@ class Updater:
             except VerificationError as exc:
                 self._refuse(order.deployment_id, order.sequence, exc)
                 return
-            if verified.action == "cancel":
+            if verified.action == OrderAction.CANCEL:
                 self.record = self.record.model_copy(update={"last_sequence": verified.sequence})
                 self.store.save(self.record)
                 if self.busy and self.record.deployment_id == verified.deployment_id \
@@ -211,7 +212,7 @@ class Updater:
                 return
             if self.busy:
                 self._refuse(verified.deployment_id, verified.sequence,
-                             EdgeFleetError(f"update {self.record.deployment_id} is in progress", code="busy"))
+                             EdgeFleetError(f"update {self.record.deployment_id} is in progress", code=Reason.BUSY))
                 return
             now = self.clock()
             current = self.slots.active()
@@ -240,8 +241,8 @@ class Updater:
 
     def run(self) -> None:
         """Step until a terminal state (or until stopped: the record is already persisted)."""
-        steps = {S.DOWNLOADING: self._download, S.VERIFYING: self._verify, S.STAGED: self._stage,
-                 S.ACTIVATING: self._activate, S.HEALTH_CHECK: self._health_check}
+        steps = {UpdateState.DOWNLOADING: self._download, UpdateState.VERIFYING: self._verify, UpdateState.STAGED: self._stage,
+                 UpdateState.ACTIVATING: self._activate, UpdateState.HEALTH_CHECK: self._health_check}
         while not self._stop.is_set():
             state = self.record.state
             if state in TERMINAL:
@@ -252,11 +253,11 @@ class Updater:
             if state.value in self.policy.pause_in:
                 return self._pause(state)
             if self.clock() >= self.record.deadline:
-                self._move(E.TIMEOUT, outcome="failed" if state in PRE_ACTIVATION else "rolled_back",
-                           reason="timeout", detail=f"update did not finish within {self.policy.update_timeout_s:g} s")
+                self._move(E.TIMEOUT, outcome=Outcome.FAILED if state in PRE_ACTIVATION else Outcome.ROLLED_BACK,
+                           reason=Reason.TIMEOUT, detail=f"update did not finish within {self.policy.update_timeout_s:g} s")
                 continue
             if self._cancel.is_set() and state in PRE_ACTIVATION:
-                self._move(E.CANCEL, outcome="cancelled", reason="cancelled", detail="cancelled by the controller")
+                self._move(E.CANCEL, outcome=Outcome.CANCELLED, reason=Reason.CANCELLED, detail="cancelled by the controller")
                 continue
             try:
                 steps[state]()
@@ -264,10 +265,10 @@ class Updater:
                 log.exception("update step %s crashed device=%s deployment=%s", state.value, self.device_id,
                               self.record.deployment_id)
                 event = E.FAIL if state in PRE_ACTIVATION else E.UNHEALTHY
-                self._move(event, outcome="failed" if event is E.FAIL else "rolled_back", reason="internal_error",
+                self._move(event, outcome=Outcome.FAILED if event is E.FAIL else Outcome.ROLLED_BACK, reason=Reason.INTERNAL_ERROR,
                            detail=f"{type(exc).__name__}: {exc}"[:2000])
 
-    def _pause(self, state: S) -> None:
+    def _pause(self, state: UpdateState) -> None:
         log.warning("fault injection: pausing in state %s", state.value)
         (self.downloads.parent / f"paused-{state.value}").touch()
         if self.threaded:
@@ -277,7 +278,7 @@ class Updater:
         return self.downloads / f"{self._order().bundle_digest}.bundle"
 
     def _fail(self, exc: EdgeFleetError) -> None:
-        outcome = "refused" if isinstance(exc, VerificationError) else "failed"
+        outcome = Outcome.REFUSED if isinstance(exc, VerificationError) else Outcome.FAILED
         self._move(E.FAIL, outcome=outcome, reason=exc.code, detail=str(exc)[:2000])
 
     def _download(self) -> None:
@@ -330,7 +331,7 @@ class Updater:
         try:
             data = self._bundle_file().read_bytes()
         except FileNotFoundError:
-            self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
+            self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
         try:
             # The downloader hashed these bytes while streaming and only moved them into place
@@ -349,11 +350,11 @@ class Updater:
         try:
             self.slots.install(self.record.target_slot, self._bundle_file(), self._order().bundle_digest)
         except FileNotFoundError:
-            self._fail(TransportError("downloaded bundle vanished", code="missing_download"))
+            self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
         except OSError as exc:
             self._fail(EdgeFleetError(f"cannot write slot {self.record.target_slot}: {exc.strerror}",
-                                      code="install_failed"))
+                                      code=Reason.INSTALL_FAILED))
             return
         self._move(E.INSTALLED)
 
@@ -363,7 +364,7 @@ class Updater:
             model = self._load_slot(slot, self._order())
         except (EdgeFleetError, OSError) as exc:
             code = exc.code if isinstance(exc, EdgeFleetError) else "load_failed"
-            self._move(E.UNHEALTHY, outcome="rolled_back", reason=code, detail=str(exc)[:2000])
+            self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=code, detail=str(exc)[:2000])
             return
         self.slots.switch(slot)
         self.predictor.activate(model)
@@ -373,12 +374,12 @@ class Updater:
     def _health_check(self) -> None:
         model = self.predictor.model
         if model is None or model.installed.slot != self.record.target_slot:
-            self._move(E.UNHEALTHY, outcome="rolled_back", reason="not_active", detail="new model is not serving")
+            self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=Reason.NOT_ACTIVE, detail="new model is not serving")
             return
         try:
             smoke_test(model)
         except InferenceError as exc:
-            self._move(E.UNHEALTHY, outcome="rolled_back", reason=exc.code, detail=str(exc)[:2000])
+            self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=exc.code, detail=str(exc)[:2000])
             return
         n = self.policy.health_check_inferences
         if n:
@@ -390,13 +391,13 @@ class Updater:
             if self._stop.is_set():
                 return
             if errors:
-                self._move(E.UNHEALTHY, outcome="rolled_back", reason="live_inference_failed",
+                self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=Reason.LIVE_INFERENCE_FAILED,
                            detail=f"{errors} of the first {ok + errors} live inferences failed")
                 return
             if ok < n:
                 log.info("health check: %d of %d live inferences seen in %.0f s, none failed; committing "
                          "device=%s deployment=%s", ok, n, timeout, self.device_id, self.record.deployment_id)
-        self._move(E.HEALTHY, outcome="committed", detail=f"{model.installed.name} {model.installed.version} serving")
+        self._move(E.HEALTHY, outcome=Outcome.COMMITTED, detail=f"{model.installed.name} {model.installed.version} serving")
 
     # ------------------------------------------------------------------ models on disk
 

@@ -11,6 +11,7 @@ from sqlmodel import Session
 
 from edgefleet.cloud.services.auth import Principal, authenticate
 from edgefleet.cloud.controller import Controller
+from edgefleet.cloud.vocabulary import Role
 
 _bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer eft_...`")
 
@@ -39,12 +40,12 @@ def get_principal(session: SessionDep, credentials: BearerDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def _role(role: str) -> Callable[[Principal], Principal]:
+def _role(role: Role) -> Callable[[Principal], Principal]:
     def check(principal: PrincipalDep) -> Principal:
         return principal.require(role)
     return check
 
 
-ViewerDep = Annotated[Principal, Depends(_role("viewer"))]
-OperatorDep = Annotated[Principal, Depends(_role("operator"))]
-AdminDep = Annotated[Principal, Depends(_role("admin"))]
+ViewerDep = Annotated[Principal, Depends(_role(Role.VIEWER))]
+OperatorDep = Annotated[Principal, Depends(_role(Role.OPERATOR))]
+AdminDep = Annotated[Principal, Depends(_role(Role.ADMIN))]

@@ -13,7 +13,6 @@ from edgefleet.compression import quantize_onnx
 from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
 from edgefleet.compression.onnx_to_tflite import export_tflite
-from edgefleet.compression.inference import Runtime
 from edgefleet.compression.inputs import Inputs, count, normalise_inputs
 from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
 from edgefleet.compression.prune import prune
@@ -22,6 +21,7 @@ from edgefleet.compression.quantize_tflite import quantize_tflite
 from edgefleet.compression.report import CompressionReport, GateResult, SizeReport, stored_size
 from edgefleet.compression.tflite_graph import is_tflite, load_tflite
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError, UnsupportedModelError
+from edgefleet.protocol.vocabulary import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
 def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
              calibration: Inputs | None = None, eval_x: Inputs | None = None,
              eval_y: np.ndarray | None = None) -> CompressionResult:
-    """Compress ``model`` (ONNX or TFLite bytes) for ``runtime`` ("onnx" | "tflite").
+    """Compress ``model`` (ONNX or TFLite bytes) for ``runtime`` (:class:`~edgefleet.protocol.vocabulary.Runtime`).
 
     An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
     ``calibration`` and ``eval_x`` are one array (the model's first input) or a mapping of
@@ -116,8 +116,9 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
     the fallback, :class:`CompressionError` subclasses for unusable models, and
     :class:`ConfigError` for contradictory settings.
     """
-    if runtime not in ("onnx", "tflite"):
-        raise ConfigError(f"unknown runtime {runtime!r}", where="runtime", hint="onnx or tflite")
+    if runtime not in set(Runtime):
+        raise ConfigError(f"unknown runtime {runtime!r}", where="runtime", hint=" or ".join(Runtime))
+    runtime = Runtime(runtime)
     calibration = normalise_inputs(calibration, "calibration")
     eval_x = normalise_inputs(eval_x, "eval_x")
     if eval_y is not None and (eval_x is None or len(eval_y) != count(eval_x)):
@@ -127,10 +128,10 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         raise ConfigError("the accuracy gate needs evaluation or calibration data",
                           where="eval_x", hint="pass samples or disable the gate")
 
-    source_format = "tflite" if is_tflite(model) else "onnx"
+    source_format = Runtime.TFLITE if is_tflite(model) else Runtime.ONNX
     sparsity = 0.0
-    if source_format == "tflite":
-        if runtime == "onnx":
+    if source_format == Runtime.TFLITE:
+        if runtime == Runtime.ONNX:
             raise UnsupportedModelError("a TFLite model cannot be compressed for ONNX",
                                         where="runtime", hint="use runtime 'tflite'")
         if config.pruning is not None:
@@ -141,11 +142,11 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         quantize, candidates = _tflite_quantizer(original, config, calibration)
     else:
         graph = normalise(load_onnx(model))
-        original = bytes(model) if runtime == "onnx" else export_tflite(model)
+        original = bytes(model) if runtime == Runtime.ONNX else export_tflite(model)
         if config.pruning is not None:
             pruned = prune(graph, config.pruning, calibration)
             graph, sparsity = pruned.model, pruned.sparsity
-        if runtime == "onnx":
+        if runtime == Runtime.ONNX:
             quantize, candidates = _onnx_quantizer(graph, config, calibration)
         else:
             target = original if config.pruning is None else export_tflite(

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefleet.compression.config import GateConfig
-from edgefleet.compression.inference import Runtime, Session, latency_ms, predict
+from edgefleet.protocol.vocabulary import Runtime
+from edgefleet.compression.inference import Session, latency_ms, predict
 from edgefleet.compression.inputs import Inputs
 from edgefleet.compression.report import AccuracyReport, FidelityReport, GateResult, LatencyReport
 

@@ -8,16 +8,15 @@ of arrays by input name, and returns the first output; runtime errors become :cl
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import numpy as np
 
 from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import CompressionError, EdgeFleetError
+from edgefleet.protocol.vocabulary import Runtime
 
 
-Runtime = Literal["onnx", "tflite"]
 
 
 class Session:

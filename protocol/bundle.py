@@ -37,7 +37,8 @@ from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatch
 from edgefleet.protocol.keys import TrustedKeys, sign
 from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints,
                                          parse_semver)
-from edgefleet.protocol.messages import RuntimeName, Signature
+from edgefleet.protocol.messages import Signature
+from edgefleet.protocol.vocabulary import Runtime
 from edgefleet.protocol.runtimes import TensorSpec, open_session
 
 MANIFEST = "manifest.json"
@@ -61,7 +62,7 @@ class BundleSection(RecipeSection):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     version: str
     build: int = Field(ge=0)
-    runtime: RuntimeName
+    runtime: Runtime
     model: str | None = None
     """Model file, relative to the recipe (the CLI can override it)."""
     description: str = ""

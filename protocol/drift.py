@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.protocol.messages import DriftScores
+from edgefleet.protocol.vocabulary import DriftLevel
 
 EPS = 1e-4
 """Probability floor so empty bins do not make PSI infinite."""
@@ -200,29 +201,29 @@ def score(profile: ReferenceProfile, feature_counts: list[list[int]] | np.ndarra
         names = sorted(set(profile.predictions) | set(prediction_counts))
         pred_psi = psi([profile.predictions.get(k, 0.0) for k in names],
                        [prediction_counts.get(k, 0) for k in names])
-    level = "insufficient" if n < profile.thresholds.min_samples else _level(profile, per_psi, mean_psi, n)
+    level = DriftLevel.INSUFFICIENT if n < profile.thresholds.min_samples else _level(profile, per_psi, mean_psi, n)
     return DriftScores(psi=mean_psi, js=float(np.mean(per_js)) if per_js else 0.0,
                        ks=float(np.max(per_ks)) if per_ks else 0.0,
                        per_feature_psi=[round(v, 6) for v in per_psi], prediction_psi=pred_psi,
                        level=level, samples=n)
 
 
-_RANK = {"ok": 0, "warn": 1, "alarm": 2}
+_RANK = {DriftLevel.OK: 0, DriftLevel.WARN: 1, DriftLevel.ALARM: 2}
 
 
-def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: int) -> str:
+def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: int) -> DriftLevel:
     """The worse of two judgements, each against the usual PSI thresholds raised to the window's
     noise floor: the mean over features (broad drift), and each feature on its own (drift in one
     feature that the mean would dilute), whose floor is Bonferroni-corrected for the number of
     features so that many features do not multiply the false alarms."""
     if not profile.features:
-        return "ok"
+        return DriftLevel.OK
     t = profile.thresholds
 
-    def judge(value: float, floor: float) -> str:
+    def judge(value: float, floor: float) -> DriftLevel:
         if value >= max(t.psi_alarm, 2 * floor):
-            return "alarm"
-        return "warn" if value >= max(t.psi_warn, floor) else "ok"
+            return DriftLevel.ALARM
+        return DriftLevel.WARN if value >= max(t.psi_warn, floor) else DriftLevel.OK
 
     bins = int(np.median([len(f.probs) for f in profile.features]))
     levels = [judge(mean_psi, noise_floor(bins, n, profile.samples, t.alpha))]

@@ -6,6 +6,7 @@ fault, so callers can react without parsing text:
 * :class:`VerificationError` -- untrusted input failed a check (bad signature, replayed order,
   tampered archive, ...). Never retried: the same bytes fail again.
 * :class:`MessageError` -- a wire message is malformed or too large.
+* :class:`InvalidRequestError` -- a request to the controller's API is invalid.
 * :class:`TransportError` -- delivery failed (broker down, HTTP error, truncated download).
   Usually retried with backoff.
 * :class:`ConfigError` -- a configuration value is wrong; names the key.
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from edgefleet.protocol.vocabulary import Reason
+
 
 class EdgeFleetError(Exception):
     """Root of every EdgeFleet error.
@@ -28,7 +31,7 @@ class EdgeFleetError(Exception):
     ``where`` names the file, key, topic or field at fault, ``hint`` says what to do.
     """
 
-    code = "error"
+    code: str = Reason.ERROR
 
     def __init__(self, message: str, *, code: str | None = None, where: str | None = None,
                  hint: str | None = None) -> None:
@@ -54,83 +57,89 @@ class EdgeFleetError(Exception):
 class VerificationError(EdgeFleetError):
     """Untrusted input (bundle, order, key announcement) failed verification."""
 
-    code = "verification_failed"
+    code: str = Reason.VERIFICATION_FAILED
 
 
 class SignatureError(VerificationError):
-    code = "bad_signature"
+    code: str = Reason.BAD_SIGNATURE
 
 
 class UnknownKeyError(VerificationError):
-    code = "unknown_key"
+    code: str = Reason.UNKNOWN_KEY
 
 
 class ReplayError(VerificationError):
     """An order whose sequence number does not increase (replayed or stale)."""
 
-    code = "replayed_order"
+    code: str = Reason.REPLAYED_ORDER
 
 
 class ExpiredError(VerificationError):
-    code = "expired"
+    code: str = Reason.EXPIRED
 
 
 class DigestMismatchError(VerificationError):
-    code = "digest_mismatch"
+    code: str = Reason.DIGEST_MISMATCH
 
 
 class SizeLimitError(VerificationError):
     """More bytes than the signed or configured bound."""
 
-    code = "size_limit"
+    code: str = Reason.SIZE_LIMIT
 
 
 class TargetMismatchError(VerificationError):
     """A bundle for another device class, architecture, runtime or agent version."""
 
-    code = "target_mismatch"
+    code: str = Reason.TARGET_MISMATCH
 
 
 class ArchiveError(VerificationError):
     """An archive member is unsafe (absolute path, ``..``, link, device) or malformed."""
 
-    code = "unsafe_archive"
+    code: str = Reason.UNSAFE_ARCHIVE
 
 
 class MessageError(EdgeFleetError):
     """A wire message is malformed, of the wrong schema or too large."""
 
-    code = "malformed_message"
+    code: str = Reason.MALFORMED_MESSAGE
+
+
+class InvalidRequestError(EdgeFleetError):
+    """A request to the controller (REST body, query, upload) is invalid; ``where`` names the part."""
+
+    code: str = Reason.INVALID_REQUEST
 
 
 class TransportError(EdgeFleetError):
     """Delivery failed: broker unreachable, HTTP error, truncated download."""
 
-    code = "transport_failed"
+    code: str = Reason.TRANSPORT_FAILED
 
 
 class ConfigError(EdgeFleetError):
     """A configuration value is missing or wrong. ``where`` names the key (and file)."""
 
-    code = "bad_config"
+    code: str = Reason.BAD_CONFIG
 
 
 class CompressionError(EdgeFleetError):
     """A model cannot be compressed or exported."""
 
-    code = "compression_failed"
+    code: str = Reason.COMPRESSION_FAILED
 
 
 class UnsupportedModelError(CompressionError):
     """The model uses an operator or feature we do not support; ``where`` names it."""
 
-    code = "unsupported_model"
+    code: str = Reason.UNSUPPORTED_MODEL
 
 
 class AccuracyGateError(CompressionError):
     """The compressed model lost more accuracy/fidelity than the gate allows."""
 
-    code = "accuracy_gate_failed"
+    code: str = Reason.ACCURACY_GATE_FAILED
 
     def __init__(self, message: str, *, report: dict | None = None, **kwargs) -> None:
         super().__init__(message, **kwargs)
@@ -140,21 +149,21 @@ class AccuracyGateError(CompressionError):
 class RuntimeUnavailableError(EdgeFleetError):
     """The inference runtime a bundle needs is not installed on this device."""
 
-    code = "runtime_unavailable"
+    code: str = Reason.RUNTIME_UNAVAILABLE
 
 
 class InferenceError(EdgeFleetError):
     """Inference failed: bad input shape/dtype or a runtime error."""
 
-    code = "inference_failed"
+    code: str = Reason.INFERENCE_FAILED
 
 
 class NotFoundError(EdgeFleetError):
-    code = "not_found"
+    code: str = Reason.NOT_FOUND
 
 
 class ConflictError(EdgeFleetError):
-    code = "conflict"
+    code: str = Reason.CONFLICT
 
 
 def first_problem(exc: ValidationError) -> tuple[str, str]:

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.protocol.drift import ReferenceProfile
 from edgefleet.protocol.errors import TargetMismatchError
-from edgefleet.protocol.messages import RuntimeName, Sha256Hex
+from edgefleet.protocol.messages import Sha256Hex
+from edgefleet.protocol.vocabulary import Reason, Runtime
 from edgefleet.protocol.runtimes import TensorSpec
 
 FORMAT_VERSION = 1
@@ -76,7 +77,7 @@ class BundleManifest(Model):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
     version: str
     build: int = Field(ge=0, description="monotonic build number")
-    runtime: RuntimeName
+    runtime: Runtime
     description: str = ""
     target: TargetConstraints = TargetConstraints()
     inputs: list[TensorSpec]
@@ -115,8 +116,8 @@ def check_target(manifest: BundleManifest, facts: DeviceFacts) -> None:
     t = manifest.target
     if manifest.runtime not in facts.runtimes:
         raise TargetMismatchError(f"bundle needs runtime {manifest.runtime!r}; device has {facts.runtimes}",
-                                  code="runtime_unavailable", where="manifest.runtime",
-                                  hint="install edgefleet[tflite] on the device" if manifest.runtime == "tflite" else None)
+                                  code=Reason.RUNTIME_UNAVAILABLE, where="manifest.runtime",
+                                  hint="install edgefleet[tflite] on the device" if manifest.runtime == Runtime.TFLITE else None)
     if t.archs and facts.arch not in t.archs:
         raise TargetMismatchError(f"bundle is for {t.archs}; device is {facts.arch}", where="manifest.target.archs")
     if t.hardware_classes and facts.hardware_class not in t.hardware_classes:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.protocol.errors import MessageError, first_problem
+from edgefleet.protocol.vocabulary import (DeviceStatus, DriftLevel, EventLevel, OrderAction, Outcome, Reason, Runtime,
+                                           UpdateState)
 
 SCHEMA_VERSION = 1
 
@@ -30,13 +32,6 @@ MAX_PAYLOAD: dict[str, int] = {
     "cmd": 32 * KiB,
 }
 """Largest accepted payload per topic kind, in bytes. Larger payloads are rejected unread."""
-
-UpdateStateName = Literal[
-    "idle", "downloading", "verifying", "staged", "activating", "health_check",
-    "committed", "failed", "rolled_back",
-]
-Outcome = Literal["committed", "failed", "rolled_back", "cancelled", "refused"]
-RuntimeName = Literal["onnx", "tflite"]
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -65,7 +60,7 @@ class InstalledBundle(WireModel):
     version: str
     build: int
     digest: Sha256Hex
-    runtime: RuntimeName
+    runtime: Runtime
     slot: str = ""
 
 
@@ -87,8 +82,8 @@ class State(Message):
     """Retained on the state topic; also the last will (``status="offline"``) and the heartbeat."""
 
     type: Literal["state"] = "state"
-    status: Literal["online", "offline"]
-    update_state: UpdateStateName = "idle"
+    status: DeviceStatus
+    update_state: UpdateState = UpdateState.IDLE
     deployment_id: str | None = None
     installed: InstalledBundle | None = None
     uptime_s: float = 0.0
@@ -100,7 +95,7 @@ class DeploymentOrder(WireModel):
 
     device_id: DeviceId
     deployment_id: str = Field(min_length=1, max_length=64)
-    action: Literal["install", "cancel"] = "install"
+    action: OrderAction = OrderAction.INSTALL
     bundle_digest: Sha256Hex | None = None
     bundle_size: int | None = Field(default=None, ge=0)
     bundle_url: str | None = None
@@ -134,10 +129,11 @@ class StatusReport(Message):
     type: Literal["status"] = "status"
     deployment_id: str
     sequence: int = 0
-    state: UpdateStateName
+    state: UpdateState
     final: bool = False
     outcome: Outcome | None = None
     reason: str | None = None
+    """A :class:`~edgefleet.protocol.vocabulary.Reason` value (``str``: a newer sender's new code survives)."""
     detail: str | None = Field(default=None, max_length=2000)
     bytes_done: int | None = None
     bytes_total: int | None = None
@@ -181,7 +177,7 @@ class DriftScores(WireModel):
     ks: float = 0.0
     per_feature_psi: list[float] = []
     prediction_psi: float | None = None
-    level: Literal["ok", "warn", "alarm", "insufficient"] = "ok"
+    level: DriftLevel = DriftLevel.OK
     samples: int = 0
 
 
@@ -203,7 +199,7 @@ class TelemetryWindow(Message):
 
 class Event(Message):
     type: Literal["event"] = "event"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: EventLevel = EventLevel.INFO
     kind: str
     text: str = Field(default="", max_length=2000)
     data: dict[str, Any] = {}
@@ -244,7 +240,7 @@ def decode(kind: str, payload: bytes) -> Message:
     limit = MAX_PAYLOAD[kind]
     if len(payload) > limit:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
-                           code="payload_too_large", where=kind)
+                           code=Reason.PAYLOAD_TOO_LARGE, where=kind)
     try:
         obj = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, NaN/Infinity, absurd nesting
@@ -253,7 +249,7 @@ def decode(kind: str, payload: bytes) -> Message:
         raise MessageError("payload is not a JSON object", where=kind)
     version = obj.get("schema_version")
     if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 and 1.0 == 1 in Python
-        raise MessageError(f"unsupported schema_version {version!r}", code="unsupported_schema",
+        raise MessageError(f"unsupported schema_version {version!r}", code=Reason.UNSUPPORTED_SCHEMA,
                            where=kind, hint=f"this receiver speaks schema_version {SCHEMA_VERSION}")
     try:
         return model.model_validate(obj)

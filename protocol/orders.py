@@ -14,6 +14,7 @@ from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.errors import ExpiredError, ReplayError, SignatureError, TargetMismatchError
 from edgefleet.protocol.keys import TrustedKeys, key_id, sign
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder
+from edgefleet.protocol.vocabulary import OrderAction
 
 CLOCK_SKEW_S = 300
 """Tolerated clock difference between controller and device when checking ``issued_at``."""
@@ -51,7 +52,7 @@ def verify_order(signed: SignedOrder, *, trusted: TrustedKeys, device_id: str, l
     if order.issued_at > now + CLOCK_SKEW_S:
         raise ExpiredError(f"order issued in the future ({order.issued_at}, now {int(now)})",
                            where="order.issued_at", hint="check the device clock (NTP)")
-    if order.action == "install" and (order.bundle_digest is None or order.bundle_size is None
+    if order.action == OrderAction.INSTALL and (order.bundle_digest is None or order.bundle_size is None
                                       or not order.bundle_url):
         raise TargetMismatchError("install order lacks bundle digest, size or url", where="order")
     return order

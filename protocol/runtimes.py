@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgefleet.protocol.errors import InferenceError, RuntimeUnavailableError
+from edgefleet.protocol.vocabulary import Reason, Runtime
 
 
 class TensorSpec(BaseModel):
@@ -45,12 +46,12 @@ def _tflite_module():
     return None
 
 
-def available_runtimes() -> list[str]:
+def available_runtimes() -> list[Runtime]:
     found = []
     if importlib.util.find_spec("onnxruntime") is not None:
-        found.append("onnx")
+        found.append(Runtime.ONNX)
     if _tflite_module() is not None:
-        found.append("tflite")
+        found.append(Runtime.TFLITE)
     return found
 
 
@@ -60,12 +61,12 @@ def _check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> 
     extra = set(inputs) - names
     if missing or extra:
         raise InferenceError(f"inputs do not match the model: missing {sorted(missing)}, unexpected {sorted(extra)}",
-                             code="bad_input", where="inputs")
+                             code=Reason.BAD_INPUT, where="inputs")
     for s in specs:
         arr = inputs[s.name]
         if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape[1:], arr.shape[1:])):
             raise InferenceError(f"input {s.name!r} has shape {list(arr.shape)}, model expects {s.shape}",
-                                 code="bad_input", where=f"inputs.{s.name}")
+                                 code=Reason.BAD_INPUT, where=f"inputs.{s.name}")
 
 
 def _as_arrays(inputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
@@ -74,11 +75,11 @@ def _as_arrays(inputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype])
         return {k: np.asarray(v, dtype=dtypes.get(k)) for k, v in inputs.items()}
     except (ValueError, TypeError) as exc:  # ragged lists, strings for numbers, ...
         raise InferenceError(f"inputs cannot be converted to the model's types: {exc}".splitlines()[0],
-                             code="bad_input", where="inputs") from None
+                             code=Reason.BAD_INPUT, where="inputs") from None
 
 
 class OnnxSession:
-    runtime = "onnx"
+    runtime = Runtime.ONNX
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
@@ -94,7 +95,7 @@ class OnnxSession:
             self._sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise InferenceError(f"ONNX Runtime cannot load the model: {exc}".splitlines()[0],
-                                 code="bad_model", where="model") from None
+                                 code=Reason.BAD_MODEL, where="model") from None
         self.inputs = [TensorSpec(name=i.name, dtype=_ORT_DTYPES.get(i.type, i.type),
                                   shape=[d if isinstance(d, int) else None for d in i.shape])
                        for i in self._sess.get_inputs()]
@@ -115,7 +116,7 @@ class OnnxSession:
 
 
 class TFLiteSession:
-    runtime = "tflite"
+    runtime = Runtime.TFLITE
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
         module = _tflite_module()
@@ -128,7 +129,7 @@ class TFLiteSession:
             self._interp.allocate_tensors()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with C++ text
             raise InferenceError(f"LiteRT cannot load the model: {exc}".splitlines()[0],
-                                 code="bad_model", where="model") from None
+                                 code=Reason.BAD_MODEL, where="model") from None
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
         self.inputs = [TensorSpec(name=d["name"], dtype=np.dtype(d["dtype"]).name,
@@ -160,8 +161,8 @@ class TFLiteSession:
 
 def open_session(runtime: str, model: bytes, *, threads: int = 1) -> Session:
     """Load ``model`` in ``runtime`` ("onnx" or "tflite")."""
-    if runtime == "onnx":
+    if runtime == Runtime.ONNX:
         return OnnxSession(model, threads)
-    if runtime == "tflite":
+    if runtime == Runtime.TFLITE:
         return TFLiteSession(model, threads)
     raise RuntimeUnavailableError(f"unknown runtime {runtime!r}", where="runtime", hint="use 'onnx' or 'tflite'")

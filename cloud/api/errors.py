@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.cloud.services.auth import AuthenticationError, PermissionDeniedError
-from edgefleet.protocol.errors import (ConfigError, ConflictError, EdgeFleetError, MessageError, NotFoundError,
+from edgefleet.protocol.errors import (ConfigError, ConflictError, EdgeFleetError, InvalidRequestError, MessageError, NotFoundError,
                                        SizeLimitError, TransportError, VerificationError)
+from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,15 @@ STATUS: list[tuple[type[EdgeFleetError], int]] = [
     (SizeLimitError, 413),
     (VerificationError, 422),
     (MessageError, 400),
+    (InvalidRequestError, 400),
     (TransportError, 503),
     (ConfigError, 500),
 ]
 """First match wins, so subclasses come before their bases."""
+
+
+HTTP_CODES = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED, 413: Reason.SIZE_LIMIT}
+"""Our code for an HTTP error raised by the framework (unknown path, wrong method, body too large)."""
 
 
 def status_for(exc: EdgeFleetError) -> int:
@@ -60,13 +66,13 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        count("invalid_request")
-        return JSONResponse(error_body("invalid_request", str(first.get("msg")), where,
+        count(Reason.INVALID_REQUEST)
+        return JSONResponse(error_body(Reason.INVALID_REQUEST, str(first.get("msg")), where,
                                        "see /docs for the request schema"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = HTTP_CODES.get(exc.status_code, Reason.INVALID_REQUEST)
         count(code)
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleSection, DriftSection, ProfileSection, SmokeSection, TargetSection
 from edgefleet.protocol.messages import DeviceId
+from edgefleet.protocol.vocabulary import Runtime
+from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TagStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=-]+$")]
@@ -26,7 +28,7 @@ class Out(BaseModel):
 
 class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=128)
-    role: str = Field(pattern=r"^(viewer|operator|admin)$")
+    role: Literal[Role.VIEWER, Role.OPERATOR, Role.ADMIN]
 
 
 class TokenOut(Out):
@@ -92,10 +94,10 @@ class ModelOut(Out):
 
 class ModelVersionCreate(Body):
     version: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-    kind: str = Field(default="source", pattern=r"^(source|compressed)$")
+    kind: ModelKind = ModelKind.SOURCE
     parent: str | None = Field(default=None, max_length=64)
     """The version this one was derived from (required for ``compressed``)."""
-    format: str = Field(default="onnx", pattern=r"^(onnx|tflite)$")
+    format: Runtime = Runtime.ONNX
     report: dict[str, Any] | None = None
     """The compression report (size, latency, accuracy / fidelity, gate)."""
 
@@ -135,11 +137,6 @@ class BundleDetail(BundleOut):
     download_path: str
 
 
-DataSource = Literal["digits", "dataset"]
-"""Samples for calibration, evaluation and drift profiles: ``digits`` (scikit-learn's bundled
-digits) or ``dataset`` (the ``.npz`` uploaded with ``PUT /models/{name}/dataset``)."""
-
-
 class DatasetOut(Out):
     digest: str
     size: int
@@ -152,9 +149,10 @@ class DatasetOut(Out):
 class CompressionJobCreate(Body):
     variant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     """Version string of the compressed variant to register."""
-    runtime: Literal["onnx", "tflite"] = "onnx"
+    runtime: Runtime = Runtime.ONNX
     config: CompressionConfig = CompressionConfig()
-    data: DataSource = "digits"
+    data: DataSource = DataSource.DIGITS
+    """Samples for calibration and evaluation (``dataset``: the ``.npz`` of ``PUT /models/{name}/dataset``)."""
 
 
 class CompressionJobOut(Out):
@@ -186,7 +184,7 @@ class BundleBuildRequest(Body):
     smoke_test: SmokeSection = SmokeSection()
     profile: ProfileSection = ProfileSection()
     drift: DriftSection = DriftSection()
-    data: DataSource = "digits"
+    data: DataSource = DataSource.DIGITS
 
 
 # ---------------------------------------------------------------- devices

@@ -6,7 +6,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse
 
 from edgefleet.cloud.store.blobs import BlobStore, Incoming
-from edgefleet.protocol.errors import MessageError, SizeLimitError
+from edgefleet.protocol.errors import InvalidRequestError, SizeLimitError
 
 OCTET_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {
     "schema": {"type": "string", "format": "binary"}}}}}
@@ -23,11 +23,11 @@ async def receive_upload(request: Request, store: BlobStore, max_bytes: int) -> 
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise MessageError("Content-Length is not a number", where="Content-Length")
+            raise InvalidRequestError("Content-Length is not a number", where="Content-Length")
         if int(declared) > max_bytes:
             raise SizeLimitError(f"upload of {declared} bytes exceeds {max_bytes} bytes", where="body")
     incoming = await store.receive(request.stream(), max_bytes=max_bytes)
     if incoming.size == 0:
         store.discard(incoming)
-        raise MessageError("empty upload", where="body", hint="send the file as the raw request body")
+        raise InvalidRequestError("empty upload", where="body", hint="send the file as the raw request body")
     return incoming

@@ -15,6 +15,7 @@ from edgefleet.compression.config import (CompressionConfig, GateConfig, Mode, P
                                           PruningScope, load_compression_recipe)
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError
 from edgefleet.protocol.files import atomic_write
+from edgefleet.protocol.vocabulary import Runtime
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,11 +23,6 @@ if TYPE_CHECKING:
 
 class Samples(StrEnum):
     DIGITS = "digits"
-
-
-class RuntimeChoice(StrEnum):
-    ONNX = "onnx"
-    TFLITE = "tflite"
 
 
 def _input_shape(model: bytes) -> list[int]:
@@ -114,7 +110,7 @@ def register(app: typer.Typer) -> None:
     def compress_command(
         model: Annotated[Path, typer.Argument(help="ONNX or TFLite model file")],
         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the result")],
-        runtime: Annotated[RuntimeChoice, typer.Option(help="target runtime")] = RuntimeChoice.ONNX,
+        runtime: Annotated[Runtime, typer.Option(help="target runtime")] = Runtime.ONNX,
         recipe: Annotated[Optional[Path], typer.Option(
             help="recipe TOML with a [compression] table")] = None,
         mode: Annotated[Optional[Mode], typer.Option(help="overrides the recipe's mode")] = None,
@@ -143,7 +139,7 @@ def register(app: typer.Typer) -> None:
         config = _config(recipe, mode, sparsity, pruning, scope, max_drop, min_agreement, no_gate)
         calibration, eval_x, eval_y = _load_data(samples, data, source)
         try:
-            result = compress(source, runtime.value, config, calibration=calibration, eval_x=eval_x,
+            result = compress(source, runtime, config, calibration=calibration, eval_x=eval_x,
                               eval_y=eval_y)
         except AccuracyGateError as exc:  # the report says why; the error line follows on stderr
             if report_json and exc.report is not None:

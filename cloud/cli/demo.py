@@ -44,6 +44,8 @@ from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.errors import EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.manifest import Lineage
+from edgefleet.protocol.vocabulary import DriftLevel, JUDGED_DRIFT_LEVELS, Runtime
+from edgefleet.cloud.vocabulary import DeploymentStatus
 
 console = Console()
 
@@ -60,7 +62,7 @@ def shift_inputs(x: np.ndarray) -> np.ndarray:
     return np.clip(0.5 * x + 0.45, 0.0, 1.0).astype(np.float32)
 
 
-def recipe(runtime: str, version: str, build: int) -> dict[str, Any]:
+def recipe(runtime: Runtime, version: str, build: int) -> dict[str, Any]:
     """The same recipe as firmware-bundles/digits-mlp.toml, per runtime."""
     return {"bundle": {"name": f"digits-mlp-{runtime}", "version": version, "build": build, "runtime": runtime,
                        "description": "8x8 handwritten digit classifier (scikit-learn digits)", "labels": LABELS},
@@ -74,7 +76,7 @@ def recipe(runtime: str, version: str, build: int) -> dict[str, Any]:
 @dataclass
 class DemoDevice:
     device_id: str
-    runtime: str
+    runtime: Runtime
     shifted: bool
     state_dir: Path
     process: subprocess.Popen | None = None
@@ -128,7 +130,7 @@ class Demo:
                   f"in {time.monotonic() - t:.1f}s")
         out = {}
         gate = GateConfig(max_accuracy_drop=1.0)
-        for runtime, mode in (("onnx", Mode.STATIC_INT8), ("tflite", Mode.DYNAMIC_INT8)):
+        for runtime, mode in ((Runtime.ONNX, Mode.STATIC_INT8), (Runtime.TFLITE, Mode.DYNAMIC_INT8)):
             t = time.monotonic()
             result = compress(fp32, runtime, CompressionConfig(mode=mode, gate=gate, latency_runs=20),
                               calibration=data.x_train[:256], eval_x=data.x_test, eval_y=data.y_test)
@@ -154,7 +156,7 @@ class Demo:
     def start_agents(self) -> None:
         shifted_ids = {self.n_devices - 2, self.n_devices - 1}  # one ONNX, one LiteRT device
         for i in range(self.n_devices):
-            runtime = "onnx" if i % 2 == 0 else "tflite"
+            runtime = Runtime.ONNX if i % 2 == 0 else Runtime.TFLITE
             dev = DemoDevice(device_id=f"edge-{i + 1:02d}", runtime=runtime, shifted=i in shifted_ids,
                              state_dir=self.base / "devices" / f"edge-{i + 1:02d}")
             token = self.client.post("/api/v1/enrollment-tokens",
@@ -171,8 +173,8 @@ class Demo:
 
         self.wait_for(all_online, what="every agent online", timeout_s=60)
         self.step(f"{self.n_devices} agents enrolled and online "
-                  f"({sum(d.runtime == 'onnx' for d in self.devices)} ONNX Runtime, "
-                  f"{sum(d.runtime == 'tflite' for d in self.devices)} LiteRT)")
+                  f"({sum(d.runtime == Runtime.ONNX for d in self.devices)} ONNX Runtime, "
+                  f"{sum(d.runtime == Runtime.TFLITE for d in self.devices)} LiteRT)")
 
     def enroll(self, dev: DemoDevice, token: str) -> Path:
         """Run ``edgefleet-agent enroll`` as a device would (the controller never imports the agent)."""
@@ -195,7 +197,7 @@ class Demo:
             outcomes = {t["device_id"]: t["outcome"] for t in dep["targets"]}
             self.step(f"deployment {dep['id']} of {bundle['name']} → {dep['status']}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
-            if dep["status"] != "succeeded":
+            if dep["status"] != DeploymentStatus.SUCCEEDED:
                 raise TransportError(f"deployment {dep['id']} ended {dep['status']}", where="demo",
                                      hint=f"see the agent logs under {self.base / 'devices'}")
 
@@ -238,7 +240,7 @@ class Demo:
         for d in self.devices:
             s = summary[d.device_id]
             levels = s["drift"]["levels"]
-            detected = bool(levels.get("alarm") or levels.get("warn"))
+            detected = bool(levels.get(DriftLevel.ALARM) or levels.get(DriftLevel.WARN))
             ok &= detected == d.shifted
             rows.append((d.device_id, d.runtime, "shifted" if d.shifted else "clean", s["requests"],
                          f"{100 * d.correct / max(d.answered, 1):.1f}%",
@@ -306,8 +308,8 @@ def _ms(v: float | None) -> str:
 
 def _verdict(levels: dict[str, int]) -> str:
     """The worst drift verdict over the windows that had enough samples, e.g. ``alarm 3/3``."""
-    judged = sum(v for k, v in levels.items() if k != "insufficient")
-    worst = next((k for k in ("alarm", "warn", "ok") if levels.get(k)), None)
+    judged = sum(v for k, v in levels.items() if k != DriftLevel.INSUFFICIENT)
+    worst = next((k for k in reversed(JUDGED_DRIFT_LEVELS) if levels.get(k)), None)
     return f"{worst} {levels[worst]}/{judged}" if worst else "-"
 
 

@@ -12,6 +12,8 @@ from edgefleet.cloud.cli.client import ControllerClient, client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import ago, console, print_fields, print_json, print_table, short
 from edgefleet.protocol.errors import ConfigError, TransportError
+from edgefleet.protocol.vocabulary import Reason
+from edgefleet.cloud.vocabulary import DeploymentStatus
 
 deployments_app = typer.Typer(no_args_is_help=True, help="Deployments and their per-device progress.")
 
@@ -80,7 +82,7 @@ def follow_deployment(c: ControllerClient, deployment_id: str, *, quiet: bool = 
                 return dep
             if deadline is not None and time.monotonic() > deadline:
                 raise TransportError(f"deployment {deployment_id} not finished after {timeout_s:.0f}s",
-                                     code="timeout", where="deploy --wait")
+                                     code=Reason.TIMEOUT, where="deploy --wait")
             time.sleep(poll_s)
 
 
@@ -97,7 +99,7 @@ def _print_deployment(dep: dict[str, Any]) -> None:
 
 
 @deployments_app.command("list")
-def deployments_list(status: str = typer.Option(None, help="active, succeeded, failed, partial, cancelled"),
+def deployments_list(status: DeploymentStatus = typer.Option(None, help="only deployments with this status"),
                      limit: int = typer.Option(50, min=1, max=1000),
                      url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
     """List deployments, newest first."""

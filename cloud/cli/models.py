@@ -13,6 +13,9 @@ from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
 from edgefleet.cloud.cli.client import client_from_env
 from edgefleet.protocol.errors import ConfigError, TransportError
+from edgefleet.protocol.vocabulary import Reason, Runtime
+from edgefleet.cloud.vocabulary import DataSource, FINAL_JOB_STATES
+from edgefleet.compression.config import Mode
 
 models_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, lineage, compression jobs.")
 
@@ -60,10 +63,11 @@ def models_dataset(name: str, npz: Path = typer.Argument(..., help=".npz with x 
 def models_compress(
     name: str, version: str,
     variant: str = typer.Option(..., help="version string of the compressed variant, e.g. 1.0.0-int8"),
-    runtime: str = typer.Option("onnx", help="target runtime: onnx or tflite"),
+    runtime: Runtime = typer.Option(Runtime.ONNX, help="target runtime"),
     recipe: Path = typer.Option(None, help="take the settings from this recipe's [compression] table"),
-    mode: str = typer.Option(None, help="dynamic_int8, static_int8, weight_only_int8, fp16 or none"),
-    data: str = typer.Option("digits", help="'digits' (bundled sample set) or 'dataset' (edgefleet models dataset)"),
+    mode: Mode = typer.Option(None, help="compression mode (overrides the recipe's)"),
+    data: DataSource = typer.Option(DataSource.DIGITS, help="digits: the bundled sample set; dataset: the one "
+                                                              "uploaded with 'edgefleet models dataset'"),
     wait: bool = typer.Option(False, "--wait", help="wait until the job has finished"),
     url: str = URL, token: str = TOKEN, json_out: bool = JSON,
 ) -> None:
@@ -90,10 +94,10 @@ def _wait_for_job(c, job_id: int, timeout_s: float = 1800.0, poll_s: float = 0.5
     deadline = time.monotonic() + timeout_s
     while True:
         job = c.get(f"/api/v1/compression-jobs/{job_id}")
-        if job["state"] in ("succeeded", "failed"):
+        if job["state"] in FINAL_JOB_STATES:
             return job
         if time.monotonic() > deadline:
-            raise TransportError(f"compression job {job_id} not finished after {timeout_s:.0f}s", code="timeout",
+            raise TransportError(f"compression job {job_id} not finished after {timeout_s:.0f}s", code=Reason.TIMEOUT,
                                  where="models compress --wait")
         time.sleep(poll_s)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from edgefleet.protocol.vocabulary import DriftLevel
 
 console = Console()
 err_console = Console(stderr=True)
@@ -68,5 +69,5 @@ def num(v: float | None) -> str:
 def drift_levels(summary: dict[str, Any]) -> str:
     """How many windows were judged at each drift level, worst first (``few``: too few samples)."""
     levels = summary["drift"].get("levels", {})
-    names = {"alarm": "alarm", "warn": "warn", "ok": "ok", "insufficient": "few"}
+    names = {DriftLevel.ALARM: "alarm", DriftLevel.WARN: "warn", DriftLevel.OK: "ok", DriftLevel.INSUFFICIENT: "few"}
     return ", ".join(f"{names[k]} {levels[k]}" for k in names if levels.get(k)) or "-"

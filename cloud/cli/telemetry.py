@@ -7,13 +7,14 @@ import typer
 from edgefleet.cloud.cli.client import client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import drift_levels, ms, num, print_json, print_table, short
+from edgefleet.cloud.vocabulary import TelemetryGroup
 
 
 def register(app: typer.Typer) -> None:
     app.command("telemetry")(telemetry)
 
 
-def telemetry(group_by: str = typer.Option("device", "--by", help="device, bundle, model_version or tag"),
+def telemetry(group_by: TelemetryGroup = typer.Option(TelemetryGroup.DEVICE, "--by", help="what to aggregate by"),
               key: str = typer.Option(None, help="only this device id / digest / model@version / tag"),
               since: float = typer.Option(None, help="only windows after this Unix time"),
               url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
@@ -24,6 +25,6 @@ def telemetry(group_by: str = typer.Option("device", "--by", help="device, bundl
         return print_json(data)
     print_table(None, [group_by, "windows", "requests", "samples", "errors", "p50", "p95", "max PSI",
                        "drift windows"],
-                [(short(k) if group_by == "bundle" else k, s["windows"], s["requests"], s["samples"], s["errors"],
+                [(short(k) if group_by == TelemetryGroup.BUNDLE else k, s["windows"], s["requests"], s["samples"], s["errors"],
                   ms(s["latency_ms"]["p50"]), ms(s["latency_ms"]["p95"]), num(s["drift"].get("psi_max")),
                   drift_levels(s)) for k, s in data.items()])

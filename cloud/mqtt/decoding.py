@@ -13,6 +13,7 @@ from typing import Any
 from edgefleet.protocol.errors import MessageError
 from edgefleet.protocol.messages import Event, Message, TelemetryWindow, decode
 from edgefleet.protocol.topics import DEVICE_KINDS, parse_device_topic
+from edgefleet.protocol.vocabulary import Reason
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,13 @@ def decode_raw(raw: Raw, *, prefix: str) -> Decoded:
     try:
         device_id, kind = parse_device_topic(raw.topic, prefix)
     except MessageError as exc:
-        raise MessageError(exc.message, code="bad_topic", where="topic") from None
+        raise MessageError(exc.message, code=Reason.BAD_TOPIC, where="topic") from None
     if kind not in DEVICE_KINDS:
-        raise MessageError(f"devices do not publish {kind!r}", code="bad_topic", where="topic")
+        raise MessageError(f"devices do not publish {kind!r}", code=Reason.BAD_TOPIC, where="topic")
     message = decode(kind, raw.payload)
     if message.device_id != device_id:
         raise MessageError(f"payload device_id {message.device_id!r} differs from the topic's {device_id!r}",
-                           code="device_mismatch", where="device_id")
+                           code=Reason.DEVICE_MISMATCH, where="device_id")
     if isinstance(message, TelemetryWindow):
         return Decoded(device_id, kind, message.msg_id, raw.received_at,
                        row=telemetry_row(message, raw=raw.payload, now=raw.received_at))
@@ -94,5 +95,5 @@ def decode_many(raws: list[Raw], prefix: str) -> list[Decoded | Rejected]:
         except MessageError as exc:
             out.append(Rejected(exc.code, raw.topic[:200], len(raw.payload), str(exc)[:300]))
         except Exception as exc:  # a decoder bug must not cost the rest of the batch
-            out.append(Rejected("decode_error", raw.topic[:200], len(raw.payload), repr(exc)[:300]))
+            out.append(Rejected(Reason.DECODE_ERROR, raw.topic[:200], len(raw.payload), repr(exc)[:300]))
     return out

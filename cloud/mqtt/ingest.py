@@ -33,6 +33,7 @@ from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
 from edgefleet.protocol.messages import Hello, State, StatusReport
+from edgefleet.protocol.vocabulary import DeviceStatus, Reason
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         if item.device_id in known:
             accepted.append(item)
         else:
-            result.reject("unknown_device")
+            result.reject(Reason.UNKNOWN_DEVICE)
             log.warning("message from unknown or decommissioned device %s rejected", item.device_id)
     control_ids = {i.device_id for i in accepted if i.kind in _CONTROL_KINDS}
     loaded = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(control_ids)))} \
@@ -105,7 +106,7 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
             session.add(device)
         if device is None:
             last_seen[item.device_id] = item.received_at
-        elif not (isinstance(message, State) and message.status == "offline"):
+        elif not (isinstance(message, State) and message.status == DeviceStatus.OFFLINE):
             devices.mark_seen(device, now=item.received_at)
         result.stored += 1
     if telemetry_rows:
@@ -230,7 +231,7 @@ class Ingestor:
                 self._store(work)
             except Exception:  # a bug: count, log, carry on with the next batch
                 log.exception("ingest of a batch of %d messages failed", len(raws))
-                self.metrics.mqtt_rejected.labels("ingest_error").inc(len(raws))
+                self.metrics.mqtt_rejected.labels(Reason.INGEST_ERROR).inc(len(raws))
             finally:
                 for _ in raws:
                     self._queue.task_done()
@@ -266,7 +267,7 @@ class Ingestor:
             result.duplicates += 1
         except SQLAlchemyError:
             log.exception("could not store %s message %s from %s", item.kind, item.msg_id, item.device_id)
-            result.reject("store_error")
+            result.reject(Reason.STORE_ERROR)
 
     def _count(self, items: list[Decoded], result: BatchResult) -> None:
         for reason, n in result.rejected.items():

@@ -21,12 +21,11 @@ from sqlmodel import Session, select
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.tables import ApiToken
 from edgefleet.protocol.errors import EdgeFleetError, NotFoundError
+from edgefleet.cloud.vocabulary import Role
 
 log = logging.getLogger(__name__)
 
-OPERATOR_ROLES = ("viewer", "operator", "admin")
-ROLES = OPERATOR_ROLES + ("device",)
-_RANK = {"viewer": 1, "operator": 2, "admin": 3}
+_RANK = {Role.VIEWER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 TOKEN_PREFIX = "eft_"
 
 
@@ -48,13 +47,13 @@ class Principal:
     role: str
     device_id: str | None = None
 
-    def refusal(self, role: str) -> str | None:
+    def refusal(self, role: Role) -> str | None:
         """Why this principal may not act with ``role``'s rights; ``None`` when it may."""
-        if self.role == "device" or _RANK.get(self.role, 0) < _RANK[role]:
+        if self.role == Role.DEVICE or _RANK.get(Role(self.role), 0) < _RANK[role]:
             return f"{self.name} ({self.role}) may not do this; needs {role}"
         return None
 
-    def require(self, role: str) -> "Principal":
+    def require(self, role: Role) -> Principal:
         refusal = self.refusal(role)
         if refusal is not None:
             raise PermissionDeniedError(refusal, hint=f"use a token with the {role} role")
@@ -73,17 +72,16 @@ def new_secret(prefix: str = TOKEN_PREFIX) -> str:
     return prefix + secrets.token_urlsafe(32)
 
 
-def create_token(session: Session, *, name: str, role: str, actor: str, now: float,
+def create_token(session: Session, *, name: str, role: Role, actor: str, now: float,
                  device_id: str | None = None, secret: str | None = None) -> tuple[ApiToken, str]:
     """Create a token; return the row and the plaintext (the only time it is visible)."""
-    if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}")
+    role = Role(role)
     secret = secret or new_secret()
     row = ApiToken(name=name, token_hash=hash_secret(secret), role=role, device_id=device_id,
                    created_at=now, created_by=actor)
     session.add(row)
     session.flush()
-    if role != "device":
+    if role != Role.DEVICE:
         audit.record(session, actor=actor, action="token.create", target=f"token:{row.id}",
                      details={"name": name, "role": role}, now=now)
     return row, secret
@@ -112,7 +110,7 @@ def authenticate(session: Session, *, secret: str | None) -> Principal:
 
 def list_tokens(session: Session) -> list[ApiToken]:
     """Operator tokens; device tokens come and go with enrollment and decommissioning."""
-    return list(session.exec(select(ApiToken).where(ApiToken.role != "device").order_by(ApiToken.id)))
+    return list(session.exec(select(ApiToken).where(ApiToken.role != Role.DEVICE).order_by(ApiToken.id)))
 
 
 def revoke_token(session: Session, *, token_id: int, actor: str, now: float) -> ApiToken:
@@ -144,13 +142,13 @@ def ensure_admin_token(session: Session, *, secret: str | None, now: float) -> s
     if secret:
         exists = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_secret(secret))).first()
         if exists is None:
-            create_token(session, name="admin", role="admin", actor="system", now=now, secret=secret)
+            create_token(session, name="admin", role=Role.ADMIN, actor="system", now=now, secret=secret)
         return None
-    exists = session.exec(select(ApiToken).where(ApiToken.role == "admin",
+    exists = session.exec(select(ApiToken).where(ApiToken.role == Role.ADMIN,
                                                  ApiToken.revoked_at.is_(None))).first()
     if exists is not None:
         return None
-    _, plaintext = create_token(session, name="admin", role="admin", actor="system", now=now)
+    _, plaintext = create_token(session, name="admin", role=Role.ADMIN, actor="system", now=now)
     return plaintext
 
 

@@ -16,9 +16,10 @@ from edgefleet.cloud.services import audit, datasets, registry
 from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.tables import Bundle, ModelVersion
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
-from edgefleet.protocol.errors import ConfigError, ConflictError, MessageError
+from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError
 from edgefleet.protocol.keys import TrustedKeys, key_id
 from edgefleet.protocol.manifest import Lineage
+from edgefleet.protocol.vocabulary import Reason
 
 
 def build_and_register(session: Session, *, model_name: str, version: str, recipe: dict[str, Any], data: str,
@@ -44,9 +45,9 @@ def build_and_register(session: Session, *, model_name: str, version: str, recip
     try:
         parsed = parse_recipe(recipe, where="recipe")
     except ConfigError as exc:
-        raise MessageError(exc.message, code="invalid_recipe", where=exc.where) from None
+        raise InvalidRequestError(exc.message, code=Reason.INVALID_RECIPE, where=exc.where) from None
     if parsed.bundle.model is not None:
-        raise MessageError("bundle.model names a file; a server build packs the version's model file",
+        raise InvalidRequestError("bundle.model names a file; a server build packs the version's model file",
                            where="bundle.model", hint="leave bundle.model out")
     if parsed.bundle.runtime != row.format:
         raise ConflictError(f"bundle.runtime is {parsed.bundle.runtime!r} but {model_name}@{version} is "

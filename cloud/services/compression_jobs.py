@@ -24,30 +24,31 @@ from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.tables import CompressionJob, ModelVersion
 from edgefleet.compression import CompressionConfig, compress
 from edgefleet.protocol.errors import AccuracyGateError, ConflictError, EdgeFleetError, NotFoundError
+from edgefleet.protocol.vocabulary import Reason, Runtime
+from edgefleet.cloud.vocabulary import DataSource, JobState, ModelKind, OPEN_JOB_STATES
 
 log = logging.getLogger(__name__)
 
-STATES = ("pending", "running", "succeeded", "failed")
 MAX_ATTEMPTS = 3
 
 OpenSession = Callable[[], AbstractContextManager[Session]]
 
 
-def create_job(session: Session, *, model_name: str, version: str, variant: str, runtime: str,
-               config: CompressionConfig, data: str, actor: str, now: float) -> CompressionJob:
+def create_job(session: Session, *, model_name: str, version: str, variant: str, runtime: Runtime,
+               config: CompressionConfig, data: DataSource, actor: str, now: float) -> CompressionJob:
     source = registry.get_model_version(session, model_name=model_name, version=version)
     if source.artifact_digest is None:
         raise ConflictError(f"{model_name}@{version} has no model file to compress", where="version",
                             hint=f"upload it first: PUT /api/v1/models/{model_name}/versions/{version}/artifact")
-    if source.format == "tflite" and runtime == "onnx":
+    if source.format == Runtime.TFLITE and runtime == Runtime.ONNX:
         raise ConflictError("a TFLite model cannot be compressed for ONNX", where="runtime", hint="use 'tflite'")
-    if data == "dataset":
+    if data == DataSource.DATASET:
         datasets.get_dataset(session, model_name=model_name)
     taken = session.exec(select(ModelVersion).where(ModelVersion.model_id == source.model_id,
                                                     ModelVersion.version == variant)).first()
     queued = session.exec(select(CompressionJob).where(CompressionJob.model_name == model_name,
                                                        CompressionJob.variant == variant,
-                                                       col(CompressionJob.state).in_(("pending", "running")))).first()
+                                                       col(CompressionJob.state).in_(OPEN_JOB_STATES))).first()
     if taken is not None or queued is not None:
         raise ConflictError(f"model {model_name!r} already has (or is making) version {variant!r}",
                             where="variant", hint="pick a new variant version")
@@ -62,7 +63,7 @@ def create_job(session: Session, *, model_name: str, version: str, variant: str,
     return job
 
 
-def list_jobs(session: Session, *, model_name: str | None = None, state: str | None = None,
+def list_jobs(session: Session, *, model_name: str | None = None, state: JobState | None = None,
               limit: int = 100) -> list[CompressionJob]:
     query = select(CompressionJob).order_by(col(CompressionJob.id).desc()).limit(limit)
     if model_name:
@@ -83,13 +84,13 @@ def recover_interrupted(session: Session, *, now: float) -> list[int]:
     """Jobs left ``running`` by a controller that died: back to ``pending``, or ``failed`` with
     ``interrupted`` once they have been started :data:`MAX_ATTEMPTS` times. Idempotent."""
     recovered = []
-    for job in session.exec(select(CompressionJob).where(CompressionJob.state == "running")):
+    for job in session.exec(select(CompressionJob).where(CompressionJob.state == JobState.RUNNING)):
         if job.attempts >= MAX_ATTEMPTS:
-            job.state, job.finished_at = "failed", now
+            job.state, job.finished_at = JobState.FAILED, now
             job.error_code = "interrupted"
             job.error_message = f"the controller stopped while running it ({job.attempts} attempts)"
         else:
-            job.state, job.started_at = "pending", None
+            job.state, job.started_at = JobState.PENDING, None
         session.add(job)
         recovered.append(job.id)
         log.warning("compression job %d was interrupted: now %s", job.id, job.state)
@@ -100,13 +101,13 @@ def _claim(open_session: OpenSession, now: float) -> int | None:
     """Take the oldest pending job (one conditional UPDATE); ``None`` when there is none."""
     while True:
         with open_session() as session:
-            job_id = session.exec(select(CompressionJob.id).where(CompressionJob.state == "pending")
+            job_id = session.exec(select(CompressionJob.id).where(CompressionJob.state == JobState.PENDING)
                                   .order_by(col(CompressionJob.id)).limit(1)).first()
             if job_id is None:
                 return None
             claimed = session.exec(update(CompressionJob)
-                                   .where(col(CompressionJob.id) == job_id, col(CompressionJob.state) == "pending")
-                                   .values(state="running", started_at=now, attempts=CompressionJob.attempts + 1))
+                                   .where(col(CompressionJob.id) == job_id, col(CompressionJob.state) == JobState.PENDING)
+                                   .values(state=JobState.RUNNING, started_at=now, attempts=CompressionJob.attempts + 1))
             if claimed.rowcount == 1:
                 return job_id
 
@@ -143,7 +144,7 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
         _fail(open_session, job_id, exc, now=clock())
     except Exception as exc:  # a bug or a library failure must not leave the job running forever
         log.exception("compression job %d crashed", job_id)
-        _fail(open_session, job_id, EdgeFleetError(f"{type(exc).__name__}: {exc}", code="internal_error"),
+        _fail(open_session, job_id, EdgeFleetError(f"{type(exc).__name__}: {exc}", code=Reason.INTERNAL_ERROR),
               now=clock())
     return job_id
 
@@ -151,11 +152,11 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
 def _register(session: Session, *, job: CompressionJob, model: bytes, report: dict[str, Any], store: BlobStore,
               now: float) -> None:
     version = registry.create_model_version(session, model_name=job.model_name, version=job.variant,
-                                            kind="compressed", parent_version=job.source_version, format=job.runtime,
+                                            kind=ModelKind.COMPRESSED, parent_version=job.source_version, format=job.runtime,
                                             report=report, actor=job.created_by, now=now)
     registry.attach_artifact(session, model_name=job.model_name, version=job.variant, incoming=store.put(model),
                              store=store, actor=job.created_by, now=now)
-    job.state, job.report, job.result_version_id, job.finished_at = "succeeded", report, version.id, now
+    job.state, job.report, job.result_version_id, job.finished_at = JobState.SUCCEEDED, report, version.id, now
     session.add(job)
     log.info("compression job %d: succeeded, %s@%s registered (%d bytes)", job.id, job.model_name, job.variant,
              len(model))
@@ -165,7 +166,7 @@ def _fail(open_session: OpenSession, job_id: int, exc: EdgeFleetError, *, now: f
           report: dict[str, Any] | None = None) -> None:
     with open_session() as session:
         job = session.get(CompressionJob, job_id)
-        job.state, job.finished_at = "failed", now
+        job.state, job.finished_at = JobState.FAILED, now
         job.error_code, job.error_message, job.report = exc.code, str(exc), report
         session.add(job)
     log.warning("compression job %d: failed (%s) %s", job_id, exc.code, exc)

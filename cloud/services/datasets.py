@@ -18,9 +18,9 @@ from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.blobs import BlobStore, Incoming
 from edgefleet.cloud.store.tables import ModelDataset
 from edgefleet.cloud.services.registry import get_model
-from edgefleet.protocol.errors import ConflictError, MessageError, SizeLimitError
+from edgefleet.protocol.errors import ConflictError, InvalidRequestError, SizeLimitError
+from edgefleet.cloud.vocabulary import DataSource
 
-DATA_SOURCES = ("digits", "dataset")
 CALIBRATION_SAMPLES = 512
 
 
@@ -43,12 +43,12 @@ def _digits() -> Samples:
 def parse_npz(data: bytes, *, max_unpacked: int) -> tuple[np.ndarray, np.ndarray | None]:
     """``x`` (numeric, at least 2-D: samples first) and optional ``y`` (one integer label per sample).
 
-    Raises :class:`MessageError` for anything else; the unpacked size is bounded before loading."""
+    Raises :class:`InvalidRequestError` for anything else; the unpacked size is bounded before loading."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, ValueError):
-        raise MessageError("not an .npz archive", where="body", hint="write it with numpy.savez(f, x=..., y=...)") \
+        raise InvalidRequestError("not an .npz archive", where="body", hint="write it with numpy.savez(f, x=..., y=...)") \
             from None
     if unpacked > max_unpacked:
         raise SizeLimitError(f"dataset unpacks to {unpacked} bytes, more than {max_unpacked}", where="body")
@@ -56,16 +56,16 @@ def parse_npz(data: bytes, *, max_unpacked: int) -> tuple[np.ndarray, np.ndarray
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except Exception as exc:  # numpy raises many kinds on corrupt members; translated here, at the boundary
-        raise MessageError(f"unreadable .npz: {exc}", where="body") from None
+        raise InvalidRequestError(f"unreadable .npz: {exc}", where="body") from None
     unknown = sorted(set(arrays) - {"x", "y"})
     if "x" not in arrays or unknown:
-        raise MessageError(f"the archive must hold 'x' and optionally 'y', not {sorted(arrays)}", where="body")
+        raise InvalidRequestError(f"the archive must hold 'x' and optionally 'y', not {sorted(arrays)}", where="body")
     x, y = arrays["x"], arrays.get("y")
     if x.dtype.kind not in "fiu" or x.ndim < 2 or len(x) == 0:
-        raise MessageError(f"x must be a non-empty numeric array of at least 2 dimensions, not {x.dtype} "
+        raise InvalidRequestError(f"x must be a non-empty numeric array of at least 2 dimensions, not {x.dtype} "
                            f"{x.shape}", where="x")
     if y is not None and (y.dtype.kind not in "iu" or y.shape != (len(x),)):
-        raise MessageError(f"y must hold one integer label per sample of x, not {y.dtype} {y.shape}", where="y")
+        raise InvalidRequestError(f"y must hold one integer label per sample of x, not {y.dtype} {y.shape}", where="y")
     return x.astype(np.float32, copy=False), y
 
 
@@ -94,15 +94,15 @@ def get_dataset(session: Session, *, model_name: str) -> ModelDataset:
     if row is None:
         raise ConflictError(f"model {model_name!r} has no uploaded dataset", where="data",
                             hint=f"PUT an .npz (x, optional y) to /api/v1/models/{model_name}/dataset, "
-                                 "or use data 'digits'")
+                                 f"or use data '{DataSource.DIGITS}'")
     return row
 
 
-def load_samples(session: Session, *, model_name: str, data: str, store: BlobStore, max_unpacked: int) -> Samples:
-    if data == "digits":
+def load_samples(session: Session, *, model_name: str, data: DataSource | str, store: BlobStore, max_unpacked: int) -> Samples:
+    if data == DataSource.DIGITS:
         return _digits()
-    if data != "dataset":
-        raise MessageError(f"data must be one of {DATA_SOURCES}", where="data")
+    if data != DataSource.DATASET:
+        raise InvalidRequestError(f"data must be one of {', '.join(DataSource)}", where="data")
     row = get_dataset(session, model_name=model_name)
     x, y = parse_npz(store.open_path(row.digest).read_bytes(), max_unpacked=max_unpacked)
     return Samples(x[:CALIBRATION_SAMPLES], x, y)

@@ -20,10 +20,12 @@ from edgefleet.cloud.services import audit, devices
 from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, Device
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.registry import get_bundle
-from edgefleet.protocol.errors import ConflictError, MessageError, NotFoundError, ReplayError, TargetMismatchError
+from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError, TargetMismatchError
 from edgefleet.protocol.manifest import BundleManifest, check_target
 from edgefleet.protocol.messages import OrderMessage, StatusReport, encode
 from edgefleet.protocol.topics import cmd
+from edgefleet.protocol.vocabulary import OrderAction, Outcome, Reason, UpdateState
+from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ Publish = Callable[[str, bytes], bool]
 """Hands ``payload`` to the broker for ``topic`` (QoS 1); False when not connected."""
 
 HISTORY_MAX = 50
-CANCELLED_BY_OPERATOR = "cancelled_by_operator"
 
 
 def _history(target: DeploymentTarget, now: float, **entry) -> None:
@@ -42,7 +43,7 @@ def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str 
                     all_devices: bool) -> tuple[list[Device], dict]:
     chosen = [bool(device_ids), bool(tag), bool(all_devices)]
     if sum(chosen) != 1:
-        raise MessageError("give exactly one of device_ids, tag or all", where="target")
+        raise InvalidRequestError("give exactly one of device_ids, tag or all", where="target")
     if device_ids:
         missing = [d for d in device_ids if session.get(Device, d) is None]
         if missing:
@@ -90,11 +91,11 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     for device in chosen:
         _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
         message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=bundle,
-                               action="install", now=now)
+                               action=OrderAction.INSTALL, now=now)
         target = DeploymentTarget(deployment_id=deployment.id, device_id=device.id,
                                   sequence=message.order.signed.sequence, order=message.model_dump(mode="json"),
                                   created_at=now, updated_at=now)
-        _history(target, now, state="pending", sequence=target.sequence)
+        _history(target, now, state=TargetState.PENDING, sequence=target.sequence)
         session.add(target)
     audit.record(session, actor=actor, action="deployment.create", target=f"deployment:{deployment.id}",
                  details={"bundle": bundle.digest, "selector": selector, "devices": [d.id for d in chosen],
@@ -120,13 +121,13 @@ def _incompatibility(manifest: BundleManifest, device: Device) -> str | None:
 def _supersede_open_targets(session: Session, *, device_id: str, by: str, now: float) -> None:
     for target in session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id,
                                                               DeploymentTarget.final == False)):  # noqa: E712
-        _finish(target, now, outcome="cancelled", reason="superseded", detail=f"superseded by {by}")
+        _finish(target, now, outcome=Outcome.CANCELLED, reason=Reason.SUPERSEDED, detail=f"superseded by {by}")
         session.add(target)
         session.flush()
         _rollup(session, deployment_id=target.deployment_id, now=now)
 
 
-def _finish(target: DeploymentTarget, now: float, *, outcome: str, reason: str | None,
+def _finish(target: DeploymentTarget, now: float, *, outcome: Outcome, reason: str | None,
             detail: str | None = None) -> None:
     target.final, target.outcome, target.reason, target.detail = True, outcome, reason, detail
     target.updated_at = now
@@ -141,22 +142,22 @@ def _rollup(session: Session, *, deployment_id: str, now: float) -> None:
     targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)))
     if not all(t.final for t in targets):
         return
-    committed = sum(t.outcome == "committed" for t in targets)
-    if deployment.status == "cancelled" or all(t.outcome == "cancelled" for t in targets):
-        deployment.status = "cancelled"
+    committed = sum(t.outcome == Outcome.COMMITTED for t in targets)
+    if deployment.status == DeploymentStatus.CANCELLED or all(t.outcome == Outcome.CANCELLED for t in targets):
+        deployment.status = DeploymentStatus.CANCELLED
     elif committed == len(targets):
-        deployment.status = "succeeded"
+        deployment.status = DeploymentStatus.SUCCEEDED
     elif committed == 0:
-        deployment.status = "failed"
+        deployment.status = DeploymentStatus.FAILED
     else:
-        deployment.status = "partial"
+        deployment.status = DeploymentStatus.PARTIAL
     deployment.finished_at = now
     session.add(deployment)
     log.info("deployment %s finished: %s (%d/%d committed)", deployment_id, deployment.status, committed,
              len(targets))
 
 
-def list_deployments(session: Session, *, status: str | None = None, bundle_id: int | None = None,
+def list_deployments(session: Session, *, status: DeploymentStatus | None = None, bundle_id: int | None = None,
                      limit: int = 100) -> list[Deployment]:
     """Newest first; optionally only those with ``status`` or of one bundle."""
     query = select(Deployment).order_by(col(Deployment.created_at).desc()).limit(limit)
@@ -223,14 +224,14 @@ def cancel_deployment(session: Session, *, deployment_id: str, issuer: OrderIssu
             continue
         device = session.get(Device, target.device_id)
         message = issuer.issue(session, device=device, deployment_id=deployment_id, bundle=bundle,
-                               action="cancel", now=now)
+                               action=OrderAction.CANCEL, now=now)
         target.sequence = message.order.signed.sequence
         target.order = message.model_dump(mode="json")
         target.published_at = None
-        _finish(target, now, outcome="cancelled", reason=CANCELLED_BY_OPERATOR)
+        _finish(target, now, outcome=Outcome.CANCELLED, reason=Reason.CANCELLED_BY_OPERATOR)
         session.add(target)
         cancelled.append(target.device_id)
-    deployment.status = "cancelled"
+    deployment.status = DeploymentStatus.CANCELLED
     session.add(deployment)
     session.flush()
     _rollup(session, deployment_id=deployment_id, now=now)
@@ -252,7 +253,7 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
         _history(target, now, ignored=True, **entry)
         session.add(target)
         return target
-    if report.outcome == "refused" and report.reason == ReplayError.code:
+    if report.outcome == Outcome.REFUSED and report.reason == Reason.REPLAYED_ORDER:
         # A redelivered copy of an order the device already accepted (QoS 1 duplicate, re-publish
         # after a crash): the device is working on it, progress reports follow. If it really
         # never runs it, the deployment timeout ends the target.
@@ -265,7 +266,7 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
     target.bytes_done, target.bytes_total = report.bytes_done, report.bytes_total
     target.updated_at = now
     if report.final:
-        outcome = report.outcome or ("committed" if report.state == "committed" else "failed")
+        outcome = report.outcome or (Outcome.COMMITTED if report.state == UpdateState.COMMITTED else Outcome.FAILED)
         _finish(target, now, outcome=outcome, reason=report.reason, detail=report.detail)
     else:
         _history(target, now, **entry)
@@ -282,10 +283,10 @@ def resend_unacknowledged(session: Session, *, device_id: str, now: float) -> in
     which :func:`apply_status` ignores."""
     targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.device_id == device_id,
                                                                DeploymentTarget.final == False,  # noqa: E712
-                                                               DeploymentTarget.state == "sent")))
+                                                               DeploymentTarget.state == TargetState.SENT)))
     for target in targets:
         target.published_at = None
-        _history(target, now, state="sent", note="device reconnected; order queued again")
+        _history(target, now, state=TargetState.SENT, note="device reconnected; order queued again")
         session.add(target)
     return len(targets)
 
@@ -298,7 +299,7 @@ def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, st
                         .where(DeploymentTarget.final == False,  # noqa: E712
                                DeploymentTarget.updated_at + Deployment.timeout_s < now))
     for target, deployment in rows:
-        _finish(target, now, outcome="failed", reason="deployment_timeout",
+        _finish(target, now, outcome=Outcome.FAILED, reason=Reason.DEPLOYMENT_TIMEOUT,
                 detail=f"no report for {now - target.updated_at:.0f} s (state {target.state})")
         session.add(target)
         expired.append((deployment.id, target.device_id))
@@ -316,7 +317,7 @@ def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: 
     pending = list(session.exec(
         select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None),
                                        or_(DeploymentTarget.final == False,  # noqa: E712
-                                           DeploymentTarget.reason == CANCELLED_BY_OPERATOR))
+                                           DeploymentTarget.reason == Reason.CANCELLED_BY_OPERATOR))
         .order_by(DeploymentTarget.id)))
     for target in pending:
         message = OrderMessage.model_validate(target.order)
@@ -330,9 +331,9 @@ def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: 
         if not publish(cmd(target.device_id, prefix), encode(message)):
             break
         target.published_at = now
-        if target.state == "pending":
-            target.state = "sent"
-            _history(target, now, state="sent", sequence=target.sequence)
+        if target.state == TargetState.PENDING:
+            target.state = TargetState.SENT
+            _history(target, now, state=TargetState.SENT, sequence=target.sequence)
         session.add(target)
         sent += 1
     return sent

@@ -21,6 +21,8 @@ from edgefleet.protocol.errors import ConflictError, NotFoundError
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import Hello, State
 from edgefleet.protocol.topics import validate_device_id
+from edgefleet.protocol.vocabulary import DeviceStatus
+from edgefleet.cloud.vocabulary import Role
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def enroll(session: Session, *, token: str, device_id: str | None, now: float) -
     device.enrolled_at, device.enrolled_by = now, row.created_by
     session.add(device)
     session.flush()
-    _, api_token = auth.create_token(session, name=f"device {device_id}", role="device", device_id=device_id,
+    _, api_token = auth.create_token(session, name=f"device {device_id}", role=Role.DEVICE, device_id=device_id,
                                      actor=f"device:{device_id}", now=now)
     row.used_at, row.used_by_device = now, device_id
     session.add(row)
@@ -190,7 +192,7 @@ def apply_state(device: Device, state: State, *, now: float) -> None:
     device.update_state = state.update_state
     device.installed = state.installed.model_dump(mode="json") if state.installed else device.installed
     device.heartbeat_interval_s = state.heartbeat_interval_s
-    if state.status == "offline":
+    if state.status == DeviceStatus.OFFLINE:
         if device.online:
             log.info("device %s offline (last will)", device.id)
         device.online = False

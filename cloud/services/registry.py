@@ -18,10 +18,11 @@ from edgefleet.cloud.store.tables import Bundle, Deployment, Model, ModelVersion
 from edgefleet.protocol.bundle import BundleLimits, verify_bundle
 from edgefleet.protocol.errors import ConflictError, NotFoundError
 from edgefleet.protocol.keys import TrustedKeys
+from edgefleet.protocol.vocabulary import Runtime
+from edgefleet.cloud.vocabulary import ModelKind
 
 log = logging.getLogger(__name__)
 
-VERSION_KINDS = ("source", "compressed")
 
 
 def create_model(session: Session, *, name: str, description: str = "", actor: str, now: float) -> Model:
@@ -45,19 +46,17 @@ def get_model(session: Session, *, name: str) -> Model:
     return model
 
 
-def create_model_version(session: Session, *, model_name: str, version: str, kind: str = "source",
-                         parent_version: str | None = None, format: str = "onnx",
+def create_model_version(session: Session, *, model_name: str, version: str, kind: ModelKind = ModelKind.SOURCE,
+                         parent_version: str | None = None, format: Runtime = Runtime.ONNX,
                          report: dict[str, Any] | None = None, actor: str, now: float) -> ModelVersion:
     model = get_model(session, name=model_name)
-    if kind not in VERSION_KINDS:
-        raise ConflictError(f"kind must be one of {VERSION_KINDS}", where="kind")
     if session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id,
                                                ModelVersion.version == version)).first() is not None:
         raise ConflictError(f"model {model_name!r} already has version {version!r}", where="version")
     parent_id = None
     if parent_version is not None:
         parent_id = get_model_version(session, model_name=model_name, version=parent_version).id
-    elif kind == "compressed":
+    elif kind == ModelKind.COMPRESSED:
         raise ConflictError("a compressed version needs its parent version", where="parent")
     row = ModelVersion(model_id=model.id, version=version, kind=kind, parent_id=parent_id, format=format,
                        report=report, created_at=now, created_by=actor)

@@ -16,10 +16,11 @@ from sqlmodel import Session, col, select
 
 from edgefleet.cloud.store.tables import Bundle, Device, Model, ModelVersion, TelemetryRecord
 from edgefleet.cloud.services.registry import get_model_version
-from edgefleet.protocol.errors import MessageError
+from edgefleet.protocol.errors import InvalidRequestError
 from edgefleet.protocol.messages import histogram_quantile
+from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS
+from edgefleet.cloud.vocabulary import TelemetryGroup
 
-GROUPS = ("device", "bundle", "model_version", "tag")
 
 
 def merge_histograms(rows: Iterable[TelemetryRecord]) -> tuple[list[float], list[int]]:
@@ -99,21 +100,21 @@ def series(session: Session, *, device_id: str, since: float | None = None, limi
              "psi": r.drift_psi, "js": r.drift_js, "drift_level": r.drift_level} for r in reversed(rows)]
 
 
-def aggregate(session: Session, *, group_by: str, since: float | None = None, key: str | None = None
+def aggregate(session: Session, *, group_by: TelemetryGroup | str, since: float | None = None, key: str | None = None
               ) -> dict[str, dict[str, Any]]:
     """Summaries keyed by device id, bundle digest, ``model@version`` or tag.
 
     With ``key`` only that group is computed (e.g. one tag, one bundle digest, ``model@version``).
     """
-    if group_by not in GROUPS:
-        raise MessageError(f"group_by must be one of {GROUPS}", where="group_by")
-    if group_by == "device":
+    if group_by not in set(TelemetryGroup):
+        raise InvalidRequestError(f"group_by must be one of {', '.join(TelemetryGroup)}", where="group_by")
+    if group_by == TelemetryGroup.DEVICE:
         rows = list(session.exec(_query(since=since, device_id=key)))
         return _grouped(rows, lambda r: [r.device_id])
-    if group_by == "bundle":
+    if group_by == TelemetryGroup.BUNDLE:
         rows = list(session.exec(_query(since=since, bundle_digest=key)))
         return _grouped(rows, lambda r: [r.bundle_digest] if r.bundle_digest else [])
-    if group_by == "tag":
+    if group_by == TelemetryGroup.TAG:
         tags = {d.id: d.tags for d in session.exec(select(Device))}
         wanted = [d for d, t in tags.items() if key in t] if key else None
         rows = list(session.exec(_query(since=since, device_ids=wanted)))
@@ -144,18 +145,15 @@ def _grouped(rows: list[TelemetryRecord], keys_of) -> dict[str, dict[str, Any]]:
     return {k: summarize(v) for k, v in sorted(groups.items())}
 
 
-JUDGED = ("ok", "warn", "alarm")
-
-
 def latest_drift_verdicts(session: Session, *, device_ids: list[str] | None = None) -> dict[str, TelemetryRecord]:
     """Per device, its newest window that judged drift (level ok, warn or alarm). Windows with
     too few samples or no traffic say nothing about drift, so they do not hide the last verdict."""
     newest = select(TelemetryRecord.device_id, func.max(TelemetryRecord.window_end).label("end")) \
-        .where(col(TelemetryRecord.drift_level).in_(JUDGED)).group_by(TelemetryRecord.device_id)
+        .where(col(TelemetryRecord.drift_level).in_(JUDGED_DRIFT_LEVELS)).group_by(TelemetryRecord.device_id)
     if device_ids is not None:
         newest = newest.where(col(TelemetryRecord.device_id).in_(device_ids))
     sub = newest.subquery()
     rows = session.exec(select(TelemetryRecord).join(sub, and_(TelemetryRecord.device_id == sub.c.device_id,
                                                                TelemetryRecord.window_end == sub.c.end))
-                        .where(col(TelemetryRecord.drift_level).in_(JUDGED)))
+                        .where(col(TelemetryRecord.drift_level).in_(JUDGED_DRIFT_LEVELS)))
     return {r.device_id: r for r in rows}

@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.tables import ReleaseKey
-from edgefleet.protocol.errors import ConfigError, ConflictError, MessageError, NotFoundError
+from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
 from edgefleet.protocol.keys import (TrustedKeys, generate_private_key, key_id, load_private_key,
                                      load_public_key, load_public_key_pem, public_key_pem, save_private_key)
 
@@ -59,7 +59,7 @@ def add_release_key(session: Session, *, pem: str, name: str, actor: str, now: f
     try:
         key = load_public_key_pem(pem.encode(), where="pem")
     except ConfigError as exc:
-        raise MessageError(exc.message, where="pem", hint="send an Ed25519 public key in PEM form") from None
+        raise InvalidRequestError(exc.message, where="pem", hint="send an Ed25519 public key in PEM form") from None
     kid = key_id(key)
     if session.get(ReleaseKey, kid) is not None:
         raise ConflictError(f"release key {kid[:16]}... is already trusted", where="pem")

@@ -10,6 +10,8 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+from edgefleet.cloud.vocabulary import DataSource, DeploymentStatus, JobState, ModelKind, TargetState
+from edgefleet.protocol.vocabulary import Runtime
 
 
 def _json(default: Any = None) -> Any:
@@ -35,10 +37,10 @@ class ModelVersion(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="models.id", index=True)
     version: str = Field(max_length=64)
-    kind: str = "source"
+    kind: str = ModelKind.SOURCE
     """``source`` (as trained) or ``compressed`` (a variant of ``parent_id``)."""
     parent_id: int | None = Field(default=None, foreign_key="model_versions.id")
-    format: str = "onnx"
+    format: str = Runtime.ONNX
     artifact_digest: str | None = Field(default=None, index=True, max_length=64)
     artifact_size: int | None = Field(default=None, sa_type=BigInteger)
     report: dict | None = _json()
@@ -112,7 +114,7 @@ class Deployment(SQLModel, table=True):
     """What the operator asked for: ``{"device_ids": [...]}``, ``{"tag": "..."}`` or ``{"all": true}``."""
     skipped: list = _json(list)
     """Devices matched by the selector but left out (incompatible), with the reason."""
-    status: str = "active"
+    status: str = DeploymentStatus.ACTIVE
     """``active`` until every target is final, then ``succeeded``, ``failed``, ``partial`` or ``cancelled``."""
     note: str = ""
     created_at: float
@@ -131,7 +133,7 @@ class DeploymentTarget(SQLModel, table=True):
     device_id: str = Field(foreign_key="devices.id", index=True, max_length=64)
     sequence: int = Field(sa_type=BigInteger)
     """Sequence of the latest order sent for this target (install, then maybe cancel)."""
-    state: str = "pending"
+    state: str = TargetState.PENDING
     """``pending`` (order not yet published), ``sent``, then the device's update state."""
     final: bool = False
     outcome: str | None = None
@@ -273,9 +275,9 @@ class CompressionJob(SQLModel, table=True):
     runtime: str
     config: dict = _json(dict)
     """A :class:`edgefleet.compression.CompressionConfig` as JSON (validated when the job was created)."""
-    data: str = "digits"
+    data: str = DataSource.DIGITS
     """``digits`` (scikit-learn's bundled digits) or ``dataset`` (the model's uploaded ``.npz``)."""
-    state: str = "pending"
+    state: str = JobState.PENDING
     """``pending``, ``running``, ``succeeded`` or ``failed``."""
     attempts: int = 0
     error_code: str | None = None

@@ -6,18 +6,24 @@ import math
 import time
 
 from edgefleet.cloud.ui import charts
+from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
+from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, Outcome, UpdateState
 
-STATE_CSS = {
-    "pending": "st-wait", "sent": "st-wait", "idle": "st-idle",
-    "downloading": "st-run", "verifying": "st-run", "staged": "st-run", "activating": "st-run",
-    "health_check": "st-run", "committed": "st-ok", "succeeded": "st-ok", "active": "st-run",
-    "failed": "st-bad", "rolled_back": "st-warn", "refused": "st-bad", "cancelled": "st-idle", "partial": "st-warn",
-    "ok": "st-ok", "warn": "st-warn", "alarm": "st-bad", "insufficient": "st-idle",
-    "online": "st-ok", "offline": "st-idle",
+_RUNNING = (UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.STAGED, UpdateState.ACTIVATING,
+            UpdateState.HEALTH_CHECK)
+STATE_CSS: dict[str, str] = {
+    TargetState.PENDING: "st-wait", TargetState.SENT: "st-wait", UpdateState.IDLE: "st-idle",
+    **{s: "st-run" for s in _RUNNING},
+    UpdateState.COMMITTED: "st-ok", UpdateState.FAILED: "st-bad", UpdateState.ROLLED_BACK: "st-warn",
+    Outcome.REFUSED: "st-bad", Outcome.CANCELLED: "st-idle",
+    DeploymentStatus.ACTIVE: "st-run", DeploymentStatus.SUCCEEDED: "st-ok", DeploymentStatus.PARTIAL: "st-warn",
+    DriftLevel.OK: "st-ok", DriftLevel.WARN: "st-warn", DriftLevel.ALARM: "st-bad", DriftLevel.INSUFFICIENT: "st-idle",
+    DeviceStatus.ONLINE: "st-ok", DeviceStatus.OFFLINE: "st-idle",
 }
-"""Colour class of every state / outcome / level (defined in static/ui.css)."""
-STATE_ORDER = ["committed", "succeeded", "health_check", "activating", "staged", "verifying", "downloading",
-               "sent", "pending", "idle", "rolled_back", "cancelled", "refused", "failed"]
+"""Colour class of every state, outcome, status and level (defined in static/ui.css)."""
+STATE_ORDER: list[str] = [UpdateState.COMMITTED, DeploymentStatus.SUCCEEDED, *reversed(_RUNNING),
+                          TargetState.SENT, TargetState.PENDING, UpdateState.IDLE, UpdateState.ROLLED_BACK,
+                          Outcome.CANCELLED, Outcome.REFUSED, UpdateState.FAILED]
 """Order of states in charts: done first, then in progress, then waiting, then the bad exits."""
 
 

@@ -21,6 +21,8 @@ from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
 from edgefleet.cloud.ui.session import same_origin, signed_in, to_login
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
+from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel
+from edgefleet.cloud.vocabulary import DeploymentStatus, Role, TelemetryGroup
 
 log = logging.getLogger(__name__)
 
@@ -103,36 +105,36 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
         level = w.drift_level if w else None
         if level:
             drift_counts[level] = drift_counts.get(level, 0) + 1
-        if level in ("warn", "alarm"):
+        if level in (DriftLevel.WARN, DriftLevel.ALARM):
             alarms.append({"device": d, "window": w})
-    alarms.sort(key=lambda a: (a["window"].drift_level != "alarm", -(a["window"].drift_psi or 0.0)))
+    alarms.sort(key=lambda a: (a["window"].drift_level != DriftLevel.ALARM, -(a["window"].drift_psi or 0.0)))
     states: dict[str, int] = {}
     for d in fleet:
         key = d.update_state or "unknown"
         states[key] = states.get(key, 0) + 1
-    active = deployments.list_deployments(session, status="active", limit=20)
-    recent = [d for d in deployments.list_deployments(session, limit=8) if d.status != "active"][:5]
+    active = deployments.list_deployments(session, status=DeploymentStatus.ACTIVE, limit=20)
+    recent = [d for d in deployments.list_deployments(session, limit=8) if d.status != DeploymentStatus.ACTIVE][:5]
     bundles = registry.list_bundles(session)
     installed: dict[str, int] = {}
     for d in fleet:
         if d.installed:
             label = f"{d.installed.get('name', '?')} {d.installed.get('version', '')}".strip()
             installed[label] = installed.get(label, 0) + 1
-    events = devices.recent_events(session, levels=("warning", "error"), limit=6)
+    events = devices.recent_events(session, levels=(EventLevel.WARNING, EventLevel.ERROR), limit=6)
     return render(
         request, "overview.html", user=user, now=now, refresh=10,
         total=len(fleet), online=online, offline=len(fleet) - online,
-        donut=charts.donut([charts.Slice("online", online, "st-ok"), charts.Slice("offline", len(fleet) - online,
-                                                                               "st-idle")],
+        donut=charts.donut([charts.Slice(DeviceStatus.ONLINE, online, "st-ok"),
+                            charts.Slice(DeviceStatus.OFFLINE, len(fleet) - online, "st-idle")],
                            kind="fleet", title=f"{online} of {len(fleet)} devices online",
                            center=f"{online}/{len(fleet)}", caption="online"),
         states_chart=charts.hbars(_state_slices(states), kind="states", title="devices per update state"),
         drift_chart=charts.hbars([charts.Slice(k, drift_counts.get(k, 0), STATE_CSS[k])
-                                  for k in ("ok", "warn", "alarm", "insufficient")],
+                                  for k in DriftLevel],
                                  kind="drift", title="devices per drift level (latest judged window)"),
         installed_chart=charts.hbars([charts.Slice(k, v, "s1") for k, v in sorted(installed.items())],
                                      kind="installed", title="installed bundles"),
-        alarms=alarms, n_alarm=drift_counts.get("alarm", 0), n_warn=drift_counts.get("warn", 0),
+        alarms=alarms, n_alarm=drift_counts.get(DriftLevel.ALARM, 0), n_warn=drift_counts.get(DriftLevel.WARN, 0),
         active=_deployment_rows(session, active), recent=_deployment_rows(session, recent),
         bundles=bundles[:6], n_bundles=len(bundles), events=events)
 
@@ -177,8 +179,8 @@ def device_detail(request: Request, device_id: str, session: SessionDep, control
         [charts.Series("PSI", [(p["window_end"], p["psi"]) for p in points], "s3"),
          charts.Series("Jensen–Shannon", [(p["window_end"], p["js"]) for p in points], "s4")],
         kind="drift", title=f"input drift of {device.id} per window", empty_text="no drift scores yet",
-        thresholds=[charts.Threshold(th["psi_warn"], f"warn {th['psi_warn']:g}", "warn", band=False),
-                    charts.Threshold(th["psi_alarm"], f"alarm {th['psi_alarm']:g}", "alarm", band=True)])
+        thresholds=[charts.Threshold(th["psi_warn"], f"warn {th['psi_warn']:g}", DriftLevel.WARN, band=False),
+                    charts.Threshold(th["psi_alarm"], f"alarm {th['psi_alarm']:g}", DriftLevel.ALARM, band=True)])
     reference = ((bundle.manifest or {}).get("reference_profile") or {}).get("predictions", {}) if bundle else {}
     labels = (bundle.manifest or {}).get("labels") if bundle else None
     names = list(labels) if labels else []
@@ -231,7 +233,7 @@ def bundle_detail(request: Request, digest: str, session: SessionDep, controller
     tree = registry.lineage(session, model_name=model_name) if model_name else []
     used_by = _deployment_rows(session, deployments.list_deployments(session, bundle_id=bundle.id, limit=10))
     on_devices = [d for d in devices.list_devices(session) if (d.installed or {}).get("digest") == bundle.digest]
-    stats = telemetry.aggregate(session, group_by="bundle", key=bundle.digest,
+    stats = telemetry.aggregate(session, group_by=TelemetryGroup.BUNDLE, key=bundle.digest,
                                 since=controller.now() - STATS_WINDOW_S).get(bundle.digest)
     profile = manifest.get("reference_profile") or {}
     reference = profile.get("predictions") or {}
@@ -300,7 +302,7 @@ def cancel_deployment(request: Request, deployment_id: str, controller: Controll
         user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    refusal = user.refusal("operator") or (None if same_origin(request) else
+    refusal = user.refusal(Role.OPERATOR) or (None if same_origin(request) else
                                            "this form was not posted from the controller's own pages")
     if refusal is not None:
         log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, refusal)

@@ -12,6 +12,8 @@ from fastapi.responses import HTMLResponse
 
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.filters import FILTERS
+from edgefleet.cloud.vocabulary import DeploymentStatus, Role
+from edgefleet.protocol.vocabulary import DriftLevel, EventLevel
 from edgefleet.protocol.errors import EdgeFleetError
 
 HERE = Path(__file__).parent
@@ -29,6 +31,9 @@ def _env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(FILTERS)
+    env.globals.update(DriftLevel=DriftLevel, EventLevel=EventLevel, Role=Role,
+                       DEPLOYMENT_FILTERS=[(s, "in progress" if s == DeploymentStatus.ACTIVE else s.value)
+                                           for s in DeploymentStatus])
     return env
 
 

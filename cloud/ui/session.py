@@ -15,6 +15,8 @@ from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.render import base_path, render
+from edgefleet.protocol.vocabulary import Reason
+from edgefleet.cloud.vocabulary import OPERATOR_ROLES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def safe_next(target: str | None) -> str:
 def operator(session: SessionDep, secret: str | None) -> Principal | None:
     """The person holding ``secret``, if it is a live operator token (not a device's)."""
     principal = auth.identify(session, secret=secret)
-    return principal if principal is not None and principal.role in auth.OPERATOR_ROLES else None
+    return principal if principal is not None and principal.role in OPERATOR_ROLES else None
 
 
 def signed_in(request: Request, session: SessionDep) -> Principal | None:
@@ -75,7 +77,7 @@ def login(request: Request, session: SessionDep, controller: ControllerDep,
     principal = operator(session, token)
     if principal is None:
         log.warning("UI login refused from %s", request.client.host if request.client else "?")
-        controller.metrics.http_errors.labels("ui_login_refused").inc()
+        controller.metrics.http_errors.labels(Reason.UI_LOGIN_REFUSED).inc()
         return render(request, "login.html", status_code=401, next=safe_next(next), user=None,
                       error="That token is not valid here. Use an operator API token "
                             "(viewer, operator or admin role), not a device token.")

@@ -37,7 +37,7 @@ def test_model_bad_input(client):
     client.post("/api/v1/models", json={"name": "m"})
     client.post("/api/v1/models/m/versions", json={"version": "1"})
     r = client.put("/api/v1/models/m/versions/1/artifact", content=b"")
-    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_message"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
 
 
 def test_bundle_upload_is_verified_and_idempotent(client, make_bundle, upload, controller):

@@ -43,3 +43,42 @@ def test_example_order_verifies_with_documented_key():
     got = verify_order(order, trusted=trusted, device_id=order.signed.device_id, last_sequence=0,
                        now=order.signed.issued_at)
     assert got.sequence == order.signed.sequence
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text()
+    start = text.index(title)
+    end = text.find("\n## ", start + len(title))
+    return text[start:end if end != -1 else None]
+
+
+def _first_column(section: str) -> set[str]:
+    """Backticked names in the first column of the markdown table(s) of ``section``."""
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+
+
+def test_error_code_table_is_the_reason_enum():
+    from edgefleet.protocol.vocabulary import Reason
+
+    assert _first_column(_section("## 8. Error codes")) == {r.value for r in Reason}
+
+
+def test_every_error_class_code_is_a_reason():
+    import inspect
+
+    from edgefleet.protocol import errors
+    from edgefleet.protocol.vocabulary import Reason
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.EdgeFleetError)]
+    assert classes and {c.code for c in classes} <= {r.value for r in Reason}
+
+
+def test_outcome_table_is_the_outcome_enum():
+    from edgefleet.protocol.vocabulary import Outcome, UpdateState
+
+    section = _section("## 7.")
+    assert _first_column(section) == {o.value for o in Outcome}
+    diagram = re.search(r"```mermaid\n(.*?)```", section, re.S).group(1)
+    states = set(re.findall(r"\b([a-z_]+) -->", diagram)) | set(re.findall(r"--> ([a-z_]+)", diagram))
+    assert states == {s.value for s in UpdateState}

@@ -8,6 +8,7 @@ from edgefleet.protocol.errors import (ExpiredError, ReplayError, SignatureError
                                        UnknownKeyError, VerificationError)
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder
 from edgefleet.protocol.orders import CLOCK_SKEW_S, order_bytes, sign_order, verify_order
+from edgefleet.protocol.vocabulary import OrderAction
 
 NOW = 1_800_000_000
 
@@ -65,7 +66,7 @@ def test_unknown_signed_field_is_covered_by_the_signature(controller_key, truste
 
 @pytest.mark.parametrize("field,value", [("device_id", "dev2"), ("sequence", 99), ("expires_at", NOW + 10**6),
                                          ("bundle_digest", "cd" * 32), ("bundle_size", 1),
-                                         ("bundle_url", "http://evil/x"), ("action", "cancel")])
+                                         ("bundle_url", "http://evil/x"), ("action", OrderAction.CANCEL)])
 def test_tampered_field_bad_signature(controller_key, trusted, field, value):
     signed = sign_order(_order(), controller_key)
     tampered = signed.model_copy(update={"signed": signed.signed.model_copy(update={field: value})})

@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from edgefleet.cloud.services import compression_jobs
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.api.schemas import CompressionJobCreate, CompressionJobOut
+from edgefleet.cloud.vocabulary import JobState
 
 api = APIRouter(prefix="/api/v1")
 
@@ -30,7 +31,7 @@ def create_compression_job(name: str, version: str, body: CompressionJobCreate, 
 @api.get("/compression-jobs", tags=["compression"])
 def list_compression_jobs(session: SessionDep, _: ViewerDep,
                           model: Annotated[str | None, Query(max_length=128)] = None,
-                          state: Annotated[str | None, Query(pattern=r"^(pending|running|succeeded|failed)$")] = None,
+                          state: JobState | None = None,
                           limit: Annotated[int, Query(gt=0, le=1000)] = 100) -> list[CompressionJobOut]:
     return [CompressionJobOut.model_validate(j)
             for j in compression_jobs.list_jobs(session, model_name=model, state=state, limit=limit)]

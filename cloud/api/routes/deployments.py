@@ -11,6 +11,7 @@ from edgefleet.cloud.services import deployments
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.store.tables import Bundle, Deployment
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
+from edgefleet.cloud.vocabulary import DeploymentStatus
 
 api = APIRouter(prefix="/api/v1")
 
@@ -44,7 +45,7 @@ def create_deployment(body: DeploymentCreate, controller: ControllerDep, who: Op
 
 
 @api.get("/deployments", tags=["deployments"])
-def list_deployments(session: SessionDep, _: ViewerDep, status: str | None = None,
+def list_deployments(session: SessionDep, _: ViewerDep, status: DeploymentStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeploymentOut]:
     return [deployment_out(session, d) for d in deployments.list_deployments(session, status=status, limit=limit)]
 

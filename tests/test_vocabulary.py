@@ -1,0 +1,57 @@
+"""One vocabulary: states, outcomes, statuses, levels and roles are the enums of
+``edgefleet.protocol.vocabulary`` (device-facing) and ``edgefleet.cloud.vocabulary`` (controller),
+never bare strings compared or assigned in code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from edgefleet.cloud import vocabulary as cloud_vocabulary
+from edgefleet.protocol import vocabulary as protocol_vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for d in ("protocol", "agent", "compression", "cloud") for p in sorted((ROOT / d).rglob("*.py"))
+           if p.name != "vocabulary.py"]
+ENUMS = [protocol_vocabulary.UpdateState, protocol_vocabulary.Outcome, protocol_vocabulary.DeviceStatus,
+         protocol_vocabulary.DriftLevel, cloud_vocabulary.DeploymentStatus, cloud_vocabulary.TargetState,
+         cloud_vocabulary.JobState, cloud_vocabulary.Role]
+WORDS = {member.value for enum in ENUMS for member in enum}
+FIELDS = {"state", "status", "outcome", "level", "role", "update_state", "drift_level"}
+"""Keyword arguments and attributes that hold one of those words."""
+
+
+def bare_words(path: Path) -> list[str]:
+    """``line: text`` of every comparison with, or assignment of, a vocabulary word as a string literal."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        literals: list[ast.expr] = []
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            literals = [o for o in operands if isinstance(o, ast.Constant)]
+            literals += [e for o in operands if isinstance(o, ast.Tuple | ast.List | ast.Set) for e in o.elts
+                         if isinstance(e, ast.Constant)]
+        elif isinstance(node, ast.keyword) and node.arg in FIELDS:
+            literals = [node.value] if isinstance(node.value, ast.Constant) else []
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Attribute) and t.attr in FIELDS for t in targets) \
+                    and isinstance(node.value, ast.Constant):
+                literals = [node.value]
+        found += [f"{lit.lineno}: {lit.value!r}" for lit in literals
+                  if isinstance(lit.value, str) and lit.value in WORDS]
+    return sorted(found, key=lambda entry: int(entry.split(":")[0]))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_bare_vocabulary_words(path):
+    assert bare_words(path) == []
+
+
+def test_the_checker_sees_bare_words(tmp_path):
+    source = tmp_path / "x.py"
+    source.write_text('if t.state == "committed": pass\nx.status = "active"\nf(outcome="failed")\n'
+                      'ok = s in ("pending", "running")\nlabel = "committed work"\n')
+    assert bare_words(source) == ["1: 'committed'", "2: 'active'", "3: 'failed'", "4: 'pending'", "4: 'running'"]
