@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test install bench
+.PHONY: demo test install bench lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "EdgeFleet needs Python 3.11 or newer")'
@@ -23,3 +23,10 @@ test: install
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+# ruff and mypy, as .ci/run runs them. mypy reads the folders as edgefleet.* through links.
+lint: install
+	$(BIN)/ruff check .
+	mkdir -p .typecheck/edgefleet
+	for d in protocol agent compression cloud; do ln -sfn ../../$$d .typecheck/edgefleet/$$d; done
+	$(BIN)/mypy

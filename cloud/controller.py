@@ -21,18 +21,18 @@ from typing import Protocol
 
 from sqlmodel import Session
 
-from edgefleet.cloud.services import auth, compression_jobs, deployments, trust
-from edgefleet.cloud.store.blobs import BlobStore
-from edgefleet.cloud.mqtt.bridge import MqttBridge
-from edgefleet.protocol.brokers import parse_broker_url
-from edgefleet.cloud.mqtt.broker import EmbeddedBroker
-from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
-from edgefleet.cloud.mqtt.ingest import Ingestor
+from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.mqtt.bridge import MqttBridge
+from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.cloud.mqtt.ingest import Ingestor
+from edgefleet.cloud.services import auth, compression_jobs, deployments, trust
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.reconciler import ReconcileReport, reconcile
-from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.cloud.store.blobs import BlobStore
+from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
+from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
 from edgefleet.protocol.topics import controller_subscriptions
 
@@ -44,7 +44,8 @@ Clock = Callable[[], float]
 class Transport(Protocol):
     """What the controller needs from MQTT (the real one is :class:`MqttBridge`)."""
 
-    connected: bool
+    @property
+    def connected(self) -> bool: ...
 
     def start(self) -> None: ...
     def stop(self) -> None: ...

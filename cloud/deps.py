@@ -9,15 +9,16 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from edgefleet.cloud.services.auth import Principal, authenticate
 from edgefleet.cloud.controller import Controller
+from edgefleet.cloud.services.auth import Principal, authenticate
 from edgefleet.cloud.vocabulary import Role
 
 _bearer = HTTPBearer(auto_error=False, description="API token: `Authorization: Bearer eft_...`")
 
 
 def get_controller(request: Request) -> Controller:
-    return request.app.state.controller
+    controller: Controller = request.app.state.controller
+    return controller
 
 
 ControllerDep = Annotated[Controller, Depends(get_controller)]

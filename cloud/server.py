@@ -11,9 +11,9 @@ from collections.abc import Callable
 import uvicorn
 
 from edgefleet.cloud.app import create_app
+from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.errors import TransportError
-
 
 
 def serve_forever(settings: ControllerSettings, *, announce: Callable[[str], object] = print) -> None:
@@ -40,14 +40,15 @@ class BackgroundServer:
         self._thread = threading.Thread(target=self._server.run, name="controller", daemon=True)
 
     @property
-    def controller(self):
-        return self.app.state.controller
+    def controller(self) -> Controller:
+        controller: Controller = self.app.state.controller
+        return controller
 
     @property
     def url(self) -> str:
         return f"http://{self.settings.listen_host}:{self.settings.listen_port}"
 
-    def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
+    def start(self, timeout_s: float = 30.0) -> BackgroundServer:
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:

@@ -33,7 +33,7 @@ ROOMS: dict[str, set[str]] = {
     "deps": {"controller", "services"},
     "controller": {"background", "metrics", "mqtt", "ports", "services", "settings", "store"},
     "app": {"api", "controller", "settings", "ui"},
-    "server": {"app", "settings"},
+    "server": {"app", "controller", "settings"},
 }
 SHARED = {"vocabulary"}
 """Modules every room may use."""

@@ -7,8 +7,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from edgefleet.cloud.api import errors
-from edgefleet.cloud.api.routes import (audit, bundles, compression, deployments, devices, enrollment, keys, models,
-                                        system, telemetry, tokens)
+from edgefleet.cloud.api.routes import (
+    audit,
+    bundles,
+    compression,
+    deployments,
+    devices,
+    enrollment,
+    keys,
+    models,
+    system,
+    telemetry,
+    tokens,
+)
 
 RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, deployments, telemetry)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,8 +12,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.cloud.services.auth import AuthenticationError, PermissionDeniedError
-from edgefleet.protocol.errors import (ConfigError, ConflictError, EdgeFleetError, InvalidRequestError, MessageError, NotFoundError,
-                                       SizeLimitError, TransportError, VerificationError)
+from edgefleet.protocol.errors import (
+    ConfigError,
+    ConflictError,
+    EdgeFleetError,
+    InvalidRequestError,
+    MessageError,
+    NotFoundError,
+    SizeLimitError,
+    TransportError,
+    VerificationError,
+)
 from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
@@ -43,7 +53,7 @@ def status_for(exc: EdgeFleetError) -> int:
     return 400
 
 
-def error_body(code: str, message: str, where: str | None = None, hint: str | None = None) -> dict:
+def error_body(code: str, message: str, where: str | None = None, hint: str | None = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "where": where, "hint": hint}}
 
 

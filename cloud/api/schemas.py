@@ -6,11 +6,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleSection, DriftSection, ProfileSection, SmokeSection, TargetSection
 from edgefleet.protocol.messages import DeviceId
 from edgefleet.protocol.vocabulary import Runtime
-from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 TagStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=-]+$")]

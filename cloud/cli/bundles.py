@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import typer
@@ -12,8 +13,15 @@ from edgefleet.cloud.cli.client import client_from_env
 from edgefleet.cloud.cli.options import JSON, PASSPHRASE, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
 from edgefleet.protocol import keys as keylib
-from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, bundle_digest,
-                                       load_recipe, read_manifest, verify_bundle)
+from edgefleet.protocol.bundle import (
+    BundleLimits,
+    add_signature,
+    build_bundle,
+    bundle_digest,
+    load_recipe,
+    read_manifest,
+    verify_bundle,
+)
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.manifest import Lineage
@@ -54,8 +62,9 @@ def bundle_build(
     model: Path = typer.Option(None, help="model file (default: [bundle].model of the recipe)"),
     samples: str = typer.Option("digits", help="sample inputs for the drift profile, smoke tests and compression: "
                                                ".npy, .npz (x and optional labels y) or 'digits'"),
-    compress_model: bool = typer.Option(False, "--compress", help="compress the model first, as the recipe's "
-                                                                  "[compression] table says (gated; report in the manifest)"),
+    compress_model: bool = typer.Option(False, "--compress",
+                                        help="compress the model first, as the recipe's [compression] table says "
+                                             "(gated; report in the manifest)"),
     compression_report: Path = typer.Option(None, help="a report from 'edgefleet compress --json' to embed"),
     out: Path = typer.Option(None, "--out", "-o", help="output file (default NAME-VERSION+BUILD.efb)"),
     passphrase: str = PASSPHRASE,
@@ -90,7 +99,7 @@ def bundle_build(
     print_json(info) if json_out else print_fields(info)
 
 
-def _read_report(path: Path) -> dict:
+def _read_report(path: Path) -> dict[str, Any]:
     try:
         report = json.loads(path.read_text())
     except OSError as exc:
@@ -145,8 +154,8 @@ def bundle_inspect(bundle: Path = typer.Argument(...), json_out: bool = JSON) ->
                   "inputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.inputs),
                   "outputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.outputs),
                   "smoke vectors": len(next(iter(m.smoke_test.inputs.values()))) if m.smoke_test else 0,
-                  "drift profile": f"{len(m.reference_profile.features)} features, {m.reference_profile.samples} samples"
-                  if m.reference_profile else "none",
+                  "drift profile": f"{len(m.reference_profile.features)} features, "
+                                   f"{m.reference_profile.samples} samples" if m.reference_profile else "none",
                   "compression": (m.compression or {}).get("mode", "none")})
     print_table("files", ["path", "size", "stored", "encoding", "sha256"],
                 [(f.path, f.size, f.stored_size, f.encoding, short(f.sha256, 16)) for f in m.files])

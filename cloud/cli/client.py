@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import httpx2 as httpx
@@ -16,6 +17,10 @@ import httpx2 as httpx
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, NotFoundError, TransportError
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+API_PREFIX = "/api/v1"
+
+JSON = Any
+"""A decoded JSON body (the shapes are the API's response schemas, see /docs)."""
 
 
 def cli_config_path() -> Path:
@@ -23,7 +28,8 @@ def cli_config_path() -> Path:
 
 
 def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[str, str | None]:
-    """URL and token from arguments, then ``EDGEFLEET_URL``/``EDGEFLEET_TOKEN``, then the config file."""
+    """URL and token from arguments, then ``EDGEFLEET_URL``/``EDGEFLEET_TOKEN``, then the config file.
+    A URL given with the API prefix (``http://host:8080/api/v1``) means the controller at ``http://host:8080``."""
     file_cfg: dict[str, Any] = {}
     path = cli_config_path()
     if path.exists():
@@ -33,17 +39,16 @@ def resolve_endpoint(url: str | None = None, token: str | None = None) -> tuple[
             raise ConfigError(f"invalid TOML: {exc}", where=str(path)) from None
     url = url or os.environ.get("EDGEFLEET_URL") or file_cfg.get("url") or DEFAULT_URL
     token = token or os.environ.get("EDGEFLEET_TOKEN") or file_cfg.get("token")
-    return str(url).rstrip("/"), token
+    return str(url).rstrip("/").removesuffix(API_PREFIX), token
 
 
 class ApiError(EdgeFleetError):
     """The controller refused a request; ``code`` is the controller's error code."""
 
     def __init__(self, status: int, body: dict[str, Any]) -> None:
-        err = body.get("error") if isinstance(body.get("error"), dict) else {}
+        err = body.get("error")
+        err = err if isinstance(err, dict) else {}
         message = err.get("message") or body.get("detail") or f"HTTP {status}"
-        if not isinstance(message, str):
-            message = str(message)
         super().__init__(f"controller answered {status}: {message}", code=err.get("code") or f"http_{status}",
                          where=err.get("where"), hint=err.get("hint"))
         self.status = status
@@ -56,16 +61,17 @@ class ControllerClient:
         self.url = url
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
 
-    def __enter__(self) -> "ControllerClient":
+    def __enter__(self) -> ControllerClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, **kwargs) -> Any:
+    def request(self, method: str, path: str, **kwargs: Any) -> JSON:
         try:
             resp = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
@@ -76,25 +82,28 @@ class ControllerClient:
                 body = resp.json()
             except ValueError:
                 body = {"detail": resp.text[:200]}
+            if not isinstance(body, dict):
+                body = {"detail": str(body)[:200]}
             if resp.status_code == 404 and not isinstance(body.get("error"), dict):
-                raise NotFoundError(f"{path} not found", where=self.url)
-            raise ApiError(resp.status_code, body if isinstance(body, dict) else {"detail": body})
+                raise NotFoundError(f"{self.url}{path} not found", where=self.url,
+                                    hint="is this the URL of an EdgeFleet controller (http://host:port)?")
+            raise ApiError(resp.status_code, body)
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
 
-    def get(self, path: str, **params) -> Any:
+    def get(self, path: str, **params: Any) -> JSON:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
 
-    def post(self, path: str, body: Any = None) -> Any:
+    def post(self, path: str, body: Any = None) -> JSON:
         return self.request("POST", path, json=body)
 
-    def patch(self, path: str, body: Any) -> Any:
+    def patch(self, path: str, body: Any) -> JSON:
         return self.request("PATCH", path, json=body)
 
-    def upload_bundle(self, path: Path) -> dict[str, Any]:
+    def upload_bundle(self, path: Path) -> JSON:
         with open(path, "rb") as fh:
-            return self.request("POST", "/api/v1/bundles", content=fh.read(),
+            return self.request("POST", f"{API_PREFIX}/bundles", content=fh.read(),
                                 headers={"Content-Type": "application/octet-stream"})
 
 

@@ -7,12 +7,19 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgefleet.compression.config import (CompressionConfig, GateConfig, Mode, PruningConfig, PruningKind,
-                                          PruningScope, load_compression_recipe)
+from edgefleet.compression.config import (
+    CompressionConfig,
+    GateConfig,
+    Mode,
+    PruningConfig,
+    PruningKind,
+    PruningScope,
+    load_compression_recipe,
+)
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.vocabulary import Runtime
@@ -87,7 +94,7 @@ def _config(recipe: Path | None, mode: Mode | None, sparsity: float | None,
             pruning: PruningKind, scope: PruningScope, max_drop: float | None,
             min_agreement: float | None, no_gate: bool) -> CompressionConfig:
     config = load_compression_recipe(recipe) if recipe is not None else CompressionConfig()
-    updates: dict = {}
+    updates: dict[str, Any] = {}
     if mode is not None:
         updates["mode"] = mode
     if sparsity is not None:
@@ -111,21 +118,21 @@ def register(app: typer.Typer) -> None:
         model: Annotated[Path, typer.Argument(help="ONNX or TFLite model file")],
         output: Annotated[Path, typer.Option("--output", "-o", help="where to write the result")],
         runtime: Annotated[Runtime, typer.Option(help="target runtime")] = Runtime.ONNX,
-        recipe: Annotated[Optional[Path], typer.Option(
+        recipe: Annotated[Path | None, typer.Option(
             help="recipe TOML with a [compression] table")] = None,
-        mode: Annotated[Optional[Mode], typer.Option(help="overrides the recipe's mode")] = None,
-        sparsity: Annotated[Optional[float], typer.Option(
+        mode: Annotated[Mode | None, typer.Option(help="overrides the recipe's mode")] = None,
+        sparsity: Annotated[float | None, typer.Option(
             min=0.0, max=0.99, help="prune to this sparsity first")] = None,
         pruning: Annotated[PruningKind, typer.Option(help="pruning kind")] = PruningKind.UNSTRUCTURED,
         scope: Annotated[PruningScope, typer.Option(help="pruning scope")] = PruningScope.GLOBAL,
-        max_drop: Annotated[Optional[float], typer.Option(
+        max_drop: Annotated[float | None, typer.Option(
             help="gate: max accuracy drop in points")] = None,
-        min_agreement: Annotated[Optional[float], typer.Option(
+        min_agreement: Annotated[float | None, typer.Option(
             help="gate: min top-1 agreement (0-1) without labels")] = None,
         no_gate: Annotated[bool, typer.Option("--no-gate", help="report only, never refuse")] = False,
-        samples: Annotated[Optional[Samples], typer.Option(
+        samples: Annotated[Samples | None, typer.Option(
             help="built-in calibration/evaluation data")] = None,
-        data: Annotated[Optional[Path], typer.Option(
+        data: Annotated[Path | None, typer.Option(
             help=".npz with calibration, eval_x, eval_y arrays")] = None,
         report_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     ) -> None:

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,13 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.cli.deployments import follow_deployment
 from edgefleet.cloud.cli.output import print_table
-from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.ports import free_port, port_is_free
 from edgefleet.cloud.server import BackgroundServer
 from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.cloud.vocabulary import DeploymentStatus
 from edgefleet.compression import CompressionConfig, GateConfig, Mode, compress
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys as keylib
@@ -44,8 +46,7 @@ from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.errors import EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.manifest import Lineage
-from edgefleet.protocol.vocabulary import DriftLevel, JUDGED_DRIFT_LEVELS, Runtime
-from edgefleet.cloud.vocabulary import DeploymentStatus
+from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS, DriftLevel, Runtime
 
 console = Console()
 
@@ -79,7 +80,7 @@ class DemoDevice:
     runtime: Runtime
     shifted: bool
     state_dir: Path
-    process: subprocess.Popen | None = None
+    process: subprocess.Popen[bytes] | None = None
     correct: int = 0
     answered: int = 0
     versions: set[str] = field(default_factory=set)
@@ -92,11 +93,22 @@ class Demo:
         self.n_devices = devices
         self.port = port if port and port_is_free(port) else free_port()
         self.wanted_port = port
-        self.server: BackgroundServer | None = None
-        self.client: ControllerClient | None = None
+        self._server: BackgroundServer | None = None
+        self._client: ControllerClient | None = None
         self.devices: list[DemoDevice] = []
-        self.logs: list[Any] = []
         self.started = time.monotonic()
+
+    @property
+    def server(self) -> BackgroundServer:
+        if self._server is None:
+            raise RuntimeError("the demo's controller is not started yet")
+        return self._server
+
+    @property
+    def client(self) -> ControllerClient:
+        if self._client is None:
+            raise RuntimeError("the demo's controller is not started yet")
+        return self._client
 
     # ----------------------------------------------------------------------------- steps
 
@@ -114,21 +126,21 @@ class Demo:
                                       release_key_paths=[pub], admin_token=self.admin_token,
                                       heartbeat_timeout_s=30.0, reconcile_interval_s=1.0,
                                       deployment_timeout_s=120.0)
-        self.server = BackgroundServer(settings).start()
-        self.client = ControllerClient(self.server.url, self.admin_token)
+        self._server = BackgroundServer(settings).start()
+        self._client = ControllerClient(self._server.url, self.admin_token)
         info = self.client.get("/api/v1/info")
         taken = f"; port {self.wanted_port} was taken" if self.wanted_port and self.port != self.wanted_port else ""
         self.step(f"controller up at {self.server.url} (SQLite in {settings.data_dir}, "
                   f"broker {info.get('broker_url') or 'embedded'}{taken})")
 
-    def train_and_compress(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    def train_and_compress(self) -> dict[Runtime, tuple[bytes, dict[str, Any]]]:
         t = time.monotonic()
         self.data = data = load_digits_split()
         fp32 = train_mlp(data)
         self.fp32_digest = hashlib.sha256(fp32).hexdigest()
         self.step(f"trained an MLP on {len(data.x_train)} digits ({len(fp32) / 1024:.0f} KiB fp32 ONNX) "
                   f"in {time.monotonic() - t:.1f}s")
-        out = {}
+        out: dict[Runtime, tuple[bytes, dict[str, Any]]] = {}
         gate = GateConfig(max_accuracy_drop=1.0)
         for runtime, mode in ((Runtime.ONNX, Mode.STATIC_INT8), (Runtime.TFLITE, Mode.DYNAMIC_INT8)):
             t = time.monotonic()
@@ -139,7 +151,7 @@ class Demo:
             self.step(f"{runtime}: {mode.value} {_size_line(report)} in {time.monotonic() - t:.1f}s")
         return out
 
-    def build_and_push(self, models: dict[str, tuple[bytes, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    def build_and_push(self, models: dict[Runtime, tuple[bytes, dict[str, Any]]]) -> dict[Runtime, dict[str, Any]]:
         pushed = {}
         for runtime, (model, report) in models.items():
             r = parse_recipe(recipe(runtime, "1.0.0", 1), where=f"demo recipe ({runtime})")
@@ -162,10 +174,10 @@ class Demo:
             token = self.client.post("/api/v1/enrollment-tokens",
                                      {"device_id": dev.device_id, "tags": [runtime, "demo"]})["token"]
             config = self.enroll(dev, token)
-            logfile = open(dev.state_dir / "agent.log", "ab")
-            self.logs.append(logfile)
-            dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config", str(config),
-                                            "--log-level", "INFO"], stdout=logfile, stderr=subprocess.STDOUT)
+            with open(dev.state_dir / "agent.log", "ab") as logfile:  # the child keeps its own descriptor
+                dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
+                                                str(config), "--log-level", "INFO"], stdout=logfile,
+                                               stderr=subprocess.STDOUT)
             self.devices.append(dev)
         def all_online() -> bool:
             fleet = self.client.get("/api/v1/devices")
@@ -189,7 +201,7 @@ class Demo:
             raise TransportError(f"enrolling {dev.device_id} failed: {done.stderr.strip()}", where="demo")
         return dev.state_dir / "agent.toml"
 
-    def deploy(self, pushed: dict[str, dict[str, Any]]) -> None:
+    def deploy(self, pushed: dict[Runtime, dict[str, Any]]) -> None:
         for runtime, bundle in pushed.items():
             dep = self.client.post("/api/v1/deployments", {"bundle": bundle["digest"], "tag": runtime,
                                                           "note": f"demo rollout to the {runtime} devices"})
@@ -233,7 +245,8 @@ class Demo:
             return all(summary.get(d.device_id, {}).get("samples", 0) >= d.answered for d in self.devices)
 
         self.wait_for(arrived, what="telemetry from every device", timeout_s=60)
-        return self.client.get("/api/v1/telemetry/summary", group_by="device")
+        summary: dict[str, dict[str, Any]] = self.client.get("/api/v1/telemetry/summary", group_by="device")
+        return summary
 
     def summarize(self, summary: dict[str, dict[str, Any]]) -> bool:
         rows, ok = [], True
@@ -260,7 +273,7 @@ class Demo:
 
     # ----------------------------------------------------------------------------- plumbing
 
-    def wait_for(self, cond, *, what: str, timeout_s: float, poll_s: float = 0.25) -> None:
+    def wait_for(self, cond: Callable[[], bool], *, what: str, timeout_s: float, poll_s: float = 0.25) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if cond():
@@ -287,19 +300,18 @@ class Demo:
                 except subprocess.TimeoutExpired:
                     d.process.kill()
                     d.process.wait()
-        for f in self.logs:
-            f.close()
-        if self.client is not None:
-            self.client.close()
-        if self.server is not None:
-            self.server.stop()
+        if self._client is not None:
+            self._client.close()
+        if self._server is not None:
+            self._server.stop()
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+        reply: dict[str, Any] = json.loads(resp.read())
+    return reply
 
 
 def _ms(v: float | None) -> str:
@@ -315,7 +327,8 @@ def _verdict(levels: dict[str, int]) -> str:
 
 def _size_line(report: dict[str, Any]) -> str:
     size, acc = report["size"], report.get("accuracy")
-    line = f"{size['original_bytes'] / 1024:.0f} → {size['compressed_bytes'] / 1024:.0f} KiB ({size['ratio']:.1f}× smaller)"
+    line = (f"{size['original_bytes'] / 1024:.0f} → {size['compressed_bytes'] / 1024:.0f} KiB "
+            f"({size['ratio']:.1f}× smaller)")
     if acc:
         line += f", accuracy {100 * acc['original']:.1f}% → {100 * acc['compressed']:.1f}%"
     return line

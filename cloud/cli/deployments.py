@@ -11,9 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from edgefleet.cloud.cli.client import ControllerClient, client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import ago, console, print_fields, print_json, print_table, short
+from edgefleet.cloud.vocabulary import DeploymentStatus
 from edgefleet.protocol.errors import ConfigError, TransportError
 from edgefleet.protocol.vocabulary import Reason
-from edgefleet.cloud.vocabulary import DeploymentStatus
 
 deployments_app = typer.Typer(no_args_is_help=True, help="Deployments and their per-device progress.")
 
@@ -31,7 +31,7 @@ def _resolve_bundle(c: ControllerClient, ref: str) -> str:
         if not bundles:
             raise ConfigError(f"no bundle named {ref!r} on the controller", where="BUNDLE",
                               hint="edgefleet bundle list")
-        return max(bundles, key=lambda b: (b["build"], b["uploaded_at"]))["digest"]
+        return str(max(bundles, key=lambda b: (b["build"], b["uploaded_at"]))["digest"])
     return ref
 
 
@@ -79,7 +79,7 @@ def follow_deployment(c: ControllerClient, deployment_id: str, *, quiet: bool = 
             progress.update(task, total=len(targets), completed=done,
                             states=" ".join(f"{k}={v}" for k, v in sorted(states.items())))
             if done == len(targets):
-                return dep
+                return dict(dep)
             if deadline is not None and time.monotonic() > deadline:
                 raise TransportError(f"deployment {deployment_id} not finished after {timeout_s:.0f}s",
                                      code=Reason.TIMEOUT, where="deploy --wait")

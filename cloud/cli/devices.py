@@ -6,8 +6,17 @@ import typer
 
 from edgefleet.cloud.cli.client import client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
-from edgefleet.cloud.cli.output import (ago, console, drift_levels, installed_label, ms, num, print_fields, print_json,
-                                        print_table)
+from edgefleet.cloud.cli.output import (
+    ago,
+    console,
+    drift_levels,
+    installed_label,
+    ms,
+    num,
+    print_fields,
+    print_json,
+    print_table,
+)
 
 devices_app = typer.Typer(no_args_is_help=True, help="Enrolled devices.")
 

@@ -9,13 +9,13 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
+from edgefleet.cloud.cli.client import ControllerClient, client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
-from edgefleet.cloud.cli.client import client_from_env
+from edgefleet.cloud.vocabulary import FINAL_JOB_STATES, DataSource
+from edgefleet.compression.config import Mode
 from edgefleet.protocol.errors import ConfigError, TransportError
 from edgefleet.protocol.vocabulary import Reason, Runtime
-from edgefleet.cloud.vocabulary import DataSource, FINAL_JOB_STATES
-from edgefleet.compression.config import Mode
 
 models_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, lineage, compression jobs.")
 
@@ -90,12 +90,13 @@ def models_compress(
     _print_job(job)
 
 
-def _wait_for_job(c, job_id: int, timeout_s: float = 1800.0, poll_s: float = 0.5) -> dict[str, Any]:
+def _wait_for_job(c: ControllerClient, job_id: int, timeout_s: float = 1800.0,
+                  poll_s: float = 0.5) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         job = c.get(f"/api/v1/compression-jobs/{job_id}")
         if job["state"] in FINAL_JOB_STATES:
-            return job
+            return dict(job)
         if time.monotonic() > deadline:
             raise TransportError(f"compression job {job_id} not finished after {timeout_s:.0f}s", code=Reason.TIMEOUT,
                                  where="models compress --wait")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
 from edgefleet.protocol.vocabulary import DriftLevel
 
 console = Console()
@@ -47,7 +48,7 @@ def ago(ts: float | None) -> str:
         return f"{delta:.0f}s ago"
     if delta < 7200:
         return f"{delta / 60:.0f}m ago"
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def installed_label(installed: dict[str, Any] | None) -> str:

@@ -3,6 +3,8 @@ Everything heavy is imported when the command runs, not when the CLI starts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 
@@ -25,7 +27,7 @@ def serve(
     from edgefleet.cloud.server import serve_forever
     from edgefleet.cloud.settings import ControllerSettings
 
-    overrides = {k: v for k, v in {"listen_host": host, "listen_port": port, "data_dir": data_dir,
+    overrides: dict[str, Any] = {k: v for k, v in {"listen_host": host, "listen_port": port, "data_dir": data_dir,
                                    "broker_url": broker_url, "release_key_paths": release_key or None}.items()
                  if v is not None}
     serve_forever(ControllerSettings(**overrides))

@@ -25,6 +25,6 @@ def telemetry(group_by: TelemetryGroup = typer.Option(TelemetryGroup.DEVICE, "--
         return print_json(data)
     print_table(None, [group_by, "windows", "requests", "samples", "errors", "p50", "p95", "max PSI",
                        "drift windows"],
-                [(short(k) if group_by == TelemetryGroup.BUNDLE else k, s["windows"], s["requests"], s["samples"], s["errors"],
-                  ms(s["latency_ms"]["p50"]), ms(s["latency_ms"]["p95"]), num(s["drift"].get("psi_max")),
+                [(short(k) if group_by == TelemetryGroup.BUNDLE else k, s["windows"], s["requests"], s["samples"],
+                  s["errors"], ms(s["latency_ms"]["p50"]), ms(s["latency_ms"]["p95"]), num(s["drift"].get("psi_max")),
                   drift_levels(s)) for k, s in data.items()])

@@ -7,9 +7,12 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.protocol.brokers import parse_broker_url
 
@@ -70,7 +73,8 @@ class MqttBridge:
         info = self.client.publish(topic, payload, qos=1)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason_code: ReasonCode,
+                    properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.error("MQTT connect to %s refused: %s", self.address.public_url, reason_code)
             return
@@ -79,12 +83,13 @@ class MqttBridge:
         log.info("MQTT bridge connected to %s, subscribed to %d filters", self.address.public_url,
                  len(self.subscriptions))
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         self._connected.clear()
         log.warning("MQTT bridge disconnected from %s: %s", self.address.public_url, reason_code)
 
-    def _on_message(self, client, userdata, message) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message_cb(message.topic, message.payload)
+            self._on_message_cb(message.topic, bytes(message.payload))
         except Exception:  # a callback bug must never kill the network thread
             log.exception("MQTT message handler failed on %s", message.topic)

@@ -26,7 +26,7 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._broker.is_running
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         self._broker.start()
         log.info("embedded MQTT broker listening on %s", self.url)
         return self

@@ -21,16 +21,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
+from edgefleet.cloud.metrics import ControllerMetrics
+from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
 from edgefleet.cloud.services import deployments, devices
 from edgefleet.cloud.store.engine import session_scope
-from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
-from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
 from edgefleet.protocol.messages import Hello, State, StatusReport
 from edgefleet.protocol.vocabulary import DeviceStatus, Reason
@@ -42,11 +43,16 @@ _REMEMBERED_KINDS = ("hello", "status")
 """Kinds whose ids go to ``processed_messages``. State messages (heartbeats, retained state, the
 last will) are not remembered: applying one twice is harmless and they come every heartbeat."""
 # Statements built once, with expanding IN parameters (building an IN of 1000 literals per batch costs).
-_KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=True)), Device.mqtt_password_hash != "")
+_KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=True)),
+                                 col(Device.mqtt_password_hash) != "")
 _PROCESSED = {kind: select(table.device_id, table.msg_id).where(col(table.msg_id).in_(bindparam("ids", expanding=True)))
               for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent),
                                   ("other", ProcessedMessage))}
-_SEEN = update(Device).where(Device.id == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
+_SEEN = update(Device).where(col(Device.id) == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
+
+
+DecodeWork = Future[list[Decoded | Rejected]] | list[Decoded | Rejected]
+"""A batch handed to a decode process (its future), or one decoded in the calling thread."""
 
 
 @dataclass
@@ -65,19 +71,12 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
     Only devices that sent hello/state/status in this batch are loaded as objects; for the
     others ``last_seen`` is one bulk update.
     """
-    known = set(session.exec(_KNOWN, params={"ids": list({i.device_id for i in items})}))
-    accepted = []
-    for item in items:
-        if item.device_id in known:
-            accepted.append(item)
-        else:
-            result.reject(Reason.UNKNOWN_DEVICE)
-            log.warning("message from unknown or decommissioned device %s rejected", item.device_id)
+    accepted = _from_enrolled_devices(session, items, result)
     control_ids = {i.device_id for i in accepted if i.kind in _CONTROL_KINDS}
     loaded = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(control_ids)))} \
         if control_ids else {}
     seen = _already_processed(session, accepted)
-    telemetry_rows, event_rows = [], []
+    rows: dict[str, list[dict[str, Any]]] = {"telemetry": [], "events": []}
     last_seen: dict[str, float] = {}
     for item in accepted:
         key = (item.device_id, item.msg_id)
@@ -86,35 +85,49 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
             continue
         seen.add(key)
         device = loaded.get(item.device_id)
-        message = item.message
-        if item.kind == "telemetry":
-            telemetry_rows.append(item.row)
-        elif item.kind == "events":
-            event_rows.append(item.row)
-        else:
-            if item.kind in _REMEMBERED_KINDS:
-                session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
-                                             received_at=item.received_at))
-            if isinstance(message, Hello):
-                devices.apply_hello(device, message, now=item.received_at)
-                deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
-            elif isinstance(message, State):
-                devices.apply_state(device, message, now=item.received_at)
-            elif isinstance(message, StatusReport):
-                devices.mark_seen(device, now=item.received_at)
-                deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
-            session.add(device)
+        if item.row is not None:
+            rows[item.kind].append(item.row)
+        elif device is not None:
+            _apply_control(session, item, device)
         if device is None:
             last_seen[item.device_id] = item.received_at
-        elif not (isinstance(message, State) and message.status == DeviceStatus.OFFLINE):
+        elif not (isinstance(item.message, State) and item.message.status == DeviceStatus.OFFLINE):
             devices.mark_seen(device, now=item.received_at)
         result.stored += 1
-    if telemetry_rows:
-        session.connection().execute(insert(TelemetryRecord.__table__), telemetry_rows)
-    if event_rows:
-        session.connection().execute(insert(DeviceEvent.__table__), event_rows)
+    for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent)):
+        if rows[kind]:
+            session.connection().execute(insert(table), rows[kind])
     if last_seen:
         session.connection().execute(_SEEN, [{"device": d, "seen": t} for d, t in last_seen.items()])
+
+
+def _from_enrolled_devices(session: Session, items: list[Decoded], result: BatchResult) -> list[Decoded]:
+    known = set(session.exec(_KNOWN, params={"ids": list({i.device_id for i in items})}))
+    accepted = []
+    for item in items:
+        if item.device_id in known:
+            accepted.append(item)
+        else:
+            result.reject(Reason.UNKNOWN_DEVICE)
+            log.warning("message from unknown or decommissioned device %s rejected", item.device_id)
+    return accepted
+
+
+def _apply_control(session: Session, item: Decoded, device: Device) -> None:
+    """hello, state and status: through the services, which keep devices and deployments right."""
+    message = item.message
+    if item.kind in _REMEMBERED_KINDS:
+        session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
+                                     received_at=item.received_at))
+    if isinstance(message, Hello):
+        devices.apply_hello(device, message, now=item.received_at)
+        deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
+    elif isinstance(message, State):
+        devices.apply_state(device, message, now=item.received_at)
+    elif isinstance(message, StatusReport):
+        devices.mark_seen(device, now=item.received_at)
+        deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
+    session.add(device)
 
 
 def _already_processed(session: Session, items: list[Decoded]) -> set[tuple[str, str]]:
@@ -145,7 +158,7 @@ class Ingestor:
         self.batch_max = batch_max
         self.decode_workers = decode_workers
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
-        self._decoded: queue.Queue[tuple[list[Raw], Future | list[Decoded | Rejected]] | None] = \
+        self._decoded: queue.Queue[tuple[list[Raw], DecodeWork] | None] = \
             queue.Queue(maxsize=4)
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
@@ -201,7 +214,7 @@ class Ingestor:
                 self._decoded.put(None)
                 return
 
-    def _decode(self, raws: list[Raw]) -> Future | list[Decoded | Rejected]:
+    def _decode(self, raws: list[Raw]) -> DecodeWork:
         """Hand the batch to a decode process, or decode it here (overlapping the storer's SQLite
         work, which releases the GIL)."""
         if self._pool is not None:
@@ -213,7 +226,8 @@ class Ingestor:
 
     def _restart_pool(self) -> None:
         log.error("a decode worker process died; starting a new pool")
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _store_loop(self) -> None:

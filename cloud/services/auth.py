@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.tables import ApiToken
-from edgefleet.protocol.errors import EdgeFleetError, NotFoundError
 from edgefleet.cloud.vocabulary import Role
+from edgefleet.protocol.errors import EdgeFleetError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def authenticate(session: Session, *, secret: str | None) -> Principal:
 
 def list_tokens(session: Session) -> list[ApiToken]:
     """Operator tokens; device tokens come and go with enrollment and decommissioning."""
-    return list(session.exec(select(ApiToken).where(ApiToken.role != Role.DEVICE).order_by(ApiToken.id)))
+    return list(session.exec(select(ApiToken).where(ApiToken.role != Role.DEVICE).order_by(col(ApiToken.id))))
 
 
 def revoke_token(session: Session, *, token_id: int, actor: str, now: float) -> ApiToken:
@@ -127,7 +127,7 @@ def revoke_token(session: Session, *, token_id: int, actor: str, now: float) -> 
 
 def revoke_device_tokens(session: Session, *, device_id: str, now: float) -> None:
     for row in session.exec(select(ApiToken).where(ApiToken.device_id == device_id,
-                                                   ApiToken.revoked_at.is_(None))):
+                                                   col(ApiToken.revoked_at).is_(None))):
         row.revoked_at = now
         session.add(row)
 
@@ -145,7 +145,7 @@ def ensure_admin_token(session: Session, *, secret: str | None, now: float) -> s
             create_token(session, name="admin", role=Role.ADMIN, actor="system", now=now, secret=secret)
         return None
     exists = session.exec(select(ApiToken).where(ApiToken.role == Role.ADMIN,
-                                                 ApiToken.revoked_at.is_(None))).first()
+                                                 col(ApiToken.revoked_at).is_(None))).first()
     if exists is not None:
         return None
     _, plaintext = create_token(session, name="admin", role=Role.ADMIN, actor="system", now=now)

@@ -11,7 +11,6 @@ was interrupted: it goes back to ``pending`` (up to :data:`MAX_ATTEMPTS` starts)
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -21,11 +20,11 @@ from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, datasets, registry
 from edgefleet.cloud.store.blobs import BlobStore
-from edgefleet.cloud.store.tables import CompressionJob, ModelVersion
+from edgefleet.cloud.store.tables import CompressionJob, ModelVersion, row_id
+from edgefleet.cloud.vocabulary import OPEN_JOB_STATES, DataSource, JobState, ModelKind
 from edgefleet.compression import CompressionConfig, compress
 from edgefleet.protocol.errors import AccuracyGateError, ConflictError, EdgeFleetError, NotFoundError
 from edgefleet.protocol.vocabulary import Reason, Runtime
-from edgefleet.cloud.vocabulary import DataSource, JobState, ModelKind, OPEN_JOB_STATES
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +51,9 @@ def create_job(session: Session, *, model_name: str, version: str, variant: str,
     if taken is not None or queued is not None:
         raise ConflictError(f"model {model_name!r} already has (or is making) version {variant!r}",
                             where="variant", hint="pick a new variant version")
-    job = CompressionJob(model_name=model_name, source_version_id=source.id, source_version=version, variant=variant,
-                         runtime=runtime, config=config.model_dump(mode="json"), data=data, created_at=now,
-                         created_by=actor)
+    job = CompressionJob(model_name=model_name, source_version_id=row_id(source), source_version=version,
+                         variant=variant, runtime=runtime, config=config.model_dump(mode="json"), data=data,
+                         created_at=now, created_by=actor)
     session.add(job)
     session.flush()
     audit.record(session, actor=actor, action="compression_job.create", target=f"compression_job:{job.id}",
@@ -87,12 +86,12 @@ def recover_interrupted(session: Session, *, now: float) -> list[int]:
     for job in session.exec(select(CompressionJob).where(CompressionJob.state == JobState.RUNNING)):
         if job.attempts >= MAX_ATTEMPTS:
             job.state, job.finished_at = JobState.FAILED, now
-            job.error_code = "interrupted"
+            job.error_code = Reason.INTERRUPTED
             job.error_message = f"the controller stopped while running it ({job.attempts} attempts)"
         else:
             job.state, job.started_at = JobState.PENDING, None
         session.add(job)
-        recovered.append(job.id)
+        recovered.append(row_id(job))
         log.warning("compression job %d was interrupted: now %s", job.id, job.state)
     return recovered
 
@@ -106,8 +105,10 @@ def _claim(open_session: OpenSession, now: float) -> int | None:
             if job_id is None:
                 return None
             claimed = session.exec(update(CompressionJob)
-                                   .where(col(CompressionJob.id) == job_id, col(CompressionJob.state) == JobState.PENDING)
-                                   .values(state=JobState.RUNNING, started_at=now, attempts=CompressionJob.attempts + 1))
+                                   .where(col(CompressionJob.id) == job_id,
+                                          col(CompressionJob.state) == JobState.PENDING)
+                                   .values(state=JobState.RUNNING, started_at=now,
+                                           attempts=CompressionJob.attempts + 1))
             if claimed.rowcount == 1:
                 return job_id
 
@@ -124,19 +125,19 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
     log.info("compression job %d: running", job_id)
     try:
         with open_session() as session:
-            job = session.get(CompressionJob, job_id)
+            job = get_job(session, job_id=job_id)
             source = session.get(ModelVersion, job.source_version_id)
             if source is None or source.artifact_digest is None:
                 raise ConflictError("the source version has no model file any more", where="version")
             model = store.open_path(source.artifact_digest).read_bytes()
             samples = datasets.load_samples(session, model_name=job.model_name, data=job.data, store=store,
                                             max_unpacked=max_dataset_bytes)
-            runtime, config = job.runtime, CompressionConfig.model_validate(job.config)
+            runtime, config = Runtime(job.runtime), CompressionConfig.model_validate(job.config)
         result = compress(model, runtime, config, calibration=samples.calibration, eval_x=samples.eval_x,
                           eval_y=samples.eval_y)
         report = result.report.model_dump(mode="json")
         with open_session() as session:
-            job = session.get(CompressionJob, job_id)
+            job = get_job(session, job_id=job_id)
             _register(session, job=job, model=result.model, report=report, store=store, now=clock())
     except AccuracyGateError as exc:
         _fail(open_session, job_id, exc, report=exc.report, now=clock())
@@ -152,7 +153,8 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
 def _register(session: Session, *, job: CompressionJob, model: bytes, report: dict[str, Any], store: BlobStore,
               now: float) -> None:
     version = registry.create_model_version(session, model_name=job.model_name, version=job.variant,
-                                            kind=ModelKind.COMPRESSED, parent_version=job.source_version, format=job.runtime,
+                                            kind=ModelKind.COMPRESSED, parent_version=job.source_version,
+                                            format=Runtime(job.runtime),
                                             report=report, actor=job.created_by, now=now)
     registry.attach_artifact(session, model_name=job.model_name, version=job.variant, incoming=store.put(model),
                              store=store, actor=job.created_by, now=now)
@@ -165,7 +167,7 @@ def _register(session: Session, *, job: CompressionJob, model: bytes, report: di
 def _fail(open_session: OpenSession, job_id: int, exc: EdgeFleetError, *, now: float,
           report: dict[str, Any] | None = None) -> None:
     with open_session() as session:
-        job = session.get(CompressionJob, job_id)
+        job = get_job(session, job_id=job_id)
         job.state, job.finished_at = JobState.FAILED, now
         job.error_code, job.error_message, job.report = exc.code, str(exc), report
         session.add(job)

@@ -15,11 +15,11 @@ import numpy as np
 from sqlmodel import Session
 
 from edgefleet.cloud.services import audit
-from edgefleet.cloud.store.blobs import BlobStore, Incoming
-from edgefleet.cloud.store.tables import ModelDataset
 from edgefleet.cloud.services.registry import get_model
-from edgefleet.protocol.errors import ConflictError, InvalidRequestError, SizeLimitError
+from edgefleet.cloud.store.blobs import BlobStore, Incoming
+from edgefleet.cloud.store.tables import ModelDataset, row_id
 from edgefleet.cloud.vocabulary import DataSource
+from edgefleet.protocol.errors import ConflictError, InvalidRequestError, SizeLimitError
 
 CALIBRATION_SAMPLES = 512
 
@@ -48,8 +48,8 @@ def parse_npz(data: bytes, *, max_unpacked: int) -> tuple[np.ndarray, np.ndarray
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, ValueError):
-        raise InvalidRequestError("not an .npz archive", where="body", hint="write it with numpy.savez(f, x=..., y=...)") \
-            from None
+        raise InvalidRequestError("not an .npz archive", where="body",
+                                  hint="write it with numpy.savez(f, x=..., y=...)") from None
     if unpacked > max_unpacked:
         raise SizeLimitError(f"dataset unpacks to {unpacked} bytes, more than {max_unpacked}", where="body")
     try:
@@ -79,7 +79,7 @@ def store_dataset(session: Session, *, model_name: str, incoming: Incoming, stor
         store.discard(incoming)
         raise
     store.commit(incoming)
-    row = session.get(ModelDataset, model.id) or ModelDataset(model_id=model.id, digest="", size=0, samples=0,
+    row = session.get(ModelDataset, model.id) or ModelDataset(model_id=row_id(model), digest="", size=0, samples=0,
                                                               uploaded_at=now)
     row.digest, row.size, row.samples, row.labelled = incoming.digest, incoming.size, len(x), y is not None
     row.uploaded_at, row.uploaded_by = now, actor
@@ -98,7 +98,8 @@ def get_dataset(session: Session, *, model_name: str) -> ModelDataset:
     return row
 
 
-def load_samples(session: Session, *, model_name: str, data: DataSource | str, store: BlobStore, max_unpacked: int) -> Samples:
+def load_samples(session: Session, *, model_name: str, data: DataSource | str, store: BlobStore,
+                 max_unpacked: int) -> Samples:
     if data == DataSource.DIGITS:
         return _digits()
     if data != DataSource.DATASET:

@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, devices
-from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, Device
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.registry import get_bundle
+from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, Device, row_id
+from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
 from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError, TargetMismatchError
 from edgefleet.protocol.manifest import BundleManifest, check_target
 from edgefleet.protocol.messages import OrderMessage, StatusReport, encode
 from edgefleet.protocol.topics import cmd
 from edgefleet.protocol.vocabulary import OrderAction, Outcome, Reason, UpdateState
-from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,12 @@ Publish = Callable[[str, bytes], bool]
 HISTORY_MAX = 50
 
 
-def _history(target: DeploymentTarget, now: float, **entry) -> None:
+def _history(target: DeploymentTarget, now: float, **entry: Any) -> None:
     target.history = (list(target.history) + [{"at": now, **entry}])[-HISTORY_MAX:]
 
 
 def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str | None,
-                    all_devices: bool) -> tuple[list[Device], dict]:
+                    all_devices: bool) -> tuple[list[Device], dict[str, Any]]:
     chosen = [bool(device_ids), bool(tag), bool(all_devices)]
     if sum(chosen) != 1:
         raise InvalidRequestError("give exactly one of device_ids, tag or all", where="target")
@@ -48,7 +49,8 @@ def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str 
         missing = [d for d in device_ids if session.get(Device, d) is None]
         if missing:
             raise NotFoundError(f"unknown devices: {', '.join(missing)}", where="device_ids")
-        return [session.get(Device, d) for d in dict.fromkeys(device_ids)], {"device_ids": list(device_ids)}
+        return ([devices.get_device(session, device_id=d) for d in dict.fromkeys(device_ids)],
+                {"device_ids": list(device_ids)})
     if tag:
         return devices.list_devices(session, tag=tag), {"tag": tag}
     return devices.list_devices(session), {"all": True}
@@ -68,7 +70,7 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     manifest = BundleManifest.model_validate(bundle.manifest)
     candidates, selector = _select_devices(session, device_ids=device_ids, tag=tag, all_devices=all_devices)
     chosen: list[Device] = []
-    skipped: list[dict] = []
+    skipped: list[dict[str, Any]] = []
     for device in candidates:
         reason = _incompatibility(manifest, device)
         if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
@@ -83,7 +85,7 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
         raise ConflictError("no compatible device matches the target", where="target",
                             hint=f"skipped: {skipped[:5]}{' ...' if len(skipped) > 5 else ''}" if skipped
                             else "enroll devices or change the selector")
-    deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", bundle_id=bundle.id, bundle_digest=bundle.digest,
+    deployment = Deployment(id=f"dep-{uuid.uuid4().hex[:12]}", bundle_id=row_id(bundle), bundle_digest=bundle.digest,
                             selector=selector, skipped=skipped, note=note, created_at=now, created_by=actor,
                             timeout_s=timeout_s)
     session.add(deployment)
@@ -184,6 +186,13 @@ def targets_by_deployment(session: Session, *, deployment_ids: list[str]) -> dic
     return found
 
 
+def _bundle_of(session: Session, deployment: Deployment) -> Bundle:
+    bundle = session.get(Bundle, deployment.bundle_id)
+    if bundle is None:  # bundles used by deployments cannot be deleted (registry.delete_bundle)
+        raise NotFoundError(f"deployment {deployment.id} refers to a missing bundle", where="bundle_id")
+    return bundle
+
+
 def get_deployment(session: Session, *, deployment_id: str) -> Deployment:
     deployment = session.get(Deployment, deployment_id)
     if deployment is None:
@@ -205,7 +214,7 @@ def progress(targets: list[DeploymentTarget]) -> dict[str, int]:
     """Counts per display state: pending/sent/in-progress states, then final outcomes."""
     counts: dict[str, int] = {}
     for t in targets:
-        key = t.outcome if t.final else t.state
+        key = (t.outcome or t.state) if t.final else t.state
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -217,12 +226,12 @@ def cancel_deployment(session: Session, *, deployment_id: str, issuer: OrderIssu
     if deployment.finished_at is not None:
         raise ConflictError(f"deployment {deployment_id} already finished ({deployment.status})",
                             where="deployment_id")
-    bundle = session.get(Bundle, deployment.bundle_id)
+    bundle = _bundle_of(session, deployment)
     cancelled = []
     for target in targets_of(session, deployment_id=deployment_id):
         if target.final:
             continue
-        device = session.get(Device, target.device_id)
+        device = devices.get_device(session, device_id=target.device_id)
         message = issuer.issue(session, device=device, deployment_id=deployment_id, bundle=bundle,
                                action=OrderAction.CANCEL, now=now)
         target.sequence = message.order.signed.sequence
@@ -295,9 +304,9 @@ def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, st
     """Fail every open target whose device has been silent longer than its deployment's timeout."""
     expired = []
     rows = session.exec(select(DeploymentTarget, Deployment)
-                        .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+                        .join(Deployment, col(Deployment.id) == DeploymentTarget.deployment_id)
                         .where(DeploymentTarget.final == False,  # noqa: E712
-                               DeploymentTarget.updated_at + Deployment.timeout_s < now))
+                               col(DeploymentTarget.updated_at) + col(Deployment.timeout_s) < now))
     for target, deployment in rows:
         _finish(target, now, outcome=Outcome.FAILED, reason=Reason.DEPLOYMENT_TIMEOUT,
                 detail=f"no report for {now - target.updated_at:.0f} s (state {target.state})")
@@ -316,14 +325,14 @@ def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: 
     sent = 0
     pending = list(session.exec(
         select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None),
-                                       or_(DeploymentTarget.final == False,  # noqa: E712
-                                           DeploymentTarget.reason == Reason.CANCELLED_BY_OPERATOR))
-        .order_by(DeploymentTarget.id)))
+                                       or_(col(DeploymentTarget.final) == False,  # noqa: E712
+                                           col(DeploymentTarget.reason) == Reason.CANCELLED_BY_OPERATOR))
+        .order_by(col(DeploymentTarget.id))))
     for target in pending:
         message = OrderMessage.model_validate(target.order)
         if message.order.signed.expires_at <= now + 60:
-            device = session.get(Device, target.device_id)
-            bundle = session.get(Bundle, session.get(Deployment, target.deployment_id).bundle_id)
+            device = devices.get_device(session, device_id=target.device_id)
+            bundle = _bundle_of(session, get_deployment(session, deployment_id=target.deployment_id))
             message = issuer.issue(session, device=device, deployment_id=target.deployment_id, bundle=bundle,
                                    action=message.order.signed.action, now=now)
             target.sequence = message.order.signed.sequence

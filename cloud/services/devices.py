@@ -17,12 +17,12 @@ from sqlmodel import Session, col, select
 from edgefleet.cloud.services import audit, auth
 from edgefleet.cloud.services.auth import AuthenticationError
 from edgefleet.cloud.store.tables import Device, DeviceEvent, EnrollmentToken
+from edgefleet.cloud.vocabulary import Role
 from edgefleet.protocol.errors import ConflictError, NotFoundError
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import Hello, State
 from edgefleet.protocol.topics import validate_device_id
 from edgefleet.protocol.vocabulary import DeviceStatus
-from edgefleet.cloud.vocabulary import Role
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def expire_heartbeats(session: Session, *, now: float, timeout_s: float) -> list
     """Mark online devices silent for longer than the timeout (or 3 heartbeat intervals) offline."""
     gone = []
     candidates = select(Device).where(Device.online == True,  # noqa: E712
-                                      or_(col(Device.last_seen).is_(None), Device.last_seen < now - timeout_s))
+                                      or_(col(Device.last_seen).is_(None), col(Device.last_seen) < now - timeout_s))
     for device in session.exec(candidates):
         limit = max(timeout_s, 3 * (device.heartbeat_interval_s or 0.0))
         if device.last_seen is None or now - device.last_seen > limit:

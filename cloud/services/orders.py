@@ -11,6 +11,7 @@ from edgefleet.cloud.services.auth import download_token
 from edgefleet.cloud.store.tables import Bundle, Device
 from edgefleet.protocol.messages import DeploymentOrder, OrderMessage
 from edgefleet.protocol.orders import sign_order
+from edgefleet.protocol.vocabulary import OrderAction
 
 
 @dataclass
@@ -23,7 +24,7 @@ class OrderIssuer:
         token = download_token(self.key, digest=digest, expires_at=expires_at)
         return f"{self.public_url}/api/v1/bundles/{digest}/download?token={token}"
 
-    def issue(self, session: Session, *, device: Device, deployment_id: str, bundle: Bundle, action: str,
+    def issue(self, session: Session, *, device: Device, deployment_id: str, bundle: Bundle, action: OrderAction,
               now: float) -> OrderMessage:
         """Sign the next order for ``device`` (bumping its stored sequence, which the caller commits)."""
         session.flush()

@@ -8,17 +8,15 @@ old message ids), so a restart loses nothing and a double run changes nothing.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from edgefleet.cloud.services import deployments, devices
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.store.tables import Deployment, Device, ProcessedMessage
+from edgefleet.cloud.services import deployments, devices
 from edgefleet.cloud.services.orders import OrderIssuer
+from edgefleet.cloud.store.tables import Deployment, Device, ProcessedMessage
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ def reconcile(session: Session, *, now: float, heartbeat_timeout_s: float, proce
     report.orders_published = deployments.publish_pending(session, publish=publish, prefix=prefix, issuer=issuer,
                                                           now=now)
     pruned = session.exec(delete(ProcessedMessage)
-                          .where(ProcessedMessage.received_at < now - processed_id_retention_s))
+                          .where(col(ProcessedMessage.received_at) < now - processed_id_retention_s))
     report.pruned_ids = pruned.rowcount or 0
     if metrics is not None:
         metrics.devices_online.set(session.exec(select(func.count()).select_from(Device)

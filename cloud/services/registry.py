@@ -14,12 +14,12 @@ from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.blobs import BlobStore, Incoming
-from edgefleet.cloud.store.tables import Bundle, Deployment, Model, ModelVersion
+from edgefleet.cloud.store.tables import Bundle, Deployment, Model, ModelVersion, row_id
+from edgefleet.cloud.vocabulary import ModelKind
 from edgefleet.protocol.bundle import BundleLimits, verify_bundle
 from edgefleet.protocol.errors import ConflictError, NotFoundError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.vocabulary import Runtime
-from edgefleet.cloud.vocabulary import ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def create_model_version(session: Session, *, model_name: str, version: str, kin
         parent_id = get_model_version(session, model_name=model_name, version=parent_version).id
     elif kind == ModelKind.COMPRESSED:
         raise ConflictError("a compressed version needs its parent version", where="parent")
-    row = ModelVersion(model_id=model.id, version=version, kind=kind, parent_id=parent_id, format=format,
+    row = ModelVersion(model_id=row_id(model), version=version, kind=kind, parent_id=parent_id, format=format,
                        report=report, created_at=now, created_by=actor)
     session.add(row)
     session.flush()
@@ -79,7 +79,7 @@ def get_model_version(session: Session, *, model_name: str, version: str) -> Mod
 def list_model_versions(session: Session, *, model_name: str) -> list[ModelVersion]:
     model = get_model(session, name=model_name)
     return list(session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id)
-                             .order_by(ModelVersion.id)))
+                             .order_by(col(ModelVersion.id))))
 
 
 def attach_artifact(session: Session, *, model_name: str, version: str, incoming: Incoming, store: BlobStore,
@@ -102,12 +102,13 @@ def lineage(session: Session, *, model_name: str) -> list[dict[str, Any]]:
     versions = list_model_versions(session, model_name=model_name)
     ids = [v.id for v in versions]
     bundles = list(session.exec(select(Bundle).where(col(Bundle.model_version_id).in_(ids)))) if ids else []
-    nodes = {v.id: {"version": v.version, "kind": v.kind, "format": v.format, "artifact_digest": v.artifact_digest,
-                    "children": [], "bundles": []} for v in versions}
+    nodes: dict[int | None, dict[str, Any]] = {
+        v.id: {"version": v.version, "kind": v.kind, "format": v.format, "artifact_digest": v.artifact_digest,
+               "children": [], "bundles": []} for v in versions}
     for b in bundles:
         nodes[b.model_version_id]["bundles"].append({"digest": b.digest, "name": b.name, "version": b.version,
                                                      "build": b.build, "runtime": b.runtime})
-    roots = []
+    roots: list[dict[str, Any]] = []
     for v in versions:
         (nodes[v.parent_id]["children"] if v.parent_id in nodes else roots).append(nodes[v.id])
     return roots

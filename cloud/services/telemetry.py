@@ -7,25 +7,25 @@ summed bin by bin; the percentile is interpolated linearly inside its bin).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from sqlalchemy import and_, func
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from edgefleet.cloud.store.tables import Bundle, Device, Model, ModelVersion, TelemetryRecord
 from edgefleet.cloud.services.registry import get_model_version
+from edgefleet.cloud.store.tables import Bundle, Device, Model, ModelVersion, TelemetryRecord
+from edgefleet.cloud.vocabulary import TelemetryGroup
 from edgefleet.protocol.errors import InvalidRequestError
 from edgefleet.protocol.messages import histogram_quantile
 from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS
-from edgefleet.cloud.vocabulary import TelemetryGroup
-
 
 
 def merge_histograms(rows: Iterable[TelemetryRecord]) -> tuple[list[float], list[int]]:
     """Sum the latency histograms of ``rows`` that share the most common bounds."""
-    by_bounds: dict[tuple, list[int]] = {}
+    by_bounds: dict[tuple[float, ...], list[int]] = {}
     for r in rows:
         key = tuple(r.latency_bounds)
         if len(r.latency_counts) != len(key) + 1:
@@ -68,9 +68,14 @@ def summarize(rows: list[TelemetryRecord]) -> dict[str, Any]:
     }
 
 
+_RAW = cast("QueryableAttribute[str]", TelemetryRecord.raw)
+"""The verbatim-message column, as the ORM attribute it is at run time (SQLModel types it as ``str``)."""
+
+
 def _query(*, device_id: str | None = None, bundle_digest: str | None = None, since: float | None = None,
-           device_ids: list[str] | None = None, bundle_digests: list[str] | None = None):
-    query = select(TelemetryRecord).options(defer(TelemetryRecord.raw))   # the verbatim message stays on disk
+           device_ids: list[str] | None = None, bundle_digests: list[str] | None = None
+           ) -> SelectOfScalar[TelemetryRecord]:
+    query = select(TelemetryRecord).options(defer(_RAW))   # the verbatim message stays on disk
     if device_id:
         query = query.where(TelemetryRecord.device_id == device_id)
     if device_ids is not None:
@@ -90,7 +95,7 @@ def list_windows(session: Session, *, device_id: str | None = None, bundle_diges
     return list(session.exec(query.order_by(col(TelemetryRecord.window_end).desc()).limit(limit)))
 
 
-def series(session: Session, *, device_id: str, since: float | None = None, limit: int = 200) -> list[dict]:
+def series(session: Session, *, device_id: str, since: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Per-window points for charts, oldest first: time, p50/p95 latency, drift scores, counts."""
     rows = list_windows(session, device_id=device_id, since=since, limit=limit)
     return [{"window_end": r.window_end, "window_seq": r.window_seq, "bundle_digest": r.bundle_digest,
@@ -124,8 +129,8 @@ def aggregate(session: Session, *, group_by: TelemetryGroup | str, since: float 
 
 def _by_model_version(session: Session, *, since: float | None, key: str | None) -> dict[str, dict[str, Any]]:
     labels: dict[str, str] = {}
-    query = select(Bundle, ModelVersion, Model).join(ModelVersion, ModelVersion.id == Bundle.model_version_id) \
-        .join(Model, Model.id == ModelVersion.model_id)
+    query = select(Bundle, ModelVersion, Model).join(ModelVersion, col(ModelVersion.id) == Bundle.model_version_id) \
+        .join(Model, col(Model.id) == ModelVersion.model_id)
     if key:
         name, _, version = key.partition("@")
         query = query.where(ModelVersion.id == get_model_version(session, model_name=name, version=version).id)
@@ -137,7 +142,8 @@ def _by_model_version(session: Session, *, since: float | None, key: str | None)
     return _grouped(rows, lambda r: [labels[r.bundle_digest]] if r.bundle_digest in labels else [])
 
 
-def _grouped(rows: list[TelemetryRecord], keys_of) -> dict[str, dict[str, Any]]:
+def _grouped(rows: list[TelemetryRecord], keys_of: Callable[[TelemetryRecord], list[str]]
+             ) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[TelemetryRecord]] = defaultdict(list)
     for r in rows:
         for k in keys_of(r):
@@ -153,7 +159,7 @@ def latest_drift_verdicts(session: Session, *, device_ids: list[str] | None = No
     if device_ids is not None:
         newest = newest.where(col(TelemetryRecord.device_id).in_(device_ids))
     sub = newest.subquery()
-    rows = session.exec(select(TelemetryRecord).join(sub, and_(TelemetryRecord.device_id == sub.c.device_id,
-                                                               TelemetryRecord.window_end == sub.c.end))
+    rows = session.exec(select(TelemetryRecord).join(sub, and_(col(TelemetryRecord.device_id) == sub.c.device_id,
+                                                               col(TelemetryRecord.window_end) == sub.c.end))
                         .where(col(TelemetryRecord.drift_level).in_(JUDGED_DRIFT_LEVELS)))
     return {r.device_id: r for r in rows}

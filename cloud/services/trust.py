@@ -7,13 +7,21 @@ import logging
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.store.tables import ReleaseKey
 from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
-from edgefleet.protocol.keys import (TrustedKeys, generate_private_key, key_id, load_private_key,
-                                     load_public_key, load_public_key_pem, public_key_pem, save_private_key)
+from edgefleet.protocol.keys import (
+    TrustedKeys,
+    generate_private_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    load_public_key_pem,
+    public_key_pem,
+    save_private_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ def trusted_release_keys(session: Session, *, configured: list[Ed25519PublicKey]
 
 
 def list_release_keys(session: Session) -> list[ReleaseKey]:
-    return list(session.exec(select(ReleaseKey).order_by(ReleaseKey.added_at)))
+    return list(session.exec(select(ReleaseKey).order_by(col(ReleaseKey.added_at))))
 
 
 def add_release_key(session: Session, *, pem: str, name: str, actor: str, now: float) -> ReleaseKey:

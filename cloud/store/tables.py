@@ -6,10 +6,11 @@ source version (``parent_id``); a :class:`Bundle` points at the model version it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
 from edgefleet.cloud.vocabulary import DataSource, DeploymentStatus, JobState, ModelKind, TargetState
 from edgefleet.protocol.vocabulary import Runtime
 
@@ -43,7 +44,7 @@ class ModelVersion(SQLModel, table=True):
     format: str = Runtime.ONNX
     artifact_digest: str | None = Field(default=None, index=True, max_length=64)
     artifact_size: int | None = Field(default=None, sa_type=BigInteger)
-    report: dict | None = _json()
+    report: dict[str, Any] | None = _json()
     created_at: float
     created_by: str = ""
 
@@ -59,7 +60,7 @@ class Bundle(SQLModel, table=True):
     build: int = Field(sa_type=BigInteger)
     runtime: str
     size: int = Field(sa_type=BigInteger)
-    manifest: dict = _json(dict)
+    manifest: dict[str, Any] = _json(dict)
     model_version_id: int | None = Field(default=None, foreign_key="model_versions.id", index=True)
     uploaded_at: float
     uploaded_by: str = ""
@@ -71,13 +72,13 @@ class Device(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     mqtt_password_hash: str = ""
     """Mosquitto-compatible PBKDF2-SHA512 hash (``$7$...``) so an operator can export a password file."""
-    tags: list = _json(list)
+    tags: list[str] = _json(list)
     hardware_class: str | None = None
     arch: str | None = None
     os: str | None = None
-    runtimes: list = _json(list)
+    runtimes: list[str] = _json(list)
     agent_version: str | None = None
-    installed: dict | None = _json()
+    installed: dict[str, Any] | None = _json()
     update_state: str | None = None
     free_disk_bytes: int | None = Field(default=None, sa_type=BigInteger)
     online: bool = False
@@ -96,7 +97,7 @@ class EnrollmentToken(SQLModel, table=True):
     token_hash: str = Field(unique=True, index=True, max_length=64)
     device_id: str | None = Field(default=None, max_length=64)
     """If set, the device must enroll under this id."""
-    tags: list = _json(list)
+    tags: list[str] = _json(list)
     created_at: float
     expires_at: float
     created_by: str = ""
@@ -110,9 +111,9 @@ class Deployment(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     bundle_id: int = Field(foreign_key="bundles.id", index=True)
     bundle_digest: str = Field(max_length=64)
-    selector: dict = _json(dict)
+    selector: dict[str, Any] = _json(dict)
     """What the operator asked for: ``{"device_ids": [...]}``, ``{"tag": "..."}`` or ``{"all": true}``."""
-    skipped: list = _json(list)
+    skipped: list[dict[str, Any]] = _json(list)
     """Devices matched by the selector but left out (incompatible), with the reason."""
     status: str = DeploymentStatus.ACTIVE
     """``active`` until every target is final, then ``succeeded``, ``failed``, ``partial`` or ``cancelled``."""
@@ -141,12 +142,12 @@ class DeploymentTarget(SQLModel, table=True):
     detail: str | None = None
     bytes_done: int | None = Field(default=None, sa_type=BigInteger)
     bytes_total: int | None = Field(default=None, sa_type=BigInteger)
-    order: dict = _json(dict)
+    order: dict[str, Any] = _json(dict)
     """The signed order (``OrderMessage`` JSON) to publish on the device's cmd topic."""
     published_at: float | None = None
     created_at: float
     updated_at: float
-    history: list = _json(list)
+    history: list[dict[str, Any]] = _json(list)
 
 
 class TelemetryRecord(SQLModel, table=True):
@@ -168,9 +169,9 @@ class TelemetryRecord(SQLModel, table=True):
     batches: int = 0
     samples: int = 0
     errors: int = 0
-    latency_bounds: list = _json(list)
-    latency_counts: list = _json(list)
-    predictions: dict = _json(dict)
+    latency_bounds: list[float] = _json(list)
+    latency_counts: list[int] = _json(list)
+    predictions: dict[str, int] = _json(dict)
     drift_psi: float | None = None
     drift_js: float | None = None
     drift_ks: float | None = None
@@ -190,7 +191,7 @@ class DeviceEvent(SQLModel, table=True):
     level: str
     kind: str
     text: str = ""
-    data: dict = _json(dict)
+    data: dict[str, Any] = _json(dict)
     sent_at: float
     received_at: float
 
@@ -230,7 +231,7 @@ class AuditEntry(SQLModel, table=True):
     actor: str
     action: str = Field(index=True)
     target: str = ""
-    details: dict = _json(dict)
+    details: dict[str, Any] = _json(dict)
 
 
 class ReleaseKey(SQLModel, table=True):
@@ -273,7 +274,7 @@ class CompressionJob(SQLModel, table=True):
     variant: str = Field(max_length=64)
     """The version string the compressed variant is registered under."""
     runtime: str
-    config: dict = _json(dict)
+    config: dict[str, Any] = _json(dict)
     """A :class:`edgefleet.compression.CompressionConfig` as JSON (validated when the job was created)."""
     data: str = DataSource.DIGITS
     """``digits`` (scikit-learn's bundled digits) or ``dataset`` (the model's uploaded ``.npz``)."""
@@ -282,10 +283,21 @@ class CompressionJob(SQLModel, table=True):
     attempts: int = 0
     error_code: str | None = None
     error_message: str | None = None
-    report: dict | None = _json()
+    report: dict[str, Any] | None = _json()
     """The compression report (also kept when the accuracy gate refused the result)."""
     result_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
     created_by: str = ""
+
+
+class _WithIntId(Protocol):
+    id: int | None
+
+
+def row_id(row: _WithIntId) -> int:
+    """The primary key of a row that has been flushed (``None`` before that is a bug, not input)."""
+    if row.id is None:
+        raise RuntimeError(f"{type(row).__name__} row has no id yet (flush the session first)")
+    return row.id

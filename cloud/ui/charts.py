@@ -123,6 +123,34 @@ def _empty(width: int, height: int, text: str, kind: str) -> Markup:
         f'text-anchor="middle">{escape(text)}</text></svg>')
 
 
+@dataclass(frozen=True)
+class _Plot:
+    """The plotting area of a line chart and its scales (data -> SVG coordinates)."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    x0: float
+    x1: float
+    y_lo: float
+    y_hi: float
+
+    def sx(self, x: float) -> float:
+        return self.left + (x - self.x0) / (self.x1 - self.x0) * self.width
+
+    def sy(self, y: float) -> float:
+        return self.top + self.height - (y - self.y_lo) / (self.y_hi - self.y_lo) * self.height
+
+    @property
+    def right(self) -> float:
+        return self.left + self.width
+
+    @property
+    def bottom(self) -> float:
+        return self.top + self.height
+
+
 def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "",
                thresholds: Sequence[Threshold] = (), width: int = 640, height: int = 240,
                y_min: float | None = 0.0, empty_text: str = "no telemetry yet") -> Markup:
@@ -131,7 +159,6 @@ def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "
     if not pts:
         return _empty(width, height, empty_text, kind)
     left, right, top, bottom = 52, 16, 34, 28
-    pw, ph = width - left - right, height - top - bottom
     xs = [x for x, _ in pts]
     ys = [y for _, y in pts] + [t.value for t in thresholds]
     x0, x1 = min(xs), max(xs)
@@ -140,68 +167,83 @@ def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "
     lo = min(ys) if y_min is None else min(y_min, min(ys))
     hi = max(ys) * 1.08 if max(ys) > 0 else 1.0
     yt = nice_ticks(lo, hi)
-    y_lo, y_hi = yt[0], yt[-1]
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return top + ph - (y - y_lo) / (y_hi - y_lo) * ph
-
+    plot = _Plot(left, top, width - left - right, height - top - bottom, x0, x1, yt[0], yt[-1])
     out = [f'<svg class="chart chart-line" data-chart="{escape(kind)}" data-points="{len(pts)}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
            f'<title>{escape(title)}</title>']
-    for t in thresholds:
-        if t.band and t.value < y_hi:
-            out.append(f'<rect class="band band-{escape(t.css)}" x="{left}" y="{_f(top)}" width="{pw}" '
-                       f'height="{_f(sy(t.value) - top)}"/>')
-    for v in yt:
-        y = sy(v)
-        out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{_f(y)}" y2="{_f(y)}"/>')
-        out.append(f'<text class="tick" x="{left - 6}" y="{_f(y + 4)}" text-anchor="end">'
-                   f'{escape(format_number(v))}</text>')
-    for tx in _time_ticks(x0, x1):
-        x = sx(tx)
-        out.append(f'<line class="grid grid-x" x1="{_f(x)}" x2="{_f(x)}" y1="{top}" y2="{top + ph}"/>')
-        out.append(f'<text class="tick" x="{_f(x)}" y="{height - 9}" text-anchor="middle">'
-                   f'{escape(_time_label(tx, x1 - x0))}</text>')
-    out.append(f'<line class="axis" x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}"/>')
+    out += [f'<rect class="band band-{escape(t.css)}" x="{left}" y="{_f(top)}" width="{plot.width}" '
+            f'height="{_f(plot.sy(t.value) - top)}"/>' for t in thresholds if t.band and t.value < plot.y_hi]
+    out += _grid(plot, yt, height)
     if unit:
         out.append(f'<text class="unit" x="{left - 6}" y="{top - 12}" text-anchor="end">{escape(unit)}</text>')
-    for t in thresholds:
-        if y_lo <= t.value <= y_hi:
-            y = sy(t.value)
-            out.append(f'<line class="threshold th-{escape(t.css)}" x1="{left}" x2="{left + pw}" '
-                       f'y1="{_f(y)}" y2="{_f(y)}"/>')
-            out.append(f'<text class="th-label th-{escape(t.css)}" x="{left + pw - 4}" y="{_f(y - 4)}" '
-                       f'text-anchor="end">{escape(t.label)}</text>')
-    lx = left
+    out += _threshold_lines(plot, thresholds)
+    out += _legend(series, left)
     for s in series:
-        out.append(f'<g class="legend"><rect class="sw {escape(s.css)}" x="{lx}" y="9" width="12" height="12" rx="3"/>'
-                   f'<text x="{lx + 17}" y="19">{escape(s.name)}</text></g>')
-        lx += 30 + 7 * len(s.name)
-    for s in series:
-        segments: list[list[tuple[float, float]]] = [[]]
-        for x, y in s.points:
-            if y is None or not math.isfinite(y):
-                if segments[-1]:
-                    segments.append([])
-                continue
-            segments[-1].append((sx(x), sy(y)))
-        for seg in segments:
-            if len(seg) > 1:
-                d = " ".join(f"{_f(x)},{_f(y)}" for x, y in seg)
-                out.append(f'<polyline class="line {escape(s.css)}" points="{d}"/>')
-        r = 3 if len(s.points) <= 60 else 2
-        for x, y in s.points:
-            if y is None or not math.isfinite(y):
-                continue
-            label = f"{s.name}: {format_number(y)}{(' ' + unit) if unit else ''} at " \
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(x))}"
-            out.append(f'<circle class="pt {escape(s.css)}" cx="{_f(sx(x))}" cy="{_f(sy(y))}" r="{r}">'
-                       f'<title>{escape(label)}</title></circle>')
+        out += _series_marks(plot, s, unit)
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _grid(plot: _Plot, y_ticks: list[float], height: int) -> list[str]:
+    out = []
+    for v in y_ticks:
+        y = plot.sy(v)
+        out.append(f'<line class="grid" x1="{plot.left}" x2="{plot.right}" y1="{_f(y)}" y2="{_f(y)}"/>')
+        out.append(f'<text class="tick" x="{plot.left - 6}" y="{_f(y + 4)}" text-anchor="end">'
+                   f'{escape(format_number(v))}</text>')
+    for tx in _time_ticks(plot.x0, plot.x1):
+        x = plot.sx(tx)
+        out.append(f'<line class="grid grid-x" x1="{_f(x)}" x2="{_f(x)}" y1="{plot.top}" y2="{plot.bottom}"/>')
+        out.append(f'<text class="tick" x="{_f(x)}" y="{height - 9}" text-anchor="middle">'
+                   f'{escape(_time_label(tx, plot.x1 - plot.x0))}</text>')
+    out.append(f'<line class="axis" x1="{plot.left}" x2="{plot.right}" y1="{plot.bottom}" y2="{plot.bottom}"/>')
+    return out
+
+
+def _threshold_lines(plot: _Plot, thresholds: Sequence[Threshold]) -> list[str]:
+    out = []
+    for t in thresholds:
+        if plot.y_lo <= t.value <= plot.y_hi:
+            y = plot.sy(t.value)
+            out.append(f'<line class="threshold th-{escape(t.css)}" x1="{plot.left}" x2="{plot.right}" '
+                       f'y1="{_f(y)}" y2="{_f(y)}"/>')
+            out.append(f'<text class="th-label th-{escape(t.css)}" x="{plot.right - 4}" y="{_f(y - 4)}" '
+                       f'text-anchor="end">{escape(t.label)}</text>')
+    return out
+
+
+def _legend(series: Sequence[Series], left: float) -> list[str]:
+    out, lx = [], left
+    for s in series:
+        out.append(f'<g class="legend"><rect class="sw {escape(s.css)}" x="{lx}" y="9" width="12" height="12" '
+                   f'rx="3"/><text x="{lx + 17}" y="19">{escape(s.name)}</text></g>')
+        lx += 30 + 7 * len(s.name)
+    return out
+
+
+def _series_marks(plot: _Plot, s: Series, unit: str) -> list[str]:
+    """A polyline per run of finite points (a gap breaks the line) and a dot with a tooltip per point."""
+    out = []
+    segments: list[list[tuple[float, float]]] = [[]]
+    for x, y in s.points:
+        if y is None or not math.isfinite(y):
+            if segments[-1]:
+                segments.append([])
+            continue
+        segments[-1].append((plot.sx(x), plot.sy(y)))
+    for seg in segments:
+        if len(seg) > 1:
+            d = " ".join(f"{_f(x)},{_f(y)}" for x, y in seg)
+            out.append(f'<polyline class="line {escape(s.css)}" points="{d}"/>')
+    r = 3 if len(s.points) <= 60 else 2
+    for x, y in s.points:
+        if y is None or not math.isfinite(y):
+            continue
+        label = f"{s.name}: {format_number(y)}{(' ' + unit) if unit else ''} at " \
+                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(x))}"
+        out.append(f'<circle class="pt {escape(s.css)}" cx="{_f(plot.sx(x))}" cy="{_f(plot.sy(y))}" r="{r}">'
+                   f'<title>{escape(label)}</title></circle>')
+    return out
 
 
 def donut(slices: Sequence[Slice], *, kind: str, title: str, center: str, caption: str = "",
@@ -268,7 +310,7 @@ def bar_chart(bars: Sequence[Bar], *, kind: str, title: str, width: int = 640, h
                    f'<rect class="sw ref" x="{left + 60}" y="13" width="16" height="3"/>'
                    f'<text x="{left + 82}" y="18">reference profile</text></g>')
     label_every = max(1, math.ceil(len(bars) / (pw / 34)))
-    for i, (b, share) in enumerate(zip(bars, shares)):
+    for i, (b, share) in enumerate(zip(bars, shares, strict=True)):
         x = left + i * slot + (slot - bw) / 2
         v = share if show_share else b.value
         y = sy(v)
@@ -321,13 +363,15 @@ def hbars(slices: Sequence[Slice], *, kind: str, title: str, width: int = 420, r
     hi = max(s.value for s in items)
     height = row * len(items) + 8
     out = [f'<svg class="chart chart-hbars" data-chart="{escape(kind)}" data-points="{len(items)}" '
-           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+           f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+           f'aria-label="{escape(title)}"><title>{escape(title)}</title>']
     for i, s in enumerate(items):
         y = 4 + i * row
         w = max(2.0, pw * s.value / hi)
         out.append(f'<text class="tick hb-label" x="{label_w - 8}" y="{y + row / 2 + 4}" text-anchor="end">'
                    f'{escape(s.label)}</text>'
-                   f'<rect class="bar {escape(s.css)}" x="{label_w}" y="{y + 4}" width="{_f(w)}" height="{row - 8}" rx="3">'
+                   f'<rect class="bar {escape(s.css)}" x="{label_w}" y="{y + 4}" width="{_f(w)}" '
+                   f'height="{row - 8}" rx="3">'
                    f'<title>{escape(s.label)}: {escape(format_number(s.value))}</title></rect>'
                    f'<text class="bar-value" x="{_f(label_w + w + 6)}" y="{y + row / 2 + 4}">'
                    f'{escape(format_number(s.value))}</text>')

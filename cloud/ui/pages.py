@@ -20,9 +20,9 @@ from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
 from edgefleet.cloud.ui.session import same_origin, signed_in, to_login
+from edgefleet.cloud.vocabulary import DeploymentStatus, Role, TelemetryGroup
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel
-from edgefleet.cloud.vocabulary import DeploymentStatus, Role, TelemetryGroup
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _deployment_rows(session: SessionDep, items: list[Deployment]) -> list[dict[
     return rows
 
 
-def _selector_text(selector: dict) -> str:
+def _selector_text(selector: dict[str, Any]) -> str:
     if selector.get("all"):
         return "all compatible devices"
     if selector.get("tag"):
@@ -99,13 +99,13 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
     online = sum(d.online for d in fleet)
     latest = telemetry.latest_drift_verdicts(session)
     drift_counts: dict[str, int] = {}
-    alarms = []
+    alarms: list[dict[str, Any]] = []
     for d in fleet:
         w = latest.get(d.id)
-        level = w.drift_level if w else None
-        if level:
-            drift_counts[level] = drift_counts.get(level, 0) + 1
-        if level in (DriftLevel.WARN, DriftLevel.ALARM):
+        if w is None or not w.drift_level:
+            continue
+        drift_counts[w.drift_level] = drift_counts.get(w.drift_level, 0) + 1
+        if w.drift_level in (DriftLevel.WARN, DriftLevel.ALARM):
             alarms.append({"device": d, "window": w})
     alarms.sort(key=lambda a: (a["window"].drift_level != DriftLevel.ALARM, -(a["window"].drift_psi or 0.0)))
     states: dict[str, int] = {}
@@ -199,7 +199,7 @@ def device_detail(request: Request, device_id: str, session: SessionDep, control
                    deps_by_id=deps_by_id, bundles_by_id=bundles_by_id, events=events)
 
 
-def _natural(key: str) -> tuple:
+def _natural(key: str) -> tuple[int, int, str]:
     return (0, int(key), "") if key.isdigit() else (1, 0, key)
 
 
@@ -248,7 +248,7 @@ def bundle_detail(request: Request, digest: str, session: SessionDep, controller
                    compression=_flatten(manifest.get("compression") or {}))
 
 
-def _flatten(data: dict, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+def _flatten(data: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
     """A compression report as ``(key, value)`` rows, nested keys joined with dots."""
     out: list[tuple[str, str]] = []
     for k, v in data.items():
@@ -271,7 +271,8 @@ def deployment_list(request: Request, session: SessionDep, controller: Controlle
     user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    items = deployments.list_deployments(session, status=status or None, limit=100)
+    wanted = DeploymentStatus(status) if status in set(DeploymentStatus) else None
+    items = deployments.list_deployments(session, status=wanted, limit=100)
     return render(request, "deployments.html", user=user, now=controller.now(), refresh=5,
                    rows=_deployment_rows(session, items), status=status or "")
 

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.filters import FILTERS
 from edgefleet.cloud.vocabulary import DeploymentStatus, Role
-from edgefleet.protocol.vocabulary import DriftLevel, EventLevel
 from edgefleet.protocol.errors import EdgeFleetError
+from edgefleet.protocol.vocabulary import DriftLevel, EventLevel
 
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {

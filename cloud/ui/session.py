@@ -15,8 +15,8 @@ from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.render import base_path, render
-from edgefleet.protocol.vocabulary import Reason
 from edgefleet.cloud.vocabulary import OPERATOR_ROLES
+from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,17 @@ from fastapi.testclient import TestClient
 
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.mqtt.decoding import Raw
-from edgefleet.protocol.messages import (DriftScores, Hello, Histogram, InstalledBundle, Message, State, StatusReport,
-                                         TelemetryWindow, encode)
+from edgefleet.protocol.messages import (
+    DriftScores,
+    Hello,
+    Histogram,
+    InstalledBundle,
+    Message,
+    State,
+    StatusReport,
+    TelemetryWindow,
+    encode,
+)
 from edgefleet.protocol.topics import device_topic
 
 from onnx_models import mlp_onnx as make_onnx_model  # noqa: F401  (used by conftest)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cloudkit import ADMIN, FakeClock, FakeTransport, Fleet, make_onnx_model
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
@@ -17,6 +16,8 @@ from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe
+
+from cloudkit import ADMIN, FakeClock, FakeTransport, Fleet, make_onnx_model
 
 
 @pytest.fixture(scope="session")

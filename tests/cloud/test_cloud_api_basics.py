@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from cloudkit import FakeTransport
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.settings import ControllerSettings
+
+from cloudkit import FakeTransport
 
 
 def test_healthz_and_metrics_need_no_token(client):

@@ -9,7 +9,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from cloudkit import ADMIN
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
@@ -19,6 +18,8 @@ from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import verify_bundle
 from edgefleet.protocol.keys import TrustedKeys
+
+from cloudkit import ADMIN
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 FAST = {"latency_runs": 2}

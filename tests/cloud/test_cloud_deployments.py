@@ -4,7 +4,6 @@ cancel, timeouts, superseding, orders held while the broker is away."""
 from __future__ import annotations
 
 import pytest
-from cloudkit import FakeTransport
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
@@ -12,6 +11,8 @@ from edgefleet.protocol.errors import ReplayError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.messages import InstalledBundle, decode
 from edgefleet.protocol.orders import verify_order
+
+from cloudkit import FakeTransport
 
 
 @pytest.fixture

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from cloudkit import Fleet
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from edgefleet.cloud.services import auth
 from edgefleet.cloud.app import create_app
+from edgefleet.cloud.services import auth
 from edgefleet.cloud.store.tables import Device, ProcessedMessage
 from edgefleet.protocol.keys import key_id, load_public_key_pem
+
+from cloudkit import Fleet
 
 
 def test_enrollment_hands_out_credentials_once(client, controller, release_key):

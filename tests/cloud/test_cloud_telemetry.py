@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.cloud.services.telemetry import latest_drift_verdicts
-from edgefleet.protocol.messages import histogram_quantile as percentile
 from edgefleet.protocol.messages import InstalledBundle
+from edgefleet.protocol.messages import histogram_quantile as percentile
 
 
 def test_percentile_interpolates_inside_bins():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.protocol.keys import generate_private_key, save_private_key, save_public_key
+
 from testkit import free_port
 
 MOSQUITTO_HOST = "127.0.0.1"
@@ -64,14 +65,15 @@ class PrivateMosquitto:
                              # as root, mosquitto drops to its own user, which cannot write here
                              + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen | None = None
-        self.log = open(workdir / "mosquitto.log", "wb")
+        self.log_path = workdir / "mosquitto.log"
 
     @property
     def broker(self) -> Broker:
         return Broker("127.0.0.1", self.port)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(self.conf)], stdout=log, stderr=log)
         # (a TLS listener accepts TCP connections too, so the port check below works for both)
         end = time.monotonic() + 10
         while not _port_open("127.0.0.1", self.port, 0.2):

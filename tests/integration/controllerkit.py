@@ -4,8 +4,7 @@ broker), simulated devices speaking MQTT with paho, and polling waits."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,11 +13,12 @@ from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cloud.app import create_app
-from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.messages import Message, OrderMessage, State, decode, encode
 from edgefleet.protocol.topics import device_topic
+
 from testkit import wait_until
 
 ADMIN = "eft_integration-admin"

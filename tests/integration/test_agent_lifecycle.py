@@ -31,7 +31,8 @@ def test_installs_signed_bundle_serves_and_reports_telemetry_with_drift(agent_ha
     x = samples(n=8, seed=7)
     status, body = agent.predict({"x": x.tolist()})
     assert status == 200, body
-    np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(h.model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(h.model, x),
+                               rtol=1e-5, atol=1e-6)
     assert body["bundle"]["name"] == "tiny" and body["bundle"]["version"] == "1.0.0"
 
     # binary form: .npy in, .npz out
@@ -110,7 +111,8 @@ def test_old_model_serves_until_the_new_one_is_activated(agent_harness):
     for _ in range(3):
         status, body = agent.predict({"x": x.tolist()})
         assert status == 200 and body["bundle"]["version"] == "1.0.0"
-        np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(old, x), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(body["outputs"]["probs"]), reference_forward(old, x),
+                                   rtol=1e-5, atol=1e-6)
     h.files.faults.release.set()
     assert h.observer.final_status(dep)["outcome"] == "committed"
     status, body = agent.predict({"x": x.tolist()})

@@ -4,7 +4,6 @@ Runs its own Mosquitto on a free port (the shared one on 1883 is never stopped).
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
 import pytest
@@ -68,7 +67,8 @@ def test_broker_outage_every_window_arrives_exactly_once(tmp_path, private_mosqu
                 windows_by_seq(o)), what=f"windows 0..{last}")
         except AssertionError:
             got = windows_by_seq(h.observer)
-            raise AssertionError(f"missing windows {[s for s in range(last + 1) if s not in got]} of 0..{last}")
+            raise AssertionError(f"missing windows {[s for s in range(last + 1) if s not in got]} of 0..{last}") \
+                from None
         assert sorted(seen)[: last + 1] == list(range(last + 1)), "a window was lost"
         assert all(len(ids) == 1 for ids in seen.values()), "a window arrived under two message ids"
         served = sum(t["requests"] for t in {t["msg_id"]: t for t in h.observer.of("telemetry")}.values())

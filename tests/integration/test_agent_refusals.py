@@ -11,9 +11,10 @@ import zlib
 
 import pytest
 
-from agentkit.bundles import make_bundle, order_message, resign, samples, split
 from edgefleet.protocol.bundle import bundle_digest
 from edgefleet.protocol.canonical import canonical_json
+
+from agentkit.bundles import make_bundle, order_message, resign, samples, split
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from edgefleet.protocol.bundle import read_manifest
+
 from agentkit.bundles import samples
 from onnx_models import reference_forward
-from edgefleet.protocol.bundle import read_manifest
 
 pytestmark = pytest.mark.integration
 

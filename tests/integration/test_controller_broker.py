@@ -9,8 +9,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.protocol.brokers import parse_broker_url
 
 pytestmark = pytest.mark.integration
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from controllerkit import SimDevice, controller_settings, running_controller, wait_until
 
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.messages import Event, Hello, Histogram, State, StatusReport, TelemetryWindow
 from edgefleet.protocol.orders import verify_order
+
+from controllerkit import SimDevice, controller_settings, running_controller, wait_until
 
 pytestmark = pytest.mark.integration
 

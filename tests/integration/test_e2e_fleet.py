@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,10 +22,11 @@ import pytest
 from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.server import BackgroundServer
-from testkit import free_port, wait_until
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.compression import export_tflite
 from edgefleet.compression.samples import load_digits_split, train_mlp
+
+from testkit import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -117,11 +117,10 @@ def start_agent(capsys, server, agents, base: Path, device_id: str, tag: str) ->
          "--set", "heartbeat_interval_s=2", "--set", "health_check_inferences=0"],
         capture_output=True, text=True, timeout=60)
     assert enrolled.returncode == 0, enrolled.stderr
-    log = open(state_dir / "agent.log", "ab")
-    agents.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
-                                    str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
-                                   stdout=log, stderr=subprocess.STDOUT))
-    log.close()
+    with open(state_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
+        agents.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
+                                        str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
+                                       stdout=log, stderr=subprocess.STDOUT))
     return state_dir
 
 
@@ -156,8 +155,8 @@ def test_engineer_flow_from_the_cli(capsys, fleet, digits_models):
     listed = {b["digest"] for b in cli_json(capsys, "bundle", "list")}
     assert set(digests.values()) <= listed
     for device_id, runtime in (("dev-onnx", "onnx"), ("dev-tflite", "tflite")):
-        shown = cli_json(capsys, "devices", "show", device_id)["device"]
-        wait_until(lambda: cli_json(capsys, "devices", "show", device_id)["device"]["installed"], "installed bundle")
+        wait_until(lambda d=device_id: cli_json(capsys, "devices", "show", d)["device"]["installed"],
+                   "installed bundle")
         shown = cli_json(capsys, "devices", "show", device_id)["device"]
         assert shown["installed"]["digest"] == digests[runtime]
 

@@ -23,10 +23,10 @@ import uvicorn
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.settings import ControllerSettings
-from testkit import free_port
 
 from .ui_fleet import Fleet, seed
 from .ui_support import CHROMIUM, CHROMIUM_ARGS
+from testkit import free_port
 
 ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
 

@@ -48,7 +48,8 @@ def main(out: Path) -> None:
             seed(app.state.controller, now=time.time(), hostile=False)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": int(os.environ.get("WIDTH", 1280)), "height": 800}, device_scale_factor=1)
+                page = browser.new_page(viewport={"width": int(os.environ.get("WIDTH", 1280)), "height": 800},
+                                        device_scale_factor=1)
                 base = f"http://127.0.0.1:{port}"
                 page.goto(f"{base}/ui/login")
                 page.fill("#token", TOKEN)

@@ -87,7 +87,7 @@ def test_nice_ticks_cover_the_range():
     for lo, hi in [(0, 8.4), (0, 0.503), (0, 1), (0, 123456), (2, 2), (0, 0.003)]:
         ticks = charts.nice_ticks(lo, hi)
         assert ticks[0] <= lo and ticks[-1] >= hi and len(ticks) >= 2
-        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:])}
+        steps = {round(b - a, 9) for a, b in zip(ticks, ticks[1:], strict=False)}
         assert len(steps) == 1
 
 

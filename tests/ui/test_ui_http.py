@@ -8,8 +8,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud.services import auth
 from edgefleet.cloud.app import create_app
+from edgefleet.cloud.services import auth
 from edgefleet.cloud.settings import ControllerSettings
 
 ADMIN = "eft_ui-http-admin"

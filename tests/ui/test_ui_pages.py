@@ -8,13 +8,14 @@ import time
 
 import pytest
 from playwright.sync_api import expect
-from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
-from .ui_support import screenshot
 
-from edgefleet.cloud.services import audit, auth, deployments
 from edgefleet.cloud.mqtt.ingest import Raw
+from edgefleet.cloud.services import audit, auth, deployments
 from edgefleet.protocol.messages import Event, encode
 from edgefleet.protocol.topics import device_topic
+
+from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
+from .ui_support import screenshot
 
 pytestmark = pytest.mark.browser
 

@@ -15,16 +15,27 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cloud.services import deployments, devices, registry
-from edgefleet.cloud.store.blobs import Incoming as Upload
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.mqtt.ingest import Raw
+from edgefleet.cloud.services import deployments, devices, registry
+from edgefleet.cloud.store.blobs import Incoming as Upload
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe
 from edgefleet.protocol.manifest import Lineage
-from edgefleet.protocol.messages import (DriftScores, Event, Hello, Histogram, InstalledBundle, Message, State,
-                                         StatusReport, TelemetryWindow, encode)
+from edgefleet.protocol.messages import (
+    DriftScores,
+    Event,
+    Hello,
+    Histogram,
+    InstalledBundle,
+    Message,
+    State,
+    StatusReport,
+    TelemetryWindow,
+    encode,
+)
 from edgefleet.protocol.topics import device_topic
+
 from onnx_models import mlp_onnx
 
 LABELS = ["cat", "dog", "bird"]
@@ -106,7 +117,7 @@ def _window(device_id: str, seq: int, end: float, bundle: BuiltBundle, spec: dic
         bundle=_installed(bundle), requests=requests, batches=requests, samples=requests,
         errors=int(rng.random() < 0.08),
         latency_ms=Histogram(bounds=LATENCY_BOUNDS, counts=[int(c) for c in counts]),
-        predictions={label: int(c) for label, c in zip(LABELS, preds)},
+        predictions={label: int(c) for label, c in zip(LABELS, preds, strict=True)},
         drift=DriftScores(psi=round(float(psi), 4), js=round(float(psi) * 0.35, 4), level=level, samples=requests))
 
 
@@ -134,7 +145,7 @@ def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
         src.artifact_digest = hashlib.sha256(source).hexdigest()
         registry.create_model_version(session, model_name="animals", version="1.0.0-int8", kind="compressed",
                                       parent_version="1.0.0", actor=actor, now=now)
-        for version, built in fleet.bundles.items():
+        for built in fleet.bundles.values():
             registry.register_bundle(session, incoming=_upload(controller, built.data), store=controller.bundles,
                                      trusted=trusted, max_bytes=controller.settings.max_bundle_bytes,
                                      model_name="animals", model_version="1.0.0-int8", actor=actor,

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 
-from edgefleet.cloud.services import compression_jobs
-from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.api.schemas import CompressionJobCreate, CompressionJobOut
+from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.services import compression_jobs
 from edgefleet.cloud.vocabulary import JobState
 
 api = APIRouter(prefix="/api/v1")

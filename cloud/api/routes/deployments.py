@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
-from edgefleet.cloud.services import deployments
-from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
-from edgefleet.cloud.store.tables import Bundle, Deployment
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
+from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.services import deployments
+from edgefleet.cloud.store.tables import Bundle, Deployment
 from edgefleet.cloud.vocabulary import DeploymentStatus
 
 api = APIRouter(prefix="/api/v1")

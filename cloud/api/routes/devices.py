@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -66,7 +66,7 @@ def device_events(device_id: str, session: SessionDep, _: ViewerDep,
 
 @api.get("/devices/{device_id}/telemetry", tags=["telemetry"])
 def device_series(device_id: str, session: SessionDep, _: ViewerDep, since: float | None = None,
-                  limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict]:
+                  limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict[str, Any]]:
     """Per-window points for charts (oldest first): p50/p95 latency, drift scores, counts."""
     devices.get_device(session, device_id=device_id)
     return telemetry.series(session, device_id=device_id, since=since, limit=limit)

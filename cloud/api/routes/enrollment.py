@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from edgefleet.cloud.api.schemas import (EnrollmentTokenCreate, EnrollmentTokenCreated, EnrollmentTokenOut,
-                                         EnrollRequest, EnrollResponse)
+from edgefleet.cloud.api.schemas import (
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenOut,
+    EnrollRequest,
+    EnrollResponse,
+)
 from edgefleet.cloud.deps import AdminDep, ControllerDep, OperatorDep, SessionDep
 from edgefleet.cloud.services import devices, trust
 from edgefleet.protocol.keys import public_key_pem

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from edgefleet.cloud.api.schemas import (BundleBuildRequest, BundleOut, DatasetOut, ModelCreate, ModelDetail, ModelOut,
-                                         ModelVersionCreate, ModelVersionOut)
+from edgefleet.cloud.api.schemas import (
+    BundleBuildRequest,
+    BundleOut,
+    DatasetOut,
+    ModelCreate,
+    ModelDetail,
+    ModelOut,
+    ModelVersionCreate,
+    ModelVersionOut,
+)
 from edgefleet.cloud.api.transfer import OCTET_BODY, LargeFileResponse, receive_upload
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import bundle_builds, datasets, registry
@@ -105,7 +113,8 @@ def build_bundle(name: str, version: str, body: BundleBuildRequest, response: Re
         session, model_name=name, version=version, recipe=body.model_dump(mode="json", exclude={"data"}),
         data=body.data, key=controller.release_signing_key, trusted=controller.trusted_release_keys(session),
         artifacts=controller.artifacts, bundles=controller.bundles,
-        max_bundle_bytes=controller.settings.max_bundle_bytes, max_dataset_bytes=controller.settings.max_dataset_bytes, actor=who.actor, now=controller.now())
+        max_bundle_bytes=controller.settings.max_bundle_bytes, max_dataset_bytes=controller.settings.max_dataset_bytes,
+        actor=who.actor, now=controller.now())
     if not created:
         response.status_code = 200
     return BundleOut.model_validate(bundle)

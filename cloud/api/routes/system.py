@@ -8,8 +8,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edgefleet.cloud.api.schemas import InfoOut
-from edgefleet.cloud.store.engine import ping
 from edgefleet.cloud.deps import ControllerDep, SessionDep, ViewerDep
+from edgefleet.cloud.store.engine import ping
 
 router = APIRouter()
 api = APIRouter(prefix="/api/v1")
@@ -23,7 +23,7 @@ def _version() -> str:
 
 
 @router.get("/healthz", tags=["system"])
-def healthz(controller: ControllerDep, session: SessionDep) -> dict:
+def healthz(controller: ControllerDep, session: SessionDep) -> dict[str, str]:
     """Liveness and readiness: database reachable, MQTT bridge connected."""
     ping(session)
     transport = controller.transport

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from edgefleet.cloud.services import telemetry
-from edgefleet.cloud.deps import SessionDep, ViewerDep
 from edgefleet.cloud.api.schemas import WindowOut
+from edgefleet.cloud.deps import SessionDep, ViewerDep
+from edgefleet.cloud.services import telemetry
 from edgefleet.cloud.vocabulary import TelemetryGroup
 
 api = APIRouter(prefix="/api/v1")
@@ -25,7 +25,7 @@ def list_windows(session: SessionDep, _: ViewerDep, device_id: str | None = None
 @api.get("/telemetry/summary", tags=["telemetry"])
 def summary(session: SessionDep, _: ViewerDep,
             group_by: TelemetryGroup = TelemetryGroup.BUNDLE,
-            key: str | None = None, since: float | None = None) -> dict[str, dict]:
+            key: str | None = None, since: float | None = None) -> dict[str, dict[str, Any]]:
     """Aggregates keyed by device id, bundle digest, ``model@version`` or tag (``key`` picks one):
     windows, requests, errors, latency p50/p95, drift (mean/max PSI, levels), predictions."""
     return telemetry.aggregate(session, group_by=group_by, key=key, since=since)

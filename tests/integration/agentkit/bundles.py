@@ -7,8 +7,17 @@ import time
 
 import numpy as np
 
-from edgefleet.protocol.bundle import (FILES_DIR, MANIFEST, SIGNATURES, BundleLimits, _members, build_bundle,
-                                      bundle_digest, pack, parse_recipe)
+from edgefleet.protocol.bundle import (
+    FILES_DIR,
+    MANIFEST,
+    SIGNATURES,
+    BundleLimits,
+    _members,
+    build_bundle,
+    bundle_digest,
+    pack,
+    parse_recipe,
+)
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.keys import sign
 from edgefleet.protocol.messages import DeploymentOrder, OrderMessage, Signature, encode

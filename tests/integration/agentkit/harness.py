@@ -66,7 +66,8 @@ class Harness:
     def serve(self, data: bytes, path: str | None = None) -> str:
         return self.files.add(path or f"/bundles/{uuid.uuid4().hex}.efb", data)
 
-    def order(self, data: bytes, url: str | None = None, *, sequence: int | None = None, key=None, **kwargs) -> tuple[str, bytes]:
+    def order(self, data: bytes, url: str | None = None, *, sequence: int | None = None, key=None,
+              **kwargs) -> tuple[str, bytes]:
         if sequence is None:
             self.sequence += 1
             sequence = self.sequence

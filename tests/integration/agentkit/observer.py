@@ -57,7 +57,8 @@ class Observer:
                     return result
                 left = end - time.monotonic()
                 if left <= 0:
-                    kinds = [(k, (o or {}).get("state"), (o or {}).get("outcome")) for k, o, _, _ in self.messages][-30:]
+                    kinds = [(k, (o or {}).get("state"), (o or {}).get("outcome"))
+                             for k, o, _, _ in self.messages][-30:]
                     raise AssertionError(f"timed out waiting for {what}; last messages: {kinds}")
                 self.cond.wait(min(left, 0.5))
 

@@ -40,7 +40,7 @@ class AgentProcess:
     def log_path(self) -> Path:
         return self.workdir / f"agent-{self.runs}.log"
 
-    def start(self, **overrides) -> "AgentProcess":
+    def start(self, **overrides) -> AgentProcess:
         self.config.update(overrides)
         self.config = {k: v for k, v in self.config.items() if v is not None}
         self.write_config()
@@ -48,10 +48,10 @@ class AgentProcess:
         self.runs += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_AGENT_")}
         env.update(self.env)
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
-                                      str(self.config_path), "--log-level", "DEBUG"],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
+                                          str(self.config_path), "--log-level", "DEBUG"],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> str:
@@ -115,5 +115,5 @@ class AgentProcess:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log()}")
+                raise AssertionError(f"agent did not stop on SIGTERM:\n{self.log()}") from None
         return self.proc.returncode if self.proc else 0

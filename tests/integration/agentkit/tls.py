@@ -18,7 +18,7 @@ def _name(cn: str) -> x509.Name:
 
 def make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
     """Return (ca.pem, server.pem, server.key)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("edgefleet test CA")).issuer_name(_name("edgefleet test CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
