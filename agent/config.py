@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,23 +121,33 @@ def _env_value(field: str, raw: str) -> Any:
     return raw
 
 
-def load_config(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> AgentConfig:
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read ``path`` (TOML), apply ``EDGEFLEET_AGENT_*`` overrides, validate."""
-    environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    origin: dict[str, str] = {}
     source = str(path) if path is not None else "<environment>"
-    if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError("config file not found", where=source) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc.strerror}", where=source) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", where=source) from None
-        origin = {key: source for key in data}
+    data: dict[str, Any] = _read_toml(path, source) if path is not None else {}
+    origin: dict[str, str] = {key: source for key in data}
+    _apply_environ(data, origin, os.environ if environ is None else environ)
+    _resolve_paths(data, origin, base=Path(path).parent if path is not None else Path.cwd(), source=source)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, origin, source) from None
+
+
+def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("config file not found", where=source) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", where=source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=source) from None
+
+
+def _apply_environ(data: dict[str, Any], origin: dict[str, str], environ: Mapping[str, str]) -> None:
+    """Override ``data`` with the ``EDGEFLEET_AGENT_*`` variables, recording where each came from."""
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -148,22 +159,26 @@ def load_config(path: str | Path | None = None, *, environ: dict[str, str] | Non
         except json.JSONDecodeError:
             raise ConfigError("not a JSON array", where=f"{name} (environment)") from None
         origin[key] = f"{name} (environment)"
-    base = Path(path).parent if path is not None else Path.cwd()
+
+
+def _resolve_paths(data: dict[str, Any], origin: dict[str, str], *, base: Path, source: str) -> None:
+    """Make relative paths given in the config file relative to the file's folder."""
     for key in ("state_dir", "ca_file"):
         if isinstance(data.get(key), str) and origin.get(key) == source:
             data[key] = str(base / data[key])
     for key in ("release_keys", "controller_keys"):
         if isinstance(data.get(key), list) and origin.get(key) == source:
             data[key] = [str(base / p) if isinstance(p, str) else p for p in data[key]]
-    try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = str(first["loc"][0]) if first["loc"] else "?"
-        where = f"{key} ({origin.get(key, source)})"
-        if first["type"] == "missing":
-            raise ConfigError("required key is missing", where=where) from None
-        if first["type"] == "extra_forbidden":
-            raise ConfigError("unknown configuration key", where=where) from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise ConfigError(message, where=where) from None
+
+
+def _config_error(exc: ValidationError, origin: dict[str, str], source: str) -> ConfigError:
+    """The first problem of a validation error, naming the key and where its value came from."""
+    first = exc.errors()[0]
+    key = str(first["loc"][0]) if first["loc"] else "?"
+    where = f"{key} ({origin.get(key, source)})"
+    if first["type"] == "missing":
+        return ConfigError("required key is missing", where=where)
+    if first["type"] == "extra_forbidden":
+        return ConfigError("unknown configuration key", where=where)
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(message, where=where)

@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from types import FrameType
 from typing import Any
 
 from edgefleet.agent.config import AgentConfig, load_config
@@ -25,13 +26,25 @@ from edgefleet.agent.mqtt import MqttLink
 from edgefleet.agent.outbox import Outbox, OutboxPump
 from edgefleet.agent.server import InferenceServer, bundle_info
 from edgefleet.agent.slots import Slots
-from edgefleet.protocol.files import atomic_write
-from edgefleet.agent.updater import Updater, UpdatePolicy
+from edgefleet.agent.stats import WindowSummary
+from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.protocol import topics
 from edgefleet.protocol.errors import EdgeFleetError, MessageError
+from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts
-from edgefleet.protocol.messages import (MAX_PAYLOAD, Event, Hello, Message, OrderMessage, State, TelemetryWindow, decode, encode)
+from edgefleet.protocol.messages import (
+    MAX_PAYLOAD,
+    Event,
+    Hello,
+    InstalledBundle,
+    Message,
+    OrderMessage,
+    State,
+    TelemetryWindow,
+    decode,
+    encode,
+)
 from edgefleet.protocol.runtimes import available_runtimes
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel, Reason, UpdateState
 
@@ -55,7 +68,7 @@ class Agent:
         state_dir = config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.prefix = config.topic_prefix
-        self.runtimes = available_runtimes()
+        self.runtimes: list[str] = list(available_runtimes())
         self.facts = DeviceFacts(arch=platform.machine(), runtimes=self.runtimes, agent_version=agent_version(),
                                  hardware_class=config.hardware_class)
         release = TrustedKeys.from_files(config.release_keys, role="release")
@@ -84,14 +97,14 @@ class Agent:
         self.server: InferenceServer | None = None
         self._next_heartbeat = 0.0
         self._next_telemetry = time.monotonic() + config.telemetry_interval_s
-        self._published_state: tuple | None = None
+        self._published_state: tuple[str, str | None, InstalledBundle | None] | None = None
 
     # ------------------------------------------------------------------ messages
 
     def _topic(self, kind: str) -> str:
         return topics.device_topic(self.device_id, kind, self.prefix)
 
-    def _installed(self):
+    def _installed(self) -> InstalledBundle | None:
         model = self.predictor.model
         return model.installed if model is not None else None
 
@@ -183,17 +196,21 @@ class Agent:
 
     def flush_telemetry(self) -> None:
         for installed, summary in self.predictor.flush():
-            def build(seq: int) -> tuple[bytes, str]:
-                msg = TelemetryWindow(device_id=self.device_id, window_seq=seq, window_start=summary.start,
-                                      window_end=summary.end, bundle=installed, requests=summary.requests,
-                                      batches=summary.batches, samples=summary.samples, errors=summary.errors,
-                                      latency_ms=summary.latency_ms, features=summary.features,
-                                      predictions=summary.predictions, drift=summary.drift)
-                return encode(msg), msg.msg_id
-            self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
+            self._enqueue_window(installed, summary)
             if summary.drift is not None and summary.drift.level == DriftLevel.ALARM:
                 log.warning("drift alarm: psi=%.3f js=%.3f over %d samples device=%s", summary.drift.psi,
                             summary.drift.js, summary.drift.samples, self.device_id)
+
+    def _enqueue_window(self, installed: InstalledBundle, summary: WindowSummary) -> None:
+        """Store one closed telemetry window under the next window sequence number."""
+        def build(seq: int) -> tuple[bytes, str]:
+            msg = TelemetryWindow(device_id=self.device_id, window_seq=seq, window_start=summary.start,
+                                  window_end=summary.end, bundle=installed, requests=summary.requests,
+                                  batches=summary.batches, samples=summary.samples, errors=summary.errors,
+                                  latency_ms=summary.latency_ms, features=summary.features,
+                                  predictions=summary.predictions, drift=summary.drift)
+            return encode(msg), msg.msg_id
+        self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
 
     def stats(self) -> dict[str, Any]:
         model = self.predictor.model
@@ -267,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edgefleet-agent: {exc}", file=sys.stderr)
         return 2
 
-    def _terminate(signum, frame) -> None:
+    def _terminate(signum: int, frame: FrameType | None) -> None:
         agent.stop_event.set()
 
     signal.signal(signal.SIGTERM, _terminate)

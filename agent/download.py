@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, Literal
 
 from edgefleet.protocol.errors import DigestMismatchError, SizeLimitError, TransportError
 from edgefleet.protocol.vocabulary import Reason
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 
 
-def _hash_existing(part: Path, limit: int) -> tuple[int, "hashlib._Hash"]:
+def _hash_existing(part: Path, limit: int) -> tuple[int, hashlib._Hash]:
     digest = hashlib.sha256()
     try:
         size = part.stat().st_size
@@ -53,57 +54,11 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
     if done:
         request.add_header("Range", f"bytes={done}-")
     if done < expected_size or expected_size == 0:
-        try:
-            response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and done == expected_size:
-                response = None
-            else:
-                if exc.code == 416:
-                    part.unlink(missing_ok=True)
-                raise TransportError(f"HTTP {exc.code} from bundle server", code=f"http_{exc.code}",
-                                     where=url) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TransportError(f"cannot reach bundle server: {reason}", where=url) from None
+        response = _open(request, url, part, done=done, expected_size=expected_size, timeout=timeout)
         if response is not None:
             with response:
-                if response.status == 206:
-                    start = _content_range_start(response.headers.get("Content-Range"))
-                    if start != done:
-                        part.unlink(missing_ok=True)
-                        raise TransportError(f"server resumed at {start}, expected {done}", where=url)
-                    mode = "ab"
-                else:
-                    if done:
-                        log.info("server ignored Range; restarting download of %s", url)
-                    done, digest, mode = 0, hashlib.sha256(), "wb"
-                length = response.headers.get("Content-Length")
-                if length is not None and length.isdigit() and done + int(length) > expected_size:
-                    raise SizeLimitError(f"server announces {done + int(length)} bytes, the order signs "
-                                         f"{expected_size}", where=url)
-                with open(part, mode, buffering=0) as fh:
-                    try:
-                        while True:
-                            if should_stop is not None and should_stop():
-                                raise TransportError("download stopped", code=Reason.STOPPED, where=url)
-                            chunk = response.read1(min(CHUNK, expected_size - done + 1))
-                            if not chunk:
-                                break
-                            if done + len(chunk) > expected_size:
-                                fh.flush()
-                                raise SizeLimitError(f"server sent more than the signed {expected_size} bytes",
-                                                     where=url)
-                            fh.write(chunk)
-                            digest.update(chunk)
-                            done += len(chunk)
-                            if progress is not None:
-                                progress(done)
-                    except (OSError, ValueError, http.client.HTTPException) as exc:
-                        raise TransportError(f"download interrupted at {done} bytes: {exc}", where=url) from None
-                    finally:
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                done, digest = _receive(response, url, part, done=done, digest=digest, expected_size=expected_size,
+                                        progress=progress, should_stop=should_stop)
     if done < expected_size:
         raise TransportError(f"download truncated at {done} of {expected_size} bytes", code=Reason.TRUNCATED,
                              where=url)
@@ -115,9 +70,85 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
     return dest
 
 
+def _open(request: urllib.request.Request, url: str, part: Path, *, done: int, expected_size: int,
+          timeout: float) -> http.client.HTTPResponse | None:
+    """Send the request; None when the part file already holds every byte (the server answers 416)."""
+    response: http.client.HTTPResponse
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and done == expected_size:
+            return None
+        if exc.code == 416:
+            part.unlink(missing_ok=True)
+        raise TransportError(f"HTTP {exc.code} from bundle server", code=f"http_{exc.code}",
+                             where=url) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TransportError(f"cannot reach bundle server: {reason}", where=url) from None
+    return response
+
+
+def _receive(response: http.client.HTTPResponse, url: str, part: Path, *, done: int, digest: hashlib._Hash,
+             expected_size: int, progress: Callable[[int], None] | None,
+             should_stop: Callable[[], bool] | None) -> tuple[int, hashlib._Hash]:
+    """Write the response body to the part file: appended to the ``done`` bytes already there when
+    the server resumed at exactly that offset, from scratch when it ignored the Range. Returns the
+    part file's length and sha256."""
+    mode: Literal["ab", "wb"]
+    if response.status == 206:
+        start = _content_range_start(response.headers.get("Content-Range"))
+        if start != done:
+            part.unlink(missing_ok=True)
+            raise TransportError(f"server resumed at {start}, expected {done}", where=url)
+        mode = "ab"
+    else:
+        if done:
+            log.info("server ignored Range; restarting download of %s", url)
+        done, digest, mode = 0, hashlib.sha256(), "wb"
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and done + int(length) > expected_size:
+        raise SizeLimitError(f"server announces {done + int(length)} bytes, the order signs "
+                             f"{expected_size}", where=url)
+    with open(part, mode, buffering=0) as fh:
+        try:
+            done = _stream(response, fh, digest, url, done=done, expected_size=expected_size, progress=progress,
+                           should_stop=should_stop)
+        finally:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return done, digest
+
+
+def _stream(response: http.client.HTTPResponse, fh: BinaryIO, digest: hashlib._Hash, url: str, *, done: int,
+            expected_size: int, progress: Callable[[int], None] | None,
+            should_stop: Callable[[], bool] | None) -> int:
+    """Copy the body chunk by chunk, never writing past ``expected_size``; returns the bytes done."""
+    try:
+        while True:
+            if should_stop is not None and should_stop():
+                raise TransportError("download stopped", code=Reason.STOPPED, where=url)
+            chunk = response.read1(min(CHUNK, expected_size - done + 1))
+            if not chunk:
+                return done
+            if done + len(chunk) > expected_size:
+                fh.flush()
+                raise SizeLimitError(f"server sent more than the signed {expected_size} bytes",
+                                     where=url)
+            fh.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise TransportError(f"download interrupted at {done} bytes: {exc}", where=url) from None
+
+
 def _content_range_start(value: str | None) -> int:
     # "bytes 100-199/200"
+    if value is None:
+        return -1
     try:
-        return int(value.split()[1].split("-")[0])  # type: ignore[union-attr]
-    except (AttributeError, IndexError, ValueError):
+        return int(value.split()[1].split("-")[0])
+    except (IndexError, ValueError):
         return -1

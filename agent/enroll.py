@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -46,7 +45,8 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            reply: dict[str, Any] = json.loads(resp.read())
+            return reply
     except urllib.error.HTTPError as exc:
         try:
             err = json.loads(exc.read()).get("error", {})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +99,7 @@ def smoke_test(model: LoadedModel) -> None:
 class Predictor:
     """The in-process inference API. Thread-safe; ``predict`` is the hot path."""
 
-    def __init__(self, *, clock=time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._model: LoadedModel | None = None
         self._retired: list[tuple[LoadedModel, WindowSummary]] = []

@@ -15,12 +15,17 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgefleet.agent.backoff import delay
 from edgefleet.agent.config import AgentConfig
+
+if TYPE_CHECKING:
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,8 @@ class MqttLink:
 
     # paho callbacks (run inside client.loop(), i.e. on our thread)
 
-    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+    def _connected(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
+                   properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.warning("broker refused the connection: %s", reason_code)
             return
@@ -71,15 +77,18 @@ class MqttLink:
                  self.config.broker.port, self.config.device_id, flags.session_present)
         self._on_connected()
 
-    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+    def _disconnected(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags,
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
         if self.connected:
             log.warning("disconnected from the broker: %s", reason_code)
         self.connected = False
 
-    def _message(self, client, userdata, message) -> None:
-        self._on_message(message.topic, message.payload)
+    def _message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # paho types the payload bytes | bytearray; it decodes bytes, which bytes() returns as is
+        self._on_message(message.topic, bytes(message.payload))
 
-    def _published(self, client, userdata, mid, reason_code, properties) -> None:
+    def _published(self, client: paho.Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                   properties: Properties) -> None:
         self._on_published(mid)
 
     # used from tick() (same thread)
@@ -102,9 +111,9 @@ class MqttLink:
         broker = self.config.broker
         try:
             if self.config.mqtt_protocol == "5":
-                from paho.mqtt.properties import Properties
                 from paho.mqtt.packettypes import PacketTypes
-                props = Properties(PacketTypes.CONNECT)
+                from paho.mqtt.properties import Properties
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
                 props.SessionExpiryInterval = 0 if self.config.clean_session else 7 * 24 * 3600
                 self.client.connect(broker.host, broker.port, keepalive=30,
                                     clean_start=self.config.clean_session, properties=props)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,10 @@ class Outbox:
     def counter(self, name: str) -> int:
         with self._lock:
             row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else 0
+        return int(row[0]) if row else 0
 
-    def enqueue_sequenced(self, topic: str, counter: str, build, *, qos: int = 1) -> int:
+    def enqueue_sequenced(self, topic: str, counter: str, build: Callable[[int], tuple[bytes, str]], *,
+                          qos: int = 1) -> int:
         """Take the next number of ``counter`` and store ``build(n) -> (payload, msg_id)`` in ONE
         transaction: a crash never reuses a number for another message nor skips one."""
         with self._lock:
@@ -104,7 +106,7 @@ class Outbox:
 
     def __len__(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 class OutboxPump:
@@ -128,12 +130,12 @@ class OutboxPump:
         with self._acks_lock:
             self._acks.append(mid)
 
-    def pump(self, publish, connected: bool) -> int:
+    def pump(self, publish: Callable[[str, bytes, int], int | None], connected: bool) -> int:
         """Process acknowledgements, then hand new rows to the client. Returns rows handed."""
         with self._acks_lock:
             acks, self._acks = self._acks, []
-        for mid in acks:
-            row_id = self._inflight.pop(mid, None)
+        for acked in acks:
+            row_id = self._inflight.pop(acked, None)
             if row_id is not None:
                 self.outbox.ack(row_id)
                 self._handed.discard(row_id)

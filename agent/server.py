@@ -25,6 +25,7 @@ import numpy as np
 
 from edgefleet.agent.inference import Predictor
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError
+from edgefleet.protocol.messages import InstalledBundle
 from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,13 @@ DISCARD_LIMIT = 16 * 1024 * 1024
 """Refused request bodies up to this size are read and dropped before the error answer."""
 
 
-def bundle_info(installed) -> dict[str, Any]:
+def bundle_info(installed: InstalledBundle) -> dict[str, Any]:
     return {"name": installed.name, "version": installed.version, "build": installed.build,
             "digest": installed.digest}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "InferenceServer"
+    server: InferenceServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route to logging, quietly
@@ -110,7 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
         bundle = bundle_info(prediction.bundle)
         if binary and "application/json" not in (self.headers.get("Accept") or ""):
             buf = io.BytesIO()
-            np.savez(buf, **prediction.outputs)
+            # allow_pickle=True is numpy's default; explicit, an output of that name cannot be taken for it
+            np.savez(buf, allow_pickle=True, **prediction.outputs)
             headers = {f"X-EdgeFleet-Bundle-{k.capitalize()}": str(v) for k, v in bundle.items()}
             self._send(200, buf.getvalue(), "application/x-npz", headers)
         else:
@@ -136,14 +138,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise InferenceError(f"cannot parse the request body: {exc}", code=Reason.BAD_INPUT) from None
         if not isinstance(obj, dict) or not isinstance(obj.get("inputs"), dict):
             raise InferenceError('body must be {"inputs": {"<name>": [...]}}', code=Reason.BAD_INPUT)
-        return obj["inputs"]
+        inputs: dict[str, Any] = obj["inputs"]
+        return inputs
 
 
 class InferenceServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], predictor: Predictor, stats_provider: Callable[[], dict],
+    def __init__(self, address: tuple[str, int], predictor: Predictor, stats_provider: Callable[[], dict[str, Any]],
                  *, max_request_bytes: int) -> None:
         self.predictor = predictor
         self.stats_provider = stats_provider
@@ -153,7 +156,9 @@ class InferenceServer(ThreadingHTTPServer):
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server_address[0], self.server_address[1]
+        host = self.server_address[0]
+        assert isinstance(host, str)  # the host of an AF_INET/AF_INET6 address
+        return host, self.server_address[1]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2},

@@ -8,8 +8,6 @@ is left untouched until the next update overwrites it (the inactive slot is the 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from edgefleet.protocol.files import atomic_write

@@ -9,8 +9,8 @@ or undo.
 
 from __future__ import annotations
 
-from enum import StrEnum
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgefleet.protocol.errors import EdgeFleetError
 from edgefleet.protocol.files import atomic_write
-from edgefleet.protocol.vocabulary import Reason, UpdateState
+from edgefleet.protocol.vocabulary import Outcome, Reason, UpdateState
 
 
 class E(StrEnum):
@@ -90,7 +90,7 @@ class UpdateRecord(BaseModel):
     deadline: float = 0.0
     previous_slot: str | None = None
     target_slot: str | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
     reason: str | None = None
     detail: str | None = None
     final_reported: bool = True

@@ -10,8 +10,9 @@ predictions are always counted in full. Raw inputs never leave the device.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,10 +37,11 @@ class WindowSummary:
     drift: DriftScores | None
 
 
-def histogram(values_ms: np.ndarray, bounds=LATENCY_BOUNDS_MS) -> list[int]:
+def histogram(values_ms: np.ndarray, bounds: Sequence[float] = LATENCY_BOUNDS_MS) -> list[int]:
     """Counts per bin ``(bounds[i-1], bounds[i]]``, last bin = overflow."""
     idx = np.searchsorted(np.asarray(bounds), values_ms, side="left")
-    return np.bincount(idx, minlength=len(bounds) + 1).astype(int).tolist()
+    counts: list[int] = np.bincount(idx, minlength=len(bounds) + 1).astype(int).tolist()
+    return counts
 
 
 def predicted_classes(output: np.ndarray) -> np.ndarray:
@@ -53,14 +55,15 @@ def predicted_classes(output: np.ndarray) -> np.ndarray:
     flat = out.reshape(len(out), -1)
     if flat.shape[1] == 1:
         return (flat[:, 0] > 0.5).astype(np.int64)
-    return flat.argmax(axis=1)
+    classes: np.ndarray = flat.argmax(axis=1)
+    return classes
 
 
 @dataclass
 class _Buffers:
-    latencies: list = field(default_factory=list)
-    inputs: list = field(default_factory=list)
-    outputs: list = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    inputs: list[np.ndarray] = field(default_factory=list)
+    outputs: list[np.ndarray] = field(default_factory=list)
     rows: int = 0
 
 
@@ -94,7 +97,7 @@ class WindowStats:
             self.samples += n
             buf.latencies.append(latency_s)
             if self._binner is not None and self._sampled < self.max_binned_rows:
-                buf.inputs.append(inputs[self.profile.input])
+                buf.inputs.append(inputs[self._binner.profile.input])
                 self._sampled += n
             if self.output_name is not None:
                 buf.outputs.append(outputs[self.output_name])
@@ -116,7 +119,7 @@ class WindowStats:
             buf.inputs, buf.outputs, buf.rows = [], [], 0
             generation = self._features
         counts = classes = None
-        if inputs:
+        if inputs and self._binner is not None:  # inputs are only buffered with a binner
             batch = np.concatenate([np.asarray(x).reshape(len(x), -1) for x in inputs])
             try:
                 counts = self._binner.counts(batch)
@@ -140,21 +143,19 @@ class WindowStats:
             requests, batches, samples, errors = self.requests, self.batches, self.samples, self.errors
             start, self._start = self._start, now
             self._reset()
-        if buf.inputs:  # rows recorded since the fold above
-            try:
+        if buf.inputs and self._binner is not None and features is not None:  # rows recorded since the fold above
+            with contextlib.suppress(ValueError):
                 features = features + self._binner.counts(
                     np.concatenate([np.asarray(x).reshape(len(x), -1) for x in buf.inputs]))
-            except ValueError:
-                pass
         if buf.outputs:
             chunks.append(np.concatenate([predicted_classes(o) for o in buf.outputs]))
         latencies = np.asarray(buf.latencies, dtype=np.float64) * 1000.0
         lat = Histogram(bounds=list(LATENCY_BOUNDS_MS), counts=histogram(latencies))
-        feature_counts = self._binner.trim(features) if self._binner is not None else []
+        feature_counts = self._binner.trim(features) if self._binner is not None and features is not None else []
         predictions: dict[str, int] = {}
         if chunks:
             idx, cnt = np.unique(np.concatenate(chunks), return_counts=True)
-            for i, c in zip(idx.tolist(), cnt.tolist()):
+            for i, c in zip(idx.tolist(), cnt.tolist(), strict=True):
                 key = self.labels[i] if self.labels and 0 <= i < len(self.labels) else str(i)
                 predictions[key] = predictions.get(key, 0) + c
         drift = None

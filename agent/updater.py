@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgefleet.agent.backoff import delay
 from edgefleet.agent.download import download
@@ -26,8 +27,7 @@ from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, next_state
 from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
-from edgefleet.protocol.errors import (EdgeFleetError, InferenceError, SizeLimitError, TransportError,
-                                       VerificationError)
+from edgefleet.protocol.errors import EdgeFleetError, InferenceError, SizeLimitError, TransportError, VerificationError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts, check_target
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder, StatusReport
@@ -100,7 +100,7 @@ class Updater:
     def _order(self) -> DeploymentOrder:
         return SignedOrder.model_validate(self.record.order).signed
 
-    def _move(self, event: E, **changes) -> UpdateState:
+    def _move(self, event: E, **changes: Any) -> UpdateState:
         old = self.record.state
         new = next_state(old, event)
         final = new in TERMINAL
@@ -122,7 +122,7 @@ class Updater:
         report = StatusReport(
             msg_id=report_id(self.device_id, r.deployment_id or "", r.sequence, r.state.value, r.attempt, final),
             device_id=self.device_id, deployment_id=r.deployment_id or "", sequence=r.sequence,
-            state=r.state.value, final=final, outcome=r.outcome if final else None,
+            state=r.state, final=final, outcome=r.outcome if final else None,
             reason=r.reason if final else None, detail=(r.detail or None) if final else None,
             bytes_done=self._bytes_done, bytes_total=order.bundle_size if order else None,
             bundle_digest=order.bundle_digest if order else None, attempt=r.attempt)
@@ -148,9 +148,9 @@ class Updater:
     def _refuse(self, deployment_id: str, sequence: int, exc: EdgeFleetError) -> None:
         log.warning("order refused: %s (%s) device=%s deployment=%s", exc.code, exc, self.device_id, deployment_id)
         self.report(StatusReport(
-            msg_id=report_id(self.device_id, deployment_id, sequence, Outcome.REFUSED, 0, True), device_id=self.device_id,
-            deployment_id=deployment_id or "?", sequence=sequence, state=self.record.state.value, final=True,
-            outcome=Outcome.REFUSED, reason=exc.code, detail=str(exc)[:2000]))
+            msg_id=report_id(self.device_id, deployment_id, sequence, Outcome.REFUSED, 0, True),
+            device_id=self.device_id, deployment_id=deployment_id or "?", sequence=sequence, state=self.record.state,
+            final=True, outcome=Outcome.REFUSED, reason=exc.code, detail=str(exc)[:2000]))
 
     # ------------------------------------------------------------------ entry points
 
@@ -241,8 +241,9 @@ class Updater:
 
     def run(self) -> None:
         """Step until a terminal state (or until stopped: the record is already persisted)."""
-        steps = {UpdateState.DOWNLOADING: self._download, UpdateState.VERIFYING: self._verify, UpdateState.STAGED: self._stage,
-                 UpdateState.ACTIVATING: self._activate, UpdateState.HEALTH_CHECK: self._health_check}
+        steps = {UpdateState.DOWNLOADING: self._download, UpdateState.VERIFYING: self._verify,
+                 UpdateState.STAGED: self._stage, UpdateState.ACTIVATING: self._activate,
+                 UpdateState.HEALTH_CHECK: self._health_check}
         while not self._stop.is_set():
             state = self.record.state
             if state in TERMINAL:
@@ -254,10 +255,12 @@ class Updater:
                 return self._pause(state)
             if self.clock() >= self.record.deadline:
                 self._move(E.TIMEOUT, outcome=Outcome.FAILED if state in PRE_ACTIVATION else Outcome.ROLLED_BACK,
-                           reason=Reason.TIMEOUT, detail=f"update did not finish within {self.policy.update_timeout_s:g} s")
+                           reason=Reason.TIMEOUT,
+                           detail=f"update did not finish within {self.policy.update_timeout_s:g} s")
                 continue
             if self._cancel.is_set() and state in PRE_ACTIVATION:
-                self._move(E.CANCEL, outcome=Outcome.CANCELLED, reason=Reason.CANCELLED, detail="cancelled by the controller")
+                self._move(E.CANCEL, outcome=Outcome.CANCELLED, reason=Reason.CANCELLED,
+                           detail="cancelled by the controller")
                 continue
             try:
                 steps[state]()
@@ -265,8 +268,8 @@ class Updater:
                 log.exception("update step %s crashed device=%s deployment=%s", state.value, self.device_id,
                               self.record.deployment_id)
                 event = E.FAIL if state in PRE_ACTIVATION else E.UNHEALTHY
-                self._move(event, outcome=Outcome.FAILED if event is E.FAIL else Outcome.ROLLED_BACK, reason=Reason.INTERNAL_ERROR,
-                           detail=f"{type(exc).__name__}: {exc}"[:2000])
+                self._move(event, outcome=Outcome.FAILED if event is E.FAIL else Outcome.ROLLED_BACK,
+                           reason=Reason.INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}"[:2000])
 
     def _pause(self, state: UpdateState) -> None:
         log.warning("fault injection: pausing in state %s", state.value)
@@ -283,6 +286,7 @@ class Updater:
 
     def _download(self) -> None:
         order = self._order()
+        assert order.bundle_size is not None  # verify_order refuses install orders without one
         if order.bundle_size > self.policy.max_bundle_bytes:
             self._fail(SizeLimitError(f"bundle of {order.bundle_size} bytes exceeds this device's limit of "
                                       f"{self.policy.max_bundle_bytes}", where="order.bundle_size"))
@@ -347,8 +351,10 @@ class Updater:
         self._move(E.VERIFIED)
 
     def _stage(self) -> None:
+        slot, digest = self.record.target_slot, self._order().bundle_digest
+        assert slot is not None and digest is not None  # set on accept; verify_order refuses orders without a digest
         try:
-            self.slots.install(self.record.target_slot, self._bundle_file(), self._order().bundle_digest)
+            self.slots.install(slot, self._bundle_file(), digest)
         except FileNotFoundError:
             self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
@@ -360,6 +366,7 @@ class Updater:
 
     def _activate(self) -> None:
         slot = self.record.target_slot
+        assert slot is not None  # set when the order was accepted
         try:
             model = self._load_slot(slot, self._order())
         except (EdgeFleetError, OSError) as exc:
@@ -374,7 +381,8 @@ class Updater:
     def _health_check(self) -> None:
         model = self.predictor.model
         if model is None or model.installed.slot != self.record.target_slot:
-            self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=Reason.NOT_ACTIVE, detail="new model is not serving")
+            self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=Reason.NOT_ACTIVE,
+                       detail="new model is not serving")
             return
         try:
             smoke_test(model)
@@ -397,7 +405,8 @@ class Updater:
             if ok < n:
                 log.info("health check: %d of %d live inferences seen in %.0f s, none failed; committing "
                          "device=%s deployment=%s", ok, n, timeout, self.device_id, self.record.deployment_id)
-        self._move(E.HEALTHY, outcome=Outcome.COMMITTED, detail=f"{model.installed.name} {model.installed.version} serving")
+        self._move(E.HEALTHY, outcome=Outcome.COMMITTED,
+                   detail=f"{model.installed.name} {model.installed.version} serving")
 
     # ------------------------------------------------------------------ models on disk
 
@@ -408,8 +417,10 @@ class Updater:
             digest = order.bundle_digest
         else:
             digest = self.slots.digest(slot)
-            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest,
-                                   limits=BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data))))
+            limits = BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data)))
+            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest, limits=limits)
+        # An accepted order carries a digest (verify_order); a slot is only loaded with one (has_bundle).
+        assert digest is not None
         return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(),
                           max_binned_rows=self.max_binned_rows)
 
@@ -419,10 +430,11 @@ class Updater:
             log.info("no model installed device=%s", self.device_id)
             return
         try:
-            self.predictor.activate(self._load_slot(slot))
+            model = self._load_slot(slot)
+            self.predictor.activate(model)
             release_memory()
-            log.info("serving %s %s from slot %s device=%s", self.predictor.model.installed.name,
-                     self.predictor.model.installed.version, slot, self.device_id)
+            log.info("serving %s %s from slot %s device=%s", model.installed.name, model.installed.version, slot,
+                     self.device_id)
         except (EdgeFleetError, OSError) as exc:
             log.error("cannot load the model in slot %s: %s device=%s", slot, exc, self.device_id)
 

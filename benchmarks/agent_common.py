@@ -13,13 +13,16 @@ def mlp_onnx(n_in: int, n_hidden: int, n_out: int, layers: int, seed: int = 0) -
     rng = np.random.default_rng(seed)
     nodes, inits, prev, width = [], [], "x", n_in
     for i in range(layers):
-        inits += [numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, n_hidden)).astype(np.float32), f"w{i}"),
+        weights = rng.normal(0, 1 / np.sqrt(width), (width, n_hidden)).astype(np.float32)
+        inits += [numpy_helper.from_array(weights, f"w{i}"),
                   numpy_helper.from_array(np.zeros(n_hidden, np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]), helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
+                  helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
                   helper.make_node("Relu", [f"a{i}"], [f"h{i}"])]
         prev, width = f"h{i}", n_hidden
     inits += [numpy_helper.from_array(rng.normal(0, 1 / np.sqrt(width), (width, n_out)).astype(np.float32), "wo")]
-    nodes += [helper.make_node("MatMul", [prev, "wo"], ["logits"]), helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
+    nodes += [helper.make_node("MatMul", [prev, "wo"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probs"], axis=1)]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", n_in])],
                               [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_out])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -3,8 +3,9 @@
 Both run the same model and inputs through the SAME ``onnxruntime.InferenceSession`` object
 (so the difference is only the agent's own work: input checks, timing, statistics), alternating
 call by call so machine noise hits both alike. The statistics' vectorised work (``fold``, the
-window ``flush``) runs on the agent's loop thread, not per request; its cost is printed too. Prints medians and the ratios the issue asks for:
-p50 ratio for a model of >= 1 ms per call, microseconds added for a tiny model at batch 1.
+window ``flush``) runs on the agent's loop thread, not per request; its cost is printed too.
+Prints medians and the ratios the issue asks for: p50 ratio for a model of >= 1 ms per call,
+microseconds added for a tiny model at batch 1.
 
     .venv/bin/python benchmarks/agent_inference.py [--rounds 15] [--calls 200]
 """

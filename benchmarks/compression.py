@@ -22,8 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.compression import (CalibrationConfig, CalibrationMethod, CompressionConfig, Mode,
-                                   PruningConfig, PruningKind, compress, stored_size)
+from edgefleet.compression import (
+    CalibrationConfig,
+    CalibrationMethod,
+    CompressionConfig,
+    Mode,
+    PruningConfig,
+    PruningKind,
+    compress,
+    stored_size,
+)
 from edgefleet.compression.config import GateConfig
 from edgefleet.compression.evaluate import latency, measure, reference
 from edgefleet.compression.samples import load_digits_split, train_cnn, train_mlp

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-IMPORTS = ("import edgefleet.cloud.app, edgefleet.compression, onnxruntime, sklearn, "
+IMPORTS = ("import edgefleet.cloud.app, edgefleet.compression.api, onnxruntime, sklearn, "
            "ai_edge_litert.interpreter")
 
 

@@ -35,13 +35,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from edgefleet.cloud.services import devices
-from edgefleet.cloud.mqtt.bridge import MqttBridge
-from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
-from edgefleet.cloud.mqtt.ingest import Ingestor
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.store.tables import TelemetryRecord
+from edgefleet.cloud.mqtt.bridge import MqttBridge
+from edgefleet.cloud.mqtt.ingest import Ingestor
+from edgefleet.cloud.services import devices
 from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
+from edgefleet.cloud.store.tables import TelemetryRecord
 from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
 from edgefleet.protocol.topics import controller_subscriptions, telemetry
 

@@ -12,9 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgefleet.compression.api import CompressionResult, compress
-    from edgefleet.compression.config import (CalibrationConfig, CalibrationMethod, CompressionConfig,
-                                              FallbackConfig, GateConfig, Mode, PruningConfig, PruningKind,
-                                              PruningScope, load_compression_recipe)
+    from edgefleet.compression.config import (
+        CalibrationConfig,
+        CalibrationMethod,
+        CompressionConfig,
+        FallbackConfig,
+        GateConfig,
+        Mode,
+        PruningConfig,
+        PruningKind,
+        PruningScope,
+        load_compression_recipe,
+    )
     from edgefleet.compression.onnx_to_tflite import export_tflite
     from edgefleet.compression.report import CompressionReport, stored_size
 
@@ -27,7 +36,9 @@ _HOME = {
     "CompressionReport": "report", "stored_size": "report",
 }
 
-__all__ = sorted(_HOME)
+__all__ = ["CalibrationConfig", "CalibrationMethod", "CompressionConfig", "CompressionReport", "CompressionResult",
+           "FallbackConfig", "GateConfig", "Mode", "PruningConfig", "PruningKind", "PruningScope", "compress",
+           "export_tflite", "load_compression_recipe", "stored_size"]
 
 
 def __getattr__(name: str) -> Any:

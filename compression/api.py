@@ -12,9 +12,9 @@ import onnx
 from edgefleet.compression import quantize_onnx
 from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
-from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.inputs import Inputs, count, normalise_inputs
 from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
+from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.prune import prune
 from edgefleet.compression.quantize_tflite import candidates as tflite_candidates
 from edgefleet.compression.quantize_tflite import quantize_tflite
@@ -102,10 +102,59 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
     return model, measurement, excluded
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where a compression starts: the source format, the uncompressed model in the target
+    runtime, the quantizer with its candidate operators, and the sparsity pruning reached."""
+
+    source_format: Runtime
+    original: bytes
+    quantize: Quantizer
+    candidates: list[str]
+    sparsity: float
+
+
+def _plan(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+    if is_tflite(model):
+        return _plan_tflite(model, runtime, config, calibration)
+    return _plan_onnx(model, runtime, config, calibration)
+
+
+def _plan_tflite(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+    if runtime == Runtime.ONNX:
+        raise UnsupportedModelError("a TFLite model cannot be compressed for ONNX",
+                                    where="runtime", hint="use runtime 'tflite'")
+    if config.pruning is not None:
+        raise UnsupportedModelError("pruning needs an ONNX source model", where="pruning",
+                                    hint="prune the ONNX model, then export to TFLite")
+    load_tflite(model)
+    original = bytes(model)
+    quantize, candidates = _tflite_quantizer(original, config, calibration)
+    return _Plan(Runtime.TFLITE, original, quantize, candidates, sparsity=0.0)
+
+
+def _plan_onnx(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+    """Prune on the ONNX graph (if asked), then quantize in ONNX or export to TFLite first."""
+    graph = normalise(load_onnx(model))
+    original = bytes(model) if runtime == Runtime.ONNX else export_tflite(model)
+    sparsity = 0.0
+    if config.pruning is not None:
+        pruned = prune(graph, config.pruning, calibration)
+        graph, sparsity = pruned.model, pruned.sparsity
+    if runtime == Runtime.ONNX:
+        quantize, candidates = _onnx_quantizer(graph, config, calibration)
+    else:
+        target = original if config.pruning is None else export_tflite(
+            graph.SerializeToString())
+        quantize, candidates = _tflite_quantizer(target, config, calibration)
+    return _Plan(Runtime.ONNX, original, quantize, candidates, sparsity)
+
+
 def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
              calibration: Inputs | None = None, eval_x: Inputs | None = None,
              eval_y: np.ndarray | None = None) -> CompressionResult:
-    """Compress ``model`` (ONNX or TFLite bytes) for ``runtime`` (:class:`~edgefleet.protocol.vocabulary.Runtime`).
+    """Compress ``model`` (ONNX or TFLite bytes) for ``runtime``
+    (:class:`~edgefleet.protocol.vocabulary.Runtime`).
 
     An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
     ``calibration`` and ``eval_x`` are one array (the model's first input) or a mapping of
@@ -128,63 +177,39 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         raise ConfigError("the accuracy gate needs evaluation or calibration data",
                           where="eval_x", hint="pass samples or disable the gate")
 
-    source_format = Runtime.TFLITE if is_tflite(model) else Runtime.ONNX
-    sparsity = 0.0
-    if source_format == Runtime.TFLITE:
-        if runtime == Runtime.ONNX:
-            raise UnsupportedModelError("a TFLite model cannot be compressed for ONNX",
-                                        where="runtime", hint="use runtime 'tflite'")
-        if config.pruning is not None:
-            raise UnsupportedModelError("pruning needs an ONNX source model", where="pruning",
-                                        hint="prune the ONNX model, then export to TFLite")
-        load_tflite(model)
-        original = bytes(model)
-        quantize, candidates = _tflite_quantizer(original, config, calibration)
-    else:
-        graph = normalise(load_onnx(model))
-        original = bytes(model) if runtime == Runtime.ONNX else export_tflite(model)
-        if config.pruning is not None:
-            pruned = prune(graph, config.pruning, calibration)
-            graph, sparsity = pruned.model, pruned.sparsity
-        if runtime == Runtime.ONNX:
-            quantize, candidates = _onnx_quantizer(graph, config, calibration)
-        else:
-            target = original if config.pruning is None else export_tflite(
-                graph.SerializeToString())
-            quantize, candidates = _tflite_quantizer(target, config, calibration)
-
-    compressed = quantize([])
+    plan = _plan(model, runtime, config, calibration)
+    compressed = plan.quantize([])
     float_operators: list[str] = []
     ref: Reference | None = None
     measurement: Measurement | None = None
     if data is not None:
-        ref = reference(original, runtime, data, config.eval_batch_size)
+        ref = reference(plan.original, runtime, data, config.eval_batch_size)
 
         def judge(candidate: bytes) -> Measurement:
             return measure(ref, candidate, runtime, data, eval_y, config.gate,
                            config.eval_batch_size)
 
         measurement = judge(compressed)
-        if (not measurement.gate.passed and config.fallback.enabled and candidates
+        if (not measurement.gate.passed and config.fallback.enabled and plan.candidates
                 and config.fallback.max_float_operators > 0):
             logger.info("gate fails (%s); trying the fallback", measurement.gate.detail)
             fallback_model, measurement, float_operators = _fallback(
-                quantize, candidates, measurement, judge, config.fallback.max_float_operators)
+                plan.quantize, plan.candidates, measurement, judge, config.fallback.max_float_operators)
             compressed = fallback_model or compressed
 
     report = CompressionReport(
         runtime=runtime,
-        source_format=source_format,
+        source_format=plan.source_format,
         mode=config.mode,
         per_channel=config.channelwise,
         calibration_method=config.calibration.method if config.mode is Mode.STATIC_INT8 else None,
         pruning=config.pruning,
-        sparsity=sparsity,
-        size=SizeReport(original_bytes=len(original), compressed_bytes=len(compressed),
-                        original_stored_bytes=stored_size(original),
+        sparsity=plan.sparsity,
+        size=SizeReport(original_bytes=len(plan.original), compressed_bytes=len(compressed),
+                        original_stored_bytes=stored_size(plan.original),
                         compressed_stored_bytes=stored_size(compressed)),
         latency=(latency(ref, compressed, runtime, data, config.latency_runs)
-                 if ref is not None and config.latency_runs > 0 else None),
+                 if ref is not None and data is not None and config.latency_runs > 0 else None),
         accuracy=measurement.accuracy if measurement else None,
         fidelity=measurement.fidelity if measurement else None,
         float_operators=float_operators,
@@ -195,7 +220,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
                                 report=report.model_dump(mode="json"), where="gate",
                                 hint="relax [compression.gate], change the mode or allow more "
                                      "operators in float")
-    logger.info("compressed %s model for %s: %s, %.2fx smaller, gate %s", source_format, runtime,
+    logger.info("compressed %s model for %s: %s, %.2fx smaller, gate %s", plan.source_format, runtime,
                 config.mode.value, report.size.ratio, report.gate.detail)
     return CompressionResult(compressed, report)
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefleet.compression.config import GateConfig
-from edgefleet.protocol.vocabulary import Runtime
 from edgefleet.compression.inference import Session, latency_ms, predict
 from edgefleet.compression.inputs import Inputs
 from edgefleet.compression.report import AccuracyReport, FidelityReport, GateResult, LatencyReport
-
+from edgefleet.protocol.vocabulary import Runtime
 
 
 @dataclass(frozen=True)
@@ -96,12 +95,17 @@ def latency(ref: Reference, model: bytes, runtime: Runtime, sample: Inputs,
     original, compressed = Session(ref.runtime, ref.model), Session(runtime, model)
     rounds = 5
     per_round = max(runs // rounds, 1)
-    o50, o95, c50, c95 = [], [], [], []
+    o50: list[float] = []
+    o95: list[float] = []
+    c50: list[float] = []
+    c95: list[float] = []
     for _ in range(rounds):
         p50, p95 = latency_ms(original, sample, per_round)
-        o50.append(p50), o95.append(p95)
+        o50.append(p50)
+        o95.append(p95)
         p50, p95 = latency_ms(compressed, sample, per_round)
-        c50.append(p50), c95.append(p95)
+        c50.append(p50)
+        c95.append(p95)
     return LatencyReport(runs=per_round * rounds,
                          original_p50_ms=float(np.median(o50)), original_p95_ms=float(np.median(o95)),
                          compressed_p50_ms=float(np.median(c50)), compressed_p95_ms=float(np.median(c95)))

@@ -2,7 +2,8 @@
 
 :mod:`edgefleet.protocol.runtimes` is the code an agent runs, so the evaluation and the latency
 in a report are what a device gets. This wrapper feeds one array (the first input) or a mapping
-of arrays by input name, and returns the first output; runtime errors become :class:`CompressionError` (the model under test is at fault).
+of arrays by input name, and returns the first output; runtime errors become
+:class:`CompressionError` (the model under test is at fault).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from edgefleet.compression.inputs import Inputs, count, feed, take
 from edgefleet.protocol import runtimes
 from edgefleet.protocol.errors import CompressionError, EdgeFleetError
 from edgefleet.protocol.vocabulary import Runtime
-
-
 
 
 class Session:

@@ -8,10 +8,11 @@ truncated files become :class:`CompressionError` here, at the boundary.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # no stubs (types-protobuf)
 from onnx import helper, numpy_helper
 
 from edgefleet.protocol.errors import CompressionError, UnsupportedModelError
@@ -82,7 +83,7 @@ def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
-def attribute(node: onnx.NodeProto, name: str, default):
+def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
     for attr in node.attribute:
         if attr.name == name:
             return helper.get_attribute_value(attr)

@@ -45,6 +45,8 @@ _TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
 _NCHW_AXIS_IN_NHWC = {0: 0, 1: 3, 2: 1, 3: 2}
 
+_FLOAT32 = np.dtype(np.float32)
+
 _TENSOR_TYPES = {
     np.dtype(np.float32): tfl.TensorType.FLOAT32,
     np.dtype(np.int32): tfl.TensorType.INT32,
@@ -66,7 +68,7 @@ class _Builder:
         self.operators: list[tfl.OperatorT] = []
         self.opcodes: dict[int, int] = {}
 
-    def tensor(self, name: str, shape: Shape, dtype: np.dtype = np.dtype(np.float32),
+    def tensor(self, name: str, shape: Shape, dtype: np.dtype = _FLOAT32,
                data: np.ndarray | None = None) -> int:
         t = tfl.TensorT()
         t.name = name
@@ -105,7 +107,7 @@ class _Builder:
         self.operators.append(op)
 
 
-def _options(name: str, **fields) -> tuple[object, int]:
+def _options(name: str, **fields: object) -> tuple[object, int]:
     options = getattr(tfl, f"{name}T")()
     for key, value in fields.items():
         setattr(options, key, value)
@@ -383,10 +385,11 @@ class _Converter:
     def reshape(self, node: onnx.NodeProto) -> None:
         requested = [int(d) for d in self.constant(node.input[1], node)]
         in_shape = self.shape(node.input[0], node)
-        target = []
+        target: list[int] = []
         for i, d in enumerate(requested):
             if d == 0 and not attribute(node, "allowzero", 0):
-                d = in_shape[i] if in_shape[i] is not None else -1
+                dim = in_shape[i]
+                d = dim if dim is not None else -1
             target.append(d)
         self._reshape_to(node, target)
 
@@ -395,7 +398,8 @@ class _Converter:
         axis = attribute(node, "axis", 1) % max(len(shape), 1)
 
         def product(dims: Shape) -> int:
-            return -1 if any(d is None for d in dims) else int(np.prod(dims, dtype=np.int64))
+            known = [d for d in dims if d is not None]
+            return -1 if len(known) < len(dims) else int(np.prod(known, dtype=np.int64))
 
         self._reshape_to(node, [product(shape[:axis]), product(shape[axis:])])
 
@@ -466,7 +470,7 @@ class _Converter:
         subgraph.operators = b.operators
         subgraph.name = "main"
         codes = []
-        for code in sorted(b.opcodes, key=b.opcodes.get):
+        for code in sorted(b.opcodes, key=b.opcodes.__getitem__):
             oc = tfl.OperatorCodeT()
             oc.builtinCode = code
             oc.deprecatedBuiltinCode = min(code, tfl.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)

@@ -41,7 +41,8 @@ class PruneResult:
 
 def _weight_name(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
     if node.op_type in _WEIGHTED and len(node.input) > 1 and node.input[1] in inits:
-        return node.input[1]
+        weight: str = node.input[1]
+        return weight
     return None
 
 
@@ -121,40 +122,57 @@ def _chains(model: onnx.ModelProto) -> list[_Chain]:
     weight_uses = {n: len(consumers.get(n, [])) for n in inits}
     chains = []
     for node in graph.node:
-        weight = _weight_name(node, inits)
-        if weight is None or weight_uses[weight] != 1 or attribute(node, "group", 1) != 1:
-            continue
-        if node.op_type == "Gemm" and attribute(node, "transA", 0):
+        weight = _prunable_weight(node, inits, weight_uses)
+        if weight is None:
             continue
         units = inits[weight].dims[_out_axis(node)]
-        between: list[onnx.NodeProto] = []
-        value, flattened, consumer = node.output[0], False, None
-        while value not in outputs and len(consumers.get(value, [])) == 1:
-            user = consumers[value][0]
-            if user.op_type in _WEIGHTED and user.input[0] == value:
-                consumer = user
-                break
-            if user.op_type == "Flatten" and node.op_type == "Conv" and not flattened:
-                flattened = True
-            elif user.op_type not in _PASS_THROUGH or flattened:
-                break
-            elif not _per_channel_constants(user, inits, units, node.op_type == "Conv"):
-                break  # a residual join or a bias that is not per channel
-            between.append(user)
-            value = user.output[0]
-        if consumer is None or (c_weight := _weight_name(consumer, inits)) is None:
+        consumer, between, flattened = _follow(node, units, inits=inits, consumers=consumers, outputs=outputs)
+        if consumer is None or _prunable_weight(consumer, inits, weight_uses) is None:
             continue
-        if weight_uses[c_weight] != 1 or attribute(consumer, "group", 1) != 1:
-            continue
-        if consumer.op_type == "Gemm" and attribute(consumer, "transA", 0):
-            continue
-        if consumer.op_type == "Conv":
-            valid = node.op_type == "Conv" and not flattened
-        else:
-            valid = (node.op_type == "Conv") == flattened
-        if valid:
+        if _layouts_match(node, consumer, flattened=flattened):
             chains.append(_Chain(node, between, consumer, -1 if flattened else 1))
     return chains
+
+
+def _prunable_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+                     weight_uses: dict[str, int]) -> str | None:
+    """The weight of ``node`` if no other node uses it and the layer is ungrouped (and, for
+    Gemm, does not transpose its input)."""
+    weight = _weight_name(node, inits)
+    if weight is None or weight_uses[weight] != 1 or attribute(node, "group", 1) != 1:
+        return None
+    if node.op_type == "Gemm" and attribute(node, "transA", 0):
+        return None
+    return weight
+
+
+def _follow(node: onnx.NodeProto, units: int, *, inits: dict[str, onnx.TensorProto],
+            consumers: dict[str, list[onnx.NodeProto]],
+            outputs: set[str]) -> tuple[onnx.NodeProto | None, list[onnx.NodeProto], bool]:
+    """Walk from ``node``'s output through per-channel operators (and one Flatten after a Conv)
+    to the weighted layer that consumes it: ``(consumer or None, operators between, flattened)``."""
+    between: list[onnx.NodeProto] = []
+    value, flattened = node.output[0], False
+    while value not in outputs and len(consumers.get(value, [])) == 1:
+        user = consumers[value][0]
+        if user.op_type in _WEIGHTED and user.input[0] == value:
+            return user, between, flattened
+        if user.op_type == "Flatten" and node.op_type == "Conv" and not flattened:
+            flattened = True
+        elif user.op_type not in _PASS_THROUGH or flattened:
+            break
+        elif not _per_channel_constants(user, inits, units, node.op_type == "Conv"):
+            break  # a residual join or a bias that is not per channel
+        between.append(user)
+        value = user.output[0]
+    return None, between, flattened
+
+
+def _layouts_match(producer: onnx.NodeProto, consumer: onnx.NodeProto, *, flattened: bool) -> bool:
+    """A Conv feeds a Conv directly, or a Gemm/MatMul through a Flatten; a Gemm/MatMul feeds a Gemm/MatMul."""
+    if consumer.op_type == "Conv":
+        return producer.op_type == "Conv" and not flattened
+    return (producer.op_type == "Conv") == flattened
 
 
 def _per_channel_constants(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
@@ -194,14 +212,16 @@ def _capture(model: onnx.ModelProto, name: str, calibration: Inputs) -> np.ndarr
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(probe.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    return session.run([name], feed(take(calibration, 0, _CALIBRATION_LIMIT),
-                                    session.get_inputs()[0].name))[0]
+    value: np.ndarray = session.run([name], feed(take(calibration, 0, _CALIBRATION_LIMIT),
+                                                 session.get_inputs()[0].name))[0]
+    return value
 
 
 def _per_feature(values: np.ndarray) -> np.ndarray:
     """Mean over samples (and spatial positions for NCHW values): one number per feature."""
-    return values.mean(axis=(0, 2, 3)) if values.ndim == 4 else values.reshape(
+    means: np.ndarray = values.mean(axis=(0, 2, 3)) if values.ndim == 4 else values.reshape(
         len(values), -1).mean(axis=0)
+    return means
 
 
 def prune_structured(model: onnx.ModelProto, sparsity: float,
@@ -248,7 +268,7 @@ def prune_structured(model: onnx.ModelProto, sparsity: float,
         if current is not None and chain.consumer.op_type == "Conv":
             _fold_mean(out, chain.consumer, c_features, _per_feature(current), c_keep)
             _replace(inits[wc_name], np.take(wc, c_keep, axis=axis_c))
-        elif current is not None:
+        elif current is not None and calibration is not None:  # current is only captured with calibration
             target = _capture(model, chain.consumer.output[0], calibration)
             _refit(out, chain.consumer, current.reshape(len(current), -1)[:, c_keep], target)
         else:

@@ -81,7 +81,8 @@ def _lean(path: Path) -> bytes:
     model.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
-    return model.SerializeToString()
+    lean: bytes = model.SerializeToString()
+    return lean
 
 
 def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
@@ -125,8 +126,8 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
                          config: CalibrationConfig, per_channel: bool,
                          exclude: list[str]) -> bytes:
     """Static int8 QDQ (int8 weights per channel, int8 activations) calibrated on batches."""
-    from onnxruntime.quantization import (CalibrationMethod as OrtMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     initialised = {t.name for t in model.graph.initializer}
@@ -172,7 +173,8 @@ def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:
         raise _translate(exc, "fp16 conversion") from exc
     _drop_round_trip_casts(converted)
     logger.info("ONNX fp16 (%d nodes in float)", len(exclude))
-    return converted.SerializeToString()
+    serialized: bytes = converted.SerializeToString()
+    return serialized
 
 
 def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
@@ -188,32 +190,13 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    def cast_to(node: onnx.NodeProto | None, dtype: int) -> bool:
-        return (node is not None and node.op_type == "Cast"
-                and any(a.name == "to" and a.i == dtype for a in node.attribute))
-
     removed: set[int] = set()
     for node in graph.node:
-        if not cast_to(node, onnx.TensorProto.FLOAT):
+        first = producers.get(node.input[0]) if _is_cast(node, onnx.TensorProto.FLOAT) else None
+        if first is None or not _is_cast(first, onnx.TensorProto.FLOAT16) or id(first) in removed:
             continue
-        first = producers.get(node.input[0])
-        if not cast_to(first, onnx.TensorProto.FLOAT16) or id(first) in removed:
+        if not _bypass(model, first, node, producers=producers, consumers=consumers, outputs=outputs):
             continue
-        source, target = first.input[0], node.output[0]
-        origin = producers.get(source)
-        produces_float32 = origin is not None and (origin.op_type != "Cast"
-                                                   or cast_to(origin, onnx.TensorProto.FLOAT))
-        if not (produces_float32 or _is_float32(model, source)):
-            continue
-        if target in outputs:  # the float32 producer writes the graph output directly
-            if origin is None:
-                continue
-            origin.output[:] = [target if o == source else o for o in origin.output]
-            for user in consumers.get(source, []):
-                user.input[:] = [target if i == source else i for i in user.input]
-        else:
-            for user in consumers.get(target, []):
-                user.input[:] = [source if i == target else i for i in user.input]
         removed.add(id(node))
         if all(id(u) in removed for u in consumers.get(first.output[0], [])):
             removed.add(id(first))
@@ -222,9 +205,40 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
     graph.node.extend(kept)
 
 
+def _is_cast(node: onnx.NodeProto | None, dtype: int) -> bool:
+    return (node is not None and node.op_type == "Cast"
+            and any(a.name == "to" and a.i == dtype for a in node.attribute))
+
+
+def _bypass(model: onnx.ModelProto, first: onnx.NodeProto, second: onnx.NodeProto, *,
+            producers: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]],
+            outputs: set[str]) -> bool:
+    """Rewire the graph around the Cast pair ``first`` (to float16) -> ``second`` (back to float32).
+
+    False, and nothing changed, when the value cast is not known to be float32, or when the pair
+    writes a graph output and no node produces its source.
+    """
+    source, target = first.input[0], second.output[0]
+    origin = producers.get(source)
+    produces_float32 = origin is not None and (origin.op_type != "Cast"
+                                               or _is_cast(origin, onnx.TensorProto.FLOAT))
+    if not (produces_float32 or _is_float32(model, source)):
+        return False
+    if target in outputs:  # the float32 producer writes the graph output directly
+        if origin is None:
+            return False
+        origin.output[:] = [target if o == source else o for o in origin.output]
+        for user in consumers.get(source, []):
+            user.input[:] = [target if i == source else i for i in user.input]
+    else:
+        for user in consumers.get(target, []):
+            user.input[:] = [source if i == target else i for i in user.input]
+    return True
+
+
 def _is_float32(model: onnx.ModelProto, name: str) -> bool:
     """``name`` is a float32 graph input or the output of a node kept in float32."""
     for value in list(model.graph.input) + list(model.graph.value_info):
         if value.name == name:
-            return value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            return bool(value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
     return False

@@ -7,6 +7,7 @@ plain-text table via :meth:`CompressionReport.to_table`.
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
@@ -34,13 +35,13 @@ class SizeReport(_Report):
     original_stored_bytes: int
     compressed_stored_bytes: int
 
-    @computed_field
+    @computed_field  # mypy cannot type decorated properties (pydantic docs)
     @property
     def ratio(self) -> float:
         """How many times smaller the model file got."""
         return self.original_bytes / max(self.compressed_bytes, 1)
 
-    @computed_field
+    @computed_field  # mypy cannot type decorated properties (pydantic docs)
     @property
     def stored_ratio(self) -> float:
         """How many times smaller the model got inside the bundle (after deflate)."""
@@ -56,7 +57,7 @@ class LatencyReport(_Report):
     compressed_p50_ms: float
     compressed_p95_ms: float
 
-    @computed_field
+    @computed_field  # mypy cannot type decorated properties (pydantic docs)
     @property
     def ratio(self) -> float:
         """compressed p50 / original p50: below 1 is faster."""
@@ -68,7 +69,7 @@ class AccuracyReport(_Report):
     original: float
     compressed: float
 
-    @computed_field
+    @computed_field  # mypy cannot type decorated properties (pydantic docs)
     @property
     def drop_points(self) -> float:
         """Absolute accuracy drop in percentage points (negative: it improved)."""
@@ -109,7 +110,7 @@ class CompressionReport(_Report):
     float_operators: list[str]
     gate: GateResult
 
-    def manifest_dict(self) -> dict:
+    def manifest_dict(self) -> dict[str, Any]:
         """The report as embedded in a bundle manifest: everything but the latency measured on
         the build machine, which differs run to run and would make rebuilds differ (the device's
         own latency comes back in its telemetry)."""

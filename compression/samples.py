@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,7 +68,8 @@ def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], na
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="edgefleet.compression.samples")
     onnx.checker.check_model(model, full_check=True)
-    return model.SerializeToString()
+    serialized: bytes = model.SerializeToString()
+    return serialized
 
 
 def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
@@ -92,7 +94,7 @@ def train_mlp(data: DigitsData, seed: int = 0, hidden: tuple[int, ...] = (512, 2
     inits: list[onnx.TensorProto] = []
     current = INPUT_NAME
     n_layers = len(clf.coefs_)
-    for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+    for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
         inits += [_init(f"fc{i}.weight", w), _init(f"fc{i}.bias", b)]
         out = f"fc{i}"
         nodes.append(helper.make_node("Gemm", [current, f"fc{i}.weight", f"fc{i}.bias"], [out],
@@ -130,7 +132,8 @@ class _CNN:
 
     def __init__(self, rng: np.random.Generator) -> None:
         def he(shape: tuple[int, ...], fan_in: int) -> np.ndarray:
-            return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            scaled: np.ndarray = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
+            return scaled.astype(np.float32)
 
         self.params = {
             "conv1.weight": he((16, 1, 3, 3), 9), "conv1.bias": np.zeros(16, np.float32),
@@ -225,7 +228,7 @@ def _train_cnn(data: DigitsData, seed: int, epochs: int) -> _CNN:
 
 def _cnn_to_onnx(p: dict[str, np.ndarray]) -> bytes:
     inits = [_init(k, val) for k, val in p.items()]
-    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    conv: dict[str, Any] = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     nodes = [
         helper.make_node("Conv", [INPUT_NAME, "conv1.weight", "conv1.bias"], ["conv1"],
                          name="conv1", **conv),

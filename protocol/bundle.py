@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,14 +32,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.drift import DriftThresholds, build_profile
-from edgefleet.protocol.errors import (ArchiveError, ConfigError, DigestMismatchError, SizeLimitError,
-                                       VerificationError, first_problem)
+from edgefleet.protocol.errors import (
+    ArchiveError,
+    ConfigError,
+    DigestMismatchError,
+    SizeLimitError,
+    VerificationError,
+    first_problem,
+)
 from edgefleet.protocol.keys import TrustedKeys, sign
-from edgefleet.protocol.manifest import (BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints,
-                                         parse_semver)
+from edgefleet.protocol.manifest import BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints, parse_semver
 from edgefleet.protocol.messages import Signature
-from edgefleet.protocol.vocabulary import Runtime
 from edgefleet.protocol.runtimes import TensorSpec, open_session
+from edgefleet.protocol.vocabulary import Runtime
 
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures.json"
@@ -158,7 +163,7 @@ class BuiltBundle:
         return bundle_digest(self.data)
 
 
-def _encode(content: bytes) -> tuple[str, bytes]:
+def _encode(content: bytes) -> tuple[Literal["identity", "deflate"], bytes]:
     packed = zlib.compress(content, 9)
     if len(packed) <= (1 - DEFLATE_MIN_SAVING) * len(content):
         return "deflate", packed
@@ -232,7 +237,8 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
                                          "source_digest": lineage.source_digest or bundle_digest(model)})
     manifest = BundleManifest(
         name=b.name, version=b.version, build=b.build, runtime=b.runtime, description=b.description,
-        target=TargetConstraints.model_validate(recipe.target.model_dump()), inputs=session.inputs, outputs=session.outputs,
+        target=TargetConstraints.model_validate(recipe.target.model_dump()),
+        inputs=session.inputs, outputs=session.outputs,
         preprocessing=recipe.preprocessing, labels=b.labels, model_file=model_file, files=entries,
         reference_profile=profile,
         smoke_test=SmokeTest(inputs={k: v.tolist() for k, v in smoke_in.items()},
@@ -378,10 +384,12 @@ def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimit
     if unlisted:
         raise ArchiveError(f"members not listed in the manifest: {sorted(unlisted)}", where="bundle")
     if manifest.model_file not in {f.path for f in manifest.files}:
-        raise VerificationError(f"model file {manifest.model_file!r} is not among the files", where="manifest.model_file")
+        raise VerificationError(f"model file {manifest.model_file!r} is not among the files",
+                                where="manifest.model_file")
     total = sum(f.size for f in manifest.files)
     if total > limits.max_unpacked_bytes:
-        raise SizeLimitError(f"files unpack to {total} bytes, limit {limits.max_unpacked_bytes}", where="manifest.files")
+        raise SizeLimitError(f"files unpack to {total} bytes, limit {limits.max_unpacked_bytes}",
+                             where="manifest.files")
     files: dict[str, bytes] = {}
     for entry in manifest.files:
         stored = members.get(FILES_DIR + entry.path)
@@ -389,10 +397,8 @@ def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimit
             raise ArchiveError(f"file {entry.path!r} is missing", where=entry.path)
         if len(stored) != entry.stored_size:
             raise DigestMismatchError(f"stored size {len(stored)} != manifest {entry.stored_size}", where=entry.path)
-        if entry.encoding == "deflate":
-            content = _inflate(stored, entry.size, entry.path)
-        else:
-            content = stored
+        content: bytes | memoryview = (_inflate(stored, entry.size, entry.path) if entry.encoding == "deflate"
+                                       else stored)
         if len(content) != entry.size or bundle_digest(content) != entry.sha256:
             raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
         files[entry.path] = bytes(content)

@@ -17,6 +17,7 @@ import math
 from typing import Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.protocol.messages import DriftScores
@@ -69,7 +70,7 @@ def build_profile(samples: np.ndarray, *, input_name: str, bins: int = 10,
     """Profile ``samples`` (``[N, ...]``); ``predictions`` are the model's class indices."""
     n = len(samples)
     flat = np.asarray(samples, dtype=np.float32).reshape(n, -1)
-    mode = "each" if flat.shape[1] <= MAX_FEATURES else "summary"
+    mode: Literal["each", "summary"] = "each" if flat.shape[1] <= MAX_FEATURES else "summary"
     x = feature_matrix(samples, mode)
     qs = np.linspace(0, 1, bins + 1)[1:-1]
     features = []
@@ -82,7 +83,7 @@ def build_profile(samples: np.ndarray, *, input_name: str, bins: int = 10,
     if predictions is not None and len(predictions):
         idx, cnt = np.unique(np.asarray(predictions), return_counts=True)
         preds = {(labels[i] if labels and i < len(labels) else str(int(i))): float(c) / len(predictions)
-                 for i, c in zip(idx, cnt)}
+                 for i, c in zip(idx, cnt, strict=True)}
     return ReferenceProfile(input=input_name, mode=mode, features=features, predictions=preds,
                             samples=n, thresholds=thresholds or DriftThresholds())
 
@@ -116,12 +117,13 @@ class FeatureBinner:
 
     def trim(self, counts: np.ndarray) -> list[list[int]]:
         """Per-feature count lists without the padding bins (the wire form)."""
-        return [[int(c) for c in row[:size]] for row, size in zip(counts, self.sizes)]
+        return [[int(c) for c in row[:size]] for row, size in zip(counts, self.sizes, strict=True)]
 
 
-def _smooth(p: np.ndarray) -> np.ndarray:
-    p = np.maximum(np.asarray(p, dtype=np.float64), EPS)
-    return p / p.sum()
+def _smooth(p: ArrayLike) -> np.ndarray:
+    floored: np.ndarray = np.maximum(np.asarray(p, dtype=np.float64), EPS)
+    smoothed: np.ndarray = floored / floored.sum()
+    return smoothed
 
 
 def _live(counts: np.ndarray) -> np.ndarray:
@@ -130,34 +132,35 @@ def _live(counts: np.ndarray) -> np.ndarray:
     A bin that is empty only by chance in a small window must not weigh like a vanished
     category: with a plain EPS floor it adds ``p * ln(p / EPS)`` (~0.7 for p = 0.1) to the PSI,
     which made same-distribution windows of 50 samples "warn" about 5 % of the time."""
-    return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+    probs: np.ndarray = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+    return probs
 
 
-def psi(ref_probs, counts) -> float:
+def psi(ref_probs: ArrayLike, counts: ArrayLike) -> float:
     """Population stability index of live ``counts`` against reference probabilities."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.sum() <= 0:
+    live = np.asarray(counts, dtype=np.float64)
+    if live.sum() <= 0:
         return 0.0
-    p, q = _smooth(ref_probs), _live(counts)
+    p, q = _smooth(ref_probs), _live(live)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def js(ref_probs, counts) -> float:
+def js(ref_probs: ArrayLike, counts: ArrayLike) -> float:
     """Jensen-Shannon divergence (base 2, in [0, 1])."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.sum() <= 0:
+    live = np.asarray(counts, dtype=np.float64)
+    if live.sum() <= 0:
         return 0.0
-    p, q = _smooth(ref_probs), _live(counts)
+    p, q = _smooth(ref_probs), _live(live)
     m = 0.5 * (p + q)
     return float(0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m)))
 
 
-def ks(ref_probs, counts) -> float:
+def ks(ref_probs: ArrayLike, counts: ArrayLike) -> float:
     """Binned Kolmogorov-Smirnov statistic: largest gap between the two CDFs."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.sum() <= 0:
+    live = np.asarray(counts, dtype=np.float64)
+    if live.sum() <= 0:
         return 0.0
-    return float(np.max(np.abs(np.cumsum(ref_probs) - np.cumsum(counts / counts.sum()))))
+    return float(np.max(np.abs(np.cumsum(ref_probs) - np.cumsum(live / live.sum()))))
 
 
 def _chi2_quantile(p: float, dof: int) -> float:
@@ -190,11 +193,12 @@ def noise_floor(bins: int, n: int, m: int, alpha: float) -> float:
 def score(profile: ReferenceProfile, feature_counts: list[list[int]] | np.ndarray,
           prediction_counts: dict[str, int] | None = None) -> DriftScores:
     """Drift scores of one window (or of merged windows) against the profile."""
-    rows = [np.asarray(r[: len(f.probs)], dtype=np.float64) for r, f in zip(feature_counts, profile.features)]
+    rows = [np.asarray(r[: len(f.probs)], dtype=np.float64)
+            for r, f in zip(feature_counts, profile.features, strict=True)]
     n = int(rows[0].sum()) if rows else 0
-    per_psi = [psi(f.probs, r) for f, r in zip(profile.features, rows)]
-    per_js = [js(f.probs, r) for f, r in zip(profile.features, rows)]
-    per_ks = [ks(f.probs, r) for f, r in zip(profile.features, rows)]
+    per_psi = [psi(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
+    per_js = [js(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
+    per_ks = [ks(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
     mean_psi = float(np.mean(per_psi)) if per_psi else 0.0
     pred_psi = None
     if prediction_counts and profile.predictions:
@@ -229,5 +233,5 @@ def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: 
     levels = [judge(mean_psi, noise_floor(bins, n, profile.samples, t.alpha))]
     alpha_each = t.alpha / len(profile.features)
     levels += [judge(v, noise_floor(len(f.probs), n, profile.samples, alpha_each))
-               for f, v in zip(profile.features, per_psi) if v >= t.psi_warn]
+               for f, v in zip(profile.features, per_psi, strict=True) if v >= t.psi_warn]
     return max(levels, key=_RANK.__getitem__)

@@ -19,6 +19,8 @@ exceptions are translated at the boundary only.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
 
 from edgefleet.protocol.vocabulary import Reason
@@ -141,8 +143,9 @@ class AccuracyGateError(CompressionError):
 
     code: str = Reason.ACCURACY_GATE_FAILED
 
-    def __init__(self, message: str, *, report: dict | None = None, **kwargs) -> None:
-        super().__init__(message, **kwargs)
+    def __init__(self, message: str, *, report: dict[str, Any] | None = None, code: str | None = None,
+                 where: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, code=code, where=where, hint=hint)
         self.report = report
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,11 +104,11 @@ class TrustedKeys:
     role: str = "release"
 
     @classmethod
-    def of(cls, public_keys: Iterable[Ed25519PublicKey], *, role: str, threshold: int = 1) -> "TrustedKeys":
+    def of(cls, public_keys: Iterable[Ed25519PublicKey], *, role: str, threshold: int = 1) -> TrustedKeys:
         return cls({key_id(k): k for k in public_keys}, threshold, role)
 
     @classmethod
-    def from_files(cls, paths: Iterable[str | Path], *, role: str, threshold: int = 1) -> "TrustedKeys":
+    def from_files(cls, paths: Iterable[str | Path], *, role: str, threshold: int = 1) -> TrustedKeys:
         return cls.of([load_public_key(p) for p in paths], role=role, threshold=threshold)
 
     def verify(self, data: bytes, signatures: Iterable[Signature]) -> set[str]:
@@ -140,4 +139,5 @@ class TrustedKeys:
                                   where=f"{self.role} signatures",
                                   hint="was this signed with a key the device was enrolled with?")
         raise SignatureError(f"{len(valid)} valid {self.role} signature(s), {self.threshold} required",
-                             where=f"{self.role} signatures", hint="the signed content was altered or the signature is corrupt")
+                             where=f"{self.role} signatures",
+                             hint="the signed content was altered or the signature is corrupt")

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgefleet.protocol.drift import ReferenceProfile
 from edgefleet.protocol.errors import TargetMismatchError
 from edgefleet.protocol.messages import Sha256Hex
-from edgefleet.protocol.vocabulary import Reason, Runtime
 from edgefleet.protocol.runtimes import TensorSpec
+from edgefleet.protocol.vocabulary import Reason, Runtime
 
 FORMAT_VERSION = 1
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
@@ -117,7 +117,8 @@ def check_target(manifest: BundleManifest, facts: DeviceFacts) -> None:
     if manifest.runtime not in facts.runtimes:
         raise TargetMismatchError(f"bundle needs runtime {manifest.runtime!r}; device has {facts.runtimes}",
                                   code=Reason.RUNTIME_UNAVAILABLE, where="manifest.runtime",
-                                  hint="install edgefleet[tflite] on the device" if manifest.runtime == Runtime.TFLITE else None)
+                                  hint=("install edgefleet[tflite] on the device"
+                                        if manifest.runtime == Runtime.TFLITE else None))
     if t.archs and facts.arch not in t.archs:
         raise TargetMismatchError(f"bundle is for {t.archs}; device is {facts.arch}", where="manifest.target.archs")
     if t.hardware_classes and facts.hardware_class not in t.hardware_classes:

@@ -17,8 +17,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.protocol.errors import MessageError, first_problem
-from edgefleet.protocol.vocabulary import (DeviceStatus, DriftLevel, EventLevel, OrderAction, Outcome, Reason, Runtime,
-                                           UpdateState)
+from edgefleet.protocol.vocabulary import (
+    DeviceStatus,
+    DriftLevel,
+    EventLevel,
+    OrderAction,
+    Outcome,
+    Reason,
+    Runtime,
+    UpdateState,
+)
 
 SCHEMA_VERSION = 1
 

@@ -27,7 +27,9 @@ class TensorSpec(BaseModel):
 
 
 class Session(Protocol):
-    runtime: str
+    @property
+    def runtime(self) -> str: ...
+
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
@@ -39,7 +41,7 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
 
 
-def _tflite_module():
+def _tflite_module() -> str | None:
     for name in ("ai_edge_litert.interpreter", "tflite_runtime.interpreter"):
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             return name
@@ -47,7 +49,7 @@ def _tflite_module():
 
 
 def available_runtimes() -> list[Runtime]:
-    found = []
+    found: list[Runtime] = []
     if importlib.util.find_spec("onnxruntime") is not None:
         found.append(Runtime.ONNX)
     if _tflite_module() is not None:
@@ -64,9 +66,16 @@ def _check_inputs(specs: list[TensorSpec], inputs: Mapping[str, np.ndarray]) -> 
                              code=Reason.BAD_INPUT, where="inputs")
     for s in specs:
         arr = inputs[s.name]
-        if arr.ndim != len(s.shape) or any(d is not None and d != a for d, a in zip(s.shape[1:], arr.shape[1:])):
+        if not _fits(s, arr):
             raise InferenceError(f"input {s.name!r} has shape {list(arr.shape)}, model expects {s.shape}",
                                  code=Reason.BAD_INPUT, where=f"inputs.{s.name}")
+
+
+def _fits(spec: TensorSpec, arr: np.ndarray) -> bool:
+    """Whether ``arr`` has the spec's rank and fixed dimensions (the batch dimension is free)."""
+    if arr.ndim != len(spec.shape):
+        return False
+    return all(d is None or d == a for d, a in zip(spec.shape[1:], arr.shape[1:], strict=True))
 
 
 def _as_arrays(inputs: Mapping[str, np.ndarray], dtypes: Mapping[str, np.dtype]) -> dict[str, np.ndarray]:
@@ -112,7 +121,7 @@ class OnnxSession:
         except Exception as exc:
             _check_inputs(self.inputs, feed)
             raise InferenceError(f"inference failed: {exc}".splitlines()[0]) from None
-        return dict(zip(self._output_names, out))
+        return dict(zip(self._output_names, out, strict=True))
 
 
 class TFLiteSession:

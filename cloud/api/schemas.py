@@ -297,7 +297,11 @@ class TargetOut(Out):
 class DeploymentOut(Out):
     id: str
     bundle_digest: str
+    bundle_label: str = ""
+    """``name version+build`` of the bundle."""
     selector: dict[str, Any]
+    target: str = ""
+    """The selector in words (``tag onnx``, ``all compatible devices``, ``cam-1, cam-2``)."""
     skipped: list[dict[str, Any]]
     status: str
     note: str

@@ -10,7 +10,7 @@ named by ``EDGEFLEET_CLI_CONFIG`` (default ``~/.config/edgefleet/cli.toml``).
 from __future__ import annotations
 
 import logging
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any, cast
 
 import typer
 
@@ -26,6 +26,8 @@ for group in (keys, bundles, compress, models, devices, deployments, telemetry, 
 
 
 def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("edgefleet")
     except PackageNotFoundError:
@@ -59,12 +61,26 @@ def exit_code(exc: EdgeFleetError) -> int:
     return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
 
 
+def command() -> typer.core.TyperGroup:
+    """The click command tree of :data:`app`, with arguments named the conventional way in help and
+    usage lines (``BUNDLE``, not ``bundle``)."""
+    root = typer.main.get_command(app)
+    pending: list[Any] = [root]
+    while pending:
+        node = pending.pop()
+        for param in node.params:
+            if isinstance(param, typer.core.TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper()
+        pending.extend(getattr(node, "commands", {}).values())
+    return cast(typer.core.TyperGroup, root)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run one command. Every failure is one line on stderr and a non-zero exit code, never a
     traceback: usage errors exit 2 with the usage line, our errors as :func:`exit_code` says."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        rc = app(args=argv, prog_name="edgefleet", standalone_mode=False)
+        rc = command().main(args=argv, prog_name="edgefleet", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):

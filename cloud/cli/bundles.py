@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import typer
 
 from edgefleet.cloud.cli.client import client_from_env
+from edgefleet.cloud.cli.native_logs import quiet_native_logs
 from edgefleet.cloud.cli.options import JSON, PASSPHRASE, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
-from edgefleet.protocol import keys as keylib
-from edgefleet.protocol.bundle import (
-    BundleLimits,
-    add_signature,
-    build_bundle,
-    bundle_digest,
-    load_recipe,
-    read_manifest,
-    verify_bundle,
-)
 from edgefleet.protocol.errors import ConfigError
 from edgefleet.protocol.files import atomic_write
-from edgefleet.protocol.manifest import Lineage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# The bundle format, keys and numpy are imported by the commands that use them, so that the CLI
+# starts fast (tests/cloud/test_cli_usage.py checks what importing it loads).
 
 bundle_app = typer.Typer(no_args_is_help=True, help="Build, sign, verify, inspect and push bundles.")
 
@@ -36,6 +31,8 @@ def register(app: typer.Typer) -> None:
 def load_samples(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Sample inputs (and labels when known): ``digits`` (the bundled scikit-learn digits,
     held-out split) or a .npy file, or a .npz file with arrays ``x`` (and ``y``) or one array."""
+    import numpy as np
+
     if spec == "digits":
         from edgefleet.compression.samples import load_digits_split
 
@@ -71,6 +68,10 @@ def bundle_build(
     json_out: bool = JSON,
 ) -> None:
     """Build and sign a bundle from a recipe and a model (byte-reproducible)."""
+    from edgefleet.protocol import keys as keylib
+    from edgefleet.protocol.bundle import build_bundle, bundle_digest, load_recipe
+    from edgefleet.protocol.manifest import Lineage
+
     r = load_recipe(recipe)
     model_path = model or r.model_path()
     if model_path is None:
@@ -85,8 +86,9 @@ def bundle_build(
     if compress_model:
         from edgefleet.compression import compress, load_compression_recipe
 
-        result = compress(model_bytes, r.bundle.runtime, load_compression_recipe(recipe),
-                          calibration=x, eval_x=x, eval_y=y)
+        with quiet_native_logs():
+            result = compress(model_bytes, r.bundle.runtime, load_compression_recipe(recipe),
+                              calibration=x, eval_x=x, eval_y=y)
         lineage = lineage.model_copy(update={"parent_digest": bundle_digest(model_bytes)})
         model_bytes, report = result.model, result.report.manifest_dict()
     built = build_bundle(r, model_bytes, samples=x, release_key=keylib.load_private_key(key, passphrase),
@@ -116,6 +118,9 @@ def _read_report(path: Path) -> dict[str, Any]:
 def bundle_sign(bundle: Path = typer.Argument(...), key: Path = typer.Option(..., "--key", "-k"),
                 passphrase: str = PASSPHRASE) -> None:
     """Add a release signature to a bundle (threshold signing, re-signing)."""
+    from edgefleet.protocol import keys as keylib
+    from edgefleet.protocol.bundle import add_signature, bundle_digest
+
     data = add_signature(bundle.read_bytes(), keylib.load_private_key(key, passphrase))
     atomic_write(bundle, data)
     console.print(f"signed {bundle} -> {bundle_digest(data)}")
@@ -129,6 +134,9 @@ def bundle_verify(
     json_out: bool = JSON,
 ) -> None:
     """Verify signatures and every file digest, as a device would."""
+    from edgefleet.protocol import keys as keylib
+    from edgefleet.protocol.bundle import BundleLimits, bundle_digest, verify_bundle
+
     data = bundle.read_bytes()
     verified = verify_bundle(data, trusted=keylib.TrustedKeys.from_files(trusted, role="release", threshold=threshold),
                              limits=BundleLimits())
@@ -142,6 +150,8 @@ def bundle_verify(
 @bundle_app.command("inspect")
 def bundle_inspect(bundle: Path = typer.Argument(...), json_out: bool = JSON) -> None:
     """Show a bundle's manifest (NOT verified: use 'verify' for that)."""
+    from edgefleet.protocol.bundle import bundle_digest, read_manifest
+
     data = bundle.read_bytes()
     m = read_manifest(data)
     if json_out:

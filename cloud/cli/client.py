@@ -10,11 +10,12 @@ import os
 import tomllib
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import httpx2 as httpx
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, NotFoundError, TransportError
+
+if TYPE_CHECKING:
+    import httpx2 as httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 API_PREFIX = "/api/v1"
@@ -57,8 +58,11 @@ class ApiError(EdgeFleetError):
 class ControllerClient:
     def __init__(self, url: str, token: str | None, *, timeout: float = 30.0,
                  transport: httpx.BaseTransport | None = None) -> None:
+        import httpx2 as httpx  # here, not at module level: the CLI starts without it
+
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url
+        self._transport_error = httpx.TransportError
         self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> ControllerClient:
@@ -74,7 +78,7 @@ class ControllerClient:
     def request(self, method: str, path: str, **kwargs: Any) -> JSON:
         try:
             resp = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except self._transport_error as exc:
             raise TransportError(f"cannot reach the controller: {exc}", where=self.url,
                                  hint="is 'edgefleet serve' running? check --url / EDGEFLEET_URL") from None
         if resp.status_code >= 400:

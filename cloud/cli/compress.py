@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgefleet.cloud.cli.native_logs import quiet_native_logs
 from edgefleet.compression.config import (
     CompressionConfig,
     GateConfig,
@@ -146,8 +147,9 @@ def register(app: typer.Typer) -> None:
         config = _config(recipe, mode, sparsity, pruning, scope, max_drop, min_agreement, no_gate)
         calibration, eval_x, eval_y = _load_data(samples, data, source)
         try:
-            result = compress(source, runtime, config, calibration=calibration, eval_x=eval_x,
-                              eval_y=eval_y)
+            with quiet_native_logs():
+                result = compress(source, runtime, config, calibration=calibration, eval_x=eval_x,
+                                  eval_y=eval_y)
         except AccuracyGateError as exc:  # the report says why; the error line follows on stderr
             if report_json and exc.report is not None:
                 typer.echo(json.dumps(exc.report, indent=2))
@@ -174,5 +176,7 @@ def register(app: typer.Typer) -> None:
             atomic_write(directory / f"{name}.onnx", model)
             typer.echo(f"wrote {directory / f'{name}.onnx'}")
             if tflite:
-                atomic_write(directory / f"{name}.tflite", export_tflite(model))
+                with quiet_native_logs():
+                    exported = export_tflite(model)
+                atomic_write(directory / f"{name}.tflite", exported)
                 typer.echo(f"wrote {directory / f'{name}.tflite'}")

@@ -34,7 +34,7 @@ from rich.console import Console
 
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.cli.deployments import follow_deployment
-from edgefleet.cloud.cli.output import print_table
+from edgefleet.cloud.cli.output import num, print_table
 from edgefleet.cloud.ports import free_port, port_is_free
 from edgefleet.cloud.server import BackgroundServer
 from edgefleet.cloud.settings import ControllerSettings
@@ -236,7 +236,8 @@ class Demo:
             t.start()
         for t in threads:
             t.join()
-        self.step(f"sent {SAMPLES_PER_DEVICE} held-out digits to each device over its local HTTP endpoint; "
+        self.step(f"sent {SAMPLES_PER_DEVICE} held-out digits to each device "
+                  f"({SAMPLES_PER_DEVICE // BATCH} requests of {BATCH}) over its local HTTP endpoint; "
                   f"inputs shifted on {', '.join(d.device_id for d in self.devices if d.shifted)}")
 
     def collect(self) -> dict[str, dict[str, Any]]:
@@ -255,14 +256,14 @@ class Demo:
             levels = s["drift"]["levels"]
             detected = bool(levels.get(DriftLevel.ALARM) or levels.get(DriftLevel.WARN))
             ok &= detected == d.shifted
-            rows.append((d.device_id, d.runtime, "shifted" if d.shifted else "clean", s["requests"],
+            rows.append((d.device_id, d.runtime, "shifted" if d.shifted else "clean",
                          f"{100 * d.correct / max(d.answered, 1):.1f}%",
-                         _ms(s["latency_ms"]["p50"]), _ms(s["latency_ms"]["p95"]),
+                         num(s["latency_ms"]["p50"], 2), num(s["latency_ms"]["p95"], 2),
                          f"{s['drift']['psi_max']:.2f}" if s["drift"]["psi_max"] is not None else "-",
                          _verdict(levels)))
         console.print()
         print_table("fleet after the rollout",
-                    ["device", "runtime", "inputs", "requests", "accuracy", "p50", "p95", "max PSI", "drift"], rows)
+                    ["device", "runtime", "inputs", "accuracy", "p50 ms", "p95 ms", "max PSI", "drift"], rows)
         served = sorted({v for d in self.devices for v in d.versions})
         console.print("drift: the device's worst verdict, and in how many of its telemetry windows it was given")
         console.print(f"every prediction came back stamped with bundle version {', '.join(served)}")
@@ -312,10 +313,6 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
     with urllib.request.urlopen(req, timeout=30) as resp:
         reply: dict[str, Any] = json.loads(resp.read())
     return reply
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f} ms"
 
 
 def _verdict(levels: dict[str, int]) -> str:

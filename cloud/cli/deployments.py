@@ -107,9 +107,8 @@ def deployments_list(status: DeploymentStatus = typer.Option(None, help="only de
         rows = c.get("/api/v1/deployments", status=status, limit=limit)
     if json_out:
         return print_json(rows)
-    print_table(None, ["deployment", "status", "bundle", "selector", "progress", "created"],
-                [(d["id"], d["status"], short(d["bundle_digest"]),
-                  ",".join(f"{k}={v}" for k, v in d["selector"].items()),
+    print_table(None, ["deployment", "status", "bundle", "target", "progress", "created"],
+                [(d["id"], d["status"], d.get("bundle_label") or short(d["bundle_digest"]), d.get("target", ""),
                   " ".join(f"{k}={v}" for k, v in sorted(d.get("progress", {}).items())), ago(d["created_at"]))
                  for d in rows])
 

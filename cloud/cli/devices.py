@@ -49,7 +49,7 @@ def devices_show(device_id: str, url: str = URL, token: str = TOKEN, json_out: b
         summary = c.get("/api/v1/telemetry/summary", group_by="device", key=device_id).get(device_id)
     if json_out:
         return print_json({"device": d, "deployments": targets, "telemetry": summary})
-    print_fields({"device": d["id"], "online": d["online"], "last seen": ago(d.get("last_seen")),
+    print_fields({"device": d["id"], "online": "yes" if d["online"] else "no", "last seen": ago(d.get("last_seen")),
                   "installed": installed_label(d.get("installed")), "update state": d.get("update_state"),
                   "arch / os": f"{d.get('arch')} / {d.get('os')}", "runtimes": ", ".join(d.get("runtimes", [])),
                   "agent": d.get("agent_version"), "hardware class": d.get("hardware_class"),

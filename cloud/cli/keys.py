@@ -8,7 +8,6 @@ import typer
 
 from edgefleet.cloud.cli.options import JSON, PASSPHRASE
 from edgefleet.cloud.cli.output import console, print_fields, print_json
-from edgefleet.protocol import keys as keylib
 from edgefleet.protocol.errors import ConfigError
 
 keys_app = typer.Typer(no_args_is_help=True, help="Generate and inspect Ed25519 signing keys.")
@@ -26,6 +25,8 @@ def keys_generate(
     json_out: bool = JSON,
 ) -> None:
     """Generate an Ed25519 key pair."""
+    from edgefleet.protocol import keys as keylib
+
     private_path = out / f"{name}.key"
     if private_path.exists():
         raise ConfigError("refusing to overwrite an existing key", where=str(private_path),
@@ -41,6 +42,8 @@ def keys_generate(
 def keys_show(path: Path = typer.Argument(..., help="a public (.pub) or private (.key) PEM file"),
               passphrase: str = PASSPHRASE) -> None:
     """Print a key's id."""
+    from edgefleet.protocol import keys as keylib
+
     text = path.read_bytes() if path.exists() else b""
     if b"PRIVATE KEY" in text:
         public = keylib.load_private_key(path, passphrase).public_key()

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -22,9 +23,12 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title, title_justify="left")
+    """A compact table (no vertical rules) that fits 80 columns where it can: headers are never
+    broken inside a word, cells wrap between words, the first column (an id people copy) never wraps."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  collapse_padding=True)
     for i, c in enumerate(columns):
-        table.add_column(c, overflow="fold", no_wrap=i == 0)  # keep ids whole: people copy them
+        table.add_column(c, overflow="fold", no_wrap=i == 0, min_width=max(len(w) for w in c.split()))
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
@@ -63,8 +67,8 @@ def ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f} ms"
 
 
-def num(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def num(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def drift_levels(summary: dict[str, Any]) -> str:

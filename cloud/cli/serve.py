@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from edgefleet.cloud.cli.native_logs import quiet_native_logs
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -44,5 +46,7 @@ def demo(
     """The whole loop on one machine: train, compress, bundle, enroll, deploy, serve, detect drift."""
     from edgefleet.cloud.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(devices=devices, keep_running=keep_running, data_dir=data_dir, port=port,
-                              broker_url=broker_url))
+    with quiet_native_logs():
+        rc = run_demo(devices=devices, keep_running=keep_running, data_dir=data_dir, port=port,
+                      broker_url=broker_url)
+    raise typer.Exit(rc)

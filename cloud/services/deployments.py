@@ -186,6 +186,20 @@ def targets_by_deployment(session: Session, *, deployment_ids: list[str]) -> dic
     return found
 
 
+def describe_selector(selector: dict[str, Any]) -> str:
+    """What a deployment targets, for people: ``tag onnx``, ``all compatible devices``, ``cam-1, cam-2 +3``."""
+    if selector.get("all"):
+        return "all compatible devices"
+    if selector.get("tag"):
+        return f"tag {selector['tag']}"
+    ids = list(selector.get("device_ids") or [])
+    return ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
+
+
+def bundle_label(bundle: Bundle) -> str:
+    return f"{bundle.name} {bundle.version}+{bundle.build}"
+
+
 def _bundle_of(session: Session, deployment: Deployment) -> Bundle:
     bundle = session.get(Bundle, deployment.bundle_id)
     if bundle is None:  # bundles used by deployments cannot be deleted (registry.delete_bundle)

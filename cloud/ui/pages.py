@@ -61,19 +61,10 @@ def _deployment_rows(session: SessionDep, items: list[Deployment]) -> list[dict[
         total = len(targets[d.id])
         done = sum(t.final for t in targets[d.id])
         rows.append({"deployment": d, "bundle": bundles.get(d.bundle_id), "counts": counts, "total": total,
-                     "done": done, "selector": _selector_text(d.selector),
+                     "done": done, "selector": deployments.describe_selector(d.selector),
                      "bar": charts.stacked_bar(_state_slices(counts), kind="progress",
                                                title=f"{done} of {total} devices finished")})
     return rows
-
-
-def _selector_text(selector: dict[str, Any]) -> str:
-    if selector.get("all"):
-        return "all compatible devices"
-    if selector.get("tag"):
-        return f"tag {selector['tag']}"
-    ids = selector.get("device_ids") or []
-    return ", ".join(ids[:3]) + (f" +{len(ids) - 3}" if len(ids) > 3 else "")
 
 
 def _thresholds(bundle: Bundle | None) -> dict[str, float]:

@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from onnx_models import mlp_onnx
-
 from edgefleet.protocol.bundle import build_bundle, bundle_digest, parse_recipe
 from edgefleet.protocol.keys import TrustedKeys, generate_private_key
 from edgefleet.protocol.messages import DeploymentOrder
 from edgefleet.protocol.orders import sign_order
+
+from onnx_models import mlp_onnx
 
 
 class Keys:

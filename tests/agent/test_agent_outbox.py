@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from edgefleet.agent.outbox import Outbox, OutboxPump
 
 
@@ -83,10 +85,8 @@ def test_bounded_size_drops_oldest(tmp_path):
 def test_sequenced_enqueue_is_gapless_and_atomic(tmp_path):
     box = Outbox(tmp_path / "o.sqlite")
     assert box.enqueue_sequenced("t", "w", lambda n: (f"w{n}".encode(), f"id{n}")) == 0
-    try:
+    with pytest.raises(RuntimeError):
         box.enqueue_sequenced("t", "w", lambda n: (_ for _ in ()).throw(RuntimeError("crash")))
-    except RuntimeError:
-        pass
     assert box.enqueue_sequenced("t", "w", lambda n: (f"w{n}".encode(), f"id{n}")) == 1
     box.close()
     box = Outbox(tmp_path / "o.sqlite")

@@ -2,8 +2,17 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.agent.statemachine import (POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, TRANSITIONS, E,
-                                          IllegalTransition, RecordStore, UpdateRecord, next_state)
+from edgefleet.agent.statemachine import (
+    POST_ACTIVATION,
+    PRE_ACTIVATION,
+    TERMINAL,
+    TRANSITIONS,
+    E,
+    IllegalTransition,
+    RecordStore,
+    UpdateRecord,
+    next_state,
+)
 from edgefleet.protocol.vocabulary import UpdateState
 
 HAPPY = [E.ACCEPT, E.DOWNLOADED, E.VERIFIED, E.INSTALLED, E.ACTIVATED, E.HEALTHY]

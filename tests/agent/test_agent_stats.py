@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefleet.protocol.messages import histogram_quantile
 from edgefleet.agent.stats import LATENCY_BOUNDS_MS, WindowStats, histogram, predicted_classes
 from edgefleet.protocol.drift import build_profile
+from edgefleet.protocol.messages import histogram_quantile
 
 
 def _profile(seed=0):

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-
-import numpy as np
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from edgefleet.cloud.cli import main

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.compression import (CalibrationMethod, CompressionConfig, Mode, PruningKind,
-                                   compress, load_compression_recipe)
+from edgefleet.compression import (
+    CalibrationMethod,
+    CompressionConfig,
+    Mode,
+    PruningKind,
+    compress,
+    load_compression_recipe,
+)
 from edgefleet.protocol.errors import ConfigError
 
 RECIPES = Path(__file__).resolve().parents[2] / "firmware-bundles"

@@ -7,8 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgefleet.compression import CompressionConfig, GateConfig, Mode, PruningConfig, compress
-from edgefleet.protocol.errors import (CompressionError, ConfigError, EdgeFleetError,
-                                       UnsupportedModelError)
+from edgefleet.protocol.errors import CompressionError, ConfigError, EdgeFleetError, UnsupportedModelError
 
 
 def _quick(mode: Mode = Mode.DYNAMIC_INT8) -> CompressionConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.compression import (CompressionConfig, FallbackConfig, GateConfig, Mode, compress)
+from edgefleet.compression import CompressionConfig, FallbackConfig, GateConfig, Mode, compress
 from edgefleet.protocol.errors import AccuracyGateError
 
 
@@ -27,7 +27,7 @@ def test_fallback_keeps_harmful_operators_in_float_until_gate_holds(samples, run
                       calibration=calibration, eval_x=eval_x)
     report = result.report
     assert report.gate.passed
-    assert 1 <= len(report.float_operators)
+    assert len(report.float_operators) >= 1
     assert report.fidelity.mean_abs_error <= full * 0.7
     assert len(set(report.float_operators)) == len(report.float_operators)
 

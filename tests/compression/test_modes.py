@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgefleet.compression import (CalibrationConfig, CalibrationMethod, CompressionConfig, Mode,
-                                   compress)
+from edgefleet.compression import CalibrationConfig, CalibrationMethod, CompressionConfig, Mode, compress
 from edgefleet.compression.tflite_graph import is_tflite
 
 CASES = [

@@ -7,8 +7,16 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from edgefleet.compression import (CompressionConfig, GateConfig, Mode, PruningConfig, PruningKind,
-                                   PruningScope, compress, stored_size)
+from edgefleet.compression import (
+    CompressionConfig,
+    GateConfig,
+    Mode,
+    PruningConfig,
+    PruningKind,
+    PruningScope,
+    compress,
+    stored_size,
+)
 from edgefleet.compression.onnx_graph import load_onnx, normalise
 from edgefleet.compression.prune import prune_structured, prune_unstructured
 

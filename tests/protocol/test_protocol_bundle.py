@@ -10,16 +10,28 @@ import numpy as np
 import pytest
 
 from edgefleet.protocol import keys
-from edgefleet.protocol.bundle import (BundleLimits, add_signature, build_bundle, pack, parse_recipe,
-                                       read_manifest, verify_bundle)
+from edgefleet.protocol.bundle import (
+    BundleLimits,
+    add_signature,
+    build_bundle,
+    pack,
+    parse_recipe,
+    read_manifest,
+    verify_bundle,
+)
 from edgefleet.protocol.canonical import canonical_json
-from edgefleet.protocol.errors import (ArchiveError, DigestMismatchError, SignatureError, SizeLimitError,
-                                       UnknownKeyError, VerificationError)
+from edgefleet.protocol.errors import (
+    ArchiveError,
+    DigestMismatchError,
+    SignatureError,
+    SizeLimitError,
+    UnknownKeyError,
+    VerificationError,
+)
 from edgefleet.protocol.messages import Signature
 from edgefleet.protocol.runtimes import open_session
 
 from protocolkit import RECIPE, make_onnx_model
-
 
 # --------------------------------------------------------------------------- helpers
 

@@ -100,7 +100,8 @@ def test_counts_are_mergeable(profile):
     for cut in (0, 1, 333, 999):
         assert np.array_equal(b.counts(whole[:cut]) + b.counts(whole[cut:]), b.counts(whole))
     halves = [b.trim(b.counts(whole[:400])), b.trim(b.counts(whole[400:]))]
-    merged = [[x + y for x, y in zip(r1, r2)] for r1, r2 in zip(*halves)]  # the wire form adds up too
+    # the wire form adds up too
+    merged = [[x + y for x, y in zip(r1, r2, strict=True)] for r1, r2 in zip(*halves, strict=True)]
     assert merged == b.trim(b.counts(whole))
     assert score(profile, merged) == score(profile, b.trim(b.counts(whole)))
 

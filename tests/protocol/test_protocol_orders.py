@@ -4,8 +4,14 @@ import pytest
 
 from edgefleet.protocol import keys, messages
 from edgefleet.protocol.canonical import canonical_json
-from edgefleet.protocol.errors import (ExpiredError, ReplayError, SignatureError, TargetMismatchError,
-                                       UnknownKeyError, VerificationError)
+from edgefleet.protocol.errors import (
+    ExpiredError,
+    ReplayError,
+    SignatureError,
+    TargetMismatchError,
+    UnknownKeyError,
+    VerificationError,
+)
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder
 from edgefleet.protocol.orders import CLOCK_SKEW_S, order_bytes, sign_order, verify_order
 from edgefleet.protocol.vocabulary import OrderAction

@@ -3,10 +3,8 @@ import copy
 import pytest
 
 from edgefleet.protocol.bundle import load_recipe, parse_recipe
-from edgefleet.protocol.errors import ConfigError
-from edgefleet.protocol.manifest import (BundleManifest, DeviceFacts, TargetConstraints, check_target,
-                                         parse_semver)
-from edgefleet.protocol.errors import TargetMismatchError
+from edgefleet.protocol.errors import ConfigError, TargetMismatchError
+from edgefleet.protocol.manifest import BundleManifest, DeviceFacts, TargetConstraints, check_target, parse_semver
 
 from protocolkit import RECIPE
 

@@ -66,8 +66,8 @@ def test_shared_subscriptions():
     subs = topics.controller_subscriptions(shared_group="controllers")
     assert subs == [f"$share/controllers/edgefleet/v1/devices/+/{k}" for k in topics.DEVICE_KINDS]
     # the filter after the $share/<group>/ prefix matches a real device topic level by level
-    for sub, kind in zip(subs, topics.DEVICE_KINDS):
+    for sub, kind in zip(subs, topics.DEVICE_KINDS, strict=True):
         flt = sub.split("/", 2)[2].split("/")
         real = topics.device_topic("dev7", kind).split("/")
         assert len(flt) == len(real)
-        assert all(f in ("+", r) for f, r in zip(flt, real))
+        assert all(f in ("+", r) for f, r in zip(flt, real, strict=True))

@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
-from edgefleet.cloud.services import deployments
-from edgefleet.cloud.store.tables import Bundle, Deployment
+from edgefleet.cloud.services import deployments, registry
+from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget
 from edgefleet.cloud.vocabulary import DeploymentStatus
 
 api = APIRouter(prefix="/api/v1")
 
 
-def deployment_out(session: Session, deployment: Deployment) -> DeploymentOut:
-    targets = deployments.targets_of(session, deployment_id=deployment.id)
-    return DeploymentOut.model_validate(deployment.model_dump() | {"progress": deployments.progress(targets)})
+def _described(deployment: Deployment, bundle: Bundle | None, targets: list[DeploymentTarget]) -> dict[str, Any]:
+    return deployment.model_dump() | {"progress": deployments.progress(targets),
+                                      "target": deployments.describe_selector(deployment.selector),
+                                      "bundle_label": deployments.bundle_label(bundle) if bundle else ""}
 
 
 def deployment_detail(session: Session, deployment: Deployment) -> DeploymentDetail:
     targets = deployments.targets_of(session, deployment_id=deployment.id)
-    return DeploymentDetail.model_validate(deployment.model_dump() | {
-        "progress": deployments.progress(targets),
-        "bundle": BundleOut.model_validate(session.get(Bundle, deployment.bundle_id)),
-        "targets": [TargetOut.model_validate(t) for t in targets]})
+    bundle = registry.bundles_by_id(session, ids={deployment.bundle_id}).get(deployment.bundle_id)
+    return DeploymentDetail.model_validate(_described(deployment, bundle, targets) | {
+        "bundle": BundleOut.model_validate(bundle), "targets": [TargetOut.model_validate(t) for t in targets]})
 
 
 @api.post("/deployments", tags=["deployments"], status_code=201)
@@ -47,7 +47,10 @@ def create_deployment(body: DeploymentCreate, controller: ControllerDep, who: Op
 @api.get("/deployments", tags=["deployments"])
 def list_deployments(session: SessionDep, _: ViewerDep, status: DeploymentStatus | None = None,
                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeploymentOut]:
-    return [deployment_out(session, d) for d in deployments.list_deployments(session, status=status, limit=limit)]
+    items = deployments.list_deployments(session, status=status, limit=limit)
+    targets = deployments.targets_by_deployment(session, deployment_ids=[d.id for d in items])
+    bundles = registry.bundles_by_id(session, ids={d.bundle_id for d in items})
+    return [DeploymentOut.model_validate(_described(d, bundles.get(d.bundle_id), targets[d.id])) for d in items]
 
 
 @api.get("/deployments/{deployment_id}", tags=["deployments"])
