@@ -123,7 +123,7 @@ class Updater:
             msg_id=report_id(self.device_id, r.deployment_id or "", r.sequence, r.state.value, r.attempt, final),
             device_id=self.device_id, deployment_id=r.deployment_id or "", sequence=r.sequence,
             state=r.state, final=final, outcome=r.outcome if final else None,
-            reason=r.reason if final else None, detail=(r.detail or None) if final else None,
+            reason=r.reason if final else None, detail=r.detail or None,
             bytes_done=self._bytes_done, bytes_total=order.bundle_size if order else None,
             bundle_digest=order.bundle_digest if order else None, attempt=r.attempt)
         self.report(report)
@@ -370,13 +370,25 @@ class Updater:
         try:
             model = self._load_slot(slot, self._order())
         except (EdgeFleetError, OSError) as exc:
-            code = exc.code if isinstance(exc, EdgeFleetError) else "load_failed"
+            code = exc.code if isinstance(exc, EdgeFleetError) else Reason.LOAD_FAILED
             self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=code, detail=str(exc)[:2000])
             return
         self.slots.switch(slot)
         self.predictor.activate(model)
         release_memory()
-        self._move(E.ACTIVATED)
+        n, timeout = self._health_window()
+        wait = f", then up to {n} live inferences within {timeout:g} s" if n else ""
+        self._move(E.ACTIVATED, reason=None,
+                   detail=f"health check: the bundle's smoke test{wait}; commits when they pass")
+
+    def _health_window(self) -> tuple[int, float]:
+        """How many live inferences to wait for after the smoke test, and for how long at most: the
+        order's ``health_check`` if it has one, else this device's configuration; never past the
+        update's deadline."""
+        spec = self._order().health_check
+        n, timeout = (spec.inferences, float(spec.timeout_s)) if spec is not None else \
+            (self.policy.health_check_inferences, self.policy.health_check_timeout_s)
+        return n, min(timeout, max(0.0, self.record.deadline - self.clock()))
 
     def _health_check(self) -> None:
         model = self.predictor.model
@@ -389,9 +401,8 @@ class Updater:
         except InferenceError as exc:
             self._move(E.UNHEALTHY, outcome=Outcome.ROLLED_BACK, reason=exc.code, detail=str(exc)[:2000])
             return
-        n = self.policy.health_check_inferences
+        n, timeout = self._health_window()
         if n:
-            timeout = min(self.policy.health_check_timeout_s, max(0.0, self.record.deadline - self.clock()))
             end = time.monotonic() + timeout
             ok, errors = model.wait_live(n, 0)
             while ok < n and not errors and not self._stop.is_set() and time.monotonic() < end:

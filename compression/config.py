@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import tomllib
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefleet.compression.modes import CalibrationMethod, Mode, PruningKind, PruningScope
 from edgefleet.protocol.errors import ConfigError, first_problem
 
-
-class Mode(StrEnum):
-    """What happens to the weights (and activations)."""
-
-    NONE = "none"  # no quantization (pruning only, or a plain evaluation)
-    DYNAMIC_INT8 = "dynamic_int8"  # int8 weights, activations quantized at run time
-    STATIC_INT8 = "static_int8"  # int8 weights and activations, calibrated (TFLite: full int8)
-    WEIGHT_ONLY_INT8 = "weight_only_int8"  # int8 weights dequantized to float (TFLite only)
-    FP16 = "fp16"  # float16 weights, float32 inputs/outputs
-
-
-class CalibrationMethod(StrEnum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
-
-
-class PruningKind(StrEnum):
-    UNSTRUCTURED = "unstructured"  # zero the smallest weights; the bundle's deflate shrinks them
-    STRUCTURED = "structured"  # remove whole neurons/channels; the model gets faster
-
-
-class PruningScope(StrEnum):
-    GLOBAL = "global"  # one magnitude threshold across all prunable layers
-    PER_LAYER = "per_layer"  # the target sparsity in every layer
+__all__ = ["CalibrationConfig", "CalibrationMethod", "CompressionConfig", "FallbackConfig", "GateConfig", "Mode",
+           "PruningConfig", "PruningKind", "PruningScope", "load_compression_recipe"]
 
 
 class _Strict(BaseModel):

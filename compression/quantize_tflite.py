@@ -77,7 +77,7 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
         result = _calibrate(qt, parsed, calibration, calibration_config) if qt.need_calibration else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            quantized = qt.quantize(result, enable_progress_report=False).quantized_model
+            quantized = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     except (CompressionError, ConfigError):
         raise
     except Exception as exc:  # litert-quantizer raises ValueError/RuntimeError/KeyError

@@ -98,6 +98,15 @@ class State(Message):
     heartbeat_interval_s: float = 30.0
 
 
+class HealthCheck(WireModel):
+    """How a device judges a newly activated model before it commits (overrides its configuration).
+    After the smoke test it waits for up to ``inferences`` live inferences (0: none), at most
+    ``timeout_s`` seconds; any failure rolls back. Integers, like everything the controller signs."""
+
+    inferences: int = Field(ge=0, le=100_000)
+    timeout_s: int = Field(ge=0, le=86_400)
+
+
 class DeploymentOrder(WireModel):
     """The body the controller key signs. Times are integer Unix seconds (canonical JSON)."""
 
@@ -113,6 +122,10 @@ class DeploymentOrder(WireModel):
     issued_at: int
     expires_at: int
     key_id: str = ""
+    health_check: HealthCheck | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Absent: the device's own configuration decides (``health_check_inferences``, ``health_check_timeout_s``).
+    Left out of the JSON (and so of the signed bytes) when absent, so orders of controllers that do not
+    send it verify as before."""
 
 
 class Signature(WireModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleSection, DriftSection, ProfileSection, SmokeSection, TargetSection
-from edgefleet.protocol.messages import DeviceId
+from edgefleet.protocol.messages import DeviceId, HealthCheck
 from edgefleet.protocol.vocabulary import Runtime
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -267,6 +267,12 @@ class EventOut(Out):
 
 # ---------------------------------------------------------------- deployments
 
+class HealthCheckSpec(HealthCheck):
+    """The protocol's health-check window, strict like every request body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class DeploymentCreate(Body):
     bundle: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
     """Bundle digest (or a unique prefix of at least 8 hex digits)."""
@@ -275,6 +281,10 @@ class DeploymentCreate(Body):
     all: bool = False
     note: str = Field(default="", max_length=2000)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    health_check: HealthCheckSpec | None = None
+    """How devices judge the new model before committing: after its smoke test, wait for up to
+    ``inferences`` live inferences (0: none) for at most ``timeout_s`` seconds. Absent: each
+    device's own configuration (by default 10 inferences within 60 s)."""
 
 
 class TargetOut(Out):

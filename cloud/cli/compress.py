@@ -12,21 +12,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgefleet.cloud.cli.native_logs import quiet_native_logs
-from edgefleet.compression.config import (
-    CompressionConfig,
-    GateConfig,
-    Mode,
-    PruningConfig,
-    PruningKind,
-    PruningScope,
-    load_compression_recipe,
-)
+from edgefleet.compression.modes import Mode, PruningKind, PruningScope
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.vocabulary import Runtime
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from edgefleet.compression.config import CompressionConfig
 
 
 class Samples(StrEnum):
@@ -94,6 +88,8 @@ def _load_data(samples: Samples | None, data: Path | None,
 def _config(recipe: Path | None, mode: Mode | None, sparsity: float | None,
             pruning: PruningKind, scope: PruningScope, max_drop: float | None,
             min_agreement: float | None, no_gate: bool) -> CompressionConfig:
+    from edgefleet.compression.config import CompressionConfig, GateConfig, PruningConfig, load_compression_recipe
+
     config = load_compression_recipe(recipe) if recipe is not None else CompressionConfig()
     updates: dict[str, Any] = {}
     if mode is not None:

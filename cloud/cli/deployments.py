@@ -41,14 +41,28 @@ def deploy(bundle: str = typer.Argument(..., help="bundle digest (prefix), NAME 
            all_devices: bool = typer.Option(False, "--all", help="every compatible device"),
            note: str = typer.Option("", help="free text kept with the deployment"),
            timeout: float = typer.Option(None, help="seconds before a silent device counts as failed"),
+           health_inferences: int = typer.Option(None, min=0, max=100_000,
+                                                 help="after the smoke test, wait for up to this many live "
+                                                      "inferences before committing (0: none; default: the "
+                                                      "device's own setting, 10)"),
+           health_timeout: int = typer.Option(None, min=0, max=86_400,
+                                              help="...for at most this many seconds (default: the device's, 60)"),
            wait: bool = typer.Option(False, "--wait", help="follow progress until every device is final"),
            url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
-    """Deploy a bundle to devices, a tag or the whole fleet (one signed order per device)."""
+    """Deploy a bundle to devices, a tag or the whole fleet (one signed order per device).
+
+    A device commits the new model after its smoke test passes and, within the health window, its
+    first live inferences raise no error; a device without traffic waits out the window (set it with
+    --health-inferences / --health-timeout)."""
     if sum([bool(device), tag is not None, all_devices]) != 1:
         raise ConfigError("choose exactly one of --device, --tag, --all", where="deploy")
+    health = None
+    if health_inferences is not None or health_timeout is not None:
+        health = {"inferences": 10 if health_inferences is None else health_inferences,
+                  "timeout_s": 60 if health_timeout is None else health_timeout}
     with client_from_env(url, token) as c:
         body = {"bundle": _resolve_bundle(c, bundle), "note": note, "timeout_s": timeout,
-                "device_ids": device or None, "tag": tag, "all": all_devices}
+                "device_ids": device or None, "tag": tag, "all": all_devices, "health_check": health}
         dep = c.post("/api/v1/deployments", body)
         if wait:
             dep = follow_deployment(c, dep["id"], quiet=json_out)
@@ -68,9 +82,14 @@ def follow_deployment(c: ControllerClient, deployment_id: str, *, quiet: bool = 
                   TextColumn("{task.fields[states]}"), TimeElapsedColumn(), console=console,
                   disable=quiet, transient=True) as progress:
         task = progress.add_task(f"deployment {deployment_id}", total=None, states="")
+        told: set[tuple[str, str]] = set()
         while True:
             dep = c.get(f"/api/v1/deployments/{deployment_id}")
             targets = dep["targets"]
+            for t in targets:   # say once what each device is waiting for (e.g. its health window)
+                if not t["final"] and t.get("detail") and (t["device_id"], t["state"]) not in told:
+                    told.add((t["device_id"], t["state"]))
+                    progress.console.print(f"{t['device_id']}: {t['detail']}", highlight=False, markup=False)
             states: dict[str, int] = {}
             for t in targets:
                 label = t["outcome"] or t["state"]

@@ -13,7 +13,7 @@ from edgefleet.cloud.cli.client import ControllerClient, client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
 from edgefleet.cloud.vocabulary import FINAL_JOB_STATES, DataSource
-from edgefleet.compression.config import Mode
+from edgefleet.compression.modes import Mode
 from edgefleet.protocol.errors import ConfigError, TransportError
 from edgefleet.protocol.vocabulary import Reason, Runtime
 

@@ -24,7 +24,7 @@ from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, D
 from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
 from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError, TargetMismatchError
 from edgefleet.protocol.manifest import BundleManifest, check_target
-from edgefleet.protocol.messages import OrderMessage, StatusReport, encode
+from edgefleet.protocol.messages import HealthCheck, OrderMessage, StatusReport, encode
 from edgefleet.protocol.topics import cmd
 from edgefleet.protocol.vocabulary import OrderAction, Outcome, Reason, UpdateState
 
@@ -58,13 +58,15 @@ def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str 
 
 def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssuer, actor: str, now: float,
                       timeout_s: float, device_ids: list[str] | None = None, tag: str | None = None,
-                      all_devices: bool = False, note: str = "") -> Deployment:
+                      all_devices: bool = False, note: str = "", health_check: HealthCheck | None = None
+                      ) -> Deployment:
     """Target the devices, check each one can run the bundle, and sign one order per device.
 
     Devices named explicitly must all be compatible (else :class:`TargetMismatchError`);
     devices matched by a tag or ``all`` are skipped when incompatible or already running the
     bundle (listed in ``skipped``).
-    A device's open target in an older deployment is superseded.
+    A device's open target in an older deployment is superseded. ``health_check`` goes into every
+    order and overrides the devices' own health-check window.
     """
     bundle = get_bundle(session, digest=bundle_digest)
     manifest = BundleManifest.model_validate(bundle.manifest)
@@ -93,7 +95,7 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     for device in chosen:
         _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
         message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=bundle,
-                               action=OrderAction.INSTALL, now=now)
+                               action=OrderAction.INSTALL, now=now, health_check=health_check)
         target = DeploymentTarget(deployment_id=deployment.id, device_id=device.id,
                                   sequence=message.order.signed.sequence, order=message.model_dump(mode="json"),
                                   created_at=now, updated_at=now)
@@ -292,6 +294,7 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
         outcome = report.outcome or (Outcome.COMMITTED if report.state == UpdateState.COMMITTED else Outcome.FAILED)
         _finish(target, now, outcome=outcome, reason=report.reason, detail=report.detail)
     else:
+        target.detail = report.detail  # what the device is doing now (e.g. the health-check window)
         _history(target, now, **entry)
         log.info("deployment %s device %s: %s", target.deployment_id, device_id, report.state)
     session.add(target)
@@ -348,7 +351,8 @@ def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: 
             device = devices.get_device(session, device_id=target.device_id)
             bundle = _bundle_of(session, get_deployment(session, deployment_id=target.deployment_id))
             message = issuer.issue(session, device=device, deployment_id=target.deployment_id, bundle=bundle,
-                                   action=message.order.signed.action, now=now)
+                                   action=message.order.signed.action, now=now,
+                                   health_check=message.order.signed.health_check)
             target.sequence = message.order.signed.sequence
             target.order = message.model_dump(mode="json")
         if not publish(cmd(target.device_id, prefix), encode(message)):

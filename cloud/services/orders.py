@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from edgefleet.cloud.services.auth import download_token
 from edgefleet.cloud.store.tables import Bundle, Device
-from edgefleet.protocol.messages import DeploymentOrder, OrderMessage
+from edgefleet.protocol.messages import DeploymentOrder, HealthCheck, OrderMessage
 from edgefleet.protocol.orders import sign_order
 from edgefleet.protocol.vocabulary import OrderAction
 
@@ -25,7 +25,7 @@ class OrderIssuer:
         return f"{self.public_url}/api/v1/bundles/{digest}/download?token={token}"
 
     def issue(self, session: Session, *, device: Device, deployment_id: str, bundle: Bundle, action: OrderAction,
-              now: float) -> OrderMessage:
+              now: float, health_check: HealthCheck | None = None) -> OrderMessage:
         """Sign the next order for ``device`` (bumping its stored sequence, which the caller commits)."""
         session.flush()
         session.refresh(device, with_for_update=True)
@@ -37,5 +37,6 @@ class OrderIssuer:
             device_id=device.id, deployment_id=deployment_id, action=action, bundle_digest=bundle.digest,
             bundle_size=bundle.size, bundle_url=self.bundle_url(bundle.digest, expires_at=expires),
             bundle_name=bundle.name, bundle_version=bundle.version, sequence=device.last_sequence,
-            issued_at=issued, expires_at=expires)
+            issued_at=issued, expires_at=expires,
+            health_check=health_check if action == OrderAction.INSTALL else None)
         return OrderMessage(device_id=device.id, sent_at=now, order=sign_order(order, self.key))

@@ -28,12 +28,12 @@ class Keys:
         return build_bundle(r, mlp_onnx(seed=seed, layers=0), samples=x, release_key=self.release).data
 
     def order(self, data: bytes, *, device_id: str = "dev-1", sequence: int = 1, deployment_id: str = "dep-1",
-              now: float | None = None, ttl: int = 600, action: str = "install"):
+              now: float | None = None, ttl: int = 600, action: str = "install", health_check=None):
         now = int(time.time() if now is None else now)
         order = DeploymentOrder(device_id=device_id, deployment_id=deployment_id, action=action,
                                 bundle_digest=bundle_digest(data), bundle_size=len(data),
                                 bundle_url="http://bundles.invalid/b", sequence=sequence, issued_at=now,
-                                expires_at=now + ttl)
+                                expires_at=now + ttl, health_check=health_check)
         return sign_order(order, self.controller)
 
 

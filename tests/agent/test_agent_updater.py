@@ -13,6 +13,7 @@ from edgefleet.agent.statemachine import RecordStore
 from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.protocol.errors import TransportError
 from edgefleet.protocol.manifest import DeviceFacts
+from edgefleet.protocol.messages import HealthCheck
 
 FACTS = DeviceFacts(arch="x86_64", runtimes=["onnx"], agent_version="0.1.0")
 
@@ -192,3 +193,30 @@ def test_corrupted_active_slot_is_not_served(world, keys):
     slot.write_bytes(slot.read_bytes()[:-10] + b"0123456789")
     world.restart()
     assert world.predictor.model is None
+
+
+def test_the_order_sets_the_health_window(tmp_path, keys):
+    """A device configured to wait for 5 live inferences for 10 minutes commits at once when the
+    order says 0; the health_check report says what the device waits for."""
+    world = World(tmp_path, keys, health_check_inferences=5, health_check_timeout_s=600)
+    world.deploy(keys.bundle(), health_check=HealthCheck(inferences=0, timeout_s=0))
+    (final,) = world.finals()
+    assert final.outcome == "committed"
+    (check,) = [r for r in world.reports if r.state == "health_check"]
+    assert check.detail == "health check: the bundle's smoke test; commits when they pass"
+
+
+def test_the_health_window_is_reported_and_bounded(world, keys):
+    world.deploy(keys.bundle(), health_check=HealthCheck(inferences=3, timeout_s=0))
+    (check,) = [r for r in world.reports if r.state == "health_check"]
+    assert check.detail == ("health check: the bundle's smoke test, then up to 3 live inferences within 0 s; "
+                            "commits when they pass")
+    assert world.finals()[0].outcome == "committed"   # no traffic came in 0 s and none failed
+
+
+def test_orders_without_a_health_check_sign_and_verify_as_before(keys):
+    """Absent, the field is left out of the JSON, so the signed bytes are those of older controllers."""
+    signed = keys.order(keys.bundle())
+    assert "health_check" not in signed.signed.model_dump(mode="json")
+    assert "health_check" in keys.order(keys.bundle(), health_check=HealthCheck(inferences=1, timeout_s=5)
+                                        ).signed.model_dump(mode="json")

@@ -90,9 +90,9 @@ class Fleet:
         return creds
 
     def status(self, device_id: str, deployment_id: str, sequence: int, state: str, *, final: bool = False,
-               outcome: str | None = None, reason: str | None = None) -> StatusReport:
+               outcome: str | None = None, reason: str | None = None, detail: str | None = None) -> StatusReport:
         msg = StatusReport(device_id=device_id, deployment_id=deployment_id, sequence=sequence, state=state,
-                           final=final, outcome=outcome, reason=reason, sent_at=self.clock())
+                           final=final, outcome=outcome, reason=reason, detail=detail, sent_at=self.clock())
         self.send(msg, "status")
         return msg
 

@@ -14,7 +14,8 @@ from edgefleet.cloud.cli import main as cli
 GROUPS = ["keys", "bundle", "models", "devices", "deployments"]
 COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "serve", "demo"]
 HEAVY = ("onnx", "onnxruntime", "ai_edge_litert", "tflite_runtime", "sklearn", "sqlalchemy", "sqlmodel",
-         "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.protocol.bundle")
+         "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.compression.config",
+         "edgefleet.protocol.bundle")
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:

@@ -267,3 +267,43 @@ def test_a_restarted_controller_sends_what_the_old_one_could_not(settings, clock
         assert restarted.state.controller.reconcile().orders_published == 1
     (topic, payload), = fresh.published
     assert topic == "edgefleet/v1/devices/rs/cmd" and decode("cmd", payload).order.signed.deployment_id == dep_id
+
+
+def test_the_health_window_is_signed_into_each_order(client, fleet, bundle, transport, controller, clock):
+    fleet.add("h1")
+    r = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["h1"],
+                                                 "health_check": {"inferences": 0, "timeout_s": 5}})
+    assert r.status_code == 201, r.text
+    trusted = TrustedKeys.of([controller.controller_key.public_key()], role="controller")
+    (message,) = _orders(transport, "h1")
+    order = verify_order(message.order, trusted=trusted, device_id="h1", last_sequence=0, now=clock())
+    assert (order.health_check.inferences, order.health_check.timeout_s) == (0, 5)
+
+
+@pytest.mark.parametrize("health", [{"inferences": -1, "timeout_s": 5}, {"inferences": 1, "timeout_s": 10**6},
+                                    {"inferences": 1, "timeout_s": 5, "extra": 1}, {"inferences": 1}])
+def test_a_bad_health_window_is_refused_and_nothing_is_sent(client, fleet, bundle, transport, health):
+    fleet.add("h2")
+    r = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["h2"], "health_check": health})
+    assert r.status_code == 422 and r.json()["error"]["where"].startswith("body.health_check")
+    assert _orders(transport, "h2") == [] and client.get("/api/v1/deployments").json() == []
+
+
+def test_without_a_health_window_orders_carry_none(client, fleet, bundle, transport):
+    fleet.add("h3")
+    client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["h3"]})
+    (message,) = _orders(transport, "h3")
+    assert message.order.signed.health_check is None
+    assert b"health_check" not in transport.published[-1][1]
+
+
+def test_a_progress_report_says_what_the_device_is_doing(client, fleet, bundle):
+    fleet.add("h4")
+    dep = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["h4"]}).json()
+    waiting = "health check: the bundle's smoke test, then up to 10 live inferences within 60 s; commits when they pass"
+    fleet.status("h4", dep["id"], 1, "health_check", detail=waiting)
+    (target,) = client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"]
+    assert (target["state"], target["detail"], target["final"]) == ("health_check", waiting, False)
+    fleet.status("h4", dep["id"], 1, "committed", final=True, outcome="committed", detail="tiny 1.0.0 serving")
+    (target,) = client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"]
+    assert (target["outcome"], target["detail"]) == ("committed", "tiny 1.0.0 serving")

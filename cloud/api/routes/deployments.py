@@ -37,7 +37,7 @@ def create_deployment(body: DeploymentCreate, controller: ControllerDep, who: Op
         deployment = deployments.create_deployment(
             session, bundle_digest=body.bundle, issuer=controller.issuer, actor=who.actor, now=controller.now(),
             timeout_s=body.timeout_s or controller.settings.deployment_timeout_s, device_ids=body.device_ids,
-            tag=body.tag, all_devices=body.all, note=body.note)
+            tag=body.tag, all_devices=body.all, note=body.note, health_check=body.health_check)
         deployment_id = deployment.id
     controller.publish_pending()
     with controller.session() as session:
