@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
+
+from timing import timed
 
 IMPORTS = ("import edgefleet.cloud.app, edgefleet.compression.api, onnxruntime, sklearn, "
            "ai_edge_litert.interpreter")
-
-
-def timed(cmd: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def main() -> None:

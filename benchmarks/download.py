@@ -24,16 +24,11 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from edgefleet.cloud.ports import free_port
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
 
 ADMIN = "eft_benchmark-admin"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:

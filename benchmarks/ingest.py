@@ -38,18 +38,13 @@ from sqlmodel import Session, select
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.mqtt.bridge import MqttBridge
 from edgefleet.cloud.mqtt.ingest import Ingestor
+from edgefleet.cloud.ports import free_port
 from edgefleet.cloud.services import devices
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.cloud.store.tables import TelemetryRecord
 from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
 from edgefleet.protocol.topics import controller_subscriptions, telemetry
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:

@@ -73,7 +73,8 @@ class Controller:
         self.artifacts = BlobStore(settings.data_dir / "artifacts")
         self.metrics = ControllerMetrics()
         self.issuer = OrderIssuer(key=self.controller_key, public_url=settings.resolved_public_url,
-                                  lifetime_s=settings.order_lifetime_s)
+                                  lifetime_s=settings.order_lifetime_s,
+                                  download_lifetime_s=settings.download_token_lifetime_s)
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
                                  batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
                                  decode_workers=settings.ingest_decode_workers)

@@ -59,6 +59,8 @@ class ControllerSettings(BaseSettings):
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
     download_token_lifetime_s: float = Field(default=3600.0, gt=0)
+    """How long the signed download link in an order works (capped at the order's own lifetime); a
+    device downloads as soon as it accepts the order and retries within a few minutes."""
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     processed_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
     max_request_bytes: int = Field(default=1 * MiB, gt=0)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
-from edgefleet.protocol.bundle import BundleSection, DriftSection, ProfileSection, SmokeSection, TargetSection
+from edgefleet.protocol.bundle import BundleRecipe
 from edgefleet.protocol.messages import DeviceId, HealthCheck
 from edgefleet.protocol.vocabulary import Runtime
 
@@ -175,15 +175,9 @@ class CompressionJobOut(Out):
     created_by: str
 
 
-class BundleBuildRequest(Body):
+class BundleBuildRequest(BundleRecipe):
     """A bundle recipe as JSON (the tables of the TOML recipe, without ``bundle.model``) and the samples."""
 
-    bundle: BundleSection
-    target: TargetSection = TargetSection()
-    preprocessing: dict[str, Any] = {}
-    smoke_test: SmokeSection = SmokeSection()
-    profile: ProfileSection = ProfileSection()
-    drift: DriftSection = DriftSection()
     data: DataSource = DataSource.DIGITS
 
 

@@ -48,7 +48,7 @@ def build_and_register(session: Session, *, model_name: str, version: str, recip
         raise InvalidRequestError(exc.message, code=Reason.INVALID_RECIPE, where=exc.where) from None
     if parsed.bundle.model is not None:
         raise InvalidRequestError("bundle.model names a file; a server build packs the version's model file",
-                           where="bundle.model", hint="leave bundle.model out")
+                                  where="bundle.model", hint="leave bundle.model out")
     if parsed.bundle.runtime != row.format:
         raise ConflictError(f"bundle.runtime is {parsed.bundle.runtime!r} but {model_name}@{version} is "
                             f"{row.format!r}", where="bundle.runtime")

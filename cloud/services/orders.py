@@ -19,6 +19,9 @@ class OrderIssuer:
     key: Ed25519PrivateKey
     public_url: str
     lifetime_s: float
+    """How long a signed order is valid."""
+    download_lifetime_s: float
+    """How long the signed download link in an order works (never longer than the order itself)."""
 
     def bundle_url(self, digest: str, *, expires_at: int) -> str:
         token = download_token(self.key, digest=digest, expires_at=expires_at)
@@ -35,7 +38,8 @@ class OrderIssuer:
         expires = int(now + self.lifetime_s)
         order = DeploymentOrder(
             device_id=device.id, deployment_id=deployment_id, action=action, bundle_digest=bundle.digest,
-            bundle_size=bundle.size, bundle_url=self.bundle_url(bundle.digest, expires_at=expires),
+            bundle_size=bundle.size,
+            bundle_url=self.bundle_url(bundle.digest, expires_at=min(expires, int(now + self.download_lifetime_s))),
             bundle_name=bundle.name, bundle_version=bundle.version, sequence=device.last_sequence,
             issued_at=issued, expires_at=expires,
             health_check=health_check if action == OrderAction.INSTALL else None)

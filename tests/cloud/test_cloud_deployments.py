@@ -7,12 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
+from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.errors import ReplayError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.messages import InstalledBundle, decode
 from edgefleet.protocol.orders import verify_order
 
-from cloudkit import FakeTransport
+from cloudkit import FakeTransport, Fleet
 
 
 @pytest.fixture
@@ -307,3 +308,28 @@ def test_a_progress_report_says_what_the_device_is_doing(client, fleet, bundle):
     fleet.status("h4", dep["id"], 1, "committed", final=True, outcome="committed", detail="tiny 1.0.0 serving")
     (target,) = client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"]
     assert (target["outcome"], target["detail"]) == ("committed", "tiny 1.0.0 serving")
+
+
+def test_the_download_link_lives_as_long_as_configured(tmp_path, release_pub, make_bundle, clock):
+    """download_token_lifetime_s bounds the signed link in an order, below the order's own lifetime."""
+    settings = ControllerSettings(data_dir=tmp_path / "c", broker_url="mqtt://127.0.0.1:1",
+                                  release_key_paths=[release_pub], admin_token="eft_t",
+                                  public_url="http://controller.test", order_lifetime_s=3600,
+                                  download_token_lifetime_s=60)
+    transport = FakeTransport()
+    app = create_app(settings, clock=clock, transport_factory=lambda url, cb: transport, reconcile_in_background=False)
+    with TestClient(app) as client:
+        client.headers["Authorization"] = "Bearer eft_t"
+        built = make_bundle(name="linked")
+        client.post("/api/v1/bundles", content=built.data)
+        fleet = Fleet(client, app.state.controller, clock)
+        fleet.add("l1")
+        client.post("/api/v1/deployments", json={"bundle": built.digest, "device_ids": ["l1"]})
+        (message,) = _orders(transport, "l1")
+        order = message.order.signed
+        assert order.expires_at == int(clock()) + 3600
+        path = order.bundle_url.removeprefix("http://controller.test")
+        assert client.get(path, headers={"Authorization": ""}).status_code == 200
+        clock.advance(61)
+        refused = client.get(path, headers={"Authorization": ""})
+        assert refused.status_code == 401 and refused.json()["error"]["message"] == "download token expired"

@@ -9,6 +9,7 @@ install puts on the path, says which extra it needs instead of crashing.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -27,7 +28,10 @@ CONTROLLER_STACK = {"fastapi", "sqlmodel", "sqlalchemy", "onnx", "uvicorn", "sci
 @pytest.fixture(scope="module")
 def device_env(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+    source = tmp_path_factory.mktemp("source") / "edgefleet"  # setuptools builds in the tree: not in ours
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests",
+                                                                 "benchmarks", "docs"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = dist.glob("edgefleet-*.whl")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import paho.mqtt.client as mqtt
@@ -10,6 +9,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.cloud.ports import port_is_free
 from edgefleet.protocol.brokers import parse_broker_url
 
 pytestmark = pytest.mark.integration
@@ -37,5 +37,4 @@ def test_embedded_broker_carries_large_payloads_and_releases_its_port():
         client.loop_stop()
         broker.stop()
     assert not broker.running
-    with socket.socket() as s:
-        s.bind((address.host, address.port))      # the port is free again
+    assert port_is_free(address.port, address.host)  # the port is free again

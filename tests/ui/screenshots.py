@@ -10,14 +10,11 @@ UI tests (without the hostile strings), logs in with Debian's Chromium and saves
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]  # ui helpers, tests/onnx_models.py
@@ -25,7 +22,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]  
 from ui_fleet import seed  # noqa: E402
 from ui_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
-from edgefleet.cloud.app import create_app  # noqa: E402
+from edgefleet.cloud.ports import free_port  # noqa: E402
+from edgefleet.cloud.server import BackgroundServer  # noqa: E402
 from edgefleet.cloud.settings import ControllerSettings  # noqa: E402
 
 TOKEN = "eft_screenshot-admin"
@@ -33,24 +31,16 @@ TOKEN = "eft_screenshot-admin"
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
-        app = create_app(ControllerSettings(data_dir=Path(tmp), listen_port=port, admin_token=TOKEN,
-                                            heartbeat_timeout_s=3600))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
+        server = BackgroundServer(ControllerSettings(data_dir=Path(tmp), listen_port=free_port(), admin_token=TOKEN,
+                                                     heartbeat_timeout_s=3600)).start()
         try:
-            seed(app.state.controller, now=time.time(), hostile=False)
+            seed(server.controller, now=time.time(), hostile=False)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": int(os.environ.get("WIDTH", 1280)), "height": 800},
                                         device_scale_factor=1)
-                base = f"http://127.0.0.1:{port}"
+                base = server.url
                 page.goto(f"{base}/ui/login")
                 page.fill("#token", TOKEN)
                 page.click("button[type=submit]")
@@ -60,8 +50,7 @@ def main(out: Path) -> None:
                 page.screenshot(path=str(out / "ui-device.png"), full_page=True)
                 browser.close()
         finally:
-            server.should_exit = True
-            thread.join(15)
+            server.stop()
     print(f"wrote {out / 'ui-overview.png'} and {out / 'ui-device.png'}")
 
 
