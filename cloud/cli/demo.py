@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.cli.deployments import follow_deployment
@@ -113,7 +115,12 @@ class Demo:
     # ----------------------------------------------------------------------------- steps
 
     def step(self, text: str) -> None:
-        console.print(f"[dim]{time.monotonic() - self.started:5.1f}s[/] [bold cyan]▸[/] {text}", highlight=False)
+        """One line of narration; a long one wraps under its own text, not under the time."""
+        line = Table.grid(padding=(0, 1))
+        line.add_column(no_wrap=True)
+        line.add_column()
+        line.add_row(f"[dim]{time.monotonic() - self.started:5.1f}s[/] [bold cyan]▸[/]", Text(text))
+        console.print(line)
 
     def start_controller(self) -> None:
         key = keylib.generate_private_key()

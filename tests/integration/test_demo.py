@@ -1,0 +1,48 @@
+"""`edgefleet demo`, the README's main job, as a new user runs it: it ends 0 after detecting drift
+on exactly the shifted devices, says where its controller listens, keeps LiteRT's chatter off the
+terminal, and its output fits an 80-column terminal without breaking words."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> subprocess.CompletedProcess[str]:
+    state = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "COLUMNS": "80", "TERM": "dumb"}
+    return subprocess.run([sys.executable, "-m", "edgefleet.cloud.cli", "demo", "--port", "0", "--data-dir",
+                           str(state)], capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_demo_detects_drift_on_exactly_the_shifted_devices(demo):
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "drift detected exactly on the shifted devices" in demo.stdout
+    assert re.search(r"controller up at http://127\.0\.0\.1:\d+", demo.stdout)
+    assert re.search(r"web UI: http://127\.0\.0\.1:\d+/ +\(sign in with the admin token efa_demo_\S+\)",
+                     demo.stdout.replace("\n", " "))
+
+
+def test_the_demo_prints_no_native_noise_and_no_traceback(demo):
+    assert "XNNPACK" not in demo.stdout + demo.stderr
+    assert "Traceback" not in demo.stdout + demo.stderr
+    assert demo.stderr.strip() == ""
+
+
+def test_the_summary_fits_80_columns_with_whole_words(demo):
+    table = demo.stdout.split("fleet after the rollout", 1)[1].split("drift:", 1)[0]
+    lines = [line for line in table.splitlines() if line.strip()]
+    # every line but the last, which keeps the UI's URL and token whole for copying
+    assert all(len(line) <= 80 for line in demo.stdout.splitlines() if not line.startswith("web UI:"))
+    header = lines[0].split()
+    assert header == ["device", "runtime", "inputs", "accuracy", "p50", "ms", "p95", "ms", "max", "PSI", "drift"]
+    rows = [line.split() for line in lines if line.lstrip().startswith("edge-")]
+    assert len(rows) == 4 and all(len(r) == 9 for r in rows)   # no cell broken over two lines
+    assert {r[2] for r in rows} == {"clean", "shifted"}
