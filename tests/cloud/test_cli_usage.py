@@ -12,7 +12,7 @@ import pytest
 from edgefleet.cloud.cli import main as cli
 
 GROUPS = ["keys", "bundle", "models", "devices", "deployments"]
-COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "serve", "demo"]
+COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo"]
 HEAVY = ("onnx", "onnxruntime", "ai_edge_litert", "tflite_runtime", "sklearn", "sqlalchemy", "sqlmodel",
          "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.compression.config",
          "edgefleet.protocol.bundle")
@@ -67,6 +67,7 @@ def test_missing_argument(capsys, args, needle):
     (["serve", "--port", "http"], "Invalid value for '--port'"),
     (["demo", "--devices", "99"], "Invalid value for '--devices'"),
     (["keys", "show"], "Missing argument 'PATH'"),
+    (["status", "--wait", "-1"], "Invalid value for '--wait'"),
     (["devices", "list", "--no-such-option"], "No such option: --no-such-option"),
 ])
 def test_bad_option_value(capsys, args, needle):

@@ -140,6 +140,11 @@ def test_engineer_flow_from_the_cli(capsys, fleet, digits_models):
             "dev-tflite": start_agent(capsys, server, agents, base, "dev-tflite", "tflite")}
     wait_until(lambda: {d["id"] for d in cli_json(capsys, "devices", "list", "--online")} == set(dirs),
                "both agents online")
+    status = cli_json(capsys, "status", "--wait", "5")
+    assert status["health"]["status"] == "ok" and (status["devices"], status["online"]) == (2, 2)
+    assert status["info"]["release_key_ids"] and status["url"] == server.url
+    rc, out, _ = run_cli(capsys, "status", "--token", "eft_wrong")
+    assert rc == 0 and "no valid API token" in out
 
     digests = {}
     for runtime in ("onnx", "tflite"):
