@@ -2,13 +2,8 @@
 
 No module-level engine or settings: everything hangs off one :class:`Controller` kept in
 ``app.state.controller``. The lifespan starts and stops the embedded broker (when no broker URL
-is configured), the MQTT bridge, the ingest worker and the reconciler loop.
-
-Run it programmatically (e.g. in a demo)::
-
-    app = create_app(ControllerSettings(data_dir=tmp, listen_port=8080))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=8080, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()   # server.should_exit = True to stop
+is configured), the MQTT bridge, the ingest worker, the reconciler loop and the compression
+worker. :class:`edgefleet.cloud.server.BackgroundServer` runs it in a thread (demo, tests).
 """
 
 from __future__ import annotations
