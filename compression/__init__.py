@@ -7,8 +7,9 @@ ONNX Runtime or LiteRT.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from edgefleet.protocol.exports import homes, lazy
 
 if TYPE_CHECKING:
     from edgefleet.compression.api import CompressionResult, compress
@@ -27,24 +28,12 @@ if TYPE_CHECKING:
     from edgefleet.compression.onnx_to_tflite import export_tflite
     from edgefleet.compression.report import CompressionReport, stored_size
 
-_HOME = {
-    "CompressionResult": "api", "compress": "api",
-    "CalibrationConfig": "config", "CalibrationMethod": "config", "CompressionConfig": "config",
-    "FallbackConfig": "config", "GateConfig": "config", "Mode": "config", "PruningConfig": "config",
-    "PruningKind": "config", "PruningScope": "config", "load_compression_recipe": "config",
-    "export_tflite": "onnx_to_tflite",
-    "CompressionReport": "report", "stored_size": "report",
-}
-
+_HOME = homes(api=("CompressionResult", "compress"),
+              config=("CalibrationConfig", "CalibrationMethod", "CompressionConfig", "FallbackConfig", "GateConfig",
+                      "Mode", "PruningConfig", "PruningKind", "PruningScope", "load_compression_recipe"),
+              onnx_to_tflite=("export_tflite",), report=("CompressionReport", "stored_size"))
 __all__ = ["CalibrationConfig", "CalibrationMethod", "CompressionConfig", "CompressionReport", "CompressionResult",
            "FallbackConfig", "GateConfig", "Mode", "PruningConfig", "PruningKind", "PruningScope", "compress",
            "export_tflite", "load_compression_recipe", "stored_size"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _HOME.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy(__name__, globals(), _HOME)
