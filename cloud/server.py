@@ -3,6 +3,7 @@ background thread (the demo, end-to-end tests)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -16,9 +17,10 @@ from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.errors import TransportError
 
 
-def serve_forever(settings: ControllerSettings, *, announce: Callable[[str], object] = print) -> None:
+def serve_forever(settings: ControllerSettings, *, announce: Callable[[str], object] | None = None) -> None:
     """Run the controller in the foreground until interrupted. ``announce`` gets the lines a
     person needs: where it listens and, on the first start, the admin token (once)."""
+    announce = announce or functools.partial(print, flush=True)  # flushed: stdout may be a log file
     logging.getLogger("edgefleet").setLevel(logging.INFO)
     app = create_app(settings)
     controller = app.state.controller
