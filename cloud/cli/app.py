@@ -10,6 +10,7 @@ named by ``EDGEFLEET_CLI_CONFIG`` (default ``~/.config/edgefleet/cli.toml``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, cast
 
 import typer
@@ -63,7 +64,7 @@ def exit_code(exc: EdgeFleetError) -> int:
 
 def command() -> typer.core.TyperGroup:
     """The click command tree of :data:`app`, with arguments named the conventional way in help and
-    usage lines (``BUNDLE``, not ``bundle``)."""
+    usage lines: ``Usage: edgefleet deploy [OPTIONS] BUNDLE`` (typer 0.29 writes ``{bundle}``)."""
     root = typer.main.get_command(app)
     pending: list[Any] = [root]
     while pending:
@@ -71,8 +72,14 @@ def command() -> typer.core.TyperGroup:
         for param in node.params:
             if isinstance(param, typer.core.TyperArgument) and param.metavar is None and param.name:
                 param.metavar = param.name.upper()
+                param._usage_display_name = _usage_name(param)  # type: ignore[method-assign]  # typer adds braces
         pending.extend(getattr(node, "commands", {}).values())
     return cast(typer.core.TyperGroup, root)
+
+
+def _usage_name(param: typer.core.TyperArgument) -> Callable[[], str]:
+    name = str(param.metavar)
+    return lambda: (name if param.required else f"[{name}]") + ("..." if param.nargs != 1 else "")
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ def test_help_keeps_brackets_and_names_arguments_conventionally(capsys):
     rc, out, _ = run(capsys, "bundle", "build", "--help")
     assert rc == 0
     assert "[compression] table" in out
-    assert "Usage: edgefleet bundle build [OPTIONS] {RECIPE}" in out
+    assert "Usage: edgefleet bundle build [OPTIONS] RECIPE\n" in out
     assert "<bool>" not in out
 
 
