@@ -61,7 +61,7 @@ class AgentConfig(BaseModel):
     health_check_inferences: int = Field(10, ge=0)
     health_check_timeout_s: float = Field(60.0, gt=0)
     update_timeout_s: float = Field(3600.0, gt=0)
-    download_attempts: int = Field(5, ge=1)
+    download_attempts: int = Field(8, ge=1)
     download_timeout_s: float = Field(30.0, gt=0)
     retry_base_s: float = Field(1.0, gt=0)
     retry_cap_s: float = Field(60.0, gt=0)

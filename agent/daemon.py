@@ -26,6 +26,7 @@ from edgefleet.agent.mqtt import MqttLink
 from edgefleet.agent.outbox import Outbox, OutboxPump
 from edgefleet.agent.server import InferenceServer, bundle_info
 from edgefleet.agent.slots import Slots
+from edgefleet.agent.statemachine import TERMINAL
 from edgefleet.agent.stats import WindowSummary
 from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.protocol import topics
@@ -111,7 +112,8 @@ class Agent:
     def _state(self, status: DeviceStatus) -> State:
         r = self.updater.record if hasattr(self, "updater") else None
         return State(device_id=self.device_id, status=status, update_state=r.state if r else UpdateState.IDLE,
-                     deployment_id=r.deployment_id if r else None, installed=self._installed(),
+                     deployment_id=r.deployment_id if r else None, sequence=r.sequence if r and r.deployment_id
+                     else None, outcome=r.outcome if r and r.state in TERMINAL else None, installed=self._installed(),
                      uptime_s=round(time.monotonic() - self.started, 3),
                      heartbeat_interval_s=self.config.heartbeat_interval_s)
 

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class UpdatePolicy:
     update_timeout_s: float = 3600.0
-    download_attempts: int = 5
+    download_attempts: int = 8
     download_timeout_s: float = 30.0
     retry_base_s: float = 1.0
     retry_cap_s: float = 60.0

@@ -16,20 +16,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edgefleet.cloud import api, ui
-from edgefleet.cloud.controller import Clock, Controller, TransportFactory
+from edgefleet.cloud.controller import Clock, Controller, TransportFactory, WebhookPost
 from edgefleet.cloud.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: ControllerSettings | None = None, *, clock: Clock = time.time,
-               transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> FastAPI:
-    """Build the controller app. ``transport_factory`` replaces the MQTT bridge (tests);
-    ``reconcile_in_background=False`` leaves reconciling to explicit ``controller.reconcile(now)`` calls
-    and compression jobs to ``controller.run_pending_jobs()``."""
+               transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True,
+               webhook_post: WebhookPost | None = None) -> FastAPI:
+    """Build the controller app. ``transport_factory`` replaces the MQTT bridge and ``webhook_post``
+    the webhook sender's HTTP client (tests); ``reconcile_in_background=False`` leaves reconciling to
+    explicit ``controller.reconcile(now)`` calls, compression jobs to ``controller.run_pending_jobs()``
+    and webhooks to ``controller.deliver_webhooks()``."""
     settings = settings or ControllerSettings()
     controller = Controller(settings, clock=clock, transport_factory=transport_factory,
-                            reconcile_in_background=reconcile_in_background)
+                            reconcile_in_background=reconcile_in_background, webhook_post=webhook_post)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

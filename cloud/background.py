@@ -12,9 +12,11 @@ log = logging.getLogger(__name__)
 
 
 class BackgroundLoop:
-    def __init__(self, step: Callable[[], object], *, interval_s: float, name: str) -> None:
+    def __init__(self, step: Callable[[], object], *, interval_s: float, name: str, min_gap_s: float = 0.0) -> None:
         self.step = step
         self.interval_s = interval_s
+        self.min_gap_s = min(min_gap_s, interval_s)
+        """Passes start at least this far apart, however often the loop is woken (no wake is lost)."""
         self.name = name
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -38,7 +40,7 @@ class BackgroundLoop:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval_s)
+            self._wake.wait(self.interval_s - self.min_gap_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -46,3 +48,5 @@ class BackgroundLoop:
                 self.step()
             except Exception:
                 log.exception("%s pass failed; retrying in %.0f s", self.name, self.interval_s)
+            if self.min_gap_s:
+                self._stop.wait(self.min_gap_s)

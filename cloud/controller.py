@@ -1,6 +1,6 @@
 """The composition root: one :class:`Controller` owns the engine, keys, stores, metrics, the
-MQTT transport (embedded broker when no URL is configured), the ingest worker, the reconciler and
-the compression-job worker.
+MQTT transport (embedded broker when no URL is configured), the ingest worker, the reconciler, the
+compression-job worker and the webhook sender.
 
 ``create_app`` wraps it in FastAPI; the demo and tests can use it directly::
 
@@ -13,6 +13,7 @@ the compression-job worker.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,10 +26,12 @@ from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.mqtt.bridge import MqttBridge
 from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.cloud.mqtt.decoding import Decoded
 from edgefleet.cloud.mqtt.ingest import Ingestor
-from edgefleet.cloud.services import auth, compression_jobs, deployments, trust
+from edgefleet.cloud.services import auth, compression_jobs, deployments, trust, webhooks
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.reconciler import ReconcileReport, reconcile
+from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
@@ -54,11 +57,15 @@ class Transport(Protocol):
 
 TransportFactory = Callable[[str, Callable[[str, bytes], None]], Transport]
 """Builds a transport from the broker URL and the raw-message callback."""
+WebhookPost = webhooks.Post
+"""Sends one webhook request: ``(url, body, headers, timeout_s) -> HTTP status`` (the real one is
+:func:`webhooks.http_post`)."""
 
 
 class Controller:
     def __init__(self, settings: ControllerSettings, *, clock: Clock = time.time,
-                 transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True) -> None:
+                 transport_factory: TransportFactory | None = None, reconcile_in_background: bool = True,
+                 webhook_post: WebhookPost | None = None) -> None:
         self.settings = settings
         self.clock = clock
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -77,18 +84,28 @@ class Controller:
                                   download_lifetime_s=settings.download_token_lifetime_s)
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
                                  batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
-                                 decode_workers=settings.ingest_decode_workers)
+                                 decode_workers=settings.ingest_decode_workers, on_stored=self._stored)
         self._transport_factory = transport_factory or self._mqtt_transport
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | None = None
         self.broker_url: str | None = settings.broker_url
         self._publish_lock = threading.Lock()
-        self._loop = BackgroundLoop(self.reconcile, interval_s=settings.reconcile_interval_s, name="reconciler") \
-            if reconcile_in_background else None
+        self._loop = BackgroundLoop(self.reconcile, interval_s=settings.reconcile_interval_s, name="reconciler",
+                                    min_gap_s=settings.rollout_wake_interval_s) if reconcile_in_background else None
+        self._rollout_devices: frozenset[str] = frozenset()
+        """Devices in a running stage of a rollout (refreshed by every pass): their reports wake the reconciler."""
         self._jobs_lock = threading.Lock()
         self._jobs = BackgroundLoop(self.run_pending_jobs, interval_s=settings.compression_poll_interval_s,
                                     name="compression-worker") \
             if reconcile_in_background else None
+        self.webhook_post: WebhookPost = webhook_post or webhooks.http_post
+        """Sends one webhook request (tests replace it)."""
+        self._webhook_retry = webhooks.RetryPolicy(max_attempts=settings.webhook_max_attempts,
+                                                   base_s=settings.webhook_retry_base_s,
+                                                   cap_s=settings.webhook_retry_cap_s)
+        self._webhook_rng = random.Random()
+        self._webhooks = BackgroundLoop(self.deliver_webhooks, interval_s=settings.webhook_interval_s,
+                                        name="webhooks") if reconcile_in_background else None
         with self.session() as session:
             self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
         if self.initial_admin_token:  # the plaintext is handed to whoever started us, never logged
@@ -111,10 +128,14 @@ class Controller:
             compression_jobs.recover_interrupted(session, now=self.clock())
         if self._jobs is not None:
             self._jobs.start()
+        if self._webhooks is not None:
+            self._webhooks.start()
         log.info("controller started: API %s, broker %s", self.settings.resolved_public_url,
                  parse_broker_url(self.broker_url).public_url)
 
     def stop(self) -> None:
+        if self._webhooks is not None:
+            self._webhooks.stop(timeout_s=self.settings.webhook_timeout_s + 5)
         if self._jobs is not None:
             self._jobs.stop()
         if self._loop is not None:
@@ -141,6 +162,8 @@ class Controller:
     def session(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
             yield session
+        if webhooks.emitted(session):  # committed: send the new deliveries now
+            self.wake_webhooks()
 
     def now(self) -> float:
         return self.clock()
@@ -190,10 +213,41 @@ class Controller:
                 done.append(job_id)
         return done
 
+    def wake_webhooks(self) -> None:
+        """Tell the webhook sender deliveries are waiting (no-op without the background sender)."""
+        if self._webhooks is not None:
+            self._webhooks.wake()
+
+    def deliver_webhooks(self, now: float | None = None) -> webhooks.DeliveryReport:
+        """Send the due webhook deliveries. The background sender calls this; tests
+        (``reconcile_in_background=False``) call it directly."""
+        return webhooks.deliver_due(self.session, now=self.clock() if now is None else now, post=self.webhook_post,
+                                    timeout_s=self.settings.webhook_timeout_s, retry=self._webhook_retry,
+                                    rng=self._webhook_rng)
+
+    def advance_rollouts(self) -> list[str]:
+        """Advance every running rollout now and send the orders that makes (after an API action)."""
+        with self._publish_lock:
+            advanced = rollouts.advance_rollouts(self.session, now=self.clock(), issuer=self.issuer)
+        self.publish_pending()
+        return advanced
+
     def reconcile(self, now: float | None = None) -> ReconcileReport:
-        with self._publish_lock, self.session() as session:
-            return reconcile(session, now=self.clock() if now is None else now,
-                             heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
-                             processed_id_retention_s=self.settings.processed_id_retention_s,
-                             publish=self.publish, issuer=self.issuer, prefix=self.settings.topic_prefix,
-                             metrics=self.metrics)
+        with self._publish_lock:
+            report = reconcile(self.session, now=self.clock() if now is None else now,
+                               heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
+                               processed_id_retention_s=self.settings.processed_id_retention_s,
+                               publish=self.publish, issuer=self.issuer, prefix=self.settings.topic_prefix,
+                               metrics=self.metrics)
+        with self.session() as session:
+            self._rollout_devices = frozenset(rollouts.devices_in_running_stages(session))
+        return report
+
+    def _stored(self, items: list[Decoded]) -> None:
+        """Ingest stored a batch: a telemetry window or status of a device in a running rollout stage
+        may change a gate's verdict, so the reconciler runs now (its passes stay ``rollout_wake_interval_s``
+        apart)."""
+        if self._loop is None or not self.settings.rollout_wake_interval_s or not self._rollout_devices:
+            return
+        if any(i.kind in ("telemetry", "status") and i.device_id in self._rollout_devices for i in items):
+            self._loop.wake()

@@ -55,6 +55,8 @@ class ControllerSettings(BaseSettings):
     mqtt_client_id: str | None = None
     """``None`` derives a stable id from the data dir, database URL and topic prefix: the same
     controller keeps its persistent session across restarts, two never take over each other's."""
+    protected_tags: list[str] = ["production"]
+    """A rollout to any device with one of these tags waits for approval by someone other than its creator."""
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
@@ -62,6 +64,10 @@ class ControllerSettings(BaseSettings):
     """How long the signed download link in an order works (capped at the order's own lifetime); a
     device downloads as soon as it accepts the order and retries within a few minutes."""
     reconcile_interval_s: float = Field(default=5.0, gt=0)
+    rollout_wake_interval_s: float = Field(default=1.0, ge=0)
+    """A telemetry window or status report of a device in a running rollout stage wakes the
+    reconciler at once, at most this often (so a failing gate acts in well under a second); 0: only
+    the interval."""
     processed_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
     max_request_bytes: int = Field(default=1 * MiB, gt=0)
     """Body limit of every request except the bundle and model-file uploads."""
@@ -76,6 +82,16 @@ class ControllerSettings(BaseSettings):
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)
     """Processes that decode device messages in parallel with storing (0 = in the ingest thread;
     started on the first message)."""
+    webhook_interval_s: float = Field(default=2.0, gt=0)
+    """How often the webhook sender looks for due deliveries (it is also woken when an event is stored)."""
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    """Per request to a receiver (connect, send, answer): a slow or dead receiver holds up no other."""
+    webhook_max_attempts: int = Field(default=10, ge=1)
+    """A delivery that got no 2xx answer after this many attempts is ``failed``."""
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)
+    """Delay before the first retry; it doubles with every further attempt (with jitter)..."""
+    webhook_retry_cap_s: float = Field(default=3600.0, gt=0)
+    """...up to this."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -93,6 +93,11 @@ class State(Message):
     status: DeviceStatus
     update_state: UpdateState = UpdateState.IDLE
     deployment_id: str | None = None
+    sequence: int | None = Field(default=None, ge=0)
+    """The sequence of the order ``deployment_id`` refers to."""
+    outcome: Outcome | None = None
+    """How that order ended, once it did: the heartbeat repeats the final status report, so a
+    report lost on the way (a controller killed before it stored it) still closes the target."""
     installed: InstalledBundle | None = None
     uptime_s: float = 0.0
     heartbeat_interval_s: float = 30.0

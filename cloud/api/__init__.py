@@ -14,14 +14,18 @@ from edgefleet.cloud.api.routes import (
     deployments,
     devices,
     enrollment,
+    experiments,
     keys,
     models,
+    rollouts,
     system,
     telemetry,
     tokens,
+    webhooks,
 )
 
-RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, deployments, telemetry)
+RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, deployments, rollouts,
+             experiments, telemetry, webhooks)
 
 
 def install(app: FastAPI, *, upload_body_limit: int) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgefleet.cloud.vocabulary import DataSource, ModelKind, Role
+from edgefleet.cloud.services.experiments import ExperimentPlan
+from edgefleet.cloud.services.rollouts.policy import DEFAULT_TEMPLATE, TEMPLATES, RolloutPolicy, Selector
+from edgefleet.cloud.vocabulary import Arm, DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleRecipe
 from edgefleet.protocol.messages import DeviceId, HealthCheck
@@ -344,3 +346,248 @@ class WindowOut(Out):
     drift_ks: float | None
     drift_level: str | None
     received_at: float
+
+
+# ---------------------------------------------------------------- rollouts
+
+class RolloutCreate(Body):
+    bundle: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
+    """Bundle digest (or a unique prefix of at least 8 hex digits)."""
+    selector: Selector = Selector()
+    policy: RolloutPolicy | None = None
+    """Absent: the named ``template``'s policy (default: one canary, half the rest, everyone; docs/rollouts.md)."""
+    template: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _policy_or_template(self) -> RolloutCreate:
+        if self.policy is not None and self.template is not None:
+            raise ValueError("give a policy or a template, not both")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise ValueError(f"no policy template {self.template!r} (there are: {', '.join(TEMPLATES)})")
+        return self
+
+    def resolved_policy(self) -> RolloutPolicy:
+        return self.policy or TEMPLATES[self.template or DEFAULT_TEMPLATE][1]
+    note: str = Field(default="", max_length=2000)
+
+
+class RolloutAction(Body):
+    reason: str = Field(default="", max_length=500)
+
+
+class RolloutStageOut(Out):
+    index: int
+    name: str
+    state: str
+    started_at: float | None
+    executed_at: float | None
+    soak_until: float | None
+    finished_at: float | None
+    verdicts: list[dict[str, Any]]
+    devices: dict[str, int] = {}
+    """How many of the stage's devices are in each state."""
+
+
+class RolloutDeviceOut(Out):
+    device_id: str
+    stage_index: int | None
+    state: str
+    previous_digest: str | None
+    attempts: int
+    reason: str | None
+    revert_deployment_id: str | None
+    ordered_at: float | None
+    finished_at: float | None
+
+
+class RolloutOut(Out):
+    id: str
+    bundle_digest: str
+    bundle_label: str = ""
+    deployment_id: str
+    selector: dict[str, Any]
+    target: str = ""
+    """The selector in words."""
+    policy: dict[str, Any]
+    state: str
+    stage_index: int
+    reason: str | None
+    note: str
+    protected_tags: list[str]
+    rollback: list[str]
+    created_at: float
+    created_by: str
+    approved_at: float | None
+    approved_by: str | None
+    started_at: float | None
+    finished_at: float | None
+    devices: dict[str, int] = {}
+    """How many devices are in each state."""
+
+
+class RolloutDetail(RolloutOut):
+    stages: list[RolloutStageOut]
+    device_rows: list[RolloutDeviceOut]
+
+
+# ---------------------------------------------------------------- webhooks
+
+class WebhookCreate(Body):
+    url: str = Field(min_length=1, max_length=2048)
+    """``http(s)://`` URL the events are POSTed to (https recommended)."""
+    events: list[str] = Field(default=["*"], min_length=1, max_length=64)
+    """Event names (docs/webhooks.md), or ``["*"]`` for every event."""
+    description: str = Field(default="", max_length=500)
+
+
+class WebhookOut(Out):
+    id: int
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: float
+    created_by: str
+
+
+class WebhookCreated(WebhookOut):
+    secret: str
+    """The signing secret (``whsec_...``); shown only in this response."""
+
+
+class WebhookDeliveryOut(Out):
+    id: int
+    webhook_id: int
+    event: str
+    state: str
+    """``pending`` (retried), ``delivered`` or ``failed``."""
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    delivered_at: float | None
+    updated_at: float
+
+
+# ---------------------------------------------------------------- experiments
+
+class ExperimentCreate(ExperimentPlan):
+    """An A/B experiment (docs/experiments.md): ``bundle_a`` is the control, ``bundle_b`` the treatment;
+    ``split_percent`` of the cohort runs B."""
+
+    bundle_a: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
+    """Bundle digest (or a unique prefix of at least 8 hex digits)."""
+    bundle_b: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
+
+    @model_validator(mode="after")
+    def _two_bundles(self) -> ExperimentCreate:
+        if self.bundle_a == self.bundle_b:
+            raise ValueError("bundle_a and bundle_b must be two different bundles")
+        return self
+
+
+class ExperimentAction(Body):
+    reason: str = Field(default="", max_length=500)
+
+
+class ExperimentPromote(ExperimentAction):
+    arm: Arm
+    """The winner: its bundle is rolled out to the experiment's selector."""
+    policy: RolloutPolicy | None = None
+    """The rollout's policy; absent: the named ``template``'s (default: one canary, half the rest, everyone)."""
+    template: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _policy_or_template(self) -> ExperimentPromote:
+        if self.policy is not None and self.template is not None:
+            raise ValueError("give a policy or a template, not both")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise ValueError(f"no policy template {self.template!r} (there are: {', '.join(TEMPLATES)})")
+        return self
+
+    def resolved_policy(self) -> RolloutPolicy:
+        return self.policy or TEMPLATES[self.template or DEFAULT_TEMPLATE][1]
+
+
+class ExperimentDeviceOut(Out):
+    device_id: str
+    arm: str | None
+    """``a``, ``b``, or ``None`` (skipped before the split)."""
+    state: str
+    previous_digest: str | None
+    reason: str | None
+    ordered_at: float | None
+    running_since: float | None
+    updated_at: float
+
+
+class MetricResultOut(Out):
+    metric: str
+    label: str
+    unit: str
+    windows_a: int
+    windows_b: int
+    mean_a: float | None
+    mean_b: float | None
+    difference: float | None
+    """mean B - mean A."""
+    lower: float | None
+    """The always-valid confidence interval for B - A (``None``: unbounded yet)."""
+    upper: float | None
+    p_value: float
+    """Always-valid p-value for "no difference"."""
+    verdict: str
+    """``b_better``, ``b_worse``, ``no_difference_yet``, ``too_few_windows`` or ``inconsistent``."""
+
+
+class PredictionResultOut(Out):
+    predictions_a: int
+    predictions_b: int
+    js: float | None
+    """Jensen-Shannon divergence of B's prediction distribution from A's (0 to 1)."""
+
+
+class ExperimentResultsOut(Out):
+    alpha: float
+    min_windows: int
+    metrics: list[MetricResultOut]
+    predictions: PredictionResultOut
+
+
+class ExperimentOut(Out):
+    id: str
+    name: str
+    bundle_a_digest: str
+    bundle_a_label: str = ""
+    bundle_b_digest: str
+    bundle_b_label: str = ""
+    deployment_a_id: str
+    deployment_b_id: str
+    selector: dict[str, Any]
+    target: str = ""
+    """The selector in words."""
+    split_percent: float
+    cohort_size: int | None
+    duration_s: float
+    alpha: float
+    min_windows: int
+    state: str
+    reason: str | None
+    promoted_arm: str | None
+    rollout_id: str | None
+    created_at: float
+    created_by: str
+    started_at: float
+    ends_at: float
+    finished_at: float | None
+    updated_at: float
+    devices: dict[str, dict[str, int]] = {}
+    """Per arm (``a``, ``b``): how many of its devices are in each state."""
+    skipped: int = 0
+    """Matching devices left out before the split (the device rows say why)."""
+
+
+class ExperimentDetail(ExperimentOut):
+    device_rows: list[ExperimentDeviceOut]
+    results: ExperimentResultsOut

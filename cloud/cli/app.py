@@ -15,14 +15,28 @@ from typing import Any, cast
 
 import typer
 
-from edgefleet.cloud.cli import bundles, compress, deployments, devices, keys, models, serve, status, telemetry
+from edgefleet.cloud.cli import (
+    bundles,
+    compress,
+    deployments,
+    devices,
+    experiments,
+    keys,
+    models,
+    rollouts,
+    serve,
+    status,
+    telemetry,
+    webhooks,
+)
 from edgefleet.cloud.cli.output import err_console
 from edgefleet.protocol.errors import AccuracyGateError, ConfigError, EdgeFleetError
 
 app = typer.Typer(name="edgefleet", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="EdgeFleet: compress, sign and roll out ML models to edge devices.")
 
-for group in (keys, bundles, compress, models, devices, deployments, telemetry, status, serve):
+for group in (keys, bundles, compress, models, devices, deployments, rollouts, experiments, webhooks, telemetry, status,
+              serve):
     group.register(app)
 
 

@@ -9,6 +9,8 @@
 7. one deployment per runtime tag (one signed order per device); every device ends committed
 8. held-out digits sent to every device; on some, the inputs are shifted (a washed-out camera)
 9. the devices' own drift scores come back through MQTT: drift where inputs shifted, not elsewhere
+10. version 2 goes out in stages (canary, half, rest) judged by its gates: first a build with a
+    calibration bug, stopped at the canary and rolled back, then the good one to every device
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgefleet.cloud.cli.client import ControllerClient
+from edgefleet.cloud.cli.demo_rollouts import Traffic, predicts_one_class, run_rollouts
 from edgefleet.cloud.cli.deployments import follow_deployment
 from edgefleet.cloud.cli.output import num, print_table
 from edgefleet.cloud.ports import free_port, port_is_free
@@ -53,7 +56,7 @@ from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS, DriftLevel, Runti
 console = Console()
 
 LABELS = [str(i) for i in range(10)]
-TELEMETRY_INTERVAL_S = 2.0
+TELEMETRY_INTERVAL_S = 1.0
 SAMPLES_PER_DEVICE = 600
 BATCH = 10
 TRAFFIC_SECONDS = 3 * TELEMETRY_INTERVAL_S
@@ -143,7 +146,7 @@ class Demo:
     def train_and_compress(self) -> dict[Runtime, tuple[bytes, dict[str, Any]]]:
         t = time.monotonic()
         self.data = data = load_digits_split()
-        fp32 = train_mlp(data)
+        self.fp32 = fp32 = train_mlp(data)
         self.fp32_digest = hashlib.sha256(fp32).hexdigest()
         self.step(f"trained an MLP on {len(data.x_train)} digits ({len(fp32) / 1024:.0f} KiB fp32 ONNX) "
                   f"in {time.monotonic() - t:.1f}s")
@@ -246,6 +249,25 @@ class Demo:
         self.step(f"sent {SAMPLES_PER_DEVICE} held-out digits to each device "
                   f"({SAMPLES_PER_DEVICE // BATCH} requests of {BATCH}) over its local HTTP endpoint; "
                   f"inputs shifted on {', '.join(d.device_id for d in self.devices if d.shifted)}")
+
+    def roll_out_version_2(self, pushed: dict[Runtime, dict[str, Any]]) -> bool:
+        """Two staged rollouts of version 2 (ONNX, full precision) to every device (demo_rollouts)."""
+        good, bad = self.fp32, predicts_one_class(self.fp32)
+        built = {}
+        for key, model, version, build in (("bad", bad, "2.0.0", 2), ("good", good, "2.0.1", 3)):
+            r = parse_recipe(recipe(Runtime.ONNX, version, build), where=f"demo recipe (version {version})")
+            bundle = build_bundle(r, model, samples=self.data.x_train[:600], release_key=self.release_key,
+                                  lineage=Lineage(parent_digest=self.fp32_digest, source="demo: sklearn digits MLP"))
+            path = self.base / "bundles" / f"{r.bundle.name}-{version}.efb"
+            atomic_write(path, bundle.data)
+            built[key] = self.client.upload_bundle(path)
+        labels = {b["digest"]: f"{b['name']} {b['version']}" for b in [*pushed.values(), *built.values()]}
+        console.print()
+        self.step("version 2 (full precision) in stages: canary → half → rest, each judged by its gates "
+                  "against the devices still on version 1")
+        addresses = [d.state_dir / "inference.addr" for d in self.devices]
+        with Traffic(addresses, self.data.x_test, _post):
+            return run_rollouts(self.client, bad=built["bad"], good=built["good"], labels=labels, say=self.step)
 
     def collect(self) -> dict[str, dict[str, Any]]:
         def arrived() -> bool:
@@ -354,6 +376,7 @@ def run_demo(*, devices: int = 4, keep_running: bool = False, data_dir: str | No
         demo.deploy(pushed)
         demo.drive_traffic()
         ok = demo.summarize(demo.collect())
+        ok = demo.roll_out_version_2(pushed) and ok
         console.print(f"demo finished in {time.monotonic() - started:.0f}s; state kept in {base}")
         console.print(f"web UI: {demo.server.url}/  (sign in with the admin token {demo.admin_token})",
                       highlight=False, soft_wrap=True)

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
 
 
-def _resolve_bundle(c: ControllerClient, ref: str) -> str:
+def resolve_bundle(c: ControllerClient, ref: str) -> str:
     """A digest (prefix) or ``name:version``/``name`` (newest build) -> full digest."""
     if ":" in ref or not all(ch in "0123456789abcdef" for ch in ref) or len(ref) < 8:
         name, _, version = ref.partition(":")
@@ -61,7 +61,7 @@ def deploy(bundle: str = typer.Argument(..., help="bundle digest (prefix), NAME 
         health = {"inferences": 10 if health_inferences is None else health_inferences,
                   "timeout_s": 60 if health_timeout is None else health_timeout}
     with client_from_env(url, token) as c:
-        body = {"bundle": _resolve_bundle(c, bundle), "note": note, "timeout_s": timeout,
+        body = {"bundle": resolve_bundle(c, bundle), "note": note, "timeout_s": timeout,
                 "device_ids": device or None, "tag": tag, "all": all_devices, "health_check": health}
         dep = c.post("/api/v1/deployments", body)
         if wait:

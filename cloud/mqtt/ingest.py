@@ -124,6 +124,7 @@ def _apply_control(session: Session, item: Decoded, device: Device) -> None:
         deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
     elif isinstance(message, State):
         devices.apply_state(device, message, now=item.received_at)
+        deployments.apply_heartbeat(session, device_id=item.device_id, state=message, now=item.received_at)
     elif isinstance(message, StatusReport):
         devices.mark_seen(device, now=item.received_at)
         deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
@@ -150,13 +151,15 @@ class Ingestor:
 
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
-                 decode_workers: int = 0) -> None:
+                 decode_workers: int = 0, on_stored: Callable[[list[Decoded]], None] | None = None) -> None:
         self.engine = engine
         self.prefix = prefix
         self.metrics = metrics
         self.clock = clock
         self.batch_max = batch_max
         self.decode_workers = decode_workers
+        self.on_stored = on_stored
+        """Called on the storer thread with the messages of every batch once they are stored."""
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
         self._decoded: queue.Queue[tuple[list[Raw], DecodeWork] | None] = \
             queue.Queue(maxsize=4)
@@ -271,6 +274,11 @@ class Ingestor:
                 self._store_one(item, result)
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
         self._count(items, result)
+        if self.on_stored is not None and items:
+            try:
+                self.on_stored(items)
+            except Exception:  # a listener's bug must not stop ingest
+                log.exception("ingest listener failed")
         return result
 
     def _store_one(self, item: Decoded, result: BatchResult) -> None:

@@ -24,7 +24,7 @@ from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget, D
 from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
 from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError, TargetMismatchError
 from edgefleet.protocol.manifest import BundleManifest, check_target
-from edgefleet.protocol.messages import HealthCheck, OrderMessage, StatusReport, encode
+from edgefleet.protocol.messages import HealthCheck, OrderMessage, State, StatusReport, encode
 from edgefleet.protocol.topics import cmd
 from edgefleet.protocol.vocabulary import OrderAction, Outcome, Reason, UpdateState
 
@@ -74,7 +74,7 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     chosen: list[Device] = []
     skipped: list[dict[str, Any]] = []
     for device in candidates:
-        reason = _incompatibility(manifest, device)
+        reason = incompatibility(manifest, device)
         if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
             reason = "already runs this bundle"
         if reason is None:
@@ -93,14 +93,8 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     session.add(deployment)
     session.flush()
     for device in chosen:
-        _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
-        message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=bundle,
-                               action=OrderAction.INSTALL, now=now, health_check=health_check)
-        target = DeploymentTarget(deployment_id=deployment.id, device_id=device.id,
-                                  sequence=message.order.signed.sequence, order=message.model_dump(mode="json"),
-                                  created_at=now, updated_at=now)
-        _history(target, now, state=TargetState.PENDING, sequence=target.sequence)
-        session.add(target)
+        order_device(session, deployment=deployment, bundle=bundle, device=device, issuer=issuer, now=now,
+                     health_check=health_check)
     audit.record(session, actor=actor, action="deployment.create", target=f"deployment:{deployment.id}",
                  details={"bundle": bundle.digest, "selector": selector, "devices": [d.id for d in chosen],
                           "skipped": skipped}, now=now)
@@ -109,7 +103,50 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     return deployment
 
 
-def _incompatibility(manifest: BundleManifest, device: Device) -> str | None:
+def order_device(session: Session, *, deployment: Deployment, bundle: Bundle, device: Device, issuer: OrderIssuer,
+                 now: float, health_check: HealthCheck | None = None) -> DeploymentTarget:
+    """Sign an install order for ``device`` and store it on a new target of ``deployment`` (published
+    by :func:`publish_pending`). The device's open target in another deployment is superseded."""
+    _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
+    message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=bundle,
+                           action=OrderAction.INSTALL, now=now, health_check=health_check)
+    target = DeploymentTarget(deployment_id=deployment.id, device_id=device.id,
+                              sequence=message.order.signed.sequence, order=message.model_dump(mode="json"),
+                              created_at=now, updated_at=now)
+    _history(target, now, state=TargetState.PENDING, sequence=target.sequence)
+    session.add(target)
+    return target
+
+
+def reorder_target(session: Session, *, target: DeploymentTarget, issuer: OrderIssuer, now: float) -> None:
+    """Send a finished target's install order again, newly signed (a retry after a failure)."""
+    deployment = get_deployment(session, deployment_id=target.deployment_id)
+    device = devices.get_device(session, device_id=target.device_id)
+    previous = OrderMessage.model_validate(target.order).order.signed
+    _supersede_open_targets(session, device_id=device.id, by=deployment.id, now=now)
+    message = issuer.issue(session, device=device, deployment_id=deployment.id, bundle=_bundle_of(session, deployment),
+                           action=OrderAction.INSTALL, now=now, health_check=previous.health_check)
+    target.sequence, target.order = message.order.signed.sequence, message.model_dump(mode="json")
+    target.final, target.outcome, target.reason, target.detail = False, None, None, None
+    target.state, target.published_at, target.updated_at = TargetState.PENDING, None, now
+    _history(target, now, state=TargetState.PENDING, sequence=target.sequence, note="sent again (retry)")
+    session.add(target)
+
+
+def owned_by_rollout(deployment: Deployment) -> str | None:
+    """The rollout whose orders this deployment holds (its status follows the rollout, not its targets)."""
+    owner = deployment.selector.get("rollout")
+    return owner if isinstance(owner, str) else None
+
+
+def owned_by_experiment(deployment: Deployment) -> str | None:
+    """The experiment one of whose arms this deployment holds (its status follows the experiment)."""
+    owner = deployment.selector.get("experiment")
+    return owner if isinstance(owner, str) else None
+
+
+def incompatibility(manifest: BundleManifest, device: Device) -> str | None:
+    """Why ``device`` cannot run the bundle of ``manifest`` (``None``: it can)."""
     if not device.mqtt_password_hash:
         return "device is decommissioned"
     facts = devices.facts(device)
@@ -141,7 +178,8 @@ def _finish(target: DeploymentTarget, now: float, *, outcome: Outcome, reason: s
 
 def _rollup(session: Session, *, deployment_id: str, now: float) -> None:
     deployment = session.get(Deployment, deployment_id)
-    if deployment is None or deployment.finished_at is not None:
+    if deployment is None or deployment.finished_at is not None or owned_by_rollout(deployment) \
+            or owned_by_experiment(deployment):
         return
     targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)))
     if not all(t.final for t in targets):
@@ -190,6 +228,10 @@ def targets_by_deployment(session: Session, *, deployment_ids: list[str]) -> dic
 
 def describe_selector(selector: dict[str, Any]) -> str:
     """What a deployment targets, for people: ``tag onnx``, ``all compatible devices``, ``cam-1, cam-2 +3``."""
+    if selector.get("rollout"):
+        return f"rollout {selector['rollout']}"
+    if selector.get("experiment"):
+        return f"experiment {selector['experiment']} arm {str(selector.get('arm', '')).upper()}"
     if selector.get("all"):
         return "all compatible devices"
     if selector.get("tag"):
@@ -301,6 +343,26 @@ def apply_status(session: Session, *, device_id: str, report: StatusReport, now:
     session.flush()
     _rollup(session, deployment_id=target.deployment_id, now=now)
     return target
+
+
+def apply_heartbeat(session: Session, *, device_id: str, state: State, now: float) -> DeploymentTarget | None:
+    """The device's heartbeat says how its last order ended: if that order's target is still open a
+    heartbeat interval after its last report (the final report was lost, e.g. the controller died
+    before storing it), end it so. Sooner, the final report is merely behind the heartbeat."""
+    if state.outcome is None or state.deployment_id is None or state.sequence is None:
+        return None
+    target = session.exec(select(DeploymentTarget).where(
+        DeploymentTarget.deployment_id == state.deployment_id, DeploymentTarget.device_id == device_id,
+        DeploymentTarget.final == False, DeploymentTarget.sequence == state.sequence,  # noqa: E712
+        col(DeploymentTarget.updated_at) <= now - state.heartbeat_interval_s)).first()
+    if target is None:
+        return None
+    log.warning("deployment %s device %s: final report missing; its heartbeat says %s", state.deployment_id,
+                device_id, state.outcome)
+    return apply_status(session, device_id=device_id, now=now, report=StatusReport(
+        device_id=device_id, deployment_id=state.deployment_id, sequence=state.sequence, state=state.update_state,
+        final=True, outcome=state.outcome, detail="from the device's heartbeat (its final report did not arrive)",
+        sent_at=state.sent_at))
 
 
 def resend_unacknowledged(session: Session, *, device_id: str, now: float) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from edgefleet.cloud.vocabulary import DataSource, DeploymentStatus, JobState, ModelKind, TargetState
+from edgefleet.cloud.vocabulary import DataSource, DeliveryState, DeploymentStatus, JobState, ModelKind, TargetState
 from edgefleet.protocol.vocabulary import Runtime
 
 
@@ -148,6 +148,81 @@ class DeploymentTarget(SQLModel, table=True):
     created_at: float
     updated_at: float
     history: list[dict[str, Any]] = _json(list)
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of a bundle: its policy, where it is, who made and approved it. Its orders are
+    the targets of one deployment (``deployment_id``), whose status follows the rollout."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    bundle_id: int = Field(foreign_key="bundles.id", index=True)
+    bundle_digest: str = Field(max_length=64)
+    deployment_id: str = Field(foreign_key="deployments.id", max_length=64)
+    selector: dict[str, Any] = _json(dict)
+    policy: dict[str, Any] = _json(dict)
+    state: str
+    stage_index: int = 0
+    """The stage that runs (or last ran)."""
+    reason: str | None = None
+    """Why it waits, paused, or ended as it did (for people)."""
+    note: str = ""
+    protected_tags: list[str] = _json(list)
+    """The protected tags its devices carry: approval by someone other than the creator is required."""
+    ordered: int = 0
+    succeeded: int = 0
+    rollback: list[str] = _json(list)
+    """After an abort: the deployments that take its devices back to the bundles they ran before."""
+    created_at: float
+    created_by: str = ""
+    approved_at: float | None = None
+    approved_by: str | None = None
+    started_at: float | None = None
+    aborted_at: float | None = None
+    finished_at: float | None = None
+    """Set once nothing is left to do (after an abort: once every roll-back has ended)."""
+    updated_at: float
+
+
+class RolloutStage(SQLModel, table=True):
+    __tablename__ = "rollout_stages"
+    __table_args__ = (UniqueConstraint("rollout_id", "index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(foreign_key="rollouts.id", index=True, max_length=64)
+    index: int
+    name: str
+    state: str
+    started_at: float | None = None
+    executed_at: float | None = None
+    soak_until: float | None = None
+    finished_at: float | None = None
+    verdicts: list[dict[str, Any]] = _json(list)
+    """The gates' latest results (gate, verdict, summary, evidence)."""
+
+
+class RolloutDevice(SQLModel, table=True):
+    __tablename__ = "rollout_devices"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),
+                      Index("ix_rollout_devices_state", "rollout_id", "state"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(foreign_key="rollouts.id", max_length=64)
+    device_id: str = Field(foreign_key="devices.id", index=True, max_length=64)
+    stage_index: int | None = None
+    """The stage that took the device (``None``: not taken yet)."""
+    state: str
+    previous_digest: str | None = Field(default=None, max_length=64)
+    """The bundle the device ran when the rollout took it (what an abort rolls it back to)."""
+    revert_deployment_id: str | None = Field(default=None, max_length=64)
+    attempts: int = 0
+    retry_at: float | None = None
+    reason: str | None = None
+    ordered_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float
 
 
 class TelemetryRecord(SQLModel, table=True):
@@ -292,6 +367,48 @@ class CompressionJob(SQLModel, table=True):
     created_by: str = ""
 
 
+class Webhook(SQLModel, table=True):
+    """An HTTP endpoint told about events (``services/webhooks.py``, docs/webhooks.md)."""
+
+    __tablename__ = "webhooks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(max_length=2048)
+    events: list[str] = _json(list)
+    """The event names it subscribes to; ``["*"]`` is every event."""
+    secret: str = Field(max_length=128)
+    """The HMAC-SHA256 key deliveries are signed with (kept in plaintext: signing needs it; the API
+    shows it once, at creation)."""
+    description: str = ""
+    enabled: bool = True
+    created_at: float
+    created_by: str = ""
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one webhook, sent until a 2xx answer or ``max_attempts`` (at least once)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    webhook_id: int = Field(foreign_key="webhooks.id", index=True)
+    event: str = Field(max_length=64)
+    body: str = Field(default="", sa_type=Text)
+    """The JSON document sent (the same bytes on every attempt; its ``id`` is this row's)."""
+    state: str = DeliveryState.PENDING
+    attempts: int = 0
+    next_attempt_at: float
+    in_flight_until: float | None = None
+    """Claimed by a sender until then; a claim whose sender died runs out and the delivery is due again."""
+    last_status: int | None = None
+    """HTTP status of the last attempt (``None``: no answer)."""
+    last_error: str | None = None
+    created_at: float
+    delivered_at: float | None = None
+    updated_at: float
+
+
 class _WithIntId(Protocol):
     id: int | None
 
@@ -301,3 +418,61 @@ def row_id(row: _WithIntId) -> int:
     if row.id is None:
         raise RuntimeError(f"{type(row).__name__} row has no id yet (flush the session first)")
     return row.id
+
+
+class Experiment(SQLModel, table=True):
+    """An A/B experiment: a cohort split between bundle A (control) and bundle B (treatment) for a
+    duration. Each arm's orders are the targets of one deployment of its own (``deployment_a_id``,
+    ``deployment_b_id``), whose status follows the experiment."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (Index("ix_experiments_state", "state"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    bundle_a_id: int = Field(foreign_key="bundles.id", index=True)
+    bundle_a_digest: str = Field(max_length=64)
+    bundle_b_id: int = Field(foreign_key="bundles.id", index=True)
+    bundle_b_digest: str = Field(max_length=64)
+    deployment_a_id: str = Field(foreign_key="deployments.id", max_length=64)
+    deployment_b_id: str = Field(foreign_key="deployments.id", max_length=64)
+    selector: dict[str, Any] = _json(dict)
+    split_percent: float
+    """The share of the cohort on bundle B."""
+    cohort_size: int | None = None
+    """At most this many of the matching devices take part (``None``: all of them)."""
+    duration_s: float
+    alpha: float
+    min_windows: int
+    state: str
+    reason: str | None = None
+    """Why it ended as it did (for people)."""
+    promoted_arm: str | None = Field(default=None, max_length=1)
+    rollout_id: str | None = Field(default=None, foreign_key="rollouts.id", max_length=64)
+    """The rollout of the winner's bundle, once promoted."""
+    created_at: float
+    created_by: str = ""
+    started_at: float
+    ends_at: float
+    finished_at: float | None = None
+    """When it left ``running``: the results count telemetry windows up to then."""
+    updated_at: float
+
+
+class ExperimentDevice(SQLModel, table=True):
+    __tablename__ = "experiment_devices"
+    __table_args__ = (UniqueConstraint("experiment_id", "device_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    experiment_id: str = Field(foreign_key="experiments.id", index=True, max_length=64)
+    device_id: str = Field(foreign_key="devices.id", index=True, max_length=64)
+    arm: str | None = Field(default=None, max_length=1)
+    """``a`` or ``b`` (``None``: skipped before the split)."""
+    state: str
+    previous_digest: str | None = Field(default=None, max_length=64)
+    """The bundle the device ran when the experiment took it."""
+    reason: str | None = None
+    ordered_at: float | None = None
+    running_since: float | None = None
+    """Since when it runs its arm's bundle."""
+    updated_at: float

@@ -393,3 +393,57 @@ def sparkline(values: Sequence[float | None], *, kind: str, title: str, width: i
     return Markup(f'<svg class="chart chart-spark" data-chart="{escape(kind)}" data-points="{len(pts)}" '
                   f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}'
                   f'</title><polyline class="line {escape(css)}" points="{d}"/></svg>')
+
+
+@dataclass
+class Group:
+    """One set of bars of a grouped bar chart, a value per label (e.g. a cohort's predictions per class)."""
+
+    name: str
+    values: Sequence[Number]
+    css: str = "s1"
+
+
+def grouped_bar_chart(labels: Sequence[str], groups: Sequence[Group], *, kind: str, title: str, width: int = 640,
+                      height: int = 220, empty_text: str = "no predictions yet") -> Markup:
+    """Bars side by side per label, one per group, each as its share of the group's total, so two
+    distributions of different sizes compare directly (e.g. canary against control predictions)."""
+    totals = [sum(g.values) for g in groups]
+    if not labels or not any(t > 0 for t in totals):
+        return _empty(width, height, empty_text, kind)
+    left, right, top, bottom = 44, 12, 30, 42
+    pw, ph = width - left - right, height - top - bottom
+    shares = [[v / t if t > 0 else 0.0 for v in g.values] for g, t in zip(groups, totals, strict=True)]
+    yt = nice_ticks(0.0, max(max(s) for s in shares) * 1.1)
+    y_hi = yt[-1]
+    slot = pw / len(labels)
+    bw = min(32.0, slot * 0.8 / len(groups))
+
+    def sy(v: float) -> float:
+        return top + ph - v / y_hi * ph
+
+    drawn = {(i, j) for i in range(len(labels)) for j, t in enumerate(totals) if t > 0}
+    out = [f'<svg class="chart chart-bars chart-grouped" data-chart="{escape(kind)}" data-points="{len(drawn)}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}"><title>{escape(title)}</title>']
+    for v in yt:
+        y = sy(v)
+        out.append(f'<line class="grid" x1="{left}" x2="{left + pw}" y1="{_f(y)}" y2="{_f(y)}"/>'
+                   f'<text class="tick" x="{left - 6}" y="{_f(y + 4)}" text-anchor="end">{v * 100:.0f}%</text>')
+    out += _legend([Series(g.name, [], g.css) for g in groups], left)
+    label_every = max(1, math.ceil(len(labels) / (pw / 34)))
+    for i, label in enumerate(labels):
+        x0 = left + i * slot + (slot - bw * len(groups)) / 2
+        for j, g in enumerate(groups):
+            if (i, j) not in drawn:
+                continue
+            x, y = x0 + j * bw, sy(shares[j][i])
+            tip = f"{g.name} · {label}: {format_number(g.values[i])} ({shares[j][i] * 100:.1f}%)"
+            out.append(f'<rect class="bar {escape(g.css)}" data-group="{escape(g.name)}" x="{_f(x + 1)}" '
+                       f'y="{_f(y)}" width="{_f(max(1.0, bw - 2))}" height="{_f(top + ph - y)}" rx="2">'
+                       f'<title>{escape(tip)}</title></rect>')
+        if i % label_every == 0:
+            text = label if len(label) <= 12 else label[:11] + "…"
+            out.append(f'<text class="tick bar-label" x="{_f(left + i * slot + slot / 2)}" y="{top + ph + 16}" '
+                       f'text-anchor="middle">{escape(text)}</text>')
+    out.append(f'<line class="axis" x1="{left}" x2="{left + pw}" y1="{top + ph}" y2="{top + ph}"/></svg>')
+    return Markup("".join(out))

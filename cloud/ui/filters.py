@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import time
 
+from edgefleet.cloud.services.rollouts.gates import Verdict
 from edgefleet.cloud.ui import charts
-from edgefleet.cloud.vocabulary import DeploymentStatus, TargetState
+from edgefleet.cloud.vocabulary import DeploymentStatus, DeviceState, RolloutState, StageState, TargetState
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, Outcome, UpdateState
 
 _RUNNING = (UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.STAGED, UpdateState.ACTIVATING,
@@ -19,6 +20,13 @@ STATE_CSS: dict[str, str] = {
     DeploymentStatus.ACTIVE: "st-run", DeploymentStatus.SUCCEEDED: "st-ok", DeploymentStatus.PARTIAL: "st-warn",
     DriftLevel.OK: "st-ok", DriftLevel.WARN: "st-warn", DriftLevel.ALARM: "st-bad", DriftLevel.INSUFFICIENT: "st-idle",
     DeviceStatus.ONLINE: "st-ok", DeviceStatus.OFFLINE: "st-idle",
+    # rollouts, their stages and devices (succeeded, cancelled, pending, failed, rolled back: as above)
+    RolloutState.WAITING_APPROVAL: "st-wait", RolloutState.RUNNING: "st-run", RolloutState.PAUSED: "st-warn",
+    RolloutState.ABORTED: "st-bad", StageState.SOAKING: "st-run", StageState.PASSED: "st-ok",
+    DeviceState.QUEUED: "st-wait", DeviceState.IN_PROGRESS: "st-run", DeviceState.TIMED_OUT: "st-bad",
+    DeviceState.REJECTED: "st-bad", DeviceState.SKIPPED: "st-idle", DeviceState.REVERTING: "st-warn",
+    DeviceState.REVERTED: "st-warn", DeviceState.REVERT_FAILED: "st-bad",
+    Verdict.PASS: "st-ok", Verdict.FAIL: "st-bad", Verdict.INCONCLUSIVE: "st-warn",
 }
 """Colour class of every state, outcome, status and level (defined in static/ui.css)."""
 STATE_ORDER: list[str] = [UpdateState.COMMITTED, DeploymentStatus.SUCCEEDED, *reversed(_RUNNING),
@@ -54,6 +62,16 @@ def byte_size(n: int | None) -> str:
     return ""
 
 
+def duration(seconds: float | None) -> str:
+    """``45 s``, ``5 min``, ``1.5 h``, ``2 d``: a span of time for people."""
+    if not isinstance(seconds, int | float):
+        return "—"
+    for limit, unit, size in ((120, "s", 1), (7200, "min", 60), (2 * 86400, "h", 3600), (math.inf, "d", 86400)):
+        if seconds < limit:
+            return f"{seconds / size:.3g} {unit}"
+    return ""
+
+
 def number(v: float | None, digits: int = 3) -> str:
     return "—" if not isinstance(v, int | float) else charts.format_number(v) if abs(v) >= 1 else f"{v:.{digits}f}"
 
@@ -66,5 +84,5 @@ def state_css(state: str | None) -> str:
     return STATE_CSS.get(state or "", "st-idle")
 
 
-FILTERS = {"ago": ago, "datetime": datetime_utc, "bytes": byte_size, "num": number, "short": short,
-           "state_css": state_css}
+FILTERS = {"ago": ago, "datetime": datetime_utc, "bytes": byte_size, "duration": duration, "num": number,
+           "short": short, "state_css": state_css}

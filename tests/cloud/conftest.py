@@ -4,6 +4,8 @@ a tiny ONNX model and signed bundles built from it, and a fleet of played device
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,3 +102,34 @@ def upload(client) -> Callable[[BuiltBundle], dict]:
         assert r.status_code == 201, r.text
         return r.json()
     return do
+
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A PostgreSQL database of its own (127.0.0.1:5432, trust auth), dropped afterwards. Not
+    reachable: skip locally, FAIL under CI=true."""
+    import psycopg
+
+    errors, conn, user = [], None, ""
+    for user in ("postgres", "root"):
+        try:
+            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="test", user=user, autocommit=True,
+                                   connect_timeout=3)
+            break
+        except psycopg.OperationalError as exc:
+            errors.append(f"{user}: {exc}".strip())
+    if conn is None:
+        message = f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()

@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.cloud.cli import main as cli
 
-GROUPS = ["keys", "bundle", "models", "devices", "deployments"]
+GROUPS = ["keys", "bundle", "models", "devices", "deployments", "rollout", "experiment", "webhook"]
 COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo"]
 HEAVY = ("onnx", "onnxruntime", "ai_edge_litert", "tflite_runtime", "sklearn", "sqlalchemy", "sqlmodel",
          "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.compression.config",

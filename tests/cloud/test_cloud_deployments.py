@@ -10,7 +10,7 @@ from edgefleet.cloud.app import create_app
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol.errors import ReplayError
 from edgefleet.protocol.keys import TrustedKeys
-from edgefleet.protocol.messages import InstalledBundle, decode
+from edgefleet.protocol.messages import InstalledBundle, State, decode
 from edgefleet.protocol.orders import verify_order
 
 from cloudkit import FakeTransport, Fleet
@@ -333,3 +333,28 @@ def test_the_download_link_lives_as_long_as_configured(tmp_path, release_pub, ma
         clock.advance(61)
         refused = client.get(path, headers={"Authorization": ""})
         assert refused.status_code == 401 and refused.json()["error"]["message"] == "download token expired"
+
+
+def test_a_lost_final_report_is_closed_by_the_heartbeat_that_repeats_it(client, fleet, bundle, clock):
+    """The controller died after the broker handed it the final report and before it stored it:
+    the device's next heartbeat carries the outcome of its last order and ends the target."""
+    fleet.add("hb")
+    dep = client.post("/api/v1/deployments", json={"bundle": bundle.digest, "device_ids": ["hb"]}).json()
+    fleet.status("hb", dep["id"], 1, "activating")
+    stale = State(device_id="hb", status="online", update_state="committed", deployment_id=dep["id"], sequence=0,
+                  outcome="committed", sent_at=clock())
+    fleet.send(stale, "state")   # an older order of that deployment: not this target's
+    fleet.state("hb", update_state="activating", deployment_id=dep["id"], sequence=1)   # not final yet
+    fleet.state("hb", update_state="committed", deployment_id=dep["id"], sequence=1, outcome="committed",
+                heartbeat_interval_s=30)   # at once: the final report is just behind it
+    assert client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"][0]["state"] == "activating"
+    clock.advance(31)
+    fleet.state("hb", update_state="committed", deployment_id=dep["id"], sequence=1, outcome="committed",
+                heartbeat_interval_s=30)   # a heartbeat later, still no report: it was lost
+    (target,) = client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"]
+    assert (target["state"], target["outcome"]) == ("committed", "committed")
+    assert "heartbeat" in target["detail"]
+    assert client.get(f"/api/v1/deployments/{dep['id']}").json()["status"] == "succeeded"
+    fleet.state("hb", update_state="committed", deployment_id=dep["id"], sequence=1, outcome="committed")
+    assert len(client.get(f"/api/v1/deployments/{dep['id']}").json()["targets"][0]["history"]) == \
+        len(target["history"])   # a closed target is left alone: no history entry per heartbeat

@@ -4,44 +4,14 @@ fails the run instead of skipping."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
-import psycopg
 import pytest
 
 from edgefleet.cloud.mqtt.decoding import Raw
 from edgefleet.protocol.messages import encode
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
-
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
-def _admin_connection() -> tuple[psycopg.Connection, str]:
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            return psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="test", user=user, autocommit=True,
-                                   connect_timeout=3), user
-        except psycopg.OperationalError as exc:
-            errors.append(f"{user}: {exc}".strip())
-    message = f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def pg_url():
-    conn, user = _admin_connection()
-    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 @pytest.fixture

@@ -46,3 +46,16 @@ def test_the_summary_fits_80_columns_with_whole_words(demo):
     rows = [line.split() for line in lines if line.lstrip().startswith("edge-")]
     assert len(rows) == 4 and all(len(r) == 9 for r in rows)   # no cell broken over two lines
     assert {r[2] for r in rows} == {"clean", "shifted"}
+
+
+def test_version_2_goes_out_in_stages_and_the_bad_build_is_stopped_at_the_canary(demo):
+    out = " ".join(demo.stdout.split())   # unwrapped
+    bad, good = out.split("of digits-mlp-onnx 2.0.1 to tags demo", 1)
+    assert "of digits-mlp-onnx 2.0.0 to tags demo: canary → half → rest" in bad
+    assert "→ aborted: stage canary failed its gates (predictions: the canary predicts differently" in bad
+    assert re.search(r"edge-\d\d rolled back to digits-mlp-(onnx|tflite) 1\.0\.0; 3 other devices never received it",
+                     bad)
+    for stage in ("canary", "half", "rest"):
+        assert re.search(rf"stage {stage} \([^)]*\) passed: install pass, error_rate pass, latency_p95 pass, "
+                         r"drift_psi pass, predictions pass", good), stage
+    assert "→ succeeded" in good and "gates of the canary stage of digits-mlp-onnx 2.0.1" in good

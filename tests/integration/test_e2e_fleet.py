@@ -7,17 +7,13 @@ telemetry (with drift) visible through the REST API and ``edgefleet telemetry``.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fleetkit import Agents, cli_json, predict, run_cli
 
 from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.cli.client import ControllerClient
@@ -64,19 +60,6 @@ def digits_models(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    rc = cli(list(args))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def cli_json(capsys, *args: str):
-    rc, out, err = run_cli(capsys, *args, "--json")
-    assert rc == 0, err
-    return json.loads(out)
-
-
 @pytest.fixture(params=["mosquitto", "embedded"])
 def fleet(request, tmp_path, monkeypatch, topic_prefix):
     """A controller on the requested broker, and an admin token in the CLI's environment."""
@@ -95,49 +78,16 @@ def fleet(request, tmp_path, monkeypatch, topic_prefix):
     monkeypatch.setenv("EDGEFLEET_URL", server.url)
     monkeypatch.setenv("EDGEFLEET_TOKEN", admin)
     monkeypatch.setenv("EDGEFLEET_CLI_CONFIG", str(tmp_path / "no-cli.toml"))
-    agents: list[subprocess.Popen] = []
-    yield server, agents, tmp_path
-    for proc in agents:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in agents:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    agents = Agents(tmp_path)
+    yield server, agents
+    agents.stop()
     server.stop()
 
 
-def start_agent(capsys, server, agents, base: Path, device_id: str, tag: str) -> Path:
-    token = cli_json(capsys, "devices", "enroll", "--device-id", device_id, "--tag", tag)["token"]
-    state_dir = base / "devices" / device_id
-    enrolled = subprocess.run(
-        [sys.executable, "-m", "edgefleet.agent.daemon", "enroll", "--controller", server.url, "--token", token,
-         "--state-dir", str(state_dir), "--set", "inference_listen=127.0.0.1:0", "--set", "telemetry_interval_s=1",
-         "--set", "heartbeat_interval_s=2", "--set", "health_check_inferences=0"],
-        capture_output=True, text=True, timeout=60)
-    assert enrolled.returncode == 0, enrolled.stderr
-    with open(state_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
-        agents.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
-                                        str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
-                                       stdout=log, stderr=subprocess.STDOUT))
-    return state_dir
-
-
-def predict(state_dir: Path, batch: np.ndarray) -> dict:
-    addr = wait_until(lambda: (state_dir / "inference.addr").exists() and (state_dir / "inference.addr").read_text(),
-                      "inference address")
-    req = urllib.request.Request(f"http://{addr.strip()}/v1/predict", method="POST",
-                                 data=json.dumps({"inputs": {"input": batch.tolist()}}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def test_engineer_flow_from_the_cli(capsys, fleet, digits_models):
-    server, agents, base = fleet
-    dirs = {"dev-onnx": start_agent(capsys, server, agents, base, "dev-onnx", "onnx"),
-            "dev-tflite": start_agent(capsys, server, agents, base, "dev-tflite", "tflite")}
+    server, agents = fleet
+    dirs = {"dev-onnx": agents.start(capsys, server.url, "dev-onnx", "onnx"),
+            "dev-tflite": agents.start(capsys, server.url, "dev-tflite", "tflite")}
     wait_until(lambda: {d["id"] for d in cli_json(capsys, "devices", "list", "--online")} == set(dirs),
                "both agents online")
     status = cli_json(capsys, "status", "--wait", "5")
@@ -194,7 +144,7 @@ def test_engineer_flow_from_the_cli(capsys, fleet, digits_models):
 
 
 def test_cli_errors_are_one_line(capsys, fleet):
-    server, _, _ = fleet
+    server, _ = fleet
     rc, _, err = run_cli(capsys, "deploy", "nosuchbundle", "--all")
     assert rc != 0 and "no bundle named 'nosuchbundle'" in err and "Traceback" not in err
     rc, _, err = run_cli(capsys, "devices", "show", "ghost")

@@ -4,7 +4,8 @@
 
 Starts the real controller app on a free port with a temp data dir, seeds the same fleet as the
 UI tests (without the hostile strings), logs in with Debian's Chromium and saves
-``ui-overview.png`` and ``ui-device.png``.
+``ui-overview.png`` and ``ui-device.png``; then the same with the staged rollouts of the rollout
+tests, saving ``ui-rollout.png`` (a canary soaking, its gates' charts against their limits).
 """
 
 from __future__ import annotations
@@ -25,17 +26,18 @@ from ui_support import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from edgefleet.cloud.ports import free_port  # noqa: E402
 from edgefleet.cloud.server import BackgroundServer  # noqa: E402
 from edgefleet.cloud.settings import ControllerSettings  # noqa: E402
+from ui.ui_rollout_fleet import seed_rollouts  # noqa: E402  (a package module: it imports ui_fleet relatively)
 
 TOKEN = "eft_screenshot-admin"
 
 
-def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _shoot(out: Path, seed_with, pages) -> None:
+    """Seed a fresh controller, sign in and save a full-page screenshot of each ``(path, file)``."""
     with tempfile.TemporaryDirectory() as tmp:
         server = BackgroundServer(ControllerSettings(data_dir=Path(tmp), listen_port=free_port(), admin_token=TOKEN,
                                                      heartbeat_timeout_s=3600)).start()
         try:
-            seed(server.controller, now=time.time(), hostile=False)
+            seeded = seed_with(server.controller)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": int(os.environ.get("WIDTH", 1280)), "height": 800},
@@ -45,13 +47,21 @@ def main(out: Path) -> None:
                 page.fill("#token", TOKEN)
                 page.click("button[type=submit]")
                 page.wait_for_url(f"{base}/")
-                page.screenshot(path=str(out / "ui-overview.png"), full_page=True)
-                page.goto(f"{base}/ui/devices/cam-03")
-                page.screenshot(path=str(out / "ui-device.png"), full_page=True)
+                for path, name in pages(seeded):
+                    page.goto(f"{base}{path}")
+                    page.screenshot(path=str(out / name), full_page=True)
                 browser.close()
         finally:
             server.stop()
-    print(f"wrote {out / 'ui-overview.png'} and {out / 'ui-device.png'}")
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    _shoot(out, lambda controller: seed(controller, now=time.time(), hostile=False),
+           lambda fleet: [("/", "ui-overview.png"), ("/ui/devices/cam-03", "ui-device.png")])
+    _shoot(out, lambda controller: seed_rollouts(controller, now=time.time()),
+           lambda fleet: [(f"/ui/rollouts/{fleet.rollouts['soaking']}", "ui-rollout.png")])
+    print(f"wrote {out / 'ui-overview.png'}, {out / 'ui-device.png'} and {out / 'ui-rollout.png'}")
 
 
 if __name__ == "__main__":

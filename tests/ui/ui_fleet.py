@@ -81,13 +81,13 @@ def _upload(controller: Controller, data: bytes) -> Upload:
     return Upload(Path(name), hashlib.sha256(data).hexdigest(), len(data))
 
 
-def _ingest(controller: Controller, device_id: str, kind: str, message: Message, now: float) -> None:
+def ingest(controller: Controller, device_id: str, kind: str, message: Message, now: float) -> None:
     topic = device_topic(device_id, kind, controller.settings.topic_prefix)
     result = controller.ingestor.process([Raw(topic, encode(message), now)])
     assert result.stored == 1, (kind, device_id, result)
 
 
-def _installed(bundle: BuiltBundle, slot: str = "a") -> InstalledBundle:
+def installed(bundle: BuiltBundle, slot: str = "a") -> InstalledBundle:
     m = bundle.manifest
     return InstalledBundle(name=m.name, version=m.version, build=m.build, digest=bundle.digest, runtime=m.runtime,
                            slot=slot)
@@ -114,68 +114,99 @@ def _window(device_id: str, seq: int, end: float, bundle: BuiltBundle, spec: dic
     preds = rng.multinomial(requests, shares / shares.sum())
     return TelemetryWindow(
         device_id=device_id, window_seq=seq, window_start=end - WINDOW_S, window_end=end, sent_at=end,
-        bundle=_installed(bundle), requests=requests, batches=requests, samples=requests,
+        bundle=installed(bundle), requests=requests, batches=requests, samples=requests,
         errors=int(rng.random() < 0.08),
         latency_ms=Histogram(bounds=LATENCY_BOUNDS, counts=[int(c) for c in counts]),
         predictions={label: int(c) for label, c in zip(LABELS, preds, strict=True)},
         drift=DriftScores(psi=round(float(psi), 4), js=round(float(psi) * 0.35, 4), level=level, samples=requests))
 
 
-def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
-    """Store the fleet; ``hostile`` puts HTML into a device tag and an event text (escaping tests)."""
-    fleet = Fleet()
-    specs = {d: dict(s, tags=[t for t in s["tags"] if hostile or t != XSS_TAG]) for d, s in DEVICES.items()}
+ACTOR = "admin:ui-test"
+
+
+@dataclass
+class Release:
+    """Two signed versions (1.2.0, 1.3.0) of the tiny animal classifier and the key that trusts them."""
+
+    bundles: dict[str, BuiltBundle]
+    trusted: keys.TrustedKeys
+    source: bytes
+
+
+def build_release() -> Release:
     release = keys.generate_private_key()
-    trusted = keys.TrustedKeys.of([release.public_key()], role="release")
     source = mlp_onnx(seed=0, layers=0)
     samples = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
-    actor = "admin:ui-test"
+    bundles = {}
     for version, build in (("1.2.0", 3), ("1.3.0", 4)):
         recipe = parse_recipe({"bundle": {"name": "animals", "version": version, "build": build, "runtime": "onnx",
                                           "labels": LABELS, "description": "Tiny animal classifier for the UI tests"},
                                "target": {"min_agent_version": "0.1.0"}})
         report = {"method": "dynamic_int8", "size_ratio": 0.27, "accuracy": {"original": 0.962, "compressed": 0.958},
                   "gate": {"max_drop": 0.01, "passed": True}}
-        fleet.bundles[version] = build_bundle(recipe, source, samples=samples, release_key=release,
-                                              compression_report=report,
-                                              lineage=Lineage(source="tests/ui/ui_fleet.py"))
+        bundles[version] = build_bundle(recipe, source, samples=samples, release_key=release,
+                                        compression_report=report, lineage=Lineage(source="tests/ui/ui_fleet.py"))
+    return Release(bundles, keys.TrustedKeys.of([release.public_key()], role="release"), source)
+
+
+def register_release(controller: Controller, release: Release, *, now: float) -> None:
+    """The model, its source and compressed versions, and both bundles in the registry."""
     with controller.session() as session:
-        registry.create_model(session, name="animals", description="animal classifier", actor=actor, now=now)
-        src = registry.create_model_version(session, model_name="animals", version="1.0.0", actor=actor, now=now)
-        src.artifact_digest = hashlib.sha256(source).hexdigest()
+        registry.create_model(session, name="animals", description="animal classifier", actor=ACTOR, now=now)
+        src = registry.create_model_version(session, model_name="animals", version="1.0.0", actor=ACTOR, now=now)
+        src.artifact_digest = hashlib.sha256(release.source).hexdigest()
         registry.create_model_version(session, model_name="animals", version="1.0.0-int8", kind="compressed",
-                                      parent_version="1.0.0", actor=actor, now=now)
-        for built in fleet.bundles.values():
+                                      parent_version="1.0.0", actor=ACTOR, now=now)
+        for built in release.bundles.values():
             registry.register_bundle(session, incoming=_upload(controller, built.data), store=controller.bundles,
-                                     trusted=trusted, max_bytes=controller.settings.max_bundle_bytes,
-                                     model_name="animals", model_version="1.0.0-int8", actor=actor,
+                                     trusted=release.trusted, max_bytes=controller.settings.max_bundle_bytes,
+                                     model_name="animals", model_version="1.0.0-int8", actor=ACTOR,
                                      now=now - 3600 + built.manifest.build)
-        for device_id, spec in specs.items():
-            _, token = devices.create_enrollment_token(session, actor=actor, now=now - 7200, tags=spec["tags"][:1])
-            devices.enroll(session, token=token, device_id=device_id, now=now - 7200)
+
+
+def enroll(controller: Controller, device_id: str, tags: list[str], *, now: float) -> None:
+    """Enroll a device with a one-time token (its first tag on the token, as a hardware class would be)."""
+    with controller.session() as session:
+        _, token = devices.create_enrollment_token(session, actor=ACTOR, now=now, tags=tags[:1])
+        devices.enroll(session, token=token, device_id=device_id, now=now)
+
+
+def hello(controller: Controller, device_id: str, tags: list[str], bundle: BuiltBundle, *, now: float) -> None:
+    ingest(controller, device_id, "hello", Hello(
+        device_id=device_id, agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx", "tflite"],
+        hardware_class="edge-small", installed=installed(bundle), free_disk_bytes=3 * 1024 ** 3,
+        tags=tags, sent_at=now), now)
+
+
+def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
+    """Store the fleet; ``hostile`` puts HTML into a device tag and an event text (escaping tests)."""
+    fleet = Fleet()
+    specs = {d: dict(s, tags=[t for t in s["tags"] if hostile or t != XSS_TAG]) for d, s in DEVICES.items()}
+    release = build_release()
+    fleet.bundles = release.bundles
+    register_release(controller, release, now=now)
+    for device_id, spec in specs.items():
+        enroll(controller, device_id, spec["tags"], now=now - 7200)
     old = fleet.bundles["1.2.0"]
     rng = np.random.default_rng(7)
     for device_id, spec in specs.items():
         fleet.devices[device_id] = spec
-        _ingest(controller, device_id, "hello", Hello(
-            device_id=device_id, agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx", "tflite"],
-            hardware_class="edge-small", installed=_installed(old), free_disk_bytes=3 * 1024 ** 3,
-            tags=spec["tags"], sent_at=now - 3000), now - 3000)
+        hello(controller, device_id, spec["tags"], old, now=now - 3000)
         for seq in range(WINDOWS if spec["online"] else 0):
             end = now - (WINDOWS - 1 - seq) * WINDOW_S
-            _ingest(controller, device_id, "telemetry", _window(device_id, seq, end, old, spec, rng), end)
-        _ingest(controller, device_id, "state", State(
-            device_id=device_id, status="online", update_state="committed", installed=_installed(old),
+            ingest(controller, device_id, "telemetry", _window(device_id, seq, end, old, spec, rng), end)
+        ingest(controller, device_id, "state", State(
+            device_id=device_id, status="online", update_state="committed", installed=installed(old),
             heartbeat_interval_s=30, sent_at=now - 5), now - 5)
-    _ingest(controller, "gate-01", "events", Event(
+    ingest(controller, "gate-01", "events", Event(
         device_id="gate-01", level="warning", kind="inference.slow",
         text=XSS_TEXT if hostile else "p95 latency above 10 ms in 3 consecutive windows", sent_at=now - 60), now - 60)
-    _ingest(controller, "gate-02", "state", State(device_id="gate-02", status="offline", sent_at=now - 1), now - 1)
+    ingest(controller, "gate-02", "state", State(device_id="gate-02", status="offline", sent_at=now - 1), now - 1)
 
     new = fleet.bundles["1.3.0"]
     targets = ["cam-01", "cam-02", "cam-03", "gate-01"]
     with controller.session() as session:
-        dep = deployments.create_deployment(session, bundle_digest=new.digest, issuer=controller.issuer, actor=actor,
+        dep = deployments.create_deployment(session, bundle_digest=new.digest, issuer=controller.issuer, actor=ACTOR,
                                             now=now - 120, timeout_s=1800, device_ids=targets,
                                             note="roll out 1.3.0 to the cameras")
         fleet.deployment_id = dep.id
@@ -189,7 +220,7 @@ def seed(controller: Controller, *, now: float, hostile: bool = True) -> Fleet:
                         detail="output 0 differs by 0.31 (atol 1e-4)", bytes_done=size, bytes_total=size),
     }
     for device_id, report in reports.items():
-        _ingest(controller, device_id, "status", StatusReport(
+        ingest(controller, device_id, "status", StatusReport(
             device_id=device_id, deployment_id=dep.id, sequence=sequences[device_id], bundle_digest=new.digest,
             sent_at=now - 30, **report), now - 30)
         fleet.targets[device_id] = report

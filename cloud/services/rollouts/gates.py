@@ -1,0 +1,199 @@
+"""The gates a stage must pass, as pure, typed functions over stored aggregates (no string
+expressions). Each returns pass, fail or inconclusive with its evidence; Argo Rollouts semantics:
+a fail acts (pause or abort), an inconclusive verdict at the end of the soak pauses for a person.
+
+The runtime and drift gates compare the canary (devices of the stage, on the new bundle) with the
+control (devices of the rollout still on their old bundle) over the same time, one observation per
+device and telemetry window, with the mixture sequential test of :mod:`sequential`: its verdict may
+be read after every window without inflating false alarms. A limit enters as a transformed control
+(``ratio x control + margin``): the gate fails when the canary is worse than the limit with
+confidence 1 - alpha, passes when it is better than the limit with that confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from edgefleet.cloud.services.rollouts.policy import BehaviourGate, Gates, InstallGate, RuntimeGate, Statistics
+from edgefleet.cloud.services.rollouts.sequential import Observation, msprt
+from edgefleet.cloud.services.rollouts.states import EXECUTED_STATES
+from edgefleet.cloud.vocabulary import DeviceState
+from edgefleet.protocol.drift import js
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class WindowSample:
+    """One telemetry window of one device (what the gates read)."""
+
+    device_id: str
+    canary: bool
+    window_end: float
+    requests: int
+    errors: int
+    p95_ms: float | None
+    psi: float | None
+    predictions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    verdict: Verdict
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def judge(results: Sequence[GateResult]) -> Verdict:
+    """The stage's verdict: any fail fails it; it passes only when every gate passes."""
+    if any(r.verdict == Verdict.FAIL for r in results):
+        return Verdict.FAIL
+    if all(r.verdict == Verdict.PASS for r in results):
+        return Verdict.PASS
+    return Verdict.INCONCLUSIVE
+
+
+def evaluate(gates: Gates, *, devices: Sequence[DeviceState], samples: Sequence[WindowSample]) -> list[GateResult]:
+    """Every enabled gate of a stage: ``devices`` are the states of its devices, ``samples`` the
+    telemetry windows of canary and control since the stage started."""
+    results = []
+    if gates.install.enabled:
+        results.append(install_gate(devices, gates.install))
+    if gates.runtime.enabled:
+        results += runtime_gates(samples, gates.runtime, gates.statistics)
+    if gates.behaviour.enabled:
+        results += behaviour_gates(samples, gates.behaviour, gates.statistics)
+    return results
+
+
+def install_gate(devices: Sequence[DeviceState], spec: InstallGate) -> GateResult:
+    executed = [d for d in devices if d in EXECUTED_STATES]
+    failed = [d for d in executed if d != DeviceState.SUCCEEDED]
+    evidence = {"executed": len(executed), "failed": len(failed), "limit_percent": spec.max_failure_percent,
+                "min_executed": spec.min_executed}
+    if len(executed) < spec.min_executed:
+        return GateResult("install", Verdict.INCONCLUSIVE,
+                          f"{len(executed)} of {spec.min_executed} devices needed have finished", evidence)
+    share = 100.0 * len(failed) / len(executed)
+    evidence["failed_percent"] = round(share, 2)
+    if share > spec.max_failure_percent:
+        return GateResult("install", Verdict.FAIL, f"{len(failed)} of {len(executed)} devices failed to install "
+                                                   f"({share:.0f}% > {spec.max_failure_percent:g}%)", evidence)
+    return GateResult("install", Verdict.PASS, f"{len(executed) - len(failed)} of {len(executed)} devices installed",
+                      evidence)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A metric the gates compare, per telemetry window: the canary against ``ratio`` x control +
+    ``margin``, both as the policy's gates set them."""
+
+    label: str
+    unit: str
+    value: Callable[[WindowSample], float | None]
+    limit: Callable[[Gates], tuple[float, float]]
+    """``(ratio, margin)`` from the policy's gates."""
+
+
+COMPARED: dict[str, Compared] = {
+    "error_rate": Compared("error rate", "", lambda s: s.errors / s.requests if s.requests else None,
+                           lambda g: (g.runtime.error_rate_ratio, g.runtime.error_rate_margin)),
+    "latency_p95": Compared("p95 latency", " ms", lambda s: s.p95_ms,
+                            lambda g: (g.runtime.latency_ratio, g.runtime.latency_margin_ms)),
+    "drift_psi": Compared("input drift (PSI)", "", lambda s: s.psi, lambda g: (1.0, g.behaviour.drift_psi_margin)),
+}
+"""The runtime gates (error rate, p95 latency) and the drift gate, by name (the UI charts them the same way)."""
+
+
+def runtime_gates(samples: Sequence[WindowSample], spec: RuntimeGate, stats: Statistics) -> list[GateResult]:
+    gates = Gates(runtime=spec, statistics=stats)
+    return [compare(name, samples, COMPARED[name], gates) for name in ("error_rate", "latency_p95")]
+
+
+def behaviour_gates(samples: Sequence[WindowSample], spec: BehaviourGate, stats: Statistics) -> list[GateResult]:
+    return [compare("drift_psi", samples, COMPARED["drift_psi"], Gates(behaviour=spec, statistics=stats)),
+            prediction_gate(samples, spec)]
+
+
+def compare(gate: str, samples: Sequence[WindowSample], compared: Compared, gates: Gates) -> GateResult:
+    """Canary against ``ratio`` x control + ``margin``, sequentially over the windows in arrival order."""
+    ratio, margin = compared.limit(gates)
+    metric, unit, stats = compared.value, compared.unit, gates.statistics
+    observations = []
+    canary_values: list[float] = []
+    control_values: list[float] = []
+    for s in sorted(samples, key=lambda s: s.window_end):
+        value = metric(s)
+        if value is None or not math.isfinite(value):
+            continue
+        (canary_values if s.canary else control_values).append(value)
+        observations.append(Observation(treatment=s.canary, value=value if s.canary else ratio * value + margin))
+    evidence: dict[str, Any] = {"canary_windows": len(canary_values), "control_windows": len(control_values),
+                                "ratio": ratio, "margin": margin, "alpha": stats.alpha}
+    if not control_values:
+        return GateResult(gate, Verdict.PASS, "not judged: no control cohort is left to compare with", evidence)
+    evidence |= {"canary_mean": _mean(canary_values), "control_mean": _mean(control_values)}
+    result = msprt(observations, alpha=stats.alpha, min_samples=stats.min_windows)
+    evidence |= {"difference": _finite(result.difference), "lower": _finite(result.lower),
+                 "upper": _finite(result.upper), "p_value": result.p_value}
+    limit = f"{ratio:g} x control + {margin:g}{unit}"
+    if result.looks == 0:
+        return GateResult(gate, Verdict.INCONCLUSIVE, f"too few windows yet ({len(canary_values)} canary, "
+                                                      f"{len(control_values)} control; {stats.min_windows} each "
+                                                      "needed)", evidence)
+    if result.lower > 0:
+        return GateResult(gate, Verdict.FAIL, f"canary {evidence['canary_mean']:.4g}{unit} is above the limit "
+                                              f"{limit} (p = {result.p_value:.3g})", evidence)
+    if result.upper < 0:
+        return GateResult(gate, Verdict.PASS, f"canary {evidence['canary_mean']:.4g}{unit} is within {limit}",
+                          evidence)
+    return GateResult(gate, Verdict.INCONCLUSIVE, f"canary {evidence['canary_mean']:.4g}{unit} is not yet "
+                                                  f"distinguishable from the limit {limit}", evidence)
+
+
+def prediction_gate(samples: Sequence[WindowSample], spec: BehaviourGate) -> GateResult:
+    canary = _summed(s.predictions for s in samples if s.canary)
+    control = _summed(s.predictions for s in samples if not s.canary)
+    n_canary, n_control = sum(canary.values()), sum(control.values())
+    evidence: dict[str, Any] = {"canary_predictions": n_canary, "control_predictions": n_control,
+                                "limit": spec.prediction_js_max, "min_samples": spec.min_samples}
+    if not control:
+        return GateResult("predictions", Verdict.PASS, "not judged: no control cohort is left to compare with",
+                          evidence)
+    if min(n_canary, n_control) < spec.min_samples:
+        return GateResult("predictions", Verdict.INCONCLUSIVE, f"too few predictions yet ({n_canary} canary, "
+                                                               f"{n_control} control)", evidence)
+    labels = sorted(set(canary) | set(control))
+    total = float(n_control)
+    divergence = js([control.get(k, 0) / total for k in labels], [canary.get(k, 0) for k in labels])
+    evidence["js"] = round(divergence, 6)
+    if divergence > spec.prediction_js_max:
+        return GateResult("predictions", Verdict.FAIL, f"the canary predicts differently: Jensen-Shannon "
+                                                       f"{divergence:.3f} > {spec.prediction_js_max:g}", evidence)
+    return GateResult("predictions", Verdict.PASS, f"prediction distributions agree (Jensen-Shannon "
+                                                   f"{divergence:.3f} <= {spec.prediction_js_max:g})", evidence)
+
+
+def _summed(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,112 @@
+"""The gates, pure: verdicts and evidence from device-level windows (seeded, no clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgefleet.cloud.services.rollouts import gates
+from edgefleet.cloud.services.rollouts.gates import Verdict, WindowSample
+from edgefleet.cloud.services.rollouts.policy import BehaviourGate, Gates, InstallGate, RuntimeGate, Statistics
+from edgefleet.cloud.vocabulary import DeviceState
+
+STATS = Statistics()
+
+
+def windows(*, canary: int = 2, control: int = 8, n: int = 20, latency=(2.0, 2.0), errors=(0.0, 0.0),
+            psi=(0.02, 0.02), preds=((0.5, 0.3, 0.2), (0.5, 0.3, 0.2)), seed: int = 0) -> list[WindowSample]:
+    """``n`` windows from each device, canary devices first in each arm's parameters, interleaved in time."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for w in range(n):
+        for d in range(canary + control):
+            arm = 0 if d < canary else 1
+            out.append(WindowSample(device_id=f"d{d}", canary=arm == 0, window_end=w * 10.0 + d, requests=100,
+                                    errors=int(rng.binomial(100, errors[arm])),
+                                    p95_ms=float(rng.lognormal(np.log(latency[arm]), 0.15)),
+                                    psi=float(abs(rng.normal(psi[arm], 0.01))),
+                                    predictions={str(k): int(v) for k, v in enumerate(rng.multinomial(100,
+                                                                                                      preds[arm]))}))
+    return out
+
+
+def by_gate(results):
+    return {r.gate: r for r in results}
+
+
+def test_a_healthy_canary_passes_every_gate():
+    results = gates.evaluate(Gates(), devices=[DeviceState.SUCCEEDED] * 2, samples=windows())
+    assert {r.gate: r.verdict for r in results} == {"install": "pass", "error_rate": "pass", "latency_p95": "pass",
+                                                    "drift_psi": "pass", "predictions": "pass"}
+    assert gates.judge(results) == Verdict.PASS
+
+
+@pytest.mark.parametrize(("kwargs", "gate"), [
+    ({"errors": (0.2, 0.01)}, "error_rate"),
+    ({"latency": (6.0, 2.0)}, "latency_p95"),
+    ({"psi": (0.5, 0.02)}, "drift_psi"),
+    ({"preds": ((0.1, 0.3, 0.6), (0.5, 0.3, 0.2))}, "predictions"),
+])
+def test_a_canary_bad_in_one_way_fails_that_gate_with_evidence(kwargs, gate):
+    results = by_gate(gates.evaluate(Gates(), devices=[DeviceState.SUCCEEDED] * 2, samples=windows(**kwargs)))
+    assert results[gate].verdict == Verdict.FAIL, results[gate]
+    assert gates.judge(list(results.values())) == Verdict.FAIL
+    others = {g: r.verdict for g, r in results.items() if g != gate}
+    assert set(others.values()) <= {Verdict.PASS, Verdict.INCONCLUSIVE}
+    if gate != "predictions":
+        assert results[gate].evidence["lower"] > 0 and results[gate].evidence["p_value"] <= STATS.alpha
+
+
+def test_within_the_ratio_limit_is_a_pass_not_a_fail():
+    # 20 % slower, under a 1.5x limit: the canary is worse, but not beyond what the policy allows
+    results = by_gate(gates.runtime_gates(windows(latency=(2.4, 2.0)), RuntimeGate(), STATS))
+    assert results["latency_p95"].verdict == Verdict.PASS
+
+
+def test_too_few_windows_is_inconclusive_not_a_verdict():
+    results = by_gate(gates.runtime_gates(windows(n=2), RuntimeGate(), STATS))
+    latency = results["latency_p95"]
+    assert latency.verdict == Verdict.INCONCLUSIVE and "too few windows" in latency.summary
+    assert gates.judge(list(results.values())) == Verdict.INCONCLUSIVE
+
+
+def test_without_a_control_cohort_the_gates_say_so():
+    only_canary = [w for w in windows() if w.canary]
+    results = gates.runtime_gates(only_canary, RuntimeGate(), STATS) + \
+        gates.behaviour_gates(only_canary, BehaviourGate(), STATS)
+    assert all(r.verdict == Verdict.PASS and r.summary.startswith("not judged: no control") for r in results)
+
+
+@pytest.mark.parametrize(("states", "verdict"), [
+    ([DeviceState.SUCCEEDED, DeviceState.SUCCEEDED], Verdict.PASS),
+    ([DeviceState.SUCCEEDED, DeviceState.FAILED], Verdict.FAIL),
+    ([DeviceState.IN_PROGRESS], Verdict.INCONCLUSIVE),
+    ([DeviceState.SKIPPED, DeviceState.SUCCEEDED], Verdict.PASS),
+])
+def test_install_gate(states, verdict):
+    assert gates.install_gate(states, InstallGate()).verdict == verdict
+
+
+def test_install_gate_with_a_tolerance_and_a_minimum():
+    spec = InstallGate(max_failure_percent=25, min_executed=4)
+    assert gates.install_gate([DeviceState.SUCCEEDED] * 3, spec).verdict == Verdict.INCONCLUSIVE
+    assert gates.install_gate([DeviceState.SUCCEEDED] * 3 + [DeviceState.ROLLED_BACK], spec).verdict == Verdict.PASS
+    assert gates.install_gate([DeviceState.SUCCEEDED] * 2 + [DeviceState.TIMED_OUT] * 2, spec).verdict == \
+        Verdict.FAIL
+
+
+def test_disabled_gates_are_not_run():
+    results = gates.evaluate(Gates(runtime=RuntimeGate(enabled=False), behaviour=BehaviourGate(enabled=False)),
+                             devices=[DeviceState.SUCCEEDED], samples=windows(latency=(9.0, 2.0)))
+    assert [r.gate for r in results] == ["install"]
+
+
+def test_aa_canaries_rarely_fail_a_gate():
+    """Same distribution in both arms, 200 seeds: the runtime gates fail at most alpha of the time."""
+    fails = sum(any(r.verdict == Verdict.FAIL for r in gates.runtime_gates(
+        windows(latency=(2.0, 2.0), errors=(0.02, 0.02), seed=seed), RuntimeGate(error_rate_ratio=1.0,
+                                                                                 error_rate_margin=0.0,
+                                                                                 latency_ratio=1.0,
+                                                                                 latency_margin_ms=0.0), STATS))
+                for seed in range(200))
+    assert fails <= 2 * STATS.alpha * 200   # two gates, each at alpha
