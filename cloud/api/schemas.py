@@ -350,16 +350,15 @@ class WindowOut(Out):
 
 # ---------------------------------------------------------------- rollouts
 
-class RolloutCreate(Body):
-    bundle: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
-    """Bundle digest (or a unique prefix of at least 8 hex digits)."""
-    selector: Selector = Selector()
+class PolicyChoice(Body):
+    """A rollout's policy: given in full, or by the name of a template (neither: the default one)."""
+
     policy: RolloutPolicy | None = None
     """Absent: the named ``template``'s policy (default: one canary, half the rest, everyone; docs/rollouts.md)."""
     template: str | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
-    def _policy_or_template(self) -> RolloutCreate:
+    def _policy_or_template(self) -> PolicyChoice:
         if self.policy is not None and self.template is not None:
             raise ValueError("give a policy or a template, not both")
         if self.template is not None and self.template not in TEMPLATES:
@@ -368,6 +367,12 @@ class RolloutCreate(Body):
 
     def resolved_policy(self) -> RolloutPolicy:
         return self.policy or TEMPLATES[self.template or DEFAULT_TEMPLATE][1]
+
+
+class RolloutCreate(PolicyChoice):
+    bundle: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
+    """Bundle digest (or a unique prefix of at least 8 hex digits)."""
+    selector: Selector = Selector()
     note: str = Field(default="", max_length=2000)
 
 
@@ -491,23 +496,9 @@ class ExperimentAction(Body):
     reason: str = Field(default="", max_length=500)
 
 
-class ExperimentPromote(ExperimentAction):
+class ExperimentPromote(ExperimentAction, PolicyChoice):
     arm: Arm
-    """The winner: its bundle is rolled out to the experiment's selector."""
-    policy: RolloutPolicy | None = None
-    """The rollout's policy; absent: the named ``template``'s (default: one canary, half the rest, everyone)."""
-    template: str | None = Field(default=None, max_length=64)
-
-    @model_validator(mode="after")
-    def _policy_or_template(self) -> ExperimentPromote:
-        if self.policy is not None and self.template is not None:
-            raise ValueError("give a policy or a template, not both")
-        if self.template is not None and self.template not in TEMPLATES:
-            raise ValueError(f"no policy template {self.template!r} (there are: {', '.join(TEMPLATES)})")
-        return self
-
-    def resolved_policy(self) -> RolloutPolicy:
-        return self.policy or TEMPLATES[self.template or DEFAULT_TEMPLATE][1]
+    """The winner: its bundle is rolled out to the experiment's selector (with the chosen policy)."""
 
 
 class ExperimentDeviceOut(Out):

@@ -19,7 +19,7 @@ from edgefleet.cloud.cli.client import ApiError, client_from_env
 from edgefleet.cloud.cli.deployments import resolve_bundle
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_json, print_table
-from edgefleet.cloud.cli.rollouts import read_policy
+from edgefleet.cloud.cli.rollouts import policy_refused, read_policy
 
 experiment_app = typer.Typer(no_args_is_help=True, help="A/B experiments between two bundles: create, list, show "
                                                         "the results, stop, promote the winner.")
@@ -142,10 +142,9 @@ def experiment_promote(
     with client_from_env(url, token) as c:
         try:
             ex = c.post(f"/api/v1/experiments/{experiment_id}/promote", body)
-        except ApiError as exc:   # name the policy file where the controller names the JSON body
-            if policy is not None and exc.where and exc.where.startswith("body.policy"):
-                exc.where = f"{policy}: {exc.where.removeprefix('body.policy').lstrip('.') or '(top level)'}"
-            raise _named_option(exc) from None
+        except ApiError as exc:
+            refused = policy_refused(exc, policy)
+            raise (_named_option(refused) if isinstance(refused, ApiError) else refused) from None
     if json_out:
         return print_json(ex)
     _print(ex)

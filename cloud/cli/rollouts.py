@@ -19,7 +19,7 @@ from edgefleet.cloud.cli.deployments import resolve_bundle
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import ago, console, print_json, print_table
 from edgefleet.cloud.vocabulary import DeviceState, RolloutState
-from edgefleet.protocol.errors import ConfigError
+from edgefleet.protocol.errors import ConfigError, EdgeFleetError
 
 rollout_app = typer.Typer(no_args_is_help=True, help="Staged rollouts: create, follow, approve, pause, resume, "
                                                      "promote, abort.")
@@ -41,6 +41,17 @@ def read_policy(path: Path | None) -> dict[str, Any] | None:
         raise ConfigError(f"cannot read the policy: {exc.strerror}", where=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", where=str(path)) from None
+
+
+def policy_refused(exc: ApiError, path: Path | None) -> EdgeFleetError:
+    """The controller's refusal of a policy read from ``path`` as a :class:`ConfigError` naming the
+    file and key (``canary.toml: stages.0.count``), so it exits 2 like any wrong configuration;
+    any other refusal as it came."""
+    if path is None or not (exc.where or "").startswith("body.policy"):
+        return exc
+    key = (exc.where or "").removeprefix("body.policy").lstrip(".") or "(top level)"
+    message = exc.message.split(": ", 1)[-1]   # without "controller answered 422"
+    return ConfigError(f"the policy is not valid: {message}", where=f"{path}: {key}", hint=exc.hint)
 
 
 @rollout_app.command("create")
@@ -66,10 +77,8 @@ def rollout_create(
         body["bundle"] = resolve_bundle(c, bundle)
         try:
             ro = c.post("/api/v1/rollouts", body)
-        except ApiError as exc:   # name the policy file where the controller names the JSON body
-            if policy is not None and exc.where and exc.where.startswith("body.policy"):
-                exc.where = f"{policy}: {exc.where.removeprefix('body.policy').lstrip('.') or '(top level)'}"
-            raise
+        except ApiError as exc:
+            raise policy_refused(exc, policy) from None
         if watch and not json_out:
             ro = _watch(c, ro["id"])
     print_json(ro) if json_out else _print(ro)

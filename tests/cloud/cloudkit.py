@@ -111,3 +111,31 @@ class Fleet:
                               sent_at=self.clock())
         self.send(msg, "telemetry")
         return msg
+
+
+class CliClient:
+    """The CLI's controller client, answered by the test client (no network); refusals raise
+    :class:`ApiError` like the real one. ``monkeypatch.setattr(module, "client_from_env",
+    lambda url, token: CliClient(client))`` points a CLI module at the app under test."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client, self.url = client, "http://testserver"
+
+    def __enter__(self) -> CliClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def request(self, method: str, path: str, **kwargs):
+        from edgefleet.cloud.cli.client import ApiError
+
+        r = self.client.request(method, path, **kwargs)
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.json())
+        return r.json() if r.content else None
+
+    def get(self, path: str, **params):
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def post(self, path: str, body=None):
+        return self.request("POST", path, json=body)

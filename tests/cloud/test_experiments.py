@@ -12,7 +12,6 @@ import pytest
 
 from edgefleet.cloud.cli import experiments as cli_experiments
 from edgefleet.cloud.cli import main as cli
-from edgefleet.cloud.cli.client import ApiError
 from edgefleet.cloud.services import webhooks
 from edgefleet.cloud.services.experiment_results import Verdict, compare_arms, verdict
 from edgefleet.cloud.services.experiments import assign_arms
@@ -21,6 +20,7 @@ from edgefleet.cloud.services.rollouts.sequential import SequentialResult
 from edgefleet.cloud.vocabulary import Arm
 from edgefleet.protocol.messages import decode
 
+from cloudkit import CliClient
 from simfleet import Sim
 
 # ------------------------------------------------------------------------------------ pure parts
@@ -437,33 +437,9 @@ def test_viewers_read_and_operators_act(client, sim, bundles):
 
 # ------------------------------------------------------------------------------------ the CLI
 
-class _ApiVia:
-    """The CLI's controller client, answered by the test client (no network); errors as the real one."""
-
-    def __init__(self, client) -> None:
-        self.client, self.url = client, "http://testserver"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None: ...
-
-    def request(self, method: str, path: str, **kwargs):
-        r = self.client.request(method, path, **kwargs)
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, r.json())
-        return r.json() if r.content else None
-
-    def get(self, path: str, **params):
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
-
-    def post(self, path: str, body=None):
-        return self.request("POST", path, json=body)
-
-
 @pytest.fixture
 def run(client, capsys, monkeypatch):
-    monkeypatch.setattr(cli_experiments, "client_from_env", lambda url, token: _ApiVia(client))
+    monkeypatch.setattr(cli_experiments, "client_from_env", lambda url, token: CliClient(client))
 
     def run(*args: str, rc: int = 0) -> str:
         capsys.readouterr()

@@ -23,7 +23,7 @@ from edgefleet.cloud.store.tables import WebhookDelivery
 from edgefleet.cloud.vocabulary import DeliveryState, WebhookEvent
 from edgefleet.protocol.errors import InvalidRequestError, TransportError
 
-from cloudkit import ADMIN
+from cloudkit import ADMIN, CliClient
 from testkit import free_port, wait_until
 
 NOW = 1_800_000_000.0
@@ -400,32 +400,9 @@ def test_only_admins_manage_webhooks(client, role):
 
 # ------------------------------------------------------------------------------------ the CLI
 
-class _ApiVia:
-    """The CLI's controller client, answered by the test client (no network)."""
-
-    def __init__(self, client) -> None:
-        self.client, self.url = client, "http://testserver"
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None: ...
-
-    def request(self, method: str, path: str, **kwargs):
-        r = self.client.request(method, path, **kwargs)
-        assert r.status_code < 400, r.text
-        return r.json() if r.content else None
-
-    def get(self, path: str, **params):
-        return self.request("GET", path, params=params)
-
-    def post(self, path: str, body=None):
-        return self.request("POST", path, json=body)
-
-
 def test_the_cli_adds_lists_pings_shows_deliveries_and_removes(client, controller, capsys, monkeypatch):
     from edgefleet.cloud.cli import webhooks as cli_webhooks
-    monkeypatch.setattr(cli_webhooks, "client_from_env", lambda url, token: _ApiVia(client))
+    monkeypatch.setattr(cli_webhooks, "client_from_env", lambda url, token: CliClient(client))
 
     def run(*args: str) -> str:
         capsys.readouterr()

@@ -16,12 +16,11 @@ import secrets
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fleetkit import Agents, ControllerProcess, Traffic, cli_json, run_cli
-from onnx import numpy_helper
 
 from edgefleet.cloud.cli.client import ControllerClient
+from edgefleet.cloud.cli.demo_rollouts import predicts_one_class
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol.messages import decode
 
@@ -74,23 +73,12 @@ min_samples = 200
 """
 
 
-def always_zero(model: bytes) -> bytes:
-    """The same network with the bias of class 0 raised: it installs and answers fine, and predicts
-    '0' for almost everything (a label-mapping bug of the kind that ships)."""
-    proto = onnx.load_from_string(model)
-    bias = max((i for i in proto.graph.initializer if i.name.endswith(".bias")), key=lambda i: i.name)
-    values = numpy_helper.to_array(bias).copy()
-    values[0] += 50.0
-    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
-    return proto.SerializeToString()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     data = load_digits_split()
     out = tmp_path_factory.mktemp("rollout-models")
     v1 = train_mlp(data, hidden=(32,), seed=0)
-    onnx_models = {"v1": v1, "v2": train_mlp(data, hidden=(32,), seed=1), "bad": always_zero(v1)}
+    onnx_models = {"v1": v1, "v2": train_mlp(data, hidden=(32,), seed=1), "bad": predicts_one_class(v1)}
     paths = {}
     for build, (name, model) in enumerate(onnx_models.items(), start=1):
         folder = out / name
