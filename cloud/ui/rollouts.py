@@ -57,7 +57,7 @@ DEVICE_ORDER: list[str] = [DeviceState.SUCCEEDED, DeviceState.IN_PROGRESS, Devic
                            DeviceState.REVERTED, DeviceState.SKIPPED, DeviceState.ROLLED_BACK, DeviceState.TIMED_OUT,
                            DeviceState.REJECTED, DeviceState.FAILED, DeviceState.REVERT_FAILED]
 """Order of device states in progress bars: done, on the way, waiting, then the bad exits."""
-GATE_ORDER = ["install", "error_rate", "latency_p95", "drift_psi", "predictions"]
+GATE_ORDER = ["install", "error_rate", "latency_p95", "drift_psi", "predictions", "recovery"]
 DEFAULT_WINDOW_S = 60.0
 
 
@@ -303,7 +303,7 @@ def predictions_chart(samples: Sequence[WindowSample], evidence: dict[str, Any],
 def enabled_gates(gates: Gates) -> list[str]:
     return [g for g, on in (("install", gates.install.enabled), ("error_rate", gates.runtime.enabled),
                             ("latency_p95", gates.runtime.enabled), ("drift_psi", gates.behaviour.enabled),
-                            ("predictions", gates.behaviour.enabled)) if on]
+                            ("predictions", gates.behaviour.enabled), ("recovery", gates.recovery.enabled)) if on]
 
 
 # --------------------------------------------------------------------------- reading
@@ -332,7 +332,8 @@ def _stage_view(session: Session, rollout: Rollout, stage: RolloutStage, rows: l
     mine = [r for r in rows if r.stage_index == stage.index]
     counts = dict(Counter(r.state for r in mine))
     verdicts = {str(v.get("gate")): v for v in stage.verdicts}
-    names = [*enabled_gates(policy.gates), *[g for g in verdicts if g not in GATE_ORDER]]
+    judged_by = policy.gates_of(stage.index)
+    names = [*enabled_gates(judged_by), *[g for g in verdicts if g not in GATE_ORDER]]
     samples: list[WindowSample] = []
     if stage.started_at is not None:
         samples = rollouts.stage_samples(session, rollout_id=rollout.id, stage_index=stage.index)
@@ -342,7 +343,7 @@ def _stage_view(session: Session, rollout: Rollout, stage: RolloutStage, rows: l
         evidence = verdict.get("evidence") or {}
         chart, title, note = None, "", ""
         if stage.started_at is not None and name in COMPARED:
-            chart, note = runtime_chart(name, samples, evidence, policy.gates, stage=stage.name)
+            chart, note = runtime_chart(name, samples, evidence, judged_by, stage=stage.name)
             title = COMPARED[name].label + (f" ({COMPARED[name].unit.strip()})" if COMPARED[name].unit else "")
         elif stage.started_at is not None and name == "predictions":
             chart, note = predictions_chart(samples, evidence, _bundle_labels(bundle), stage=stage.name)

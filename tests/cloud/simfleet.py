@@ -31,7 +31,9 @@ class Sim:
         self.seen = 0
         self.seq = {d: 0 for d in self.ids}
         self.rng = np.random.default_rng(7)
-        self.behaviour = {"errors": 0.0, "latency": 2.0, "fail_install": False}
+        self.behaviour = {"errors": 0.0, "latency": 2.0, "fail_install": False, "heals": True}
+        self.drifted: set[str] = set()
+        """Devices whose inputs drifted: at alarm on the old bundle, and on the new one unless it heals."""
         for d in self.ids:
             fleet.enroll(d, tags=list(tags))
             self.hello(d)
@@ -80,8 +82,13 @@ class Sim:
                 errors=int(self.rng.binomial(requests, errors_share)),
                 latency_ms=Histogram(bounds=LATENCY_BOUNDS, counts=counts),
                 predictions={str(k): int(v) for k, v in enumerate(self.rng.multinomial(requests, [0.5, 0.3, 0.2]))},
-                drift=DriftScores(psi=float(self.rng.uniform(0.01, 0.05)), js=0.01, samples=requests),
+                drift=self.drift(d, on_new, requests),
                 sent_at=self.clock()), "telemetry")
+
+    def drift(self, device_id: str, on_new: bool, samples: int) -> DriftScores:
+        if device_id in self.drifted and not (on_new and self.behaviour["heals"]):
+            return DriftScores(psi=float(self.rng.uniform(0.3, 0.5)), js=0.2, samples=samples, level="alarm")
+        return DriftScores(psi=float(self.rng.uniform(0.01, 0.05)), js=0.01, samples=samples, level="ok")
 
     def states(self) -> None:
         """Every device reports its state: online, and the bundle it runs."""

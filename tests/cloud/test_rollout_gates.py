@@ -110,3 +110,38 @@ def test_aa_canaries_rarely_fail_a_gate():
                                                                                  latency_margin_ms=0.0), STATS))
                 for seed in range(200))
     assert fails <= 2 * STATS.alpha * 200   # two gates, each at alpha
+
+
+def level_windows(levels_by_device: dict[str, list[str]], *, canary: bool = True) -> list[WindowSample]:
+    return [WindowSample(device_id=d, canary=canary, window_end=float(t), requests=10, errors=0, p95_ms=1.0,
+                         psi=None, drift_level=level)
+            for d, levels in levels_by_device.items() for t, level in enumerate(levels)]
+
+
+@pytest.mark.parametrize(("levels", "verdict"), [
+    ({"a": ["alarm", "ok", "ok", "ok"], "b": ["ok", "ok", "ok"]}, Verdict.PASS),
+    ({"a": ["ok", "ok", "insufficient", "ok"], "b": ["ok", "ok", "ok"]}, Verdict.PASS),   # skipped, not reset
+    ({"a": ["ok", "ok", "ok"], "b": ["ok", "warn", "ok"]}, Verdict.INCONCLUSIVE),
+    ({"a": ["ok", "ok", "ok"], "b": ["ok", "ok"]}, Verdict.INCONCLUSIVE),                   # b not judged enough
+    ({"a": ["ok", "ok", "ok"], "b": ["insufficient"] * 9}, Verdict.INCONCLUSIVE),           # a quiet device waits
+    ({"a": ["ok", "ok", "ok"], "b": ["ok", "alarm", "alarm", "alarm"]}, Verdict.FAIL),
+    ({}, Verdict.INCONCLUSIVE),
+])
+def test_recovery_gate_wants_every_canary_device_below_warn_for_its_last_windows(levels, verdict):
+    from edgefleet.cloud.services.rollouts.policy import RecoveryGate
+
+    result = gates.recovery_gate(level_windows(levels), RecoveryGate(enabled=True, windows=3))
+    assert result.verdict == verdict, result.summary
+    if verdict == Verdict.FAIL:
+        assert result.evidence["still_alarm"] == ["b"] and "b still at alarm" in result.summary
+
+
+def test_recovery_gate_reads_the_canary_only_and_runs_only_when_enabled():
+    from edgefleet.cloud.services.rollouts.policy import RecoveryGate
+
+    samples = level_windows({"a": ["ok"] * 3}) + level_windows({"c": ["alarm"] * 5}, canary=False)
+    on = Gates(install=InstallGate(enabled=False), runtime=RuntimeGate(enabled=False),
+               behaviour=BehaviourGate(enabled=False), recovery=RecoveryGate(enabled=True))
+    results = gates.evaluate(on, devices=[], samples=samples)
+    assert [(r.gate, r.verdict) for r in results] == [("recovery", Verdict.PASS)]
+    assert gates.evaluate(on.model_copy(update={"recovery": RecoveryGate()}), devices=[], samples=samples) == []

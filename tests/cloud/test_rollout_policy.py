@@ -171,3 +171,26 @@ def test_an_illegal_move_is_a_conflict():
     assert advance(ROLLOUT_TRANSITIONS, "paused", RolloutEvent.RESUME, what="r") == RolloutState.RUNNING
     with pytest.raises(ConflictError, match="rollout ro-1 is succeeded: cannot pause"):
         advance(ROLLOUT_TRANSITIONS, "succeeded", RolloutEvent.PAUSE, what="rollout ro-1")
+
+
+def test_a_devices_stage_takes_the_named_devices_that_remain_and_needs_its_list():
+    remaining = [(f"d{i}", []) for i in range(5)]
+    stage = Stage(name="drifted", select=StageKind.DEVICES, devices=["d3", "d1", "gone"])
+    assert pacing.stage_size(stage, remaining) == ["d1", "d3"]
+    with pytest.raises(ConfigError, match="stages.0: .*'devices' stage takes 'devices'"):
+        parse_policy({"stages": [{"name": "x", "select": "devices"}, {"name": "rest", "select": "rest"}]})
+    with pytest.raises(ConfigError, match="stages.0.devices.0"):
+        parse_policy({"stages": [{"name": "x", "select": "devices", "devices": ["a/b"]},
+                                 {"name": "rest", "select": "rest"}]})
+
+
+def test_a_stage_may_bring_its_own_gates_and_the_heal_policy_does():
+    from edgefleet.cloud.services.rollouts.policy import Baseline, heal_policy
+
+    policy = parse_policy(heal_policy(["edge-04", "edge-03"], soak_s=10, min_windows=4).model_dump(mode="json"))
+    canary, rest = policy.gates_of(0), policy.gates_of(1)
+    assert policy.stages[0].devices == ["edge-03", "edge-04"] and policy.stages[0].select == StageKind.DEVICES
+    assert canary.baseline == Baseline.BEFORE and canary.recovery.enabled and not canary.behaviour.enabled
+    assert canary.statistics.min_windows == 4
+    assert rest.install.enabled and not rest.runtime.enabled and not rest.recovery.enabled
+    assert DEFAULT_POLICY.gates_of(0) is DEFAULT_POLICY.gates

@@ -265,3 +265,31 @@ def test_webhooks_hear_of_stage_passes_gate_failures_and_the_end(client, control
     assert later == [("rollout.stage_passed", "canary"), ("rollout.stage_passed", "half"),
                      ("rollout.stage_passed", "rest"), ("rollout.succeeded", None)]
     assert sent[-1]["data"]["succeeded"] == 10
+
+
+@pytest.mark.parametrize(("heals", "state"), [(True, "succeeded"), (False, "aborted")])
+def test_a_rollout_back_to_health_is_judged_on_the_drifted_devices_recovering(client, controller, sim, bundles,
+                                                                              heals, state):
+    """The heal policy (docs/loop.md): the canary is the drifted cohort, judged against itself before
+    the update, and passes only when the devices' own drift verdicts fall below warn."""
+    from edgefleet.cloud.services.rollouts.policy import heal_policy
+
+    old, new = bundles
+    sim.drifted = {"d03", "d07"}
+    sim.behaviour["heals"] = heals
+    for _ in range(6):   # history on the old bundle, at alarm on the drifted devices
+        sim.windows()
+        sim.clock.advance(10)
+    policy = heal_policy(sorted(sim.drifted), soak_s=60, min_windows=4).model_dump(mode="json")
+    ro = create(client, new, policy=policy)
+    assert [r["device_id"] for r in ro["device_rows"] if r["stage_index"] == 0] == ["d03", "d07"]
+    done = sim.run(controller, client, ro["id"], ticks=60)
+    assert done["state"] == state, done["reason"]
+    recovery = next(v for v in done["stages"][0]["verdicts"] if v["gate"] == "recovery")
+    if heals:
+        assert recovery["verdict"] == "pass" and recovery["evidence"]["recovered"] == ["d03", "d07"]
+        assert [s["devices"] for s in done["stages"]] == [{"succeeded": 2}, {"succeeded": 8}]
+        assert all(sim.running[d] is new for d in sim.ids)
+    else:
+        assert recovery["verdict"] == "fail" and "still at alarm" in done["reason"]
+        assert all(sim.running[d] is old for d in sim.ids)   # the canary rolled back, the rest never got it

@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from edgefleet.cloud.services.rollouts.policy import BehaviourGate, Gates, InstallGate, RuntimeGate, Statistics
+from edgefleet.cloud.services.rollouts.policy import (
+    BehaviourGate,
+    Gates,
+    InstallGate,
+    RecoveryGate,
+    RuntimeGate,
+    Statistics,
+)
 from edgefleet.cloud.services.rollouts.sequential import Observation, msprt
 from edgefleet.cloud.services.rollouts.states import EXECUTED_STATES
 from edgefleet.cloud.vocabulary import DeviceState
 from edgefleet.protocol.drift import js
+from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS, DriftLevel
 
 
 class Verdict(StrEnum):
@@ -43,6 +51,8 @@ class WindowSample:
     p95_ms: float | None
     psi: float | None
     predictions: dict[str, int] = field(default_factory=dict)
+    drift_level: str | None = None
+    """The device's own drift verdict for the window (ok, warn, alarm or insufficient)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,8 @@ def evaluate(gates: Gates, *, devices: Sequence[DeviceState], samples: Sequence[
         results += runtime_gates(samples, gates.runtime, gates.statistics)
     if gates.behaviour.enabled:
         results += behaviour_gates(samples, gates.behaviour, gates.statistics)
+    if gates.recovery.enabled:
+        results.append(recovery_gate(samples, gates.recovery))
     return results
 
 
@@ -181,6 +193,36 @@ def prediction_gate(samples: Sequence[WindowSample], spec: BehaviourGate) -> Gat
                                                        f"{divergence:.3f} > {spec.prediction_js_max:g}", evidence)
     return GateResult("predictions", Verdict.PASS, f"prediction distributions agree (Jensen-Shannon "
                                                    f"{divergence:.3f} <= {spec.prediction_js_max:g})", evidence)
+
+
+def recovery_gate(samples: Sequence[WindowSample], spec: RecoveryGate) -> GateResult:
+    """The canary is a cohort whose inputs drifted, and there is no control to compare it with, so
+    this is a rule over each canary device's latest *judged* windows on the new bundle: recovered
+    when its last ``windows`` verdicts are all ``ok``, not when they are all ``alarm`` (fail).
+    Windows too small to judge are skipped: a quiet device keeps the stage waiting, never passes it."""
+    levels: dict[str, list[str]] = {}
+    for s in sorted(samples, key=lambda s: s.window_end):
+        if s.canary:
+            judged = levels.setdefault(s.device_id, [])
+            if s.drift_level in JUDGED_DRIFT_LEVELS:
+                judged.append(str(s.drift_level))
+    tails = {device: judged[-spec.windows:] for device, judged in levels.items()}
+    full = {d: t for d, t in tails.items() if len(t) == spec.windows}
+    recovered = sorted(d for d, t in full.items() if set(t) == {DriftLevel.OK})
+    stuck = sorted(d for d, t in full.items() if set(t) == {DriftLevel.ALARM})
+    evidence: dict[str, Any] = {"windows": spec.windows, "recovered": recovered, "still_alarm": stuck,
+                                "latest": {d: t[-1] for d, t in sorted(tails.items()) if t}}
+    if not levels:
+        return GateResult("recovery", Verdict.INCONCLUSIVE, "no window from the canary on the new bundle yet", evidence)
+    if stuck:
+        return GateResult("recovery", Verdict.FAIL, f"{', '.join(stuck)} still at alarm in each of the last "
+                                                    f"{spec.windows} judged windows", evidence)
+    if len(recovered) == len(levels):
+        return GateResult("recovery", Verdict.PASS, f"drift below warn on every canary device ({len(recovered)}) "
+                                                    f"for {spec.windows} judged windows", evidence)
+    return GateResult("recovery", Verdict.INCONCLUSIVE, f"{len(levels) - len(recovered)} of {len(levels)} canary "
+                                                        f"devices not yet below warn for {spec.windows} judged "
+                                                        "windows", evidence)
 
 
 def _summed(counts: Any) -> dict[str, int]:

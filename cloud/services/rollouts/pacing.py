@@ -58,6 +58,9 @@ def stage_size(stage: Stage, remaining: Sequence[tuple[str, list[str]]]) -> list
     stage, in the rollout's order)."""
     if stage.select == StageKind.TAG:
         return [d for d, tags in remaining if stage.tag in tags]
+    if stage.select == StageKind.DEVICES:
+        wanted = set(stage.devices or ())
+        return [d for d, _ in remaining if d in wanted]
     if stage.select == StageKind.COUNT:
         assert stage.count is not None  # the policy checks a count stage has its count
         return [d for d, _ in remaining[:stage.count]]

@@ -21,7 +21,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.protocol.errors import ConfigError, first_problem
-from edgefleet.protocol.messages import HealthCheck
+from edgefleet.protocol.messages import DeviceId, HealthCheck
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:=-]+$")]
 DeviceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -35,6 +35,8 @@ class StageKind(StrEnum):
     """``count`` of the remaining devices."""
     PERCENT = "percent"
     """``percent`` of the remaining devices (rounded up, at least one)."""
+    DEVICES = "devices"
+    """The remaining devices among ``devices`` (e.g. the cohort of a drift incident)."""
     REST = "rest"
     """Every remaining device: the last stage."""
 
@@ -112,18 +114,22 @@ class Stage(_Strict):
     tag: Tag | None = None
     count: int | None = Field(default=None, ge=1, le=1_000_000)
     percent: float | None = Field(default=None, gt=0, le=100)
+    devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=10_000)
     soak_s: float = Field(default=0.0, ge=0, le=30 * DAY_S)
     """After every device of the stage is final, wait this long (telemetry arrives) before judging."""
     not_before: datetime | None = None
     """The stage starts no earlier than this (an aware time: give its offset or Z)."""
     on_success: OnSuccess = OnSuccess.CONTINUE
+    gates: Gates | None = None
+    """This stage's gates instead of the policy's (e.g. a canary judged on recovery, the rest on installs)."""
 
     @model_validator(mode="after")
     def _parameter_of_its_kind(self) -> Stage:
-        wanted = {StageKind.TAG: "tag", StageKind.COUNT: "count", StageKind.PERCENT: "percent"}.get(self.select)
-        given = [k for k in ("tag", "count", "percent") if getattr(self, k) is not None]
+        wanted = {StageKind.TAG: "tag", StageKind.COUNT: "count", StageKind.PERCENT: "percent",
+                  StageKind.DEVICES: "devices"}.get(self.select)
+        given = [k for k in ("tag", "count", "percent", "devices") if getattr(self, k) is not None]
         if given != ([wanted] if wanted else []):
-            need = f"'{wanted}'" if wanted else "none of tag, count, percent"
+            need = f"'{wanted}'" if wanted else "none of tag, count, percent, devices"
             raise ValueError(f"a '{self.select}' stage takes {need} (got {', '.join(given) or 'none'})")
         if self.not_before is not None and self.not_before.tzinfo is None:
             raise ValueError("not_before needs a time zone (e.g. 2026-12-24T06:00:00Z)")
@@ -222,6 +228,15 @@ class BehaviourGate(_Strict):
     min_samples: int = Field(default=200, ge=1)
 
 
+class RecoveryGate(_Strict):
+    """A rollout back to health (docs/loop.md): every canary device's last ``windows`` judged drift
+    verdicts on the new bundle are ``ok`` (below the bundle's warn threshold). Off unless a policy
+    turns it on (:func:`heal_policy` does)."""
+
+    enabled: bool = False
+    windows: int = Field(default=3, ge=1, le=1000)
+
+
 class Statistics(_Strict):
     """The sequential test the runtime and drift gates use: looking after every window keeps the
     false-alarm rate at ``alpha``; each arm needs ``min_windows`` telemetry windows (summed over its
@@ -238,6 +253,7 @@ class Gates(_Strict):
     install: InstallGate = InstallGate()
     runtime: RuntimeGate = RuntimeGate()
     behaviour: BehaviourGate = BehaviourGate()
+    recovery: RecoveryGate = RecoveryGate()
     statistics: Statistics = Statistics()
 
 
@@ -266,6 +282,10 @@ class RolloutPolicy(_Strict):
             raise ValueError("stage names must be unique")
         return self
 
+    def gates_of(self, index: int) -> Gates:
+        """The gates that judge stage ``index``: its own, else the policy's."""
+        return self.stages[index].gates or self.gates
+
 
 DEFAULT_POLICY = RolloutPolicy(stages=[
     Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=300),
@@ -289,6 +309,23 @@ TEMPLATES: dict[str, tuple[str, RolloutPolicy]] = {
 }
 """Named policies to start from (the UI's create form offers them; ``edgefleet rollout create --template``)."""
 DEFAULT_TEMPLATE = "canary-half-rest"
+
+
+def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int = 20,
+                recovery_windows: int = 3) -> RolloutPolicy:
+    """A rollout back to health (docs/loop.md): the canary is the drifted cohort ``devices``,
+    judged against the same devices *before* the update — the drift verdict must fall below warn
+    (recovery), accuracy where labels come back must beat the old bundle (a margin of 0: the
+    canary's misclassification must be lower with confidence), errors and latency may not rise;
+    the prediction gate is off, since a model that heals predicts differently on purpose. Then the
+    rest, judged on installs."""
+    canary = Gates(baseline=Baseline.BEFORE, behaviour=BehaviourGate(enabled=False),
+                   recovery=RecoveryGate(enabled=True, windows=recovery_windows),
+                   statistics=Statistics(min_windows=min_windows))
+    return RolloutPolicy(stages=[
+        Stage(name="drifted", select=StageKind.DEVICES, devices=sorted(devices), soak_s=soak_s, gates=canary),
+        Stage(name="rest", select=StageKind.REST, gates=Gates(runtime=RuntimeGate(enabled=False),
+                                                               behaviour=BehaviourGate(enabled=False)))])
 
 
 def parse_policy(data: dict[str, Any], *, where: str = "policy") -> RolloutPolicy:

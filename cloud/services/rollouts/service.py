@@ -439,8 +439,9 @@ def _judge_stage(session: Session, rollout: Rollout, stage: RolloutStage, rows: 
                  policy: RolloutPolicy, *, now: float, issuer: OrderIssuer) -> None:
     taken = [DeviceState(r.state) for r in rows if r.stage_index == stage.index]
     if taken:
-        samples = _samples(session, rollout, rows, stage, policy.gates)
-        results = gates.evaluate(policy.gates, devices=taken, samples=samples)
+        judged_by = policy.gates_of(stage.index)
+        samples = _samples(session, rollout, rows, stage, judged_by)
+        results = gates.evaluate(judged_by, devices=taken, samples=samples)
     else:
         results = [gates.GateResult("devices", gates.Verdict.PASS, "the stage took no device")]
     stage.verdicts = [asdict(r) for r in results]
@@ -495,7 +496,7 @@ def stage_samples(session: Session, *, rollout_id: str, stage_index: int) -> lis
     if not 0 <= stage_index < len(stages):
         raise NotFoundError(f"rollout {rollout_id} has no stage {stage_index}", where="stage_index")
     return _samples(session, rollout, devices_of(session, rollout_id=rollout_id), stages[stage_index],
-                    policy_of(rollout).gates)
+                    policy_of(rollout).gates_of(stage_index))
 
 
 def _samples(session: Session, rollout: Rollout, rows: list[RolloutDevice], stage: RolloutStage,
@@ -534,7 +535,7 @@ def _samples(session: Session, rollout: Rollout, rows: list[RolloutDevice], stag
         samples.append(gates.WindowSample(
             device_id=r.device_id, canary=is_canary, window_end=r.window_end, requests=r.requests, errors=r.errors,
             p95_ms=histogram_quantile(r.latency_bounds, r.latency_counts, 0.95), psi=r.drift_psi,
-            predictions=dict(r.predictions)))
+            predictions=dict(r.predictions), drift_level=r.drift_level))
     return samples
 
 
