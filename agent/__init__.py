@@ -1,5 +1,6 @@
 """The EdgeFleet device agent (``edgefleet-agent``; docs/agent.md): configuration, enrollment, the
-daemon, the update state machine and its updater, in-process inference and the durable outbox.
+daemon, the update state machine and its updater, in-process inference, the durable outbox, and
+sample capture with its uploader.
 It imports only :mod:`edgefleet.protocol` of EdgeFleet. The names below load on first use."""
 
 from __future__ import annotations

@@ -67,6 +67,16 @@ class AgentConfig(BaseModel):
     retry_cap_s: float = Field(60.0, gt=0)
     drift_max_rows: int = Field(16384, ge=0)
     """Inputs binned for drift per telemetry window (counts of requests/samples are always complete)."""
+    feedback_window_s: float = Field(3600.0, ge=0)
+    """How long a served prediction can be labelled (``POST /v1/feedback``); 0 turns feedback off."""
+    feedback_max_samples: int = Field(100_000, ge=1)
+    """At most this many served samples are remembered for feedback (oldest first out)."""
+    upload_chunk_bytes: int = Field(256 * 1024, ge=1024)
+    """Bytes per PUT when uploading captured samples (a cut connection costs at most one chunk's resend)."""
+    upload_retry_s: float = Field(30.0, gt=0)
+    """Wait before asking again for an upload grant that did not come, or retrying a failed upload."""
+    upload_timeout_s: float = Field(30.0, gt=0)
+    """Per HTTP request of an upload of captured samples."""
     fault_pause_in: list[str] = Field(default_factory=list)
     """Testing only: update states in which the agent stops right after persisting the
     state (before its side effect), so a test can kill it exactly there. Leave empty."""

@@ -1,8 +1,8 @@
 """``edgefleet-agent``: the device daemon.
 
 Wires the parts together: config -> trusted keys, A/B slots, predictor, updater, durable
-outbox, local inference endpoint, and the MQTT link whose loop drives the periodic work
-(outbox pump, heartbeats, telemetry windows, inbound orders).
+outbox, local inference endpoint, sample capture and its uploader, and the MQTT link whose loop
+drives the periodic work (outbox pump, heartbeats, telemetry windows, inbound orders and grants).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import time
 from types import FrameType
 from typing import Any
 
+from edgefleet.agent.capture import Capture
 from edgefleet.agent.config import AgentConfig, load_config
+from edgefleet.agent.feedback import FeedbackJournal
 from edgefleet.agent.inference import Predictor
 from edgefleet.agent.mqtt import MqttLink
 from edgefleet.agent.outbox import Outbox, OutboxPump
@@ -29,6 +31,7 @@ from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import TERMINAL
 from edgefleet.agent.stats import WindowSummary
 from edgefleet.agent.updater import UpdatePolicy, Updater
+from edgefleet.agent.upload import Uploader
 from edgefleet.protocol import topics
 from edgefleet.protocol.errors import EdgeFleetError, MessageError
 from edgefleet.protocol.files import atomic_write
@@ -36,6 +39,7 @@ from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import (
     MAX_PAYLOAD,
+    DelegationsMessage,
     Event,
     Hello,
     InstalledBundle,
@@ -43,6 +47,7 @@ from edgefleet.protocol.messages import (
     OrderMessage,
     State,
     TelemetryWindow,
+    UploadGrantMessage,
     decode,
     encode,
 )
@@ -77,6 +82,11 @@ class Agent:
         self.outbox = Outbox(state_dir / "outbox.sqlite")
         self.pump = OutboxPump(self.outbox)
         self.predictor = Predictor()
+        self.feedback: FeedbackJournal | None = None
+        if config.feedback_window_s > 0:
+            self.feedback = FeedbackJournal(self.predictor, window_s=config.feedback_window_s,
+                                            max_samples=config.feedback_max_samples)
+            self.predictor.add_listener(self.feedback.remember)
         self.slots = Slots(state_dir / "slots")
         policy = UpdatePolicy(update_timeout_s=config.update_timeout_s, download_attempts=config.download_attempts,
                               download_timeout_s=config.download_timeout_s, retry_base_s=config.retry_base_s,
@@ -88,6 +98,13 @@ class Agent:
                                predictor=self.predictor, release_keys=release, controller_keys=controller,
                                facts=self.facts, report=self._enqueue, policy=policy,
                                max_binned_rows=config.drift_max_rows)
+        self.capture = Capture(state_dir / "capture")
+        self.predictor.add_listener(self.capture.on_served)
+        if self.feedback is not None:
+            self.feedback.listeners.append(self.capture.on_labelled)
+        self.uploader = Uploader(self.capture, device_id=self.device_id, controller_url=config.controller_url,
+                                 controller_keys=controller, send=self._enqueue, chunk_bytes=config.upload_chunk_bytes,
+                                 retry_s=config.upload_retry_s, timeout_s=config.upload_timeout_s)
         self.malformed = 0
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
@@ -118,7 +135,7 @@ class Agent:
                      heartbeat_interval_s=self.config.heartbeat_interval_s)
 
     def _enqueue(self, msg: Message) -> None:
-        kind = {"status": "status", "telemetry": "telemetry", "event": "events"}[msg.type]
+        kind = {"status": "status", "telemetry": "telemetry", "event": "events", "upload_request": "events"}[msg.type]
         self.outbox.enqueue(self._topic(kind), encode(msg), msg_id=msg.msg_id, qos=1)
 
     def _hello(self) -> Hello:
@@ -169,6 +186,12 @@ class Agent:
                                     data={"code": exc.code, "topic": topic, "bytes": len(payload),
                                           "count": self.malformed}))
             return
+        if isinstance(msg, UploadGrantMessage):
+            self.uploader.on_grant(msg)
+            return
+        if isinstance(msg, DelegationsMessage):
+            self.updater.delegations.offer(msg.delegations, source="cmd.delegations")
+            return
         assert isinstance(msg, OrderMessage)
         self.updater.submit(msg.order)
 
@@ -193,12 +216,24 @@ class Agent:
             if now >= self._next_heartbeat or self._published_state != (r.state.value, r.deployment_id,
                                                                         self._installed()):
                 self._publish_state()
+        self._capture_tick()
         self.pump.pump(self.link.publish, self.link.connected)
         self.predictor.fold()
+
+    def _capture_tick(self) -> None:
+        """Sample capture: follow the active bundle's policy, store queued samples, seal and upload batches."""
+        try:
+            model = self.predictor.model
+            self.capture.set_model(model.installed.digest if model else None, model.manifest.capture if model else None)
+            self.capture.tick()
+            self.uploader.tick(online=self.link.connected)
+        except Exception:  # capture must never stop the agent loop
+            log.exception("sample capture failed device=%s", self.device_id)
 
     def flush_telemetry(self) -> None:
         for installed, summary in self.predictor.flush():
             self._enqueue_window(installed, summary)
+            self.capture.observe_window(installed.digest, summary.drift.level if summary.drift else None)
             if summary.drift is not None and summary.drift.level == DriftLevel.ALARM:
                 log.warning("drift alarm: psi=%.3f js=%.3f over %d samples device=%s", summary.drift.psi,
                             summary.drift.js, summary.drift.samples, self.device_id)
@@ -210,7 +245,8 @@ class Agent:
                                   window_end=summary.end, bundle=installed, requests=summary.requests,
                                   batches=summary.batches, samples=summary.samples, errors=summary.errors,
                                   latency_ms=summary.latency_ms, features=summary.features,
-                                  predictions=summary.predictions, drift=summary.drift)
+                                  predictions=summary.predictions, drift=summary.drift,
+                                  feedback=summary.feedback)
             return encode(msg), msg.msg_id
         self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
 
@@ -221,12 +257,17 @@ class Agent:
             s = model.stats
             window = {"requests": s.requests, "batches": s.batches, "samples": s.samples, "errors": s.errors}
         r = self.updater.record
+        delegations = self.updater.delegations.current
         return {"device_id": self.device_id, "uptime_s": round(time.monotonic() - self.started, 3),
                 "connected": self.link.connected, "requests_total": self.predictor.total_requests,
                 "errors_total": self.predictor.total_errors, "malformed_messages": self.malformed,
+                "delegations_version": delegations.signed.version if delegations is not None else None,
+                "delegations_refused": self.updater.delegations.refused,
                 "outbox_pending": len(self.outbox), "telemetry_windows": self.outbox.counter("window_seq"),
                 "update_state": r.state.value, "deployment_id": r.deployment_id,
-                "bundle": bundle_info(model.installed) if model is not None else None, "window": window}
+                "bundle": bundle_info(model.installed) if model is not None else None, "window": window,
+                "capture": self.capture.stats() | {"uploaded": self.uploader.uploaded,
+                                                   "refused_grants": self.uploader.refused_grants}}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -235,7 +276,7 @@ class Agent:
         if listen is None:
             return
         self.server = InferenceServer(listen, self.predictor, self.stats,
-                                      max_request_bytes=self.config.max_request_bytes)
+                                      max_request_bytes=self.config.max_request_bytes, feedback=self.feedback)
         self.server.start()
         host, port = self.server.address
         atomic_write(self.config.state_dir / "inference.addr", f"{host}:{port}".encode())
@@ -259,6 +300,8 @@ class Agent:
         self.link.close(final=(self._topic("state"), encode(self._state(DeviceStatus.OFFLINE))))
         if self.server is not None:
             self.server.stop()
+        self.uploader.stop()
+        self.capture.close()
         self.outbox.close()
 
 

@@ -7,6 +7,8 @@ new model, never a mix.
 
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.agent.stats import WindowStats, WindowSummary
+from edgefleet.agent.stats import WindowStats, WindowSummary, predicted_classes
 from edgefleet.protocol.bundle import VerifiedBundle
 from edgefleet.protocol.errors import InferenceError
 from edgefleet.protocol.manifest import BundleManifest
@@ -23,12 +25,40 @@ from edgefleet.protocol.messages import InstalledBundle
 from edgefleet.protocol.runtimes import Session, open_session
 from edgefleet.protocol.vocabulary import Reason
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Prediction:
     outputs: dict[str, np.ndarray]
     bundle: InstalledBundle
+    prediction_id: str = ""
+    """Names this answer for feedback (``POST /v1/feedback``, docs/agent.md)."""
 
+
+@dataclass(frozen=True, eq=False)
+class Served:
+    """One answered request, as the predictor's listeners see it (the feedback journal, sample
+    capture): register with :meth:`Predictor.add_listener`. Listeners run on the request's thread,
+    after the answer is computed and outside the predictor's lock; they must not keep ``inputs``
+    longer than they need (the arrays are the request's own, not copies)."""
+
+    prediction_id: str
+    at: float
+    """When it was answered (the predictor's clock, Unix seconds)."""
+    bundle_digest: str
+    inputs: Mapping[str, np.ndarray]
+    """The feed as the model got it (one batch per input name)."""
+    classes: np.ndarray
+    """The predicted class of each sample (:func:`~edgefleet.agent.stats.predicted_classes` of the
+    first output: argmax, or threshold 0.5 for one score); -1 for a model without outputs."""
+
+    @property
+    def samples(self) -> int:
+        return len(self.classes)
+
+
+Listener = Callable[[Served], None]
 
 @dataclass(eq=False)
 class LoadedModel:
@@ -104,8 +134,14 @@ class Predictor:
         self._model: LoadedModel | None = None
         self._retired: list[tuple[LoadedModel, WindowSummary]] = []
         self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
         self.total_requests = 0
         self.total_errors = 0
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` after every answered request, on the request's thread; a listener that
+        raises is logged and never fails the request."""
+        self._listeners.append(listener)
 
     @property
     def model(self) -> LoadedModel | None:
@@ -143,7 +179,19 @@ class Predictor:
         n = len(next(iter(feed.values()))) if feed else 0
         model.stats.record(feed, outputs, latency, n)
         model.count_live(True)
-        return Prediction(outputs, model.installed)
+        prediction_id = secrets.token_hex(16)
+        if self._listeners:
+            first = model.stats.output_name
+            classes = predicted_classes(outputs[first]) if first in outputs else None
+            if classes is None or len(classes) != n:   # no output, or not one row per sample: no class
+                classes = np.full(n, -1, np.int64)
+            served = Served(prediction_id, self._clock(), model.installed.digest, feed, classes)
+            for listener in self._listeners:
+                try:
+                    listener(served)
+                except Exception:  # a listener must never fail a request
+                    log.exception("listener %r failed for prediction %s", listener, prediction_id)
+        return Prediction(outputs, model.installed, prediction_id)
 
     def fold(self, min_rows: int = 1024) -> None:
         """Do the statistics' vectorised work now (called from the agent loop, off the request path)."""

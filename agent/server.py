@@ -6,6 +6,10 @@
   single-input model) or ``application/x-npz`` (one array per input name) -> an ``.npz`` of
   the outputs, bundle in ``X-EdgeFleet-Bundle-*`` headers (JSON instead with
   ``Accept: application/json``).
+* Every answer carries a ``prediction_id`` (JSON body; ``X-EdgeFleet-Prediction-Id`` header).
+* ``POST /v1/feedback`` JSON ``{"prediction_id": "...", "labels": [3, 1, ...]}`` (one label per
+  sample of that request) -> ``{"labelled": n, "correct": k}``; 404 ``unknown_prediction``,
+  409 ``already_labelled``, 410 ``bundle_replaced``, 400 ``bad_input`` (docs/agent.md).
 * ``GET /v1/health`` -> 200 when a model serves, 503 otherwise; ``GET /v1/stats``.
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx/5xx status.
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.agent.feedback import FeedbackError, FeedbackJournal
 from edgefleet.agent.inference import Predictor
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError
 from edgefleet.protocol.messages import InstalledBundle
@@ -83,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
     def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/v1/predict":
+        if self.path not in ("/v1/predict", "/v1/feedback"):
             self._error(404, "not_found", f"no endpoint {self.path}")
             return
         length = self.headers.get("Content-Length")
@@ -96,6 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(int(length))
+        if self.path == "/v1/feedback":
+            self._feedback(body)
+            return
         ctype = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
         binary = ctype in ("application/x-npy", "application/x-npz")
         try:
@@ -114,9 +122,31 @@ class _Handler(BaseHTTPRequestHandler):
             # allow_pickle=True is numpy's default; explicit, an output of that name cannot be taken for it
             np.savez(buf, allow_pickle=True, **prediction.outputs)
             headers = {f"X-EdgeFleet-Bundle-{k.capitalize()}": str(v) for k, v in bundle.items()}
+            headers["X-EdgeFleet-Prediction-Id"] = prediction.prediction_id
             self._send(200, buf.getvalue(), "application/x-npz", headers)
         else:
-            self._json(200, {"outputs": {k: v.tolist() for k, v in prediction.outputs.items()}, "bundle": bundle})
+            self._json(200, {"outputs": {k: v.tolist() for k, v in prediction.outputs.items()}, "bundle": bundle,
+                             "prediction_id": prediction.prediction_id})
+
+    def _feedback(self, body: bytes) -> None:
+        journal = self.server.feedback
+        if journal is None:
+            self._error(404, "not_found", "feedback is off on this device (feedback_window_s = 0)")
+            return
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            self._error(400, Reason.BAD_INPUT, f"cannot parse the request body: {exc}")
+            return
+        if not isinstance(obj, dict) or type(obj.get("prediction_id")) is not str or "labels" not in obj:
+            self._error(400, Reason.BAD_INPUT, 'body must be {"prediction_id": "...", "labels": [...]}')
+            return
+        try:
+            accepted = journal.label(obj["prediction_id"], obj["labels"])
+        except FeedbackError as exc:
+            self._error(exc.status, exc.code, str(exc))
+            return
+        self._json(200, {"labelled": accepted.labelled, "correct": accepted.correct})
 
     def _parse(self, ctype: str, body: bytes) -> dict[str, Any]:
         try:
@@ -147,8 +177,9 @@ class InferenceServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], predictor: Predictor, stats_provider: Callable[[], dict[str, Any]],
-                 *, max_request_bytes: int) -> None:
+                 *, max_request_bytes: int, feedback: FeedbackJournal | None = None) -> None:
         self.predictor = predictor
+        self.feedback = feedback
         self.stats_provider = stats_provider
         self.max_request_bytes = max_request_bytes
         super().__init__(address, _Handler)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgefleet.protocol.drift import FeatureBinner, ReferenceProfile, score
-from edgefleet.protocol.messages import DriftScores, Histogram
+from edgefleet.protocol.messages import MAX_CONFUSION_CELLS, MAX_LABEL_CHARS, DriftScores, Feedback, Histogram
 
 LATENCY_BOUNDS_MS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -35,6 +35,7 @@ class WindowSummary:
     features: list[list[int]]
     predictions: dict[str, int]
     drift: DriftScores | None
+    feedback: Feedback | None = None
 
 
 def histogram(values_ms: np.ndarray, bounds: Sequence[float] = LATENCY_BOUNDS_MS) -> list[int]:
@@ -87,6 +88,7 @@ class WindowStats:
         self._features = np.zeros((self._binner.n_features, self._binner.n_bins), np.int64) if self._binner else None
         self._class_chunks: list[np.ndarray] = []
         self._sampled = 0
+        self._confusion: dict[tuple[int, int], int] = {}
 
     def record(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], latency_s: float,
                n: int, *, request: bool = True) -> None:
@@ -102,6 +104,16 @@ class WindowStats:
             if self.output_name is not None:
                 buf.outputs.append(outputs[self.output_name])
             buf.rows += n
+
+    def label(self, true: np.ndarray, predicted: np.ndarray) -> int:
+        """Count labels the application gave back for served predictions (in the window they
+        arrive in). Returns how many of them were right."""
+        pairs = np.stack([np.asarray(true, np.int64).reshape(-1), np.asarray(predicted, np.int64).reshape(-1)], 1)
+        cells, counts = np.unique(pairs, axis=0, return_counts=True)
+        with self._lock:
+            for (t, p), c in zip(cells.tolist(), counts.tolist(), strict=True):
+                self._confusion[(t, p)] = self._confusion.get((t, p), 0) + c
+        return int((pairs[:, 0] == pairs[:, 1]).sum())
 
     def error(self, *, request: bool = True) -> None:
         with self._lock:
@@ -141,6 +153,7 @@ class WindowStats:
         with self._lock:
             buf, features, chunks = self._buf, self._features, self._class_chunks
             requests, batches, samples, errors = self.requests, self.batches, self.samples, self.errors
+            confusion = self._confusion
             start, self._start = self._start, now
             self._reset()
         if buf.inputs and self._binner is not None and features is not None:  # rows recorded since the fold above
@@ -163,4 +176,21 @@ class WindowStats:
             drift = score(self.profile, feature_counts, predictions)
         return WindowSummary(start=start, end=now, requests=requests, batches=batches, samples=samples,
                              errors=errors, latency_ms=lat, features=feature_counts, predictions=predictions,
-                             drift=drift)
+                             drift=drift, feedback=self._feedback(confusion))
+
+    def _name(self, index: int) -> str:
+        """A class as the confusion table names it: its label (cut to the wire's 64 characters), else its index."""
+        return self.labels[index][:MAX_LABEL_CHARS] if self.labels and 0 <= index < len(self.labels) else str(index)
+
+    def _feedback(self, confusion: dict[tuple[int, int], int]) -> Feedback | None:
+        """The window's labels as counts: labelled, correct and the confusion cells (true -> predicted);
+        past :data:`MAX_CONFUSION_CELLS` cells the table is left out (the counts stay)."""
+        if not confusion:
+            return None
+        table: dict[str, dict[str, int]] = {}
+        if len(confusion) <= MAX_CONFUSION_CELLS:
+            for (t, p), c in sorted(confusion.items()):
+                row = table.setdefault(self._name(t), {})
+                row[self._name(p)] = row.get(self._name(p), 0) + c
+        return Feedback(labelled=sum(confusion.values()), correct=sum(c for (t, p), c in confusion.items() if t == p),
+                        confusion=table)

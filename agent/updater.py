@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.agent.backoff import delay
+from edgefleet.agent.delegations import DelegationStore
 from edgefleet.agent.download import download
 from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_test
 from edgefleet.agent.memory import release_memory
@@ -74,6 +75,8 @@ class Updater:
         self.predictor = predictor
         self.release_keys = release_keys
         self.controller_keys = controller_keys
+        self.delegations = DelegationStore(state_dir / "delegations.json", trusted=release_keys, clock=clock)
+        """The newest delegations document accepted: bundles signed by a delegated key are judged with it."""
         self.facts = facts
         self.report = report
         self.policy = policy
@@ -326,8 +329,11 @@ class Updater:
         bundle = verify_bundle(data, trusted=self.release_keys,
                                expected_digest=None if digest_checked else order.bundle_digest,
                                expected_size=order.bundle_size,
-                               limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes))
+                               limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes),
+                               delegation=self.delegations.check(hardware_class=self.facts.hardware_class))
         check_target(bundle.manifest, self.facts)
+        if bundle.delegated is not None:  # a newer document inside the bundle is kept (verified above)
+            self.delegations.offer(bundle.delegated.document, source=f"{bundle.manifest.name} delegations.json")
         return bundle
 
     def _verify(self) -> None:
@@ -346,8 +352,9 @@ class Updater:
             self._fail(exc)
             return
         m = bundle.manifest
-        log.info("bundle %s %s build %d verified (signed by %s) device=%s deployment=%s", m.name, m.version,
-                 m.build, ",".join(sorted(bundle.signed_by)), self.device_id, self.record.deployment_id)
+        via = f" delegation {bundle.delegated.delegation.name!r}" if bundle.delegated is not None else ""
+        log.info("bundle %s %s build %d verified (signed by %s%s) device=%s deployment=%s", m.name, m.version,
+                 m.build, ",".join(sorted(bundle.signed_by)), via, self.device_id, self.record.deployment_id)
         self._move(E.VERIFIED)
 
     def _stage(self) -> None:
@@ -429,7 +436,9 @@ class Updater:
         else:
             digest = self.slots.digest(slot)
             limits = BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data)))
-            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest, limits=limits)
+            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest, limits=limits,
+                                   delegation=self.delegations.check(hardware_class=self.facts.hardware_class,
+                                                                     installing=False))
         # An accepted order carries a digest (verify_order); a slot is only loaded with one (has_bundle).
         assert digest is not None
         return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(),

@@ -3,8 +3,8 @@
 Rooms (sub-packages):
 
 * ``store/``      tables (SQLModel), database engine and sessions, content-addressed blob store
-* ``services/``   the domain: devices, deployments, orders, registry, datasets, compression jobs,
-                  bundle builds, telemetry, trust, auth, audit, the reconciler
+* ``services/``   the domain: devices, deployments, orders, registry, datasets, captured samples, compression jobs,
+                  bundle builds, telemetry, drift incidents, trust, auth, audit, the reconciler
 * ``mqtt/``       embedded broker, paho bridge, decoding device messages, batched ingest
 * ``api/``        REST under /api/v1: error mapping, schemas, transfer, ``routes/`` one per resource
 * ``ui/``         web UI: session, render, filters, charts, pages, templates, static

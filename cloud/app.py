@@ -47,6 +47,6 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
                               "Authenticate with `Authorization: Bearer <API token>`.")
     app.state.controller = controller
     api.install(app, upload_body_limit=max(settings.max_bundle_bytes, settings.max_artifact_bytes,
-                                           settings.max_dataset_bytes))
+                                           settings.max_dataset_bytes, settings.max_capture_bytes))
     ui.install(app)
     return app

@@ -1,6 +1,6 @@
 """The composition root: one :class:`Controller` owns the engine, keys, stores, metrics, the
 MQTT transport (embedded broker when no URL is configured), the ingest worker, the reconciler, the
-compression-job worker and the webhook sender.
+compression-job worker, the webhook sender and the drift-incident pass.
 
 ``create_app`` wraps it in FastAPI; the demo and tests can use it directly::
 
@@ -28,7 +28,9 @@ from edgefleet.cloud.mqtt.bridge import MqttBridge
 from edgefleet.cloud.mqtt.broker import EmbeddedBroker
 from edgefleet.cloud.mqtt.decoding import Decoded
 from edgefleet.cloud.mqtt.ingest import Ingestor
-from edgefleet.cloud.services import auth, compression_jobs, deployments, trust, webhooks
+from edgefleet.cloud.services import auth, captures, compression_jobs, deployments, retraining, trust, webhooks
+from edgefleet.cloud.services.incidents import service as incidents
+from edgefleet.cloud.services.incidents.rule import IncidentRule
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.reconciler import ReconcileReport, reconcile
 from edgefleet.cloud.services.rollouts import service as rollouts
@@ -37,6 +39,7 @@ from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
+from edgefleet.protocol.messages import UploadRequest
 from edgefleet.protocol.topics import controller_subscriptions
 
 log = logging.getLogger(__name__)
@@ -76,12 +79,22 @@ class Controller:
         passphrase = settings.release_signing_key_passphrase
         self.release_signing_key = trust.load_release_signing_key(
             settings.release_signing_key_path, passphrase.get_secret_value() if passphrase else None)
+        delegated_passphrase = settings.delegated_signing_key_passphrase
+        self.delegated_signing_key = trust.load_delegated_signing_key(
+            settings.delegated_signing_key_path,
+            delegated_passphrase.get_secret_value() if delegated_passphrase else None)
         self.bundles = BlobStore(settings.bundle_dir)
         self.artifacts = BlobStore(settings.data_dir / "artifacts")
+        self.captures = BlobStore(settings.data_dir / "captures")
+        """Captured datasets uploaded by devices (services/captures.py); their partial uploads: ``upload_dir``."""
+        self.upload_dir = settings.data_dir / "uploads"
         self.metrics = ControllerMetrics()
         self.issuer = OrderIssuer(key=self.controller_key, public_url=settings.resolved_public_url,
                                   lifetime_s=settings.order_lifetime_s,
                                   download_lifetime_s=settings.download_token_lifetime_s)
+        self.grants = captures.GrantIssuer(key=self.controller_key, public_url=settings.resolved_public_url,
+                                           lifetime_s=settings.upload_grant_lifetime_s,
+                                           max_bytes=settings.max_capture_bytes)
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
                                  batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
                                  decode_workers=settings.ingest_decode_workers, on_stored=self._stored)
@@ -98,6 +111,15 @@ class Controller:
         self._jobs = BackgroundLoop(self.run_pending_jobs, interval_s=settings.compression_poll_interval_s,
                                     name="compression-worker") \
             if reconcile_in_background else None
+        self._retraining_lock = threading.Lock()
+        self._retraining = BackgroundLoop(self.run_retraining_jobs, interval_s=settings.compression_poll_interval_s,
+                                          name="retraining-worker") if reconcile_in_background else None
+        """Retraining jobs run in a worker of their own: a long training run holds up no compression job."""
+        self.retraining = retraining.Workshop(
+            open_session=self.session, artifacts=self.artifacts, bundles=self.bundles, captures=self.captures,
+            work_root=settings.data_dir / "retraining", signer=self.bundle_signer, trusted=self.trusted_release_keys,
+            clock=clock, max_dataset_bytes=settings.max_dataset_bytes, max_capture_bytes=settings.max_capture_bytes,
+            max_artifact_bytes=settings.max_artifact_bytes, max_bundle_bytes=settings.max_bundle_bytes)
         self.webhook_post: WebhookPost = webhook_post or webhooks.http_post
         """Sends one webhook request (tests replace it)."""
         self._webhook_retry = webhooks.RetryPolicy(max_attempts=settings.webhook_max_attempts,
@@ -106,6 +128,12 @@ class Controller:
         self._webhook_rng = random.Random()
         self._webhooks = BackgroundLoop(self.deliver_webhooks, interval_s=settings.webhook_interval_s,
                                         name="webhooks") if reconcile_in_background else None
+        self.incident_rules = incident_rules(settings)
+        self._incidents = BackgroundLoop(self.process_incidents, interval_s=settings.reconcile_interval_s,
+                                         name="incidents", min_gap_s=settings.rollout_wake_interval_s) \
+            if reconcile_in_background else None
+        """Judges new telemetry windows for drift incidents when ingest stored some, and closes the
+        incidents that cooled down every ``reconcile_interval_s``."""
         with self.session() as session:
             self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
         if self.initial_admin_token:  # the plaintext is handed to whoever started us, never logged
@@ -124,20 +152,32 @@ class Controller:
         self.transport.start()
         if self._loop is not None:
             self._loop.start()
+        with self.session() as session:  # retraining first: it fails the compression jobs it was running
+            retraining.recover_interrupted(session, now=self.clock())
         with self.session() as session:
             compression_jobs.recover_interrupted(session, now=self.clock())
         if self._jobs is not None:
             self._jobs.start()
+        if self._retraining is not None:
+            self.retraining.stopping.clear()
+            self._retraining.start()
         if self._webhooks is not None:
             self._webhooks.start()
+        if self._incidents is not None:
+            self._incidents.start()
         log.info("controller started: API %s, broker %s", self.settings.resolved_public_url,
                  parse_broker_url(self.broker_url).public_url)
 
     def stop(self) -> None:
+        if self._incidents is not None:
+            self._incidents.stop()
         if self._webhooks is not None:
             self._webhooks.stop(timeout_s=self.settings.webhook_timeout_s + 5)
         if self._jobs is not None:
             self._jobs.stop()
+        if self._retraining is not None:
+            self.retraining.stopping.set()   # a running entry point is killed, its job fails "interrupted"
+            self._retraining.stop()
         if self._loop is not None:
             self._loop.stop()
         if self.transport is not None:
@@ -171,6 +211,12 @@ class Controller:
     def trusted_release_keys(self, session: Session) -> TrustedKeys:
         return trust.trusted_release_keys(session, configured=self.configured_release_keys)
 
+    def bundle_signer(self, session: Session) -> trust.BundleSigner:
+        """What a server-side build (the retraining job) signs with: the delegated key and its document,
+        else the opt-in release key (:func:`trust.bundle_signer`)."""
+        return trust.bundle_signer(session, delegated_key=self.delegated_signing_key,
+                                   release_key=self.release_signing_key, now=self.clock())
+
     @property
     def controller_key_id(self) -> str:
         return key_id(self.controller_key.public_key())
@@ -198,9 +244,10 @@ class Controller:
         return sent
 
     def wake_jobs(self) -> None:
-        """Tell the compression worker a job is waiting (no-op without the background worker)."""
-        if self._jobs is not None:
-            self._jobs.wake()
+        """Tell the compression and retraining workers a job is waiting (no-op without the background workers)."""
+        for loop in (self._jobs, self._retraining):
+            if loop is not None:
+                loop.wake()
 
     def run_pending_jobs(self) -> list[int]:
         """Run every pending compression job to a final state, in order; return their ids.
@@ -210,6 +257,15 @@ class Controller:
             while (job_id := compression_jobs.run_next(open_session=self.session, store=self.artifacts,
                                                        clock=self.clock,
                                                        max_dataset_bytes=self.settings.max_dataset_bytes)) is not None:
+                done.append(job_id)
+        return done
+
+    def run_retraining_jobs(self) -> list[int]:
+        """Run every runnable retraining job to a final state, in order; return their ids. The background
+        worker calls this; tests (``reconcile_in_background=False``) call it directly."""
+        done: list[int] = []
+        with self._retraining_lock:
+            while (job_id := retraining.run_next(self.retraining)) is not None:
                 done.append(job_id)
         return done
 
@@ -241,13 +297,60 @@ class Controller:
                                metrics=self.metrics)
         with self.session() as session:
             self._rollout_devices = frozenset(rollouts.devices_in_running_stages(session))
+        self.publish_grants()
+        return report
+
+    def publish_grants(self) -> int:
+        """Answer the devices' upload requests that no grant answered yet (after ingest stored one,
+        and on every reconcile pass, so a grant the broker did not take goes out later)."""
+        with self.session() as session:
+            return captures.publish_grants(session, publish=self.publish, prefix=self.settings.topic_prefix,
+                                           issuer=self.grants, now=self.clock())
+
+    def publish_delegations(self, device_ids: list[str] | None = None) -> int:
+        """Send the current delegations document to every enrolled device (or to ``device_ids``): after
+        a new version is pushed, and to a device after its hello. Returns how many the broker took."""
+        with self.session() as session:
+            messages = trust.delegation_messages(session, prefix=self.settings.topic_prefix, device_ids=device_ids)
+        return sum(1 for topic, payload in messages if self.publish(topic, payload))
+
+    def process_incidents(self, now: float | None = None) -> incidents.PassReport:
+        """Judge the telemetry windows stored since the last pass for drift incidents and close those
+        that cooled down (docs/incidents.md). The background loop calls this; tests
+        (``reconcile_in_background=False``) call it directly."""
+        report = incidents.process(self.session, rules=self.incident_rules, now=self.clock() if now is None else now)
+        if report.opened:
+            self.wake_jobs()   # an incident may have queued a retraining job
         return report
 
     def _stored(self, items: list[Decoded]) -> None:
         """Ingest stored a batch: a telemetry window or status of a device in a running rollout stage
         may change a gate's verdict, so the reconciler runs now (its passes stay ``rollout_wake_interval_s``
-        apart)."""
+        apart). An upload request is answered with a grant at once."""
+        if any(isinstance(i.message, UploadRequest) for i in items):
+            try:
+                self.publish_grants()
+            except Exception:  # the next reconcile pass retries
+                log.exception("publishing upload grants failed")
+        hellos = [i.device_id for i in items if i.kind == "hello"]
+        if hellos:  # a device that (re)connects gets the delegations document it may have missed
+            try:
+                self.publish_delegations(hellos)
+            except Exception:  # the next hello (or push) sends it again
+                log.exception("publishing the delegations document failed")
+        if self._incidents is not None and any(i.kind == "telemetry" for i in items):
+            self._incidents.wake()
         if self._loop is None or not self.settings.rollout_wake_interval_s or not self._rollout_devices:
             return
         if any(i.kind in ("telemetry", "status") and i.device_id in self._rollout_devices for i in items):
             self._loop.wake()
+
+
+def incident_rules(settings: ControllerSettings) -> incidents.Rules:
+    """The drift-incident rules the settings say (``incident_*``): device cohorts need one device at alarm."""
+    def rule(min_devices: int) -> IncidentRule:
+        return IncidentRule(windows=settings.incident_windows, min_samples=settings.incident_min_samples,
+                            cooldown_s=settings.incident_cooldown_s, min_devices=min_devices)
+
+    tags = None if settings.incident_tags is None else frozenset(settings.incident_tags)
+    return incidents.Rules(device=rule(1), tag=rule(settings.incident_min_devices), tags=tags)

@@ -48,6 +48,11 @@ class ControllerSettings(BaseSettings):
     itself (``POST .../bundles``). Whoever controls the controller can then sign releases; leave
     unset to keep release signing off the server (docs/security.md)."""
     release_signing_key_passphrase: SecretStr | None = None
+    delegated_signing_key_path: Path | None = None
+    """Opt-in: an Ed25519 *private* key that the current delegations document delegates (``edgefleet keys
+    delegate``). Server-side builds (the retraining job) sign with it instead of a release key: bundles
+    only within that delegation's name patterns, hardware classes and expiry (docs/security.md §6)."""
+    delegated_signing_key_passphrase: SecretStr | None = None
     admin_token: str | None = None
     """If set, this token is stored (hashed) as an admin token at start instead of a generated one."""
     topic_prefix: str = DEFAULT_PREFIX
@@ -75,8 +80,12 @@ class ControllerSettings(BaseSettings):
     max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
     max_dataset_bytes: int = Field(default=64 * MiB, gt=0)
     """Bound of an uploaded sample set (``.npz``), packed and unpacked."""
+    max_capture_bytes: int = Field(default=64 * MiB, gt=0)
+    """Bound of one upload of samples captured on a device (``.npz``), packed and unpacked."""
+    upload_grant_lifetime_s: float = Field(default=900.0, gt=0)
+    """How long the signed URL of an upload grant works; a device that needs longer asks again and resumes."""
     compression_poll_interval_s: float = Field(default=5.0, gt=0)
-    """How often the compression worker looks for pending jobs (it is also woken on each new job)."""
+    """How often the compression and retraining workers look for pending jobs (they are also woken on each new job)."""
     ingest_batch_max: int = Field(default=1000, gt=0)
     ingest_queue_max: int = Field(default=100_000, gt=0)
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)
@@ -92,6 +101,19 @@ class ControllerSettings(BaseSettings):
     """Delay before the first retry; it doubles with every further attempt (with jitter)..."""
     webhook_retry_cap_s: float = Field(default=3600.0, gt=0)
     """...up to this."""
+    incident_windows: int = Field(default=3, ge=1)
+    """K: a drift incident opens when a cohort (bundle x device, bundle x tag) is at alarm for this many
+    consecutive telemetry windows (docs/incidents.md)."""
+    incident_min_samples: int = Field(default=100, ge=0)
+    """A window counts only with at least this many samples behind its drift verdict; one with fewer is
+    skipped (it neither counts nor breaks a run)."""
+    incident_cooldown_s: float = Field(default=600.0, gt=0)
+    """An incident closes once no alarm window of its cohort has been seen for this long."""
+    incident_min_devices: int = Field(default=2, ge=1)
+    """A tag cohort is at alarm when at least this many of its devices are (each in a run of K alarm
+    windows to open, at alarm in their latest window to stay open)."""
+    incident_tags: list[str] | None = None
+    """The tags that form cohorts (``None``: every tag; ``[]``: none, device cohorts only)."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -1,6 +1,6 @@
 """The controller's own vocabulary (the device-facing one is :mod:`edgefleet.protocol.vocabulary`):
 deployment and target statuses, compression-job states, roles, model-version kinds, data sources,
-telemetry groupings, webhook events and delivery states. Columns store the values as plain
+telemetry groupings, webhook events and delivery states, drift incidents. Columns store the values as plain
 strings; a ``StrEnum`` member equals its value, so rows compare and serialise as before."""
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ class WebhookEvent(StrEnum):
     EXPERIMENT_FINISHED = "experiment.finished"
     EXPERIMENT_PROMOTED = "experiment.promoted"
     EXPERIMENT_STOPPED = "experiment.stopped"
+    INCIDENT_OPENED = "incident.opened"
+    INCIDENT_CLOSED = "incident.closed"
     PING = "ping"
     """Sent to one webhook on request, to test the receiver."""
 
@@ -179,3 +181,94 @@ class ArmDeviceState(StrEnum):
     """The experiment ended, or another deployment took the device, before it installed."""
     SKIPPED = "skipped"
     """Never in an arm: it cannot run one of the two bundles, or another experiment has it."""
+
+
+class UploadState(StrEnum):
+    """A device's upload of captured samples (services/captures.py)."""
+
+    REQUESTED = "requested"
+    """The device asked; a grant is being (or has been) sent and bytes may be arriving."""
+    STORED = "stored"
+    """Every byte arrived, the digest and the archive checked out: a captured dataset exists."""
+    REFUSED = "refused"
+    """The controller refused the request (unknown bundle, a bundle without capture, too large)."""
+
+
+class CohortKind(StrEnum):
+    """What a drift incident is about (services/incidents/, docs/incidents.md): always one bundle, and..."""
+
+    DEVICE = "device"
+    """...one device running it."""
+    TAG = "tag"
+    """...the devices with one tag running it."""
+
+
+class IncidentState(StrEnum):
+    OPEN = "open"
+    """The cohort stayed at alarm for K consecutive windows and has not cooled down since."""
+    CLOSED = "closed"
+    """No alarm window for the cooldown, or a person closed it."""
+
+
+class IncidentEvent(StrEnum):
+    EXTEND = "extend"
+    """Another alarm window of the cohort."""
+    COOL_DOWN = "cool_down"
+    """No alarm window for ``incident_cooldown_s``."""
+    CLOSE = "close"
+    """A person closed it (with a reason, in the audit log)."""
+
+
+INCIDENT_TRANSITIONS: dict[tuple[IncidentState, IncidentEvent], IncidentState] = {
+    (IncidentState.OPEN, IncidentEvent.EXTEND): IncidentState.OPEN,
+    (IncidentState.OPEN, IncidentEvent.COOL_DOWN): IncidentState.CLOSED,
+    (IncidentState.OPEN, IncidentEvent.CLOSE): IncidentState.CLOSED,
+}
+"""An incident is born ``open`` (the K-window rule held) and ends ``closed``; nothing leaves ``closed``
+(the cohort's next run of K alarm windows opens a new incident)."""
+
+
+class RetrainState(StrEnum):
+    """A retraining job (services/retraining.py, docs/retraining.md)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    """In one of its :class:`RetrainPhase` s."""
+    SUCCEEDED = "succeeded"
+    """A new version, its compressed variant and a signed bundle of it are registered."""
+    FAILED = "failed"
+    """``error_code`` says why; what earlier phases registered stays."""
+
+
+OPEN_RETRAIN_STATES = (RetrainState.PENDING, RetrainState.RUNNING)
+FINAL_RETRAIN_STATES = (RetrainState.SUCCEEDED, RetrainState.FAILED)
+
+
+class RetrainPhase(StrEnum):
+    """The steps of a retraining job, in order."""
+
+    GATHER = "gather"
+    """Reference dataset and captured samples into a work directory."""
+    TRAIN = "train"
+    """The model's entry point, in a subprocess with time and memory limits."""
+    REGISTER = "register"
+    """The new source version, with its lineage."""
+    COMPRESS = "compress"
+    """A compression job with the model's [compression] recipe and gate."""
+    BUNDLE = "bundle"
+    """A bundle built from the model's bundle recipe, signed on the controller."""
+
+
+class TrainingFailure(StrEnum):
+    """Why a training entry point produced no model (besides ``timeout`` and ``interrupted``)."""
+
+    ENTRY_POINT_NOT_FOUND = "entry_point_not_found"
+    """The callable cannot be imported, or the command cannot be run."""
+    TRAINING_FAILED = "training_failed"
+    """It raised an exception, or the command exited non-zero."""
+    MEMORY_LIMIT = "memory_limit"
+    """It needed more memory than ``memory_mb``."""
+    NO_OUTPUT = "no_output"
+    """It ended without writing the output model."""
+    BAD_OUTPUT = "bad_output"
+    """The output is not a model the runtime loads, or its inputs differ from the parent's."""

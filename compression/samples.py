@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgefleet.protocol.training import TrainingRequest
+
 logger = logging.getLogger(__name__)
 
 OPSET = 17
@@ -89,7 +91,11 @@ def train_mlp(data: DigitsData, seed: int = 0, hidden: tuple[int, ...] = (512, 2
         warnings.simplefilter("ignore", ConvergenceWarning)  # the epoch budget is deliberate
         clf.fit(data.x_train, data.y_train)
     logger.info("trained MLP %s: test accuracy %.4f", hidden, clf.score(data.x_test, data.y_test))
+    return _mlp_onnx(clf)
 
+
+def _mlp_onnx(clf: Any) -> bytes:
+    """A fitted ``MLPClassifier`` as ONNX: Gemm (weights ``[in, out]``) and Relu per layer, Softmax."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     current = INPUT_NAME
@@ -105,6 +111,64 @@ def train_mlp(data: DigitsData, seed: int = 0, hidden: tuple[int, ...] = (512, 2
             current = f"relu{i}"
     nodes.append(helper.make_node("Softmax", [current], [OUTPUT_NAME], name="softmax", axis=-1))
     return _model(nodes, inits, "digits_mlp", ["N", 64])
+
+
+def retrain_digits(request: TrainingRequest) -> None:
+    """The digits MLP's training entry point for the controller's retraining job (docs/retraining.md).
+
+    Fine-tunes the parent MLP (an export of :func:`train_mlp`: same layers, its weights as the start)
+    for :data:`RETRAIN_EPOCHS` epochs on the reference data (``x``, ``y``) plus the captured samples
+    that came back labelled, and writes the ONNX model to ``request.output``. Starting from the parent
+    keeps what it learnt and, unlike training from scratch, its tolerance to the recipe's pruning and
+    quantization. Deterministic."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from threadpoolctl import threadpool_limits
+
+    from edgefleet.protocol.files import atomic_write
+
+    with np.load(request.reference, allow_pickle=False) as ref:
+        x, y = ref["x"].reshape(len(ref["x"]), -1).astype(np.float32), ref["y"].astype(np.int64)
+    with np.load(request.captured, allow_pickle=False) as cap:
+        label = cap["label"].astype(np.int64)
+        captured = [cap[n] for n in cap.files if n.startswith("input:")]
+    parts_x, parts_y = [x[y >= 0]], [y[y >= 0]]
+    if captured and len(label):
+        parts_x.append(captured[0].reshape(len(label), -1).astype(np.float32)[label >= 0])
+        parts_y.append(label[label >= 0])
+    train_x, train_y = np.concatenate(parts_x), np.concatenate(parts_y)
+    weights, biases = _mlp_parameters(request.parent)
+    classes = np.arange(weights[-1].shape[1])
+    missing = sorted(set(classes.tolist()) - set(train_y.tolist()))
+    if missing or train_y.max(initial=0) >= len(classes):
+        raise ValueError(f"the labelled samples must cover the classes 0..{len(classes) - 1} and no other "
+                         f"(missing: {missing})")
+    hidden = tuple(w.shape[1] for w in weights[:-1])
+    print(f"retraining {request.model}@{request.parent_version}: {len(parts_y[0])} reference + "
+          f"{len(train_y) - len(parts_y[0])} captured labelled samples, hidden layers {hidden}", flush=True)
+    clf = MLPClassifier(hidden_layer_sizes=hidden, random_state=0, max_iter=RETRAIN_EPOCHS, tol=1e-5, warm_start=True)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the epoch budget is deliberate
+        first = np.array([np.flatnonzero(train_y == c)[0] for c in classes])
+        clf.partial_fit(train_x[first], train_y[first], classes=classes)   # builds the layers and the optimizer
+        clf.coefs_, clf.intercepts_ = weights, biases                       # ... then starts from the parent
+        clf.fit(train_x, train_y)
+    print(f"training accuracy {clf.score(train_x, train_y):.4f}", flush=True)
+    atomic_write(request.output, _mlp_onnx(clf))
+
+
+RETRAIN_EPOCHS = 20
+
+
+def _mlp_parameters(parent: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Weights (``[in, out]``) and biases of the Gemm layers of an MLP exported by :func:`train_mlp`."""
+    with open(parent, "rb") as fh:
+        graph = onnx.load_from_string(fh.read()).graph
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    gemms = [n for n in graph.node if n.op_type == "Gemm" and n.input[1] in arrays and n.input[2] in arrays]
+    if len(gemms) < 2:
+        raise ValueError(f"{parent} is not a digits MLP exported by train_mlp ({len(gemms)} Gemm layers)")
+    return [arrays[n.input[1]].copy() for n in gemms], [arrays[n.input[2]].copy() for n in gemms]  # writable
 
 
 # --- numpy CNN ------------------------------------------------------------------------------

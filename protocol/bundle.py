@@ -4,6 +4,8 @@ A bundle is an uncompressed POSIX ustar archive, members in this order:
 
 * ``manifest.json``   -- canonical JSON of :class:`BundleManifest` (the signed bytes)
 * ``signatures.json`` -- canonical JSON list of ``{"keyid", "sig"}`` release-key signatures
+* ``delegations.json`` -- only in a bundle signed by a delegated key: the signed delegations document
+  it was signed under (:mod:`edgefleet.protocol.delegation`)
 * ``files/<path>``    -- each file of the manifest, stored raw or zlib-deflated (per file, when
   deflating saves at least 10 %, e.g. pruned weights), never anything else
 
@@ -31,6 +33,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefleet.protocol.canonical import canonical_json
+from edgefleet.protocol.delegation import (
+    MAX_DOCUMENT_BYTES,
+    DelegatedSigner,
+    DelegationCheck,
+    check_scope,
+    delegated_signer,
+    delegations_json,
+    parse_delegations,
+)
 from edgefleet.protocol.drift import DriftThresholds, build_profile
 from edgefleet.protocol.errors import (
     ArchiveError,
@@ -41,13 +52,22 @@ from edgefleet.protocol.errors import (
     first_problem,
 )
 from edgefleet.protocol.keys import TrustedKeys, sign
-from edgefleet.protocol.manifest import BundleManifest, FileEntry, Lineage, SmokeTest, TargetConstraints, parse_semver
-from edgefleet.protocol.messages import Signature
+from edgefleet.protocol.manifest import (
+    BundleManifest,
+    CapturePolicy,
+    FileEntry,
+    Lineage,
+    SmokeTest,
+    TargetConstraints,
+    parse_semver,
+)
+from edgefleet.protocol.messages import Signature, SignedDelegations
 from edgefleet.protocol.runtimes import TensorSpec, open_session
 from edgefleet.protocol.vocabulary import Runtime
 
 MANIFEST = "manifest.json"
 SIGNATURES = "signatures.json"
+DELEGATIONS = "delegations.json"
 FILES_DIR = "files/"
 DEFLATE_MIN_SAVING = 0.10
 
@@ -106,6 +126,13 @@ class DriftSection(DriftThresholds):
     model_config = ConfigDict(extra="forbid")
 
 
+class CaptureSection(CapturePolicy):
+    """``[capture]``: sample capture on the device, off unless ``enabled = true`` (a privacy decision,
+    docs/security.md). Copied into the signed manifest, so only a release key can switch it on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class BundleRecipe(BaseModel):
     """A declarative bundle recipe (TOML in ``firmware-bundles/``)."""
 
@@ -118,6 +145,11 @@ class BundleRecipe(BaseModel):
     drift: DriftSection = DriftSection()
     compression: dict[str, Any] | None = None
     """Read by ``edgefleet.compression``; carried here untouched."""
+    training: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Read by the controller's retraining job (docs/retraining.md); carried here untouched, left out
+    of the recipe digest when absent."""
+    capture: CaptureSection | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Left out of the recipe digest when absent, so recipes without it keep their digest."""
     path: Path | None = Field(default=None, exclude=True)
 
     def model_path(self) -> Path | None:
@@ -180,12 +212,15 @@ def _member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return info, io.BytesIO(data)
 
 
-def pack(manifest_bytes: bytes, signatures: list[Signature], stored: dict[str, bytes]) -> bytes:
+def pack(manifest_bytes: bytes, signatures: list[Signature], stored: dict[str, bytes],
+         delegations: bytes | None = None) -> bytes:
     """Write the archive (also used by tests to craft bad bundles)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         tar.addfile(*_member(MANIFEST, manifest_bytes))
         tar.addfile(*_member(SIGNATURES, canonical_json([s.model_dump(mode="json") for s in signatures])))
+        if delegations is not None:
+            tar.addfile(*_member(DELEGATIONS, delegations))
         for path in sorted(stored):
             tar.addfile(*_member(FILES_DIR + path, stored[path]))
         end = tar.offset + 2 * tarfile.BLOCKSIZE
@@ -206,10 +241,14 @@ def _as_feeds(samples: np.ndarray | dict[str, np.ndarray], inputs: list[TensorSp
 
 def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | dict[str, np.ndarray],
                  release_key: Ed25519PrivateKey, compression_report: dict[str, Any] | None = None,
-                 lineage: Lineage | None = None, extra_files: dict[str, bytes] | None = None) -> BuiltBundle:
+                 lineage: Lineage | None = None, extra_files: dict[str, bytes] | None = None,
+                 delegations: SignedDelegations | None = None) -> BuiltBundle:
     """Build and sign a bundle. ``samples`` (a batch for the model's first input, or a dict of
     batches per input) feed the reference drift profile and the smoke-test vectors, whose
-    expected outputs are computed here with the same runtime code the device uses."""
+    expected outputs are computed here with the same runtime code the device uses.
+
+    With ``delegations``, ``release_key`` is a key that document delegates (not a release key): the
+    document goes into the bundle (``delegations.json``) so every verifier can check the chain."""
     b = recipe.bundle
     session = open_session(b.runtime, model)
     feeds = _as_feeds(samples, session.inputs)
@@ -244,9 +283,11 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
         smoke_test=SmokeTest(inputs={k: v.tolist() for k, v in smoke_in.items()},
                              expected={k: v.tolist() for k, v in smoke_out.items()},
                              atol=recipe.smoke_test.atol, rtol=recipe.smoke_test.rtol),
-        compression=compression_report, lineage=lineage)
+        compression=compression_report, lineage=lineage,
+        capture=CapturePolicy.model_validate(recipe.capture.model_dump()) if recipe.capture else None)
     manifest_bytes = canonical_json(manifest.model_dump(mode="json"))
-    return BuiltBundle(pack(manifest_bytes, [sign(release_key, manifest_bytes)], stored), manifest)
+    return BuiltBundle(pack(manifest_bytes, [sign(release_key, manifest_bytes)], stored,
+                            delegations_json(delegations) if delegations is not None else None), manifest)
 
 
 def add_signature(data: bytes, key: Ed25519PrivateKey) -> bytes:
@@ -254,10 +295,11 @@ def add_signature(data: bytes, key: Ed25519PrivateKey) -> bytes:
     members = _members(memoryview(data), BundleLimits())
     manifest_bytes = bytes(members.pop(MANIFEST))
     sigs = _parse_signatures(bytes(members.pop(SIGNATURES)))
+    delegations = members.pop(DELEGATIONS, None)
     new = sign(key, manifest_bytes)
     sigs = [s for s in sigs if s.keyid != new.keyid] + [new]
     stored = {name[len(FILES_DIR):]: bytes(v) for name, v in members.items()}
-    return pack(manifest_bytes, sigs, stored)
+    return pack(manifest_bytes, sigs, stored, bytes(delegations) if delegations is not None else None)
 
 
 # --------------------------------------------------------------------------- reading / verifying
@@ -275,6 +317,8 @@ class VerifiedBundle:
     files: dict[str, bytes]
     signed_by: set[str] = field(default_factory=set)
     digest: str | None = None
+    delegated: DelegatedSigner | None = None
+    """Set when a delegated key signed the bundle: its delegation and the document that holds it."""
 
     @property
     def model(self) -> bytes:
@@ -298,7 +342,7 @@ def _members(data: memoryview, limits: BundleLimits) -> dict[str, memoryview]:
                     raise ArchiveError(f"unsafe member path {name!r}", where=name)
                 if name in out:
                     raise ArchiveError(f"duplicate member {name!r}", where=name)
-                if name not in (MANIFEST, SIGNATURES) and not name.startswith(FILES_DIR):
+                if name not in (MANIFEST, SIGNATURES, DELEGATIONS) and not name.startswith(FILES_DIR):
                     raise ArchiveError(f"unexpected member {name!r}", where=name)
                 if info.offset_data + info.size > len(data):
                     raise ArchiveError("archive is truncated", where=name)
@@ -337,11 +381,15 @@ def read_manifest(data: bytes) -> BundleManifest:
 
 
 def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_digest: str | None = None,
-                  expected_size: int | None = None, limits: BundleLimits | None = None) -> VerifiedBundle:
+                  expected_size: int | None = None, limits: BundleLimits | None = None,
+                  delegation: DelegationCheck | None = None) -> VerifiedBundle:
     """Verify ``data`` completely or raise a :class:`VerificationError` subclass.
 
     Order: size bound, digest (when the order gave one), archive safety, release signature over
     the raw manifest bytes, then every file's size and sha256 after decoding with a size bound.
+    With ``delegation``, a bundle that no threshold of release keys signed may instead be signed by a
+    delegated key: the chain is checked (:func:`~edgefleet.protocol.delegation.delegated_signer`)
+    before the manifest is parsed, its scope right after.
     The whole-bundle digest and the per-file digests are two sha256 passes over the same bytes;
     hashlib releases the GIL, so the whole-bundle pass runs on another core meanwhile. A bundle
     whose digest differs is reported as a digest mismatch whatever else is wrong with it.
@@ -353,11 +401,11 @@ def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_di
     if len(view) > limits.max_bundle_bytes:
         raise SizeLimitError(f"bundle is {len(view)} bytes, limit {limits.max_bundle_bytes}", where="bundle")
     if expected_digest is None:
-        return _verify_contents(view, trusted, limits)
+        return _verify_contents(view, trusted, limits, delegation)
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(bundle_digest, view)
         try:
-            verified = _verify_contents(view, trusted, limits)
+            verified = _verify_contents(view, trusted, limits, delegation)
         except VerificationError:
             _check_digest(digest.result(), expected_digest)
             raise
@@ -372,15 +420,39 @@ def _check_digest(digest: str, expected: str) -> None:
                                   where="bundle", hint="the download was altered or is the wrong file")
 
 
-def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimits) -> VerifiedBundle:
+def _signers(members: dict[str, memoryview], trusted: TrustedKeys,
+             delegation: DelegationCheck | None) -> tuple[set[str], DelegatedSigner | None]:
+    """Who signed the manifest: a threshold of release keys, else (with ``delegation``, and only in a
+    bundle that carries its delegations document) a delegated key."""
+    manifest_raw = bytes(members[MANIFEST])
+    signatures = _parse_signatures(bytes(members[SIGNATURES]))
+    embedded = members.get(DELEGATIONS)
+    try:
+        return trusted.verify(manifest_raw, signatures), None
+    except VerificationError:
+        if delegation is None or embedded is None:
+            raise  # nothing says the bundle is delegated: the release verdict is the precise one
+    if len(embedded) > MAX_DOCUMENT_BYTES:
+        raise SizeLimitError(f"{DELEGATIONS} is larger than {MAX_DOCUMENT_BYTES} bytes", where=DELEGATIONS)
+    signer = delegated_signer(manifest_raw, signatures, embedded=parse_delegations(bytes(embedded), where=DELEGATIONS),
+                              trusted=trusted, check=delegation)
+    return {signer.keyid}, signer
+
+
+def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimits,
+                     delegation: DelegationCheck | None = None) -> VerifiedBundle:
     members = _members(view, limits)
     manifest_raw = members[MANIFEST]
     if len(manifest_raw) > limits.max_manifest_bytes:
         raise SizeLimitError("manifest too large", where=MANIFEST)
-    signed_by = trusted.verify(bytes(manifest_raw), _parse_signatures(bytes(members[SIGNATURES])))
+    signed_by, signer = _signers(members, trusted, delegation)
     manifest = _parse_manifest(manifest_raw)
+    if signer is not None:
+        assert delegation is not None  # a delegated signer is only looked for with a check
+        check_scope(signer.delegation, name=manifest.name, target_classes=manifest.target.hardware_classes,
+                    check=delegation)
     listed = {FILES_DIR + f.path for f in manifest.files}
-    unlisted = set(members) - listed - {MANIFEST, SIGNATURES}
+    unlisted = set(members) - listed - {MANIFEST, SIGNATURES, DELEGATIONS}
     if unlisted:
         raise ArchiveError(f"members not listed in the manifest: {sorted(unlisted)}", where="bundle")
     if manifest.model_file not in {f.path for f in manifest.files}:
@@ -402,7 +474,7 @@ def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimit
         if len(content) != entry.size or bundle_digest(content) != entry.sha256:
             raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
         files[entry.path] = bytes(content)
-    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by)
+    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, delegated=signer)
 
 
 def _inflate(stored: memoryview, size: int, where: str) -> bytes:

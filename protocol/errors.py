@@ -102,6 +102,37 @@ class ArchiveError(VerificationError):
     code: str = Reason.UNSAFE_ARCHIVE
 
 
+class DelegationError(VerificationError):
+    """A bundle signed by a delegated key is outside what its delegation allows (name pattern,
+    hardware class), or the delegation chain itself does not hold (docs/security.md §6)."""
+
+    code: str = Reason.OUTSIDE_DELEGATION
+
+
+class NotDelegatedError(DelegationError):
+    """No signature by a key the delegations document delegates."""
+
+    code: str = Reason.NOT_DELEGATED
+
+
+class DelegationExpiredError(DelegationError):
+    """The delegation, or the whole delegations document, has expired."""
+
+    code: str = Reason.DELEGATION_EXPIRED
+
+
+class DelegationRevokedError(DelegationError):
+    """The signing key was delegated in an older document that a newer accepted one replaced without it."""
+
+    code: str = Reason.DELEGATION_REVOKED
+
+
+class DelegationRollbackError(DelegationError):
+    """A delegations document older than the one already accepted (or another one of the same version)."""
+
+    code: str = Reason.DELEGATION_ROLLBACK
+
+
 class MessageError(EdgeFleetError):
     """A wire message is malformed, of the wrong schema or too large."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.protocol.drift import ReferenceProfile
 from edgefleet.protocol.errors import TargetMismatchError
@@ -72,6 +72,34 @@ class Lineage(Model):
     source: str | None = None
 
 
+MiB = 1024 * 1024
+
+
+class CapturePolicy(Model):
+    """Sample capture on the device (docs/bundle-format.md ``[capture]``, docs/security.md): off unless
+    the signed manifest says ``enabled``. The device keeps a bounded, drift-weighted reservoir of served
+    inputs (with the predicted class and, once fed back, the label) and uploads it to its controller."""
+
+    enabled: bool = Field(default=False, strict=True)
+    max_samples: int = Field(default=512, ge=1, le=100_000)
+    """Samples kept on the device at most (the reservoir's size)."""
+    max_bytes: int = Field(default=8 * MiB, ge=64 * 1024, le=1024 * MiB)
+    """Disk the samples and the batch waiting for upload take at most, in bytes."""
+    drift_weight: float = Field(default=4.0, ge=1.0, le=1000.0)
+    """How much more likely a sample served while the model's latest window was at warn or alarm is kept."""
+    min_samples_to_upload: int = Field(default=64, ge=1, le=100_000)
+    """A batch is sealed for upload once the reservoir holds this many samples..."""
+    upload_interval_s: int = Field(default=3600, ge=1, le=30 * 86_400)
+    """...and this long has passed since the last batch (or a window was at alarm)."""
+
+    @model_validator(mode="after")
+    def _upload_fits(self) -> CapturePolicy:
+        if self.min_samples_to_upload > self.max_samples:
+            raise ValueError(f"min_samples_to_upload ({self.min_samples_to_upload}) exceeds max_samples "
+                             f"({self.max_samples}): no batch would ever be sealed")
+        return self
+
+
 class BundleManifest(Model):
     format_version: int = FORMAT_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -90,6 +118,9 @@ class BundleManifest(Model):
     smoke_test: SmokeTest | None = None
     compression: dict[str, Any] | None = None
     lineage: Lineage = Lineage()
+    capture: CapturePolicy | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Absent: the device captures no samples. Left out of the JSON (and so of the signed bytes) when
+    absent, so bundles without it are byte-identical to those built before it existed."""
 
     @field_validator("version")
     @classmethod

@@ -8,13 +8,14 @@ through an older receiver.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgefleet.protocol.errors import MessageError, first_problem
 from edgefleet.protocol.vocabulary import (
@@ -207,6 +208,43 @@ class DriftScores(WireModel):
     samples: int = 0
 
 
+MAX_CONFUSION_CELLS = 400
+"""A window's confusion table has at most this many cells (true x predicted); past it, only the counts."""
+MAX_LABEL_CHARS = 64
+"""A label in a confusion table has at most this many characters."""
+LabelName = Annotated[str, Field(max_length=MAX_LABEL_CHARS)]
+
+
+class Feedback(WireModel):
+    """Labels the application gave back for served predictions, counted in the window they arrived
+    in: ``labelled`` samples, ``correct`` of them, and the confusion cells true -> predicted -> count
+    (non-zero cells only; empty past :data:`MAX_CONFUSION_CELLS`). When the table is given, its cells
+    sum to ``labelled`` and its diagonal to ``correct``."""
+
+    labelled: int = Field(ge=0, le=1 << 40, strict=True)
+    correct: int = Field(ge=0, le=1 << 40, strict=True)
+    confusion: dict[LabelName, dict[LabelName, Annotated[int, Field(ge=1, strict=True)]]] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Feedback:
+        if self.correct > self.labelled:
+            raise ValueError(f"correct ({self.correct}) exceeds labelled ({self.labelled})")
+        if self.confusion:
+            cells = [(t, p, c) for t, row in self.confusion.items() for p, c in row.items()]
+            if len(cells) > MAX_CONFUSION_CELLS:
+                raise ValueError(f"confusion has {len(cells)} cells, at most {MAX_CONFUSION_CELLS}")
+            if sum(c for *_, c in cells) != self.labelled:
+                raise ValueError(f"confusion cells sum to {sum(c for *_, c in cells)}, not labelled ({self.labelled})")
+            if sum(c for t, p, c in cells if t == p) != self.correct:
+                raise ValueError(f"the confusion diagonal sums to {sum(c for t, p, c in cells if t == p)}, "
+                                 f"not correct ({self.correct})")
+        return self
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
 class TelemetryWindow(Message):
     type: Literal["telemetry"] = "telemetry"
     window_seq: int = Field(ge=0)
@@ -221,6 +259,8 @@ class TelemetryWindow(Message):
     features: list[list[int]] = []
     predictions: dict[str, int] = {}
     drift: DriftScores | None = None
+    feedback: Feedback | None = None
+    """Labels that came back in this window (``POST /v1/feedback`` on the device), if any."""
 
 
 class Event(Message):
@@ -229,6 +269,129 @@ class Event(Message):
     kind: str
     text: str = Field(default="", max_length=2000)
     data: dict[str, Any] = {}
+
+
+UploadId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024
+"""The largest batch of captured samples a device may ask to upload (the bundle's ``[capture]``
+``max_bytes`` bounds it further; the controller's ``max_capture_bytes`` too)."""
+
+
+class UploadRequest(Message):
+    """On the events topic: a sealed batch of captured samples (docs/protocol.md §upload) asks the
+    controller for an upload grant. Sent again (same ``upload_id``) until a grant arrives."""
+
+    type: Literal["upload_request"] = "upload_request"
+    upload_id: UploadId
+    bundle_digest: Sha256Hex
+    size: int = Field(ge=1, le=MAX_UPLOAD_BYTES)
+    sha256: Sha256Hex
+    samples: int = Field(ge=1)
+    labelled: int = Field(ge=0)
+    t_from: float
+    t_to: float
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UploadRequest:
+        if self.labelled > self.samples:
+            raise ValueError(f"labelled ({self.labelled}) exceeds samples ({self.samples})")
+        if self.t_from > self.t_to:
+            raise ValueError(f"t_from ({self.t_from}) is after t_to ({self.t_to})")
+        return self
+
+
+class UploadGrant(WireModel):
+    """The body the controller key signs: ``device_id`` may PUT upload ``upload_id`` (at most
+    ``max_bytes``) to ``url`` until ``expires_at``. Times are integer Unix seconds (canonical JSON)."""
+
+    device_id: DeviceId
+    upload_id: UploadId
+    url: str = Field(min_length=1, max_length=2048)
+    max_bytes: int = Field(ge=1, le=MAX_UPLOAD_BYTES)
+    issued_at: int
+    expires_at: int
+    key_id: str = ""
+
+
+class SignedUploadGrant(WireModel):
+    signed: UploadGrant
+    signatures: list[Signature] = Field(min_length=1, max_length=8)
+
+
+class UploadGrantMessage(Message):
+    """On the device's cmd topic: the answer to an :class:`UploadRequest`."""
+
+    type: Literal["upload_grant"] = "upload_grant"
+    grant: SignedUploadGrant
+
+
+MAX_DELEGATIONS = 32
+ANY_HARDWARE_CLASS = "*"
+"""In a delegation's ``hardware_classes``, alone: every hardware class."""
+NamePattern = Annotated[str, Field(pattern=r"^[a-z0-9_.*?\[\]!-]{1,64}$")]
+"""A bundle-name pattern, ``fnmatch`` style (``*``, ``?``, ``[seq]``, ``[!seq]``), matched case-sensitively."""
+
+
+class DelegationScope(BaseModel):
+    """Delegation bodies refuse unknown fields (``extra="forbid"``, unlike every other wire model): a
+    field a newer signer added would be a restriction this receiver cannot enforce, so it fails closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Delegation(DelegationScope):
+    """One delegated key (docs/security.md §6): it may sign bundles whose ``name`` matches one of
+    ``name_patterns``, targeting only ``hardware_classes`` (``["*"]``: any), until ``expires_at``."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    keyid: Sha256Hex
+    public_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """The raw 32-byte Ed25519 public key, lowercase hex (its sha256 is ``keyid``)."""
+    name_patterns: list[NamePattern] = Field(min_length=1, max_length=16)
+    hardware_classes: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=64)
+    expires_at: int
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Delegation:
+        if hashlib.sha256(bytes.fromhex(self.public_key)).hexdigest() != self.keyid:
+            raise ValueError("keyid is not the sha256 of public_key")
+        if ANY_HARDWARE_CLASS in self.hardware_classes and len(self.hardware_classes) > 1:
+            raise ValueError(f"{ANY_HARDWARE_CLASS!r} means every hardware class: give it alone")
+        return self
+
+
+class DelegationsDocument(DelegationScope):
+    """The body the release keys sign (with their threshold): every delegation in force. Revoking one
+    is signing the next ``version`` without it. Times are integer Unix seconds (canonical JSON)."""
+
+    type: Literal["delegations"] = "delegations"
+    version: int = Field(ge=1)
+    expires_at: int
+    delegations: list[Delegation] = Field(default_factory=list, max_length=MAX_DELEGATIONS)
+
+    @model_validator(mode="after")
+    def _unique(self) -> DelegationsDocument:
+        for attr in ("name", "keyid"):
+            values = [getattr(d, attr) for d in self.delegations]
+            if len(set(values)) != len(values):
+                raise ValueError(f"two delegations share a {attr}: one delegation per key and name")
+        return self
+
+    def by_keyid(self, keyid: str) -> Delegation | None:
+        return next((d for d in self.delegations if d.keyid == keyid), None)
+
+
+class SignedDelegations(WireModel):
+    signed: DelegationsDocument
+    signatures: list[Signature] = Field(min_length=1, max_length=8)
+
+
+class DelegationsMessage(Message):
+    """On the device's cmd topic: the controller's current delegations document (on every new
+    version, and after each ``hello``). The device keeps the newest valid one it has seen."""
+
+    type: Literal["delegations"] = "delegations"
+    delegations: SignedDelegations
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -240,6 +403,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
     "cmd": OrderMessage,
 }
 """The message model carried by each topic kind."""
+
+VARIANTS: dict[str, dict[str, type[Message]]] = {
+    "events": {"event": Event, "upload_request": UploadRequest},
+    "cmd": {"order": OrderMessage, "upload_grant": UploadGrantMessage, "delegations": DelegationsMessage},
+}
+"""Kinds whose topic carries several message types, told apart by ``type``."""
 
 
 def _refuse_constant(name: str) -> float:
@@ -260,8 +429,7 @@ def encode(msg: Message) -> bytes:
 def decode(kind: str, payload: bytes) -> Message:
     """Parse a payload received on a topic of ``kind``; raise :class:`MessageError` on any
     problem (too large, not JSON, wrong type, wrong schema) without side effects."""
-    model = MESSAGE_TYPES.get(kind)
-    if model is None:
+    if kind not in MESSAGE_TYPES:
         raise MessageError(f"unknown topic kind {kind!r}", where="topic")
     limit = MAX_PAYLOAD[kind]
     if len(payload) > limit:
@@ -277,6 +445,14 @@ def decode(kind: str, payload: bytes) -> Message:
     if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 and 1.0 == 1 in Python
         raise MessageError(f"unsupported schema_version {version!r}", code=Reason.UNSUPPORTED_SCHEMA,
                            where=kind, hint=f"this receiver speaks schema_version {SCHEMA_VERSION}")
+    model = MESSAGE_TYPES[kind]
+    if kind in VARIANTS:
+        type_ = obj.get("type")
+        variant = VARIANTS[kind].get(type_) if isinstance(type_, str) else None
+        if variant is None:
+            raise MessageError(f"unknown {kind} message type {str(type_)[:64]!r}", where=f"{kind}.type",
+                               hint=f"expected one of {', '.join(VARIANTS[kind])}")
+        model = variant
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

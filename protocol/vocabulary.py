@@ -52,6 +52,12 @@ class Reason(StrEnum):
     SIZE_LIMIT = "size_limit"
     TARGET_MISMATCH = "target_mismatch"
     UNSAFE_ARCHIVE = "unsafe_archive"
+    # bundles signed by a delegated key (docs/security.md §6)
+    NOT_DELEGATED = "not_delegated"
+    OUTSIDE_DELEGATION = "outside_delegation"
+    DELEGATION_EXPIRED = "delegation_expired"
+    DELEGATION_REVOKED = "delegation_revoked"
+    DELEGATION_ROLLBACK = "delegation_rollback"
     # malformed wire messages
     MALFORMED_MESSAGE = "malformed_message"
     PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -81,6 +87,10 @@ class Reason(StrEnum):
     BAD_INPUT = "bad_input"
     BAD_MODEL = "bad_model"
     NO_MODEL = "no_model"
+    # feedback (labels for served predictions)
+    UNKNOWN_PREDICTION = "unknown_prediction"
+    ALREADY_LABELLED = "already_labelled"
+    BUNDLE_REPLACED = "bundle_replaced"
     # the controller's deployment bookkeeping
     DEPLOYMENT_TIMEOUT = "deployment_timeout"
     SUPERSEDED = "superseded"

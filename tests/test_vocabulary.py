@@ -19,7 +19,8 @@ DEVICE_ENUMS = [protocol_vocabulary.UpdateState, protocol_vocabulary.Outcome, pr
                 protocol_vocabulary.DriftLevel]
 CLOUD_ENUMS = [cloud_vocabulary.DeploymentStatus, cloud_vocabulary.TargetState, cloud_vocabulary.JobState,
                cloud_vocabulary.Role, cloud_vocabulary.RolloutState, cloud_vocabulary.StageState,
-               cloud_vocabulary.DeviceState, cloud_vocabulary.ExperimentState, cloud_vocabulary.ArmDeviceState]
+               cloud_vocabulary.DeviceState, cloud_vocabulary.ExperimentState, cloud_vocabulary.ArmDeviceState,
+               cloud_vocabulary.UploadState]
 DEVICE_WORDS = {member.value for enum in DEVICE_ENUMS for member in enum}
 WORDS = DEVICE_WORDS | {member.value for enum in CLOUD_ENUMS for member in enum}
 """The controller's code is held to both vocabularies, the rest (protocol, agent, compression) to the

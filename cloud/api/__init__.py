@@ -10,22 +10,26 @@ from edgefleet.cloud.api import errors
 from edgefleet.cloud.api.routes import (
     audit,
     bundles,
+    captures,
     compression,
     deployments,
     devices,
     enrollment,
     experiments,
+    incidents,
     keys,
     models,
+    retraining,
     rollouts,
     system,
     telemetry,
     tokens,
+    uploads,
     webhooks,
 )
 
-RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, deployments, rollouts,
-             experiments, telemetry, webhooks)
+RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, retraining, deployments,
+             rollouts, experiments, incidents, telemetry, webhooks, captures)
 
 
 def install(app: FastAPI, *, upload_body_limit: int) -> None:
@@ -35,5 +39,5 @@ def install(app: FastAPI, *, upload_body_limit: int) -> None:
     app.include_router(system.router)
     for module in RESOURCES:
         app.include_router(module.api)
-    for module in (models, bundles):
+    for module in (models, bundles, uploads):
         app.include_router(module.uploads, max_body_size=upload_body_limit)

@@ -11,7 +11,7 @@ from edgefleet.cloud.services.rollouts.policy import DEFAULT_TEMPLATE, TEMPLATES
 from edgefleet.cloud.vocabulary import Arm, DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleRecipe
-from edgefleet.protocol.messages import DeviceId, HealthCheck
+from edgefleet.protocol.messages import Delegation, DeviceId, HealthCheck, SignedDelegations
 from edgefleet.protocol.vocabulary import Runtime
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -60,6 +60,18 @@ class ReleaseKeyOut(Out):
     source: str = "api"
 
 
+class DelegationsOut(Out):
+    """The delegations document in force (docs/security.md §6) and who pushed it when."""
+
+    version: int
+    expires_at: int
+    pushed_at: float
+    pushed_by: str
+    delegations: list[Delegation]
+    document: SignedDelegations
+    """The signed document as devices get it (feed it to ``edgefleet keys delegate --from``)."""
+
+
 class AuditOut(Out):
     id: int
     at: float
@@ -102,6 +114,9 @@ class ModelVersionCreate(Body):
     format: Runtime = Runtime.ONNX
     report: dict[str, Any] | None = None
     """The compression report (size, latency, accuracy / fidelity, gate)."""
+    lineage: dict[str, Any] | None = None
+    """Where it came from: e.g. ``{"incident": "...", "datasets": {...}, "pipeline": "..."}`` from an
+    external training pipeline (docs/retraining.md); ``parent`` is the version it was trained from."""
 
 
 class ModelVersionOut(Out):
@@ -113,6 +128,7 @@ class ModelVersionOut(Out):
     artifact_digest: str | None
     artifact_size: int | None
     report: dict[str, Any] | None
+    lineage: dict[str, Any] | None = None
     created_at: float
     created_by: str
 
@@ -148,6 +164,25 @@ class DatasetOut(Out):
     uploaded_by: str
 
 
+class CapturedDatasetOut(Out):
+    """Samples captured on a device and uploaded (docs/operations.md, "Captured samples")."""
+
+    id: int
+    upload_id: str
+    device_id: str
+    bundle_digest: str
+    bundle_name: str | None
+    bundle_version: str | None
+    model_name: str | None
+    t_from: float
+    t_to: float
+    samples: int
+    labelled: int
+    size: int
+    blob_digest: str
+    stored_at: float
+
+
 class CompressionJobCreate(Body):
     variant: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     """Version string of the compressed variant to register."""
@@ -171,6 +206,50 @@ class CompressionJobOut(Out):
     error_message: str | None
     report: dict[str, Any] | None
     result_version_id: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    created_by: str
+
+
+class RecipeOut(Out):
+    """A model's recipe (docs/retraining.md): ``training``, ``compression`` and the bundle tables."""
+
+    model: str
+    recipe: dict[str, Any]
+    updated_at: float
+    updated_by: str
+
+
+class RetrainRequest(Body):
+    incident_id: str | None = Field(default=None, min_length=1, max_length=128)
+    """The incident this retraining answers (recorded in the new version's lineage)."""
+    parent: str | None = Field(default=None, max_length=64)
+    """The version to retrain (default: the newest source version with a model file)."""
+    note: str = Field(default="", max_length=2000)
+
+
+class RetrainingJobOut(Out):
+    id: int
+    model_name: str
+    parent_version: str
+    incident_id: str | None
+    note: str
+    state: str
+    phase: str | None
+    attempts: int
+    datasets: dict[str, Any]
+    result_version: str | None
+    result_version_id: int | None
+    compression_job_id: int | None
+    compressed_version: str | None
+    bundle_digest: str | None
+    timings: dict[str, float]
+    """Seconds per finished phase (gather, train, register, compress, bundle)."""
+    error_code: str | None
+    error_message: str | None
+    report: dict[str, Any] | None
+    log_tail: str
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -345,6 +424,7 @@ class WindowOut(Out):
     drift_js: float | None
     drift_ks: float | None
     drift_level: str | None
+    drift_samples: int | None = None
     received_at: float
 
 
@@ -433,6 +513,68 @@ class RolloutOut(Out):
 class RolloutDetail(RolloutOut):
     stages: list[RolloutStageOut]
     device_rows: list[RolloutDeviceOut]
+
+
+# ---------------------------------------------------------------- incidents
+
+class IncidentOut(Out):
+    """A drift incident (docs/incidents.md); times are the telemetry windows' own (Unix seconds)."""
+
+    id: str
+    cohort_kind: str
+    """``device`` or ``tag``."""
+    cohort_key: str
+    """The device id, or the tag."""
+    bundle_digest: str
+    bundle_name: str | None
+    bundle_version: str | None
+    model_name: str | None
+    state: str
+    """``open`` or ``closed``."""
+    opened_at: float
+    first_alarm_at: float
+    """End of the first alarm window of the run that opened it."""
+    last_alarm_at: float
+    last_window_end: float
+    closed_at: float | None
+    windows: int
+    """Alarm windows counted in it."""
+    peak_psi: float | None
+    devices: list[str]
+    reason: str | None
+    """Why it closed."""
+    updated_at: float
+
+
+class IncidentRuleOut(Out):
+    windows: int
+    min_samples: int
+    cooldown_s: float
+    min_devices: int
+
+
+class IncidentWindowOut(Out):
+    device_id: str
+    window_seq: int
+    window_start: float
+    window_end: float
+    drift_psi: float | None
+    drift_js: float | None
+    drift_level: str | None
+    drift_samples: int | None
+
+
+class IncidentDetail(IncidentOut):
+    rule: IncidentRuleOut
+    """The rule its cohort kind is judged by (the controller's current settings)."""
+    evidence: list[IncidentWindowOut]
+    """The drift series behind it, oldest first: its devices' windows on its bundle, from a cooldown
+    before the first alarm window to the close (or to now)."""
+
+
+class IncidentClose(Body):
+    reason: str = Field(min_length=1, max_length=500)
+    """Why (kept in the incident and the audit log)."""
 
 
 # ---------------------------------------------------------------- webhooks

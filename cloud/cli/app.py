@@ -17,12 +17,15 @@ import typer
 
 from edgefleet.cloud.cli import (
     bundles,
+    captures,
     compress,
     deployments,
     devices,
     experiments,
+    incidents,
     keys,
     models,
+    retrain,
     rollouts,
     serve,
     status,
@@ -35,8 +38,8 @@ from edgefleet.protocol.errors import AccuracyGateError, ConfigError, EdgeFleetE
 app = typer.Typer(name="edgefleet", no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="EdgeFleet: compress, sign and roll out ML models to edge devices.")
 
-for group in (keys, bundles, compress, models, devices, deployments, rollouts, experiments, webhooks, telemetry, status,
-              serve):
+for group in (keys, bundles, compress, models, retrain, devices, deployments, rollouts, experiments, incidents,
+              webhooks, telemetry, captures, status, serve):
     group.register(app)
 
 
@@ -115,7 +118,7 @@ def run(argv: list[str] | None = None) -> int:
             err_console.print(f"Error: {exc.format_message()}", highlight=False, markup=False)
         return exc.exit_code
     except EdgeFleetError as exc:
-        err_console.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"error: {exc}", highlight=False, markup=False, emoji=False, soft_wrap=True)  # "x:train:y"
         return exit_code(exc)
     except OSError as exc:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""

@@ -17,6 +17,10 @@ from edgefleet.protocol.files import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgefleet.protocol.bundle import BundleRecipe
+    from edgefleet.protocol.messages import SignedDelegations
 
 # The bundle format, keys and numpy are imported by the commands that use them, so that the CLI
 # starts fast (tests/cloud/test_cli_usage.py checks what importing it loads).
@@ -55,7 +59,10 @@ def load_samples(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
 @bundle_app.command("build")
 def bundle_build(
     recipe: Path = typer.Argument(..., help="bundle recipe (TOML, see firmware-bundles/)"),
-    key: Path = typer.Option(..., "--key", "-k", help="release private key"),
+    key: Path = typer.Option(..., "--key", "-k", help="release private key (or, with --delegation, a delegated key)"),
+    delegation: Path = typer.Option(None, "--delegation", help="the delegations document that delegates --key "
+                                                               "(from 'edgefleet keys delegate'); it goes into the "
+                                                               "bundle"),
     model: Path = typer.Option(None, help="model file (default: [bundle].model of the recipe)"),
     samples: str = typer.Option("digits", help="sample inputs for the drift profile, smoke tests and compression: "
                                                ".npy, .npz (x and optional labels y) or 'digits'"),
@@ -68,11 +75,16 @@ def bundle_build(
     json_out: bool = JSON,
 ) -> None:
     """Build and sign a bundle from a recipe and a model (byte-reproducible)."""
+    from edgefleet.cloud.cli.keys import read_delegations
     from edgefleet.protocol import keys as keylib
     from edgefleet.protocol.bundle import build_bundle, bundle_digest, load_recipe
     from edgefleet.protocol.manifest import Lineage
 
     r = load_recipe(recipe)
+    signing_key = keylib.load_private_key(key, passphrase)
+    delegations = read_delegations(delegation) if delegation else None
+    if delegations is not None:
+        _check_delegated(r, signing_key, delegations, where=str(delegation))
     model_path = model or r.model_path()
     if model_path is None:
         raise ConfigError("no model given", where=f"{recipe}: bundle.model", hint="set it or pass --model")
@@ -91,14 +103,33 @@ def bundle_build(
                               calibration=x, eval_x=x, eval_y=y)
         lineage = lineage.model_copy(update={"parent_digest": bundle_digest(model_bytes)})
         model_bytes, report = result.model, result.report.manifest_dict()
-    built = build_bundle(r, model_bytes, samples=x, release_key=keylib.load_private_key(key, passphrase),
-                         compression_report=report, lineage=lineage)
+    built = build_bundle(r, model_bytes, samples=x, release_key=signing_key, compression_report=report,
+                         lineage=lineage, delegations=delegations)
     out = out or Path(f"{r.bundle.name}-{r.bundle.version}+{r.bundle.build}.efb")
     atomic_write(out, built.data)
     info = {"bundle": str(out), "name": r.bundle.name, "version": r.bundle.version, "build": r.bundle.build,
             "runtime": r.bundle.runtime, "digest": built.digest, "size": len(built.data),
             "compression": (report or {}).get("mode", "none")}
     print_json(info) if json_out else print_fields(info)
+
+
+def _check_delegated(recipe: BundleRecipe, key: Ed25519PrivateKey, delegations: SignedDelegations, *,
+                     where: str) -> None:
+    """Refuse, before building, a bundle every device would refuse: the key is not delegated by the
+    document, or the recipe's name or hardware classes are outside its delegation, or it has expired."""
+    import time
+
+    from edgefleet.protocol.delegation import DelegationCheck, check_scope
+    from edgefleet.protocol.keys import key_id
+
+    kid = key_id(key.public_key())
+    found = delegations.signed.by_keyid(kid)
+    if found is None:
+        raise ConfigError(f"key {kid[:16]}... is not delegated by this document (version "
+                          f"{delegations.signed.version})", where=where,
+                          hint="delegate it: edgefleet keys delegate --public-key ...")
+    check_scope(found, name=recipe.bundle.name, target_classes=recipe.target.hardware_classes,
+                check=DelegationCheck(now=time.time()))
 
 
 def _read_report(path: Path) -> dict[str, Any]:
@@ -133,18 +164,25 @@ def bundle_verify(
     threshold: int = typer.Option(1, min=1),
     json_out: bool = JSON,
 ) -> None:
-    """Verify signatures and every file digest, as a device would."""
+    """Verify signatures and every file digest, as a device would (a bundle signed by a delegated key:
+    the chain from the release keys, and the delegation's scope for the classes the bundle targets)."""
+    import time
+
     from edgefleet.protocol import keys as keylib
     from edgefleet.protocol.bundle import BundleLimits, bundle_digest, verify_bundle
+    from edgefleet.protocol.delegation import DelegationCheck
 
     data = bundle.read_bytes()
     verified = verify_bundle(data, trusted=keylib.TrustedKeys.from_files(trusted, role="release", threshold=threshold),
-                             limits=BundleLimits())
+                             limits=BundleLimits(), delegation=DelegationCheck(now=time.time()))
     m = verified.manifest
+    via = verified.delegated
     info = {"ok": True, "name": m.name, "version": m.version, "build": m.build, "digest": bundle_digest(data),
-            "signed_by": sorted(verified.signed_by)}
+            "signed_by": sorted(verified.signed_by),
+            "delegation": {"name": via.delegation.name, "version": via.document.signed.version} if via else None}
     print_json(info) if json_out else console.print(
-        f"[green]OK[/] {m.name} {m.version}+{m.build} signed by {', '.join(short(k) for k in verified.signed_by)}")
+        f"[green]OK[/] {m.name} {m.version}+{m.build} signed by {', '.join(short(k) for k in verified.signed_by)}"
+        + (f" (delegation {via.delegation.name!r}, delegations version {via.document.signed.version})" if via else ""))
 
 
 @bundle_app.command("inspect")

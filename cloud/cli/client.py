@@ -82,12 +82,7 @@ class ControllerClient:
             raise TransportError(f"cannot reach the controller: {exc}", where=self.url,
                                  hint="is 'edgefleet serve' running? check --url / EDGEFLEET_URL") from None
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {"detail": resp.text[:200]}
-            if not isinstance(body, dict):
-                body = {"detail": str(body)[:200]}
+            body = _error_body(resp)
             if resp.status_code == 404 and not isinstance(body.get("error"), dict):
                 raise NotFoundError(f"{self.url}{path} not found", where=self.url,
                                     hint="is this the URL of an EdgeFleet controller (http://host:port)?")
@@ -105,10 +100,38 @@ class ControllerClient:
     def patch(self, path: str, body: Any) -> JSON:
         return self.request("PATCH", path, json=body)
 
+    def download(self, path: str, dest: Path) -> int:
+        """Stream the body of ``GET path`` into ``dest`` (written to a temp file, then moved into place);
+        returns the bytes written."""
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with self._http.stream("GET", path) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ApiError(resp.status_code, _error_body(resp))
+                size = 0
+                with open(tmp, "wb") as fh:
+                    for chunk in resp.iter_bytes():
+                        fh.write(chunk)
+                        size += len(chunk)
+        except self._transport_error as exc:
+            tmp.unlink(missing_ok=True)
+            raise TransportError(f"cannot reach the controller: {exc}", where=self.url) from None
+        tmp.replace(dest)
+        return size
+
     def upload_bundle(self, path: Path) -> JSON:
         with open(path, "rb") as fh:
             return self.request("POST", f"{API_PREFIX}/bundles", content=fh.read(),
                                 headers={"Content-Type": "application/octet-stream"})
+
+
+def _error_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {"detail": resp.text[:200]}
+    return body if isinstance(body, dict) else {"detail": str(body)[:200]}
 
 
 def client_from_env(url: str | None = None, token: str | None = None) -> ControllerClient:

@@ -7,6 +7,7 @@ import typer
 from edgefleet.cloud.cli.client import client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import (
+    accuracy,
     ago,
     console,
     drift_levels,
@@ -58,7 +59,8 @@ def devices_show(device_id: str, url: str = URL, token: str = TOKEN, json_out: b
         lat = summary["latency_ms"]
         print_fields({"requests": summary["requests"], "errors": summary["errors"],
                       "latency p50/p95": f"{ms(lat['p50'])} / {ms(lat['p95'])}",
-                      "drift": f"{drift_levels(summary)} (max PSI {num(summary['drift'].get('psi_max'))})"})
+                      "drift": f"{drift_levels(summary)} (max PSI {num(summary['drift'].get('psi_max'))})",
+                      "accuracy": accuracy(summary)})
     if targets:
         print_table("recent deployments", ["deployment", "state", "outcome", "reason"],
                     [(t["deployment_id"], t["state"], t.get("outcome") or "-", t.get("reason") or "")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.tree import Tree
 
-from edgefleet.cloud.cli.client import ControllerClient, client_from_env
+from edgefleet.cloud.cli.client import ApiError, ControllerClient, client_from_env
 from edgefleet.cloud.cli.options import JSON, TOKEN, URL
 from edgefleet.cloud.cli.output import console, print_fields, print_json, print_table, short
 from edgefleet.cloud.vocabulary import FINAL_JOB_STATES, DataSource
@@ -17,7 +19,7 @@ from edgefleet.compression.modes import Mode
 from edgefleet.protocol.errors import ConfigError, TransportError
 from edgefleet.protocol.vocabulary import Reason, Runtime
 
-models_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, lineage, compression jobs.")
+models_app = typer.Typer(no_args_is_help=True, help="Model registry: versions, lineage, recipes, compression jobs.")
 
 
 def register(app: typer.Typer) -> None:
@@ -35,14 +37,23 @@ def models_create(name: str, description: str = typer.Option("", help="free text
 
 @models_app.command("upload")
 def models_upload(name: str, version: str, model_file: Path = typer.Argument(..., help=".onnx or .tflite file"),
+                  parent: str = typer.Option(None, "--parent", help="the version it was trained from"),
+                  lineage: str = typer.Option(None, "--lineage", help='where it came from, a JSON object, e.g. '
+                                                                      '\'{"incident": "inc-7", "captures": [3, 4]}\''),
                   url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
     """Add a source version (as trained) of a model and upload its file."""
     fmt = {".onnx": "onnx", ".tflite": "tflite"}.get(model_file.suffix)
     if fmt is None:
         raise ConfigError("the model file must end in .onnx or .tflite", where=str(model_file))
     data = _read(model_file)
+    body: dict[str, Any] = {"version": version, "kind": "source", "format": fmt, "parent": parent}
+    if lineage is not None:
+        try:
+            body["lineage"] = json.loads(lineage)
+        except ValueError as exc:
+            raise ConfigError(f"not valid JSON: {exc}", where="--lineage") from None
     with client_from_env(url, token) as c:
-        c.post(f"/api/v1/models/{name}/versions", {"version": version, "kind": "source", "format": fmt})
+        c.post(f"/api/v1/models/{name}/versions", body)
         result = c.request("PUT", f"/api/v1/models/{name}/versions/{version}/artifact", content=data,
                            headers={"Content-Type": "application/octet-stream"})
     print_json(result) if json_out else console.print(
@@ -57,6 +68,80 @@ def models_dataset(name: str, npz: Path = typer.Argument(..., help=".npz with x 
         result = c.request("PUT", f"/api/v1/models/{name}/dataset", content=_read(npz),
                            headers={"Content-Type": "application/octet-stream"})
     print_json(result) if json_out else print_fields(result)
+
+
+@models_app.command("download")
+def models_download(name: str, version: str,
+                    out: Path = typer.Option(None, "--out", help="file to write (default NAME-VERSION.FORMAT)"),
+                    url: str = URL, token: str = TOKEN) -> None:
+    """Download the model file of a version (e.g. the parent an external pipeline retrains)."""
+    with client_from_env(url, token) as c:
+        row = c.get(f"/api/v1/models/{name}/versions/{version}")
+        dest = out or Path(f"{name}-{version}.{row['format']}")
+        size = c.download(f"/api/v1/models/{name}/versions/{version}/artifact", dest)
+    console.print(f"{name} {version} -> {dest} ({size} bytes)", highlight=False)
+
+
+@models_app.command("dataset-download")
+def models_dataset_download(name: str, out: Path = typer.Option(None, "--out", help="file to write "
+                                                                                  "(default NAME-dataset.npz)"),
+                            url: str = URL, token: str = TOKEN) -> None:
+    """Download the model's reference dataset (the .npz of 'edgefleet models dataset': x, optional y)."""
+    dest = out or Path(f"{name}-dataset.npz")
+    with client_from_env(url, token) as c:
+        size = c.download(f"/api/v1/models/{name}/dataset/download", dest)
+    console.print(f"dataset of {name} -> {dest} ({size} bytes)", highlight=False)
+
+
+@models_app.command("build")
+def models_build(name: str, version: str,
+                 recipe: Path = typer.Option(..., "--recipe", help="bundle recipe (TOML): [bundle], [target]..."),
+                 bundle_version: str = typer.Option(None, "--bundle-version", help="overrides [bundle] version"),
+                 build: int = typer.Option(None, "--build", help="overrides [bundle] build (must grow)"),
+                 data: DataSource = typer.Option(DataSource.DATASET, help="samples for the drift profile and smoke "
+                                                                          "test"),
+                 url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """Build, sign and register a bundle of a version on the controller (its signing key: docs/security.md)."""
+    try:
+        document = tomllib.loads(_read(recipe).decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}", where=str(recipe)) from None
+    body = {k: v for k, v in document.items() if k != "training"}   # the controller packs the version's file
+    body["bundle"] = {k: v for k, v in body.get("bundle", {}).items() if k != "model"}
+    body["bundle"].update({k: v for k, v in (("version", bundle_version), ("build", build)) if v is not None})
+    with client_from_env(url, token) as c:
+        bundle = c.post(f"/api/v1/models/{name}/versions/{version}/bundles", {**body, "data": data})
+    print_json(bundle) if json_out else console.print(
+        f"bundle {bundle['name']} {bundle['version']}+{bundle['build']} {short(bundle['digest'], 16)} built from "
+        f"{name} {version}", highlight=False)
+
+
+@models_app.command("recipe")
+def models_recipe(name: str,
+                  set_file: Path = typer.Option(None, "--set", help="store this recipe (TOML, or .json): [training], "
+                                                                     "[compression] and the bundle tables"),
+                  url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """Show a model's recipe (the retraining job's entry point and limits, compression, bundle), or
+    store one with --set (docs/retraining.md)."""
+    with client_from_env(url, token) as c:
+        if set_file is None:
+            result = c.get(f"/api/v1/models/{name}/recipe")
+        else:
+            media = "application/json" if set_file.suffix == ".json" else "application/toml"
+            try:
+                result = c.request("PUT", f"/api/v1/models/{name}/recipe", content=_read(set_file),
+                                   headers={"Content-Type": media})
+            except ApiError as exc:
+                if exc.code != Reason.INVALID_RECIPE:
+                    raise
+                raise ConfigError(f"the recipe is not valid: {exc.message.split(': ', 1)[-1]}",
+                                  where=f"{set_file}: {exc.where}", hint=exc.hint) from None
+    if json_out or set_file is None:
+        return print_json(result)
+    training = result["recipe"].get("training") or {}
+    entry = training.get("entry_point") or " ".join(training.get("command") or []) or "-"
+    print_fields({"model": name, "tables": ", ".join(sorted(result["recipe"])), "entry point": entry,
+                  "auto": training.get("auto", False), "stored": f"by {result['updated_by']}"})
 
 
 @models_app.command("compress")

@@ -76,3 +76,11 @@ def drift_levels(summary: dict[str, Any]) -> str:
     levels = summary["drift"].get("levels", {})
     names = {DriftLevel.ALARM: "alarm", DriftLevel.WARN: "warn", DriftLevel.OK: "ok", DriftLevel.INSUFFICIENT: "few"}
     return ", ".join(f"{names[k]} {levels[k]}" for k in names if levels.get(k)) or "-"
+
+
+def accuracy(summary: dict[str, Any]) -> str:
+    """Accuracy over the labels the application gave back, with their count (``-`` without labels)."""
+    feedback = summary.get("feedback") or {}
+    if not feedback.get("labelled"):
+        return "-"
+    return f"{100 * feedback['accuracy']:.1f}% of {feedback['labelled']}"

@@ -45,8 +45,7 @@ class Rejected:
 
 def telemetry_row(window: TelemetryWindow, *, raw: bytes, now: float) -> dict[str, Any]:
     """The ``telemetry_windows`` row of a window; ``raw`` is kept verbatim (unknown fields too)."""
-    drift = window.drift
-    bundle = window.bundle
+    drift, bundle, feedback = window.drift, window.bundle, window.feedback
     return {
         "msg_id": window.msg_id, "device_id": window.device_id,
         "bundle_digest": bundle.digest if bundle else None, "bundle_name": bundle.name if bundle else None,
@@ -57,7 +56,9 @@ def telemetry_row(window: TelemetryWindow, *, raw: bytes, now: float) -> dict[st
         "predictions": window.predictions,
         "drift_psi": drift.psi if drift else None, "drift_js": drift.js if drift else None,
         "drift_ks": drift.ks if drift else None, "drift_level": drift.level if drift else None,
-        "raw": raw.decode("utf-8"), "received_at": now,
+        "drift_samples": drift.samples if drift else None,
+        "labelled": feedback.labelled if feedback else 0, "correct": feedback.correct if feedback else 0,
+        "confusion": feedback.confusion if feedback else {}, "raw": raw.decode("utf-8"), "received_at": now,
     }
 
 

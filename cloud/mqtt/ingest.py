@@ -5,7 +5,8 @@ takes batches off that queue and decodes them (:mod:`decoding`: topic, size limi
 device id in topic == in payload) -- itself, overlapping the storer's SQLite work, or in
 ``decode_workers`` processes. A storer thread then writes each batch, in order, in one
 transaction: telemetry and events as bulk inserts plus one bulk ``last_seen`` update,
-hello/state/status through the services, each message at most once (by ``msg_id``).
+hello/state/status through the services, each message at most once (by ``msg_id``), upload requests
+idempotently (by ``upload_id``, services/captures.py).
 A rejected message is logged and counted, never stored; a storage error is logged and the
 batch retried message by message. Nothing here ever raises into the MQTT thread.
 """
@@ -30,10 +31,10 @@ from sqlmodel import Session, col, select
 
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
-from edgefleet.cloud.services import deployments, devices
+from edgefleet.cloud.services import captures, deployments, devices
 from edgefleet.cloud.store.engine import session_scope
 from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
-from edgefleet.protocol.messages import Hello, State, StatusReport
+from edgefleet.protocol.messages import Hello, State, StatusReport, UploadRequest
 from edgefleet.protocol.vocabulary import DeviceStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         device = loaded.get(item.device_id)
         if item.row is not None:
             rows[item.kind].append(item.row)
+        elif isinstance(item.message, UploadRequest):
+            captures.record_request(session, device_id=item.device_id, request=item.message, now=item.received_at)
         elif device is not None:
             _apply_control(session, item, device)
         if device is None:

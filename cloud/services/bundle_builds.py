@@ -19,22 +19,25 @@ from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError
 from edgefleet.protocol.keys import TrustedKeys, key_id
 from edgefleet.protocol.manifest import Lineage
+from edgefleet.protocol.messages import SignedDelegations
 from edgefleet.protocol.vocabulary import Reason
 
 
 def build_and_register(session: Session, *, model_name: str, version: str, recipe: dict[str, Any], data: str,
                        key: Ed25519PrivateKey | None, trusted: TrustedKeys, artifacts: BlobStore, bundles: BlobStore,
                        max_bundle_bytes: int, max_dataset_bytes: int, actor: str,
-                       now: float) -> tuple[Bundle, bool]:
+                       now: float, delegations: SignedDelegations | None = None) -> tuple[Bundle, bool]:
     """Returns ``(bundle, created)``; a rebuild of the same recipe and model is byte-identical and
-    returns the stored bundle. Runs in the caller's thread: small models build in well under a second."""
+    returns the stored bundle. Runs in the caller's thread: small models build in well under a second.
+    With ``delegations``, ``key`` is a delegated key (:func:`trust.bundle_signer` gives both) and the
+    document goes into the bundle."""
     if key is None:
         raise ConflictError("this controller does not build bundles: it holds no release signing key",
                             where="release_signing_key_path",
                             hint="build and sign with `edgefleet bundle build` and upload, or set "
                                  "EDGEFLEET_RELEASE_SIGNING_KEY_PATH (opt-in, see docs/security.md)")
     kid = key_id(key.public_key())
-    if kid not in trusted.keys:
+    if delegations is None and kid not in trusted.keys:
         raise ConflictError(f"the controller's release signing key {kid[:16]}... is not a trusted release key, "
                             "so its bundles would be refused", where="release_signing_key_path",
                             hint="trust its public key: add it to release_key_paths or POST /api/v1/release-keys")
@@ -58,7 +61,8 @@ def build_and_register(session: Session, *, model_name: str, version: str, recip
     built = build_bundle(parsed, artifacts.open_path(row.artifact_digest).read_bytes(), samples=samples.calibration,
                          release_key=key, compression_report=row.report,
                          lineage=Lineage(parent_digest=parent.artifact_digest if parent else None,
-                                         source=f"controller build of {model_name}@{version}"))
+                                         source=f"controller build of {model_name}@{version}"),
+                         delegations=delegations)
     bundle, created = registry.register_bundle(session, incoming=bundles.put(built.data), store=bundles,
                                                trusted=trusted, max_bytes=max_bundle_bytes, model_name=model_name,
                                                model_version=version, actor=actor, now=now)

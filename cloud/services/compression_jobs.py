@@ -122,6 +122,14 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
     job_id = _claim(open_session, clock())
     if job_id is None:
         return None
+    run_job(job_id, open_session=open_session, store=store, clock=clock, max_dataset_bytes=max_dataset_bytes)
+    return job_id
+
+
+def run_job(job_id: int, *, open_session: OpenSession, store: BlobStore, clock: Callable[[], float],
+            max_dataset_bytes: int) -> CompressionJob:
+    """Run a claimed (``running``) job to a final state and return it; also how a retraining job runs
+    the compression it created (services/retraining.py)."""
     log.info("compression job %d: running", job_id)
     try:
         with open_session() as session:
@@ -147,7 +155,8 @@ def run_next(*, open_session: OpenSession, store: BlobStore, clock: Callable[[],
         log.exception("compression job %d crashed", job_id)
         _fail(open_session, job_id, EdgeFleetError(f"{type(exc).__name__}: {exc}", code=Reason.INTERNAL_ERROR),
               now=clock())
-    return job_id
+    with open_session() as session:
+        return get_job(session, job_id=job_id)
 
 
 def _register(session: Session, *, job: CompressionJob, model: bytes, report: dict[str, Any], store: BlobStore,

@@ -40,23 +40,28 @@ def _digits() -> Samples:
     return Samples(data.x_train[:CALIBRATION_SAMPLES], data.x_test, data.y_test)
 
 
-def parse_npz(data: bytes, *, max_unpacked: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` (numeric, at least 2-D: samples first) and optional ``y`` (one integer label per sample).
-
-    Raises :class:`InvalidRequestError` for anything else; the unpacked size is bounded before loading."""
+def read_npz(data: bytes, *, max_unpacked: int, hint: str | None = None) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, loaded without pickles after its unpacked size was checked against
+    ``max_unpacked``; :class:`InvalidRequestError` / :class:`SizeLimitError` otherwise."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, ValueError):
-        raise InvalidRequestError("not an .npz archive", where="body",
-                                  hint="write it with numpy.savez(f, x=..., y=...)") from None
+        raise InvalidRequestError("not an .npz archive", where="body", hint=hint) from None
     if unpacked > max_unpacked:
         raise SizeLimitError(f"dataset unpacks to {unpacked} bytes, more than {max_unpacked}", where="body")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+            return {name: npz[name] for name in npz.files}
     except Exception as exc:  # numpy raises many kinds on corrupt members; translated here, at the boundary
         raise InvalidRequestError(f"unreadable .npz: {exc}", where="body") from None
+
+
+def parse_npz(data: bytes, *, max_unpacked: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` (numeric, at least 2-D: samples first) and optional ``y`` (one integer label per sample).
+
+    Raises :class:`InvalidRequestError` for anything else; the unpacked size is bounded before loading."""
+    arrays = read_npz(data, max_unpacked=max_unpacked, hint="write it with numpy.savez(f, x=..., y=...)")
     unknown = sorted(set(arrays) - {"x", "y"})
     if "x" not in arrays or unknown:
         raise InvalidRequestError(f"the archive must hold 'x' and optionally 'y', not {sorted(arrays)}", where="body")

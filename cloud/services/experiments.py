@@ -216,7 +216,7 @@ def samples(session: Session, experiment: Experiment) -> list[WindowSample]:
     return [WindowSample(device_id=r.device_id, canary=arm_of[r.device_id] == Arm.B, window_end=r.window_end,
                          requests=r.requests, errors=r.errors,
                          p95_ms=histogram_quantile(r.latency_bounds, r.latency_counts, 0.95), psi=r.drift_psi,
-                         predictions=dict(r.predictions))
+                         predictions=dict(r.predictions), labelled=r.labelled, correct=r.correct)
             for r in session.exec(query) if r.bundle_digest == digest[arm_of[r.device_id]]]
 
 

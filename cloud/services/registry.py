@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from edgefleet.cloud.services import audit
+from edgefleet.cloud.services import audit, trust
 from edgefleet.cloud.store.blobs import BlobStore, Incoming
 from edgefleet.cloud.store.tables import Bundle, Deployment, Model, ModelVersion, row_id
 from edgefleet.cloud.vocabulary import ModelKind
@@ -48,7 +48,10 @@ def get_model(session: Session, *, name: str) -> Model:
 
 def create_model_version(session: Session, *, model_name: str, version: str, kind: ModelKind = ModelKind.SOURCE,
                          parent_version: str | None = None, format: Runtime = Runtime.ONNX,
-                         report: dict[str, Any] | None = None, actor: str, now: float) -> ModelVersion:
+                         report: dict[str, Any] | None = None, lineage: dict[str, Any] | None = None,
+                         actor: str, now: float) -> ModelVersion:
+    """``lineage``: where the version came from (a retraining job's ``parent``, ``incident``, ``datasets``,
+    ``job``; free-form for an external pipeline), shown with the version and in :func:`lineage`."""
     model = get_model(session, name=model_name)
     if session.exec(select(ModelVersion).where(ModelVersion.model_id == model.id,
                                                ModelVersion.version == version)).first() is not None:
@@ -59,11 +62,12 @@ def create_model_version(session: Session, *, model_name: str, version: str, kin
     elif kind == ModelKind.COMPRESSED:
         raise ConflictError("a compressed version needs its parent version", where="parent")
     row = ModelVersion(model_id=row_id(model), version=version, kind=kind, parent_id=parent_id, format=format,
-                       report=report, created_at=now, created_by=actor)
+                       report=report, lineage=lineage, created_at=now, created_by=actor)
     session.add(row)
     session.flush()
     audit.record(session, actor=actor, action="model_version.create", target=f"model:{model_name}@{version}",
-                 details={"kind": kind, "parent": parent_version}, now=now)
+                 details={"kind": kind, "parent": parent_version, **({"lineage": lineage} if lineage else {})},
+                 now=now)
     return row
 
 
@@ -98,13 +102,14 @@ def attach_artifact(session: Session, *, model_name: str, version: str, incoming
 
 
 def lineage(session: Session, *, model_name: str) -> list[dict[str, Any]]:
-    """Versions of a model as a forest: each with its compressed children and its bundles."""
+    """Versions of a model as a forest: each with its children (compressed variants, retrained versions)
+    and its bundles, and the ``lineage`` it was registered with."""
     versions = list_model_versions(session, model_name=model_name)
     ids = [v.id for v in versions]
     bundles = list(session.exec(select(Bundle).where(col(Bundle.model_version_id).in_(ids)))) if ids else []
     nodes: dict[int | None, dict[str, Any]] = {
         v.id: {"version": v.version, "kind": v.kind, "format": v.format, "artifact_digest": v.artifact_digest,
-               "children": [], "bundles": []} for v in versions}
+               "lineage": v.lineage, "children": [], "bundles": []} for v in versions}
     for b in bundles:
         nodes[b.model_version_id]["bundles"].append({"digest": b.digest, "name": b.name, "version": b.version,
                                                      "build": b.build, "runtime": b.runtime})
@@ -117,7 +122,8 @@ def lineage(session: Session, *, model_name: str) -> list[dict[str, Any]]:
 def register_bundle(session: Session, *, incoming: Incoming, store: BlobStore, trusted: TrustedKeys,
                     max_bytes: int, model_name: str | None = None, model_version: str | None = None,
                     actor: str, now: float) -> tuple[Bundle, bool]:
-    """Verify an uploaded bundle (release signature, archive, every file) and store it.
+    """Verify an uploaded bundle (release signature, or a delegated key's under the current delegations
+    document; archive, every file) and store it.
 
     Returns ``(bundle, created)``; uploading the same bytes again returns the existing row.
     Nothing is stored when verification fails.
@@ -128,7 +134,8 @@ def register_bundle(session: Session, *, incoming: Incoming, store: BlobStore, t
         return existing, False
     try:
         verified = verify_bundle(incoming.read(), trusted=trusted, expected_digest=incoming.digest,
-                                 limits=BundleLimits(max_bundle_bytes=max_bytes))
+                                 limits=BundleLimits(max_bundle_bytes=max_bytes),
+                                 delegation=trust.delegation_check(session, now=now))
     except BaseException:
         store.discard(incoming)
         raise
@@ -148,7 +155,10 @@ def register_bundle(session: Session, *, incoming: Incoming, store: BlobStore, t
     session.flush()
     audit.record(session, actor=actor, action="bundle.upload", target=f"bundle:{incoming.digest}",
                  details={"name": manifest.name, "version": manifest.version, "build": manifest.build,
-                          "signed_by": sorted(verified.signed_by)}, now=now)
+                          "signed_by": sorted(verified.signed_by),
+                          **({"delegation": verified.delegated.delegation.name,
+                              "delegations_version": verified.delegated.document.signed.version}
+                             if verified.delegated else {})}, now=now)
     log.info("bundle %s %s build %d stored (%s, %d bytes)", manifest.name, manifest.version, manifest.build,
              incoming.digest[:12], incoming.size)
     return bundle, True

@@ -52,6 +52,7 @@ def summarize(rows: list[TelemetryRecord]) -> dict[str, Any]:
     for r in rows:
         for k, v in r.predictions.items():
             predictions[k] += v
+    labelled, correct = sum(r.labelled for r in rows), sum(r.correct for r in rows)
     return {
         "windows": len(rows), "devices": len({r.device_id for r in rows}),
         "requests": sum(r.requests for r in rows), "samples": sum(r.samples for r in rows),
@@ -63,9 +64,22 @@ def summarize(rows: list[TelemetryRecord]) -> dict[str, Any]:
                   "latest_level": latest.drift_level if latest else None,
                   "latest_psi": latest.drift_psi if latest else None},
         "predictions": dict(predictions),
+        "feedback": {"labelled": labelled, "correct": correct,
+                     "accuracy": correct / labelled if labelled else None, "confusion": merge_confusion(rows)},
         "first_window": min(r.window_start for r in rows) if rows else None,
         "last_window": latest.window_end if latest else None,
     }
+
+
+def merge_confusion(rows: Iterable[TelemetryRecord]) -> dict[str, dict[str, int]]:
+    """The confusion cells of ``rows`` summed (true label -> predicted label -> count)."""
+    total: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for true, row in (r.confusion or {}).items():
+            acc = total.setdefault(true, {})
+            for predicted, count in row.items():
+                acc[predicted] = acc.get(predicted, 0) + count
+    return total
 
 
 _RAW = cast("QueryableAttribute[str]", TelemetryRecord.raw)
@@ -102,7 +116,8 @@ def series(session: Session, *, device_id: str, since: float | None = None, limi
              "requests": r.requests, "errors": r.errors,
              "p50_ms": histogram_quantile(r.latency_bounds, r.latency_counts, 0.5),
              "p95_ms": histogram_quantile(r.latency_bounds, r.latency_counts, 0.95),
-             "psi": r.drift_psi, "js": r.drift_js, "drift_level": r.drift_level} for r in reversed(rows)]
+             "psi": r.drift_psi, "js": r.drift_js, "drift_level": r.drift_level, "labelled": r.labelled,
+             "accuracy": r.correct / r.labelled if r.labelled else None} for r in reversed(rows)]
 
 
 def aggregate(session: Session, *, group_by: TelemetryGroup | str, since: float | None = None, key: str | None = None

@@ -11,7 +11,15 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from edgefleet.cloud.vocabulary import DataSource, DeliveryState, DeploymentStatus, JobState, ModelKind, TargetState
+from edgefleet.cloud.vocabulary import (
+    DataSource,
+    DeliveryState,
+    DeploymentStatus,
+    JobState,
+    ModelKind,
+    RetrainState,
+    TargetState,
+)
 from edgefleet.protocol.vocabulary import Runtime
 
 
@@ -45,6 +53,9 @@ class ModelVersion(SQLModel, table=True):
     artifact_digest: str | None = Field(default=None, index=True, max_length=64)
     artifact_size: int | None = Field(default=None, sa_type=BigInteger)
     report: dict[str, Any] | None = _json()
+    lineage: dict[str, Any] | None = _json()
+    """Where a retrained (or externally trained) version came from: ``parent`` version, ``incident``,
+    the ``datasets`` it was trained on (reference digest, captured dataset ids), the retraining ``job``."""
     created_at: float
     created_by: str = ""
 
@@ -251,6 +262,13 @@ class TelemetryRecord(SQLModel, table=True):
     drift_js: float | None = None
     drift_ks: float | None = None
     drift_level: str | None = None
+    drift_samples: int | None = None
+    """The samples behind the drift verdict (``drift.samples``; drift incidents ask for a minimum)."""
+    labelled: int = 0
+    """Samples the application labelled in this window (``feedback``), ``correct`` of them."""
+    correct: int = 0
+    confusion: dict[str, dict[str, int]] = _json(dict)
+    """True label -> predicted label -> count (empty without feedback, or past the cell limit)."""
     raw: str = Field(default="", sa_type=Text)
     """The message exactly as received (unknown fields included)."""
     received_at: float
@@ -321,6 +339,20 @@ class ReleaseKey(SQLModel, table=True):
     added_by: str = ""
 
 
+class DelegationsRecord(SQLModel, table=True):
+    """A delegations document the release keys signed, as pushed (services/trust.py, docs/security.md §6).
+    The highest version is the one in force; older ones stay for the audit trail."""
+
+    __tablename__ = "delegations"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    document: str
+    """The signed document, canonical JSON (what devices get, byte for byte)."""
+    expires_at: int = Field(sa_type=BigInteger)
+    pushed_at: float
+    pushed_by: str = ""
+
+
 class ModelDataset(SQLModel, table=True):
     """The sample set of a model (an ``.npz`` with ``x`` and optional ``y``) in the artifact store,
     used for calibration and evaluation by compression jobs and for server-side bundle builds."""
@@ -361,6 +393,57 @@ class CompressionJob(SQLModel, table=True):
     report: dict[str, Any] | None = _json()
     """The compression report (also kept when the accuracy gate refused the result)."""
     result_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    created_by: str = ""
+
+
+class ModelRecipe(SQLModel, table=True):
+    """A model's recipe (services/model_recipes.py, docs/retraining.md): its ``[training]`` entry
+    point and limits, ``[compression]`` and the bundle tables, as validated when it was stored."""
+
+    __tablename__ = "model_recipes"
+
+    model_id: int = Field(foreign_key="models.id", primary_key=True)
+    recipe: dict[str, Any] = _json(dict)
+    updated_at: float
+    updated_by: str = ""
+
+
+class RetrainingJob(SQLModel, table=True):
+    """Retrain a model version on its reference data and the captured samples, then register, compress
+    and bundle the result (services/retraining.py), off the request path."""
+
+    __tablename__ = "retraining_jobs"
+    __table_args__ = (Index("ix_retraining_jobs_state", "state", "id"),
+                      Index("ix_retraining_jobs_incident", "model_name", "incident_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(index=True, max_length=128)
+    parent_version_id: int = Field(foreign_key="model_versions.id")
+    parent_version: str = Field(max_length=64)
+    incident_id: str | None = Field(default=None, max_length=128)
+    note: str = ""
+    state: str = RetrainState.PENDING
+    phase: str | None = None
+    """The phase running, or the one it failed in (:class:`RetrainPhase`)."""
+    attempts: int = 0
+    datasets: dict[str, Any] = _json(dict)
+    """What it trained on: ``reference`` (digest, samples) and ``captured`` (dataset ids, samples, labelled)."""
+    result_version_id: int | None = Field(default=None, foreign_key="model_versions.id")
+    result_version: str | None = Field(default=None, max_length=64)
+    compression_job_id: int | None = Field(default=None, foreign_key="compression_jobs.id")
+    compressed_version: str | None = Field(default=None, max_length=64)
+    bundle_digest: str | None = Field(default=None, max_length=64)
+    timings: dict[str, float] = _json(dict)
+    """Seconds each finished phase took."""
+    error_code: str | None = None
+    error_message: str | None = None
+    report: dict[str, Any] | None = _json()
+    """The compression report (kept when the accuracy gate refused the result)."""
+    log_tail: str = Field(default="", sa_type=Text)
+    """The end of the entry point's stdout and stderr."""
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
@@ -475,4 +558,115 @@ class ExperimentDevice(SQLModel, table=True):
     ordered_at: float | None = None
     running_since: float | None = None
     """Since when it runs its arm's bundle."""
+    updated_at: float
+
+
+class CaptureUpload(SQLModel, table=True):
+    """A device's upload of one batch of captured samples (services/captures.py): asked for over MQTT,
+    granted with a signed, expiring URL, received in resumable chunks under ``<data_dir>/uploads``."""
+
+    __tablename__ = "capture_uploads"
+
+    upload_id: str = Field(primary_key=True, max_length=32)
+    """Chosen by the device (a random uuid), so a retried request names the same upload."""
+    device_id: str = Field(index=True, max_length=64)
+    bundle_digest: str = Field(max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str = Field(max_length=64)
+    samples: int
+    labelled: int
+    t_from: float
+    t_to: float
+    state: str
+    reason: str | None = None
+    """Why it was refused."""
+    grant_due: bool = True
+    """A request arrived that no published grant has answered yet."""
+    requested_at: float
+    granted_at: float | None = None
+    dataset_id: int | None = None
+    updated_at: float
+
+
+class CapturedDataset(SQLModel, table=True):
+    """Samples captured on a device and uploaded (an ``.npz`` in the capture store, docs/operations.md)."""
+
+    __tablename__ = "captured_datasets"
+
+    id: int | None = Field(default=None, primary_key=True)
+    upload_id: str = Field(unique=True, max_length=32)
+    device_id: str = Field(index=True, max_length=64)
+    bundle_digest: str = Field(index=True, max_length=64)
+    bundle_name: str | None = Field(default=None, max_length=128)
+    bundle_version: str | None = Field(default=None, max_length=64)
+    model_name: str | None = Field(default=None, index=True, max_length=128)
+    """The registry model the bundle packs, when the bundle is linked to a model version."""
+    t_from: float
+    t_to: float = Field(index=True)
+    samples: int
+    labelled: int
+    blob_digest: str = Field(max_length=64)
+    size: int = Field(sa_type=BigInteger)
+    stored_at: float
+
+
+class Incident(SQLModel, table=True):
+    """A drift incident (services/incidents/, docs/incidents.md): a cohort -- one bundle on one device,
+    or on the devices with one tag -- stayed at alarm for K consecutive windows; closed after a cooldown."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_state_opened", "state", "opened_at"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    """``inc-`` and 12 hex digits, derived from the cohort and the opening window (the same on every controller)."""
+    cohort_kind: str = Field(max_length=16)
+    """``device`` or ``tag``."""
+    cohort_key: str = Field(index=True, max_length=64)
+    """The device id, or the tag."""
+    bundle_digest: str = Field(index=True, max_length=64)
+    bundle_name: str | None = Field(default=None, max_length=128)
+    bundle_version: str | None = Field(default=None, max_length=64)
+    model_name: str | None = Field(default=None, max_length=128)
+    """The registry model the bundle packs (else the bundle's name)."""
+    state: str
+    opened_at: float
+    """End of the window that made the K-window rule hold (window time, like every time below)."""
+    first_alarm_at: float
+    """End of the first alarm window of the run that opened it."""
+    last_alarm_at: float
+    """End of its latest alarm window: it closes ``incident_cooldown_s`` after this."""
+    last_window_end: float
+    closed_at: float | None = None
+    windows: int = 0
+    """Alarm windows counted in it (the K that opened it and every one since)."""
+    peak_psi: float | None = None
+    devices: list[str] = _json(list)
+    """Devices that were at alarm in it."""
+    reason: str | None = None
+    """Why it closed (the cooldown, or who closed it and why)."""
+    updated_at: float
+
+
+class IncidentCohort(SQLModel, table=True):
+    """The drift-incident rule's state of one cohort (``rule.CohortState`` as JSON): kept while one of its
+    devices is in a run of alarm windows or an incident is open, deleted when there is nothing to remember."""
+
+    __tablename__ = "incident_cohorts"
+
+    id: str = Field(primary_key=True, max_length=200)
+    """``kind:bundle digest:key``."""
+    incident_id: str | None = Field(default=None, index=True, max_length=64)
+    """The open incident, if any (the periodic pass closes those that cooled down)."""
+    state: dict[str, Any] = _json(dict)
+    updated_at: float
+
+
+class IncidentCursor(SQLModel, table=True):
+    """How far the incident pass has read ``telemetry_windows`` (by id): each window is judged once. Its
+    row lock keeps a second controller from judging the same windows at the same time."""
+
+    __tablename__ = "incident_cursor"
+
+    name: str = Field(primary_key=True, max_length=32)
+    last_id: int = Field(default=0, sa_type=BigInteger)
     updated_at: float

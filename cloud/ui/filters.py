@@ -7,7 +7,14 @@ import time
 
 from edgefleet.cloud.services.rollouts.gates import Verdict
 from edgefleet.cloud.ui import charts
-from edgefleet.cloud.vocabulary import DeploymentStatus, DeviceState, RolloutState, StageState, TargetState
+from edgefleet.cloud.vocabulary import (
+    DeploymentStatus,
+    DeviceState,
+    IncidentState,
+    RolloutState,
+    StageState,
+    TargetState,
+)
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, Outcome, UpdateState
 
 _RUNNING = (UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.STAGED, UpdateState.ACTIVATING,
@@ -27,6 +34,7 @@ STATE_CSS: dict[str, str] = {
     DeviceState.REJECTED: "st-bad", DeviceState.SKIPPED: "st-idle", DeviceState.REVERTING: "st-warn",
     DeviceState.REVERTED: "st-warn", DeviceState.REVERT_FAILED: "st-bad",
     Verdict.PASS: "st-ok", Verdict.FAIL: "st-bad", Verdict.INCONCLUSIVE: "st-warn",
+    IncidentState.OPEN: "st-bad", IncidentState.CLOSED: "st-idle",
 }
 """Colour class of every state, outcome, status and level (defined in static/ui.css)."""
 STATE_ORDER: list[str] = [UpdateState.COMMITTED, DeploymentStatus.SUCCEEDED, *reversed(_RUNNING),

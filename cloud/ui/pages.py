@@ -15,12 +15,13 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 
 from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import deployments, devices, registry, telemetry
+from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.store.tables import Bundle, Deployment
 from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import same_origin, signed_in, to_login
-from edgefleet.cloud.vocabulary import DeploymentStatus, Role, TelemetryGroup
+from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.vocabulary import DeploymentStatus, IncidentState, TelemetryGroup
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel
 
@@ -127,7 +128,8 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
                                      kind="installed", title="installed bundles"),
         alarms=alarms, n_alarm=drift_counts.get(DriftLevel.ALARM, 0), n_warn=drift_counts.get(DriftLevel.WARN, 0),
         active=_deployment_rows(session, active), recent=_deployment_rows(session, recent),
-        bundles=bundles[:6], n_bundles=len(bundles), events=events)
+        bundles=bundles[:6], n_bundles=len(bundles), events=events, n_incidents=incidents.count_open(session),
+        open_incidents=incidents.list_incidents(session, state=IncidentState.OPEN, limit=5))
 
 
 @router.get("/ui/devices", response_class=HTMLResponse)
@@ -294,8 +296,7 @@ def cancel_deployment(request: Request, deployment_id: str, controller: Controll
         user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    refusal = user.refusal(Role.OPERATOR) or (None if same_origin(request) else
-                                           "this form was not posted from the controller's own pages")
+    refusal = form_refusal(request, user)
     if refusal is not None:
         log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, refusal)
         return forbidden(request, user, refusal)

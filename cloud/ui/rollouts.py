@@ -43,7 +43,7 @@ from edgefleet.cloud.store.tables import Bundle, Rollout, RolloutDevice, Rollout
 from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.filters import STATE_CSS, duration, number
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import same_origin, signed_in, to_login
+from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
 from edgefleet.cloud.vocabulary import DeviceState, Role, RolloutState
 from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError, first_problem
 
@@ -57,7 +57,7 @@ DEVICE_ORDER: list[str] = [DeviceState.SUCCEEDED, DeviceState.IN_PROGRESS, Devic
                            DeviceState.REVERTED, DeviceState.SKIPPED, DeviceState.ROLLED_BACK, DeviceState.TIMED_OUT,
                            DeviceState.REJECTED, DeviceState.FAILED, DeviceState.REVERT_FAILED]
 """Order of device states in progress bars: done, on the way, waiting, then the bad exits."""
-GATE_ORDER = ["install", "error_rate", "latency_p95", "drift_psi", "predictions", "recovery"]
+GATE_ORDER = ["install", "error_rate", "latency_p95", "drift_psi", "predictions", "accuracy", "recovery"]
 DEFAULT_WINDOW_S = 60.0
 
 
@@ -303,7 +303,8 @@ def predictions_chart(samples: Sequence[WindowSample], evidence: dict[str, Any],
 def enabled_gates(gates: Gates) -> list[str]:
     return [g for g, on in (("install", gates.install.enabled), ("error_rate", gates.runtime.enabled),
                             ("latency_p95", gates.runtime.enabled), ("drift_psi", gates.behaviour.enabled),
-                            ("predictions", gates.behaviour.enabled), ("recovery", gates.recovery.enabled)) if on]
+                            ("predictions", gates.behaviour.enabled), ("accuracy", gates.accuracy.enabled),
+                            ("recovery", gates.recovery.enabled)) if on]
 
 
 # --------------------------------------------------------------------------- reading
@@ -452,7 +453,7 @@ def create_rollout(request: Request, controller: ControllerDep, bundle: Annotate
         user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    refusal = _refusal(request, user)
+    refusal = form_refusal(request, user)
     if refusal is not None:
         log.warning("UI rollout create refused for %s: %s", user.actor, refusal)
         return forbidden(request, user, refusal)
@@ -492,11 +493,6 @@ def rollout_detail(request: Request, rollout_id: str, session: SessionDep, contr
     return _render_detail(request, session, controller, user, rollout)
 
 
-def _refusal(request: Request, user: Principal) -> str | None:
-    return user.refusal(Role.OPERATOR) or (None if same_origin(request) else
-                                           "this form was not posted from the controller's own pages")
-
-
 @router.post("/ui/rollouts/{rollout_id}/{name}")
 def act_on_rollout(request: Request, rollout_id: str, name: str, controller: ControllerDep,
                    reason: Annotated[str, Form(max_length=500)] = "") -> Response:
@@ -509,7 +505,7 @@ def act_on_rollout(request: Request, rollout_id: str, name: str, controller: Con
     action = ACTIONS.get(name)
     if action is None:
         return not_found(request, user, NotFoundError(f"no rollout action {name!r}", where="action"))
-    refusal = _refusal(request, user)
+    refusal = form_refusal(request, user)
     if refusal is not None:
         log.warning("UI %s of rollout %s refused for %s: %s", name, rollout_id, user.actor, refusal)
         return forbidden(request, user, refusal)

@@ -15,7 +15,7 @@ from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.render import base_path, render
-from edgefleet.cloud.vocabulary import OPERATOR_ROLES
+from edgefleet.cloud.vocabulary import OPERATOR_ROLES, Role
 from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,13 @@ def same_origin(request: Request) -> bool:
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
+def form_refusal(request: Request, user: Principal) -> str | None:
+    """Why ``user`` may not act through this form post: an operator's (or admin's) role is needed,
+    and the form must come from the controller's own pages. ``None`` when it may."""
+    return user.refusal(Role.OPERATOR) or (None if same_origin(request) else
+                                           "this form was not posted from the controller's own pages")
+
+
 def login_form(request: Request, session: SessionDep, next: str = "/") -> Response:
     if signed_in(request, session) is not None:
         return RedirectResponse(safe_next(next), status_code=303)

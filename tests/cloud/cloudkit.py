@@ -139,3 +139,12 @@ class CliClient:
 
     def post(self, path: str, body=None):
         return self.request("POST", path, json=body)
+
+    def download(self, path: str, dest):
+        from edgefleet.cloud.cli.client import ApiError
+
+        r = self.client.get(path)
+        if r.status_code >= 400:
+            raise ApiError(r.status_code, r.json())
+        dest.write_bytes(r.content)
+        return len(r.content)

@@ -11,8 +11,10 @@ import pytest
 
 from edgefleet.cloud.cli import main as cli
 
-GROUPS = ["keys", "bundle", "models", "devices", "deployments", "rollout", "experiment", "webhook"]
-COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo"]
+GROUPS = ["keys", "bundle", "models", "devices", "deployments", "rollout", "experiment", "webhook", "captures",
+          "incidents"]
+COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo", "retrain"]
+"""``retrain MODEL`` is a command (its ``status`` and ``list`` take the place of a model name)."""
 HEAVY = ("onnx", "onnxruntime", "ai_edge_litert", "tflite_runtime", "sklearn", "sqlalchemy", "sqlmodel",
          "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.compression.config",
          "edgefleet.protocol.bundle")
@@ -53,6 +55,10 @@ def test_bare_group_shows_its_commands(capsys, group):
     (["deploy"], "Missing argument 'BUNDLE'"),
     (["compress"], "Missing argument 'MODEL'"),
     (["sample-models"], "Missing argument 'DIRECTORY'"),
+    (["captures", "download"], "Missing argument 'DATASET_ID'"),
+    (["incidents", "show"], "Missing argument 'INCIDENT_ID'"),
+    (["retrain", "start"], "Missing argument 'MODEL'"),
+    (["retrain", "status"], "Missing argument 'JOB_ID'"),
 ])
 def test_missing_argument(capsys, args, needle):
     assert_usage_error(*run(capsys, *args), needle=needle)

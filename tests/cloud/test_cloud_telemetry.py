@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from edgefleet.cloud.cli import devices as cli_devices
+from edgefleet.cloud.cli import main as cli
+from edgefleet.cloud.cli import telemetry as cli_telemetry
 from edgefleet.cloud.services.telemetry import latest_drift_verdicts
-from edgefleet.protocol.messages import InstalledBundle
+from edgefleet.protocol.messages import Feedback, Histogram, InstalledBundle, TelemetryWindow
 from edgefleet.protocol.messages import histogram_quantile as percentile
+
+from cloudkit import ADMIN, CliClient
 
 
 def test_percentile_interpolates_inside_bins():
@@ -78,3 +83,37 @@ def test_latest_drift_verdict_is_not_hidden_by_quiet_windows(fleet, controller, 
         assert {k: (v.drift_level, v.window_seq) for k, v in verdicts.items()} == {"q": ("alarm", 1),
                                                                                    "r": ("ok", 2)}
         assert set(latest_drift_verdicts(session, device_ids=["r"])) == {"r"}
+
+
+def test_labels_in_windows_are_summed_into_accuracy_and_a_confusion_table(fleet, client, clock, capsys,
+                                                                              monkeypatch):
+    fleet.add("lab-1")
+    fleet.add("quiet")
+    for seq, (labelled, correct, cells) in enumerate([(4, 3, {"a": {"a": 3, "b": 1}}), (2, 2, {"b": {"b": 2}})]):
+        fleet.send(TelemetryWindow(device_id="lab-1", window_seq=seq, window_start=clock() - 1, window_end=clock(),
+                                   latency_ms=Histogram(bounds=[1.0], counts=[0, 0]),
+                                   feedback=Feedback(labelled=labelled, correct=correct, confusion=cells)),
+                   "telemetry")
+    fleet.telemetry("quiet", 1)
+    summary = client.get("/api/v1/telemetry/summary", params={"group_by": "device"}).json()
+    assert summary["lab-1"]["feedback"] == {"labelled": 6, "correct": 5, "accuracy": 5 / 6,
+                                            "confusion": {"a": {"a": 3, "b": 1}, "b": {"b": 2}}}
+    assert summary["quiet"]["feedback"] == {"labelled": 0, "correct": 0, "accuracy": None, "confusion": {}}
+    points = client.get("/api/v1/devices/lab-1/telemetry").json()
+    assert [(p["labelled"], p["accuracy"]) for p in points] == [(4, 0.75), (2, 1.0)]
+
+    for module in (cli_telemetry, cli_devices):
+        monkeypatch.setattr(module, "client_from_env", lambda url, token: CliClient(client))
+    capsys.readouterr()
+    assert cli(["telemetry", "--by", "device"]) == 0
+    out = capsys.readouterr().out
+    labels_table = out[out.index("labels given back"):].splitlines()
+    assert [line.split() for line in labels_table if line.startswith(" lab-1")] == [["lab-1", "6", "5", "83.3%"]]
+    assert "quiet" not in "".join(labels_table) and "quiet" in out
+    assert cli(["devices", "show", "lab-1"]) == 0
+    assert "83.3% of 6" in capsys.readouterr().out
+
+    client.post("/ui/login", data={"token": ADMIN, "next": "/"})
+    assert 'id="kpi-accuracy"' in client.get("/ui/devices/lab-1").text
+    assert "5 of 6 labels right" in client.get("/ui/devices/lab-1").text
+    assert 'id="kpi-accuracy"' not in client.get("/ui/devices/quiet").text

@@ -7,8 +7,17 @@ import pytest
 
 from edgefleet.cloud.services.rollouts import gates
 from edgefleet.cloud.services.rollouts.gates import Verdict, WindowSample
-from edgefleet.cloud.services.rollouts.policy import BehaviourGate, Gates, InstallGate, RuntimeGate, Statistics
+from edgefleet.cloud.services.rollouts.policy import (
+    AccuracyGate,
+    BehaviourGate,
+    Gates,
+    InstallGate,
+    RuntimeGate,
+    Statistics,
+    parse_policy,
+)
 from edgefleet.cloud.vocabulary import DeviceState
+from edgefleet.protocol.errors import ConfigError
 
 STATS = Statistics()
 
@@ -37,7 +46,8 @@ def by_gate(results):
 def test_a_healthy_canary_passes_every_gate():
     results = gates.evaluate(Gates(), devices=[DeviceState.SUCCEEDED] * 2, samples=windows())
     assert {r.gate: r.verdict for r in results} == {"install": "pass", "error_rate": "pass", "latency_p95": "pass",
-                                                    "drift_psi": "pass", "predictions": "pass"}
+                                                    "drift_psi": "pass", "predictions": "pass",
+                                                    "accuracy": "pass"}
     assert gates.judge(results) == Verdict.PASS
 
 
@@ -96,7 +106,8 @@ def test_install_gate_with_a_tolerance_and_a_minimum():
 
 
 def test_disabled_gates_are_not_run():
-    results = gates.evaluate(Gates(runtime=RuntimeGate(enabled=False), behaviour=BehaviourGate(enabled=False)),
+    results = gates.evaluate(Gates(runtime=RuntimeGate(enabled=False), behaviour=BehaviourGate(enabled=False),
+                                   accuracy=AccuracyGate(enabled=False)),
                              devices=[DeviceState.SUCCEEDED], samples=windows(latency=(9.0, 2.0)))
     assert [r.gate for r in results] == ["install"]
 
@@ -141,7 +152,64 @@ def test_recovery_gate_reads_the_canary_only_and_runs_only_when_enabled():
 
     samples = level_windows({"a": ["ok"] * 3}) + level_windows({"c": ["alarm"] * 5}, canary=False)
     on = Gates(install=InstallGate(enabled=False), runtime=RuntimeGate(enabled=False),
-               behaviour=BehaviourGate(enabled=False), recovery=RecoveryGate(enabled=True))
+               behaviour=BehaviourGate(enabled=False), accuracy=AccuracyGate(enabled=False),
+               recovery=RecoveryGate(enabled=True))
     results = gates.evaluate(on, devices=[], samples=samples)
     assert [(r.gate, r.verdict) for r in results] == [("recovery", Verdict.PASS)]
     assert gates.evaluate(on.model_copy(update={"recovery": RecoveryGate()}), devices=[], samples=samples) == []
+
+
+def labelled_windows(*, canary_accuracy: float, control_accuracy: float, n: int = 30, labelled: int = 50,
+                     seed: int = 3) -> list[WindowSample]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(n):
+        for device, canary, accuracy in (("c", True, canary_accuracy), ("k1", False, control_accuracy),
+                                         ("k2", False, control_accuracy)):
+            out.append(WindowSample(device_id=device, canary=canary, window_end=float(t), requests=labelled,
+                                    errors=0, p95_ms=1.0, psi=0.01, labelled=labelled,
+                                    correct=int(rng.binomial(labelled, accuracy))))
+    return out
+
+
+ACCURACY_ONLY = Gates(install=InstallGate(enabled=False), runtime=RuntimeGate(enabled=False),
+                      behaviour=BehaviourGate(enabled=False), statistics=Statistics(min_windows=10))
+
+
+@pytest.mark.parametrize(("canary", "control", "margin", "verdict"), [
+    (0.70, 0.95, 0.02, Verdict.FAIL),     # the new bundle gets a quarter of the labels wrong
+    (0.95, 0.95, 0.05, Verdict.PASS),     # as good, within the margin
+    (0.95, 0.70, 0.0, Verdict.PASS),      # margin 0: must beat the baseline, and does
+    (0.95, 0.95, 0.0, Verdict.INCONCLUSIVE),   # margin 0 and equal: not better, not worse
+    (0.97, 0.90, -0.02, Verdict.PASS),    # a negative margin: must beat the baseline by 2 points, does by 7
+    (0.91, 0.90, -0.05, Verdict.FAIL),    # ... must beat it by 5 points, does by 1
+])
+def test_accuracy_gate_compares_misclassification_with_the_baseline(canary, control, margin, verdict):
+    spec = ACCURACY_ONLY.model_copy(update={"accuracy": AccuracyGate(margin=margin)})
+    (result,) = gates.evaluate(spec, devices=[], samples=labelled_windows(canary_accuracy=canary,
+                                                                           control_accuracy=control))
+    assert result.gate == "accuracy" and result.verdict == verdict, result.summary
+    assert result.evidence["canary_windows"] == 30 and result.evidence["control_windows"] == 60
+
+
+def test_accuracy_gate_without_labels_is_not_judged_and_few_labels_do_not_count():
+    (result,) = gates.evaluate(ACCURACY_ONLY, devices=[], samples=windows())
+    assert result.verdict == Verdict.PASS and result.summary.startswith("not judged")
+    few = labelled_windows(canary_accuracy=0.1, control_accuracy=0.99, labelled=5)   # under min_labelled_per_window
+    (result,) = gates.evaluate(ACCURACY_ONLY, devices=[], samples=few)
+    assert result.verdict == Verdict.PASS and result.summary.startswith("not judged")
+    only_control = [s for s in labelled_windows(canary_accuracy=0.1, control_accuracy=0.99) if not s.canary]
+    (result,) = gates.evaluate(ACCURACY_ONLY, devices=[], samples=only_control)
+    assert result.verdict == Verdict.INCONCLUSIVE   # the canary's labels may still come
+
+
+def test_the_accuracy_gate_is_configured_from_a_policy_and_bounded():
+    stages = [{"name": "canary", "select": "count", "count": 1}, {"name": "rest", "select": "rest"}]
+    policy = parse_policy({"stages": stages, "gates": {"accuracy": {"margin": -0.01, "min_labelled_per_window": 3}}})
+    assert (policy.gates.accuracy.margin, policy.gates.accuracy.min_labelled_per_window) == (-0.01, 3)
+    assert policy.gates.accuracy.enabled and policy.gates.accuracy.error_ratio == 1.0
+    for bad, where in (({"error_ratio": 0.5}, "gates.accuracy.error_ratio"), ({"margin": 1.5}, "gates.accuracy.margin"),
+                       ({"min_labelled_per_window": 0}, "gates.accuracy.min_labelled_per_window"),
+                       ({"treshold": 1}, "gates.accuracy.treshold")):
+        with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+            parse_policy({"stages": stages, "gates": {"accuracy": bad}})

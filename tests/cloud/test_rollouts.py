@@ -48,7 +48,7 @@ def test_a_good_bundle_goes_through_every_stage(client, controller, sim, bundles
     assert [s["devices"] for s in done["stages"]] == [{"succeeded": 1}, {"succeeded": 5}, {"succeeded": 4}]
     verdicts = {v["gate"]: v["verdict"] for v in done["stages"][0]["verdicts"]}
     assert verdicts == {"install": "pass", "error_rate": "pass", "latency_p95": "pass", "drift_psi": "pass",
-                        "predictions": "pass"}
+                        "predictions": "pass", "accuracy": "pass"}
     assert all(sim.running[d] is new for d in sim.ids)
     dep = client.get(f"/api/v1/deployments/{done['deployment_id']}").json()
     assert dep["status"] == "succeeded" and len(dep["targets"]) == 10

@@ -186,7 +186,7 @@ def test_a_good_bundle_goes_through_three_stages_to_every_device(fleet):
     canary_gates = {v["gate"]: v["verdict"] for v in done["stages"][0]["verdicts"]}
     # judged on the devices' real telemetry against the control cohort still on v1
     assert canary_gates == {"install": "pass", "error_rate": "pass", "latency_p95": "pass", "drift_psi": "pass",
-                            "predictions": "pass"}, done["stages"][0]["verdicts"]
+                            "predictions": "pass", "accuracy": "pass"}, done["stages"][0]["verdicts"]
     assert all(fleet.running(d) == v2 for d in DEVICES)
     rc, out, _ = run_cli(fleet.capsys, "rollout", "show", ro["id"], "--watch")   # ended: returns at once
     assert rc == 0 and "succeeded" in out and "canary" in out and "rest" in out and "4/4" not in out

@@ -1,13 +1,17 @@
-"""Trusted release public keys: the configured ones and those registered through the API."""
+"""Trusted release public keys (the configured ones and those registered through the API) and the
+delegations document in force (docs/security.md §6)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
-from edgefleet.cloud.api.schemas import ReleaseKeyCreate, ReleaseKeyOut
+from edgefleet.cloud.api.schemas import DelegationsOut, ReleaseKeyCreate, ReleaseKeyOut
 from edgefleet.cloud.deps import AdminDep, ControllerDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import trust
+from edgefleet.cloud.store.tables import DelegationsRecord
+from edgefleet.protocol.delegation import parse_delegations
 from edgefleet.protocol.keys import key_id, public_key_pem
+from edgefleet.protocol.messages import SignedDelegations
 
 api = APIRouter(prefix="/api/v1")
 
@@ -31,3 +35,34 @@ def add_release_key(body: ReleaseKeyCreate, controller: ControllerDep, session: 
 @api.delete("/release-keys/{key_id}", tags=["keys"], status_code=204)
 def remove_release_key(key_id: str, controller: ControllerDep, session: SessionDep, who: AdminDep) -> None:
     trust.remove_release_key(session, key_id_=key_id, actor=who.actor, now=controller.now())
+
+
+def _delegations_out(row: DelegationsRecord) -> DelegationsOut:
+    doc = parse_delegations(row.document, where=f"stored delegations version {row.version}")
+    return DelegationsOut(version=row.version, expires_at=row.expires_at, pushed_at=row.pushed_at,
+                          pushed_by=row.pushed_by, delegations=doc.signed.delegations, document=doc)
+
+
+@api.get("/delegations", tags=["keys"])
+def show_delegations(session: SessionDep, _: ViewerDep) -> DelegationsOut | None:
+    """The delegations document in force (``null`` before the first push)."""
+    row = trust.delegations_record(session)
+    return _delegations_out(row) if row is not None else None
+
+
+@api.post("/delegations", tags=["keys"], status_code=201)
+def push_delegations(body: SignedDelegations, response: Response, controller: ControllerDep,
+                     who: AdminDep) -> DelegationsOut:
+    """Put a delegations document signed offline by the release keys in force. Refused unless it
+    verifies against the release keys this controller trusts (threshold), is newer than the current
+    one and has not expired. Every enrolled device gets it at once (and again after its hello). The
+    current document again: 200, nothing changes."""
+    with controller.session() as session:
+        row, created = trust.push_delegations(session, document=body, trusted=controller.trusted_release_keys(session),
+                                              actor=who.actor, now=controller.now())
+        out = _delegations_out(row)
+    if created:  # stored first: a device never gets a document the controller does not hold
+        controller.publish_delegations()
+    else:
+        response.status_code = 200
+    return out

@@ -50,7 +50,7 @@ def create_model_version(name: str, body: ModelVersionCreate, controller: Contro
                          who: OperatorDep) -> ModelVersionOut:
     row = registry.create_model_version(session, model_name=name, version=body.version, kind=body.kind,
                                         parent_version=body.parent, format=body.format, report=body.report,
-                                        actor=who.actor, now=controller.now())
+                                        lineage=body.lineage, actor=who.actor, now=controller.now())
     return ModelVersionOut.model_validate(row)
 
 
@@ -100,18 +100,30 @@ def show_dataset(name: str, session: SessionDep, _: ViewerDep) -> DatasetOut:
     return DatasetOut.model_validate(datasets.get_dataset(session, model_name=name))
 
 
+@api.get("/models/{name}/dataset/download", tags=["models"], response_class=LargeFileResponse)
+def download_dataset(name: str, controller: ControllerDep, session: SessionDep, _: OperatorDep) -> LargeFileResponse:
+    """The model's reference dataset as uploaded (``.npz``: ``x``, optional ``y``), e.g. for a training
+    pipeline outside the controller (docs/retraining.md)."""
+    row = datasets.get_dataset(session, model_name=name)
+    return LargeFileResponse(controller.artifacts.open_path(row.digest), media_type="application/octet-stream",
+                             filename=f"{name}-dataset.npz")
+
+
 @api.post("/models/{name}/versions/{version}/bundles", tags=["bundles"], status_code=201)
 def build_bundle(name: str, version: str, body: BundleBuildRequest, response: Response, controller: ControllerDep,
                  session: SessionDep, who: OperatorDep) -> BundleOut:
     """Build, sign and register a bundle of this version on the controller (opt-in: needs
+    ``delegated_signing_key_path``, a key the current delegations document delegates, or
     ``release_signing_key_path``, whose public key must be trusted). The body is the bundle
     recipe as JSON (``bundle``, ``target``, ``smoke_test``, ``drift``...; ``bundle.runtime`` must
     be the version's format) and ``data``, the samples for the drift profile and smoke test.
     Synchronous: small models build in well under a second. The same recipe again gives the
     same bytes and returns the stored bundle (200)."""
+    signer = controller.bundle_signer(session)
     bundle, created = bundle_builds.build_and_register(
         session, model_name=name, version=version, recipe=body.model_dump(mode="json", exclude={"data"}),
-        data=body.data, key=controller.release_signing_key, trusted=controller.trusted_release_keys(session),
+        data=body.data, key=signer.key, delegations=signer.delegations,
+        trusted=controller.trusted_release_keys(session),
         artifacts=controller.artifacts, bundles=controller.bundles,
         max_bundle_bytes=controller.settings.max_bundle_bytes, max_dataset_bytes=controller.settings.max_dataset_bytes,
         actor=who.actor, now=controller.now())

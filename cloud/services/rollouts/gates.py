@@ -53,6 +53,9 @@ class WindowSample:
     predictions: dict[str, int] = field(default_factory=dict)
     drift_level: str | None = None
     """The device's own drift verdict for the window (ok, warn, alarm or insufficient)."""
+    labelled: int = 0
+    """Labels the application gave back in the window, ``correct`` of them."""
+    correct: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ def evaluate(gates: Gates, *, devices: Sequence[DeviceState], samples: Sequence[
         results += runtime_gates(samples, gates.runtime, gates.statistics)
     if gates.behaviour.enabled:
         results += behaviour_gates(samples, gates.behaviour, gates.statistics)
+    if gates.accuracy.enabled:
+        results.append(accuracy_gate(samples, gates))
     if gates.recovery.enabled:
         results.append(recovery_gate(samples, gates.recovery))
     return results
@@ -122,8 +127,12 @@ COMPARED: dict[str, Compared] = {
     "latency_p95": Compared("p95 latency", " ms", lambda s: s.p95_ms,
                             lambda g: (g.runtime.latency_ratio, g.runtime.latency_margin_ms)),
     "drift_psi": Compared("input drift (PSI)", "", lambda s: s.psi, lambda g: (1.0, g.behaviour.drift_psi_margin)),
+    "accuracy": Compared("misclassification (1 - accuracy)", "",
+                         lambda s: 1.0 - s.correct / s.labelled if s.labelled else None,
+                         lambda g: (g.accuracy.error_ratio, g.accuracy.margin)),
 }
-"""The runtime gates (error rate, p95 latency) and the drift gate, by name (the UI charts them the same way)."""
+"""The runtime gates (error rate, p95 latency), the drift gate and the accuracy gate, by name (the UI
+charts them the same way)."""
 
 
 def runtime_gates(samples: Sequence[WindowSample], spec: RuntimeGate, stats: Statistics) -> list[GateResult]:
@@ -170,6 +179,17 @@ def compare(gate: str, samples: Sequence[WindowSample], compared: Compared, gate
                           evidence)
     return GateResult(gate, Verdict.INCONCLUSIVE, f"canary {evidence['canary_mean']:.4g}{unit} is not yet "
                                                   f"distinguishable from the limit {limit}", evidence)
+
+
+def accuracy_gate(samples: Sequence[WindowSample], gates: Gates) -> GateResult:
+    """Misclassification of the canary against the baseline's, over the windows that carry at least
+    ``min_labelled_per_window`` labels; not judged (a pass that says so) where no labels come back at
+    all — labels from one side only wait (too few windows) or say there is nothing to compare with."""
+    enough = [s for s in samples if s.labelled >= gates.accuracy.min_labelled_per_window]
+    if not enough:
+        return GateResult("accuracy", Verdict.PASS, "not judged: no labels come back (POST /v1/feedback)",
+                          {"min_labelled_per_window": gates.accuracy.min_labelled_per_window})
+    return compare("accuracy", enough, COMPARED["accuracy"], gates)
 
 
 def prediction_gate(samples: Sequence[WindowSample], spec: BehaviourGate) -> GateResult:

@@ -228,6 +228,19 @@ class BehaviourGate(_Strict):
     min_samples: int = Field(default=200, ge=1)
 
 
+class AccuracyGate(_Strict):
+    """Where the application gives labels back (``POST /v1/feedback`` on the device): per telemetry
+    window with at least ``min_labelled_per_window`` labels, the canary's misclassification rate
+    (1 - accuracy) may be at most ``error_ratio`` x the baseline's + ``margin``. A negative margin
+    asks the canary to *beat* the baseline by that much; 0 with baseline ``before`` passes only a
+    canary that is better than before, with confidence. Not judged without labels on both sides."""
+
+    enabled: bool = True
+    error_ratio: float = Field(default=1.0, ge=1)
+    margin: float = Field(default=0.02, ge=-1, le=1)
+    min_labelled_per_window: int = Field(default=10, ge=1)
+
+
 class RecoveryGate(_Strict):
     """A rollout back to health (docs/loop.md): every canary device's last ``windows`` judged drift
     verdicts on the new bundle are ``ok`` (below the bundle's warn threshold). Off unless a policy
@@ -253,6 +266,7 @@ class Gates(_Strict):
     install: InstallGate = InstallGate()
     runtime: RuntimeGate = RuntimeGate()
     behaviour: BehaviourGate = BehaviourGate()
+    accuracy: AccuracyGate = AccuracyGate()
     recovery: RecoveryGate = RecoveryGate()
     statistics: Statistics = Statistics()
 
@@ -320,12 +334,13 @@ def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int =
     the prediction gate is off, since a model that heals predicts differently on purpose. Then the
     rest, judged on installs."""
     canary = Gates(baseline=Baseline.BEFORE, behaviour=BehaviourGate(enabled=False),
-                   recovery=RecoveryGate(enabled=True, windows=recovery_windows),
+                   accuracy=AccuracyGate(margin=0.0), recovery=RecoveryGate(enabled=True, windows=recovery_windows),
                    statistics=Statistics(min_windows=min_windows))
     return RolloutPolicy(stages=[
         Stage(name="drifted", select=StageKind.DEVICES, devices=sorted(devices), soak_s=soak_s, gates=canary),
         Stage(name="rest", select=StageKind.REST, gates=Gates(runtime=RuntimeGate(enabled=False),
-                                                               behaviour=BehaviourGate(enabled=False)))])
+                                                               behaviour=BehaviourGate(enabled=False),
+                                                               accuracy=AccuracyGate(enabled=False)))])
 
 
 def parse_policy(data: dict[str, Any], *, where: str = "policy") -> RolloutPolicy:

@@ -535,7 +535,7 @@ def _samples(session: Session, rollout: Rollout, rows: list[RolloutDevice], stag
         samples.append(gates.WindowSample(
             device_id=r.device_id, canary=is_canary, window_end=r.window_end, requests=r.requests, errors=r.errors,
             p95_ms=histogram_quantile(r.latency_bounds, r.latency_counts, 0.95), psi=r.drift_psi,
-            predictions=dict(r.predictions), drift_level=r.drift_level))
+            predictions=dict(r.predictions), drift_level=r.drift_level, labelled=r.labelled, correct=r.correct))
     return samples
 
 

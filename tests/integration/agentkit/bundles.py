@@ -30,11 +30,13 @@ def samples(n: int = 256, n_in: int = 4, seed: int = 1, shift: float = 0.0) -> n
 
 def make_bundle(model: bytes, release_key, *, name: str = "tiny", version: str = "1.0.0", build: int = 1,
                 runtime: str = "onnx", target: dict | None = None, labels=None, n_in: int = 4,
-                min_samples: int = 50) -> bytes:
+                min_samples: int = 50, delegations=None) -> bytes:
+    """Signed by ``release_key``; with ``delegations`` that key is a delegated one and the document goes in."""
     recipe = parse_recipe({"bundle": {"name": name, "version": version, "build": build, "runtime": runtime,
                                       **({"labels": labels} if labels else {})},
                            "target": target or {}, "drift": {"min_samples": min_samples}})
-    return build_bundle(recipe, model, samples=samples(n_in=n_in), release_key=release_key).data
+    return build_bundle(recipe, model, samples=samples(n_in=n_in), release_key=release_key,
+                        delegations=delegations).data
 
 
 def split(data: bytes) -> tuple[dict, list[Signature], dict[str, bytes]]:
