@@ -62,7 +62,6 @@ def same_origin(request: Request) -> bool:
     return len(parts) == 2 and parts[1].split("/", 1)[0] == host
 
 
-@router.get("/ui/login", response_class=HTMLResponse)
 def form_refusal(request: Request, user: Principal) -> str | None:
     """Why ``user`` may not act through this form post: an operator's (or admin's) role is needed,
     and the form must come from the controller's own pages. ``None`` when it may."""
@@ -70,6 +69,7 @@ def form_refusal(request: Request, user: Principal) -> str | None:
                                            "this form was not posted from the controller's own pages")
 
 
+@router.get("/ui/login", response_class=HTMLResponse)
 def login_form(request: Request, session: SessionDep, next: str = "/") -> Response:
     if signed_in(request, session) is not None:
         return RedirectResponse(safe_next(next), status_code=303)

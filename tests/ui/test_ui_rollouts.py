@@ -101,15 +101,15 @@ def test_detail_shows_the_stage_timeline_with_verdicts_and_devices(logged_in, se
     expect(canary.locator(".stage-times")).to_contain_text("soak until")
     expect(canary.locator(".stage-times")).to_contain_text("finished")
     verdicts = canary.locator("table.gates tbody tr")
-    expect(verdicts).to_have_count(5)
+    expect(verdicts).to_have_count(6)
     assert verdicts.evaluate_all("rows => rows.map(r => [r.dataset.gate, r.dataset.verdict])") == [
         ["install", "pass"], ["error_rate", "pass"], ["latency_p95", "pass"], ["drift_psi", "pass"],
-        ["predictions", "pass"]]
+        ["predictions", "pass"], ["accuracy", "pass"]]
     expect(canary.locator("tr[data-gate=latency_p95]")).to_contain_text("is within 1.5 x control + 1 ms")
     rest = page.locator("#stages li[data-stage=rest]")
     expect(rest).to_have_attribute("data-state", "running")
     expect(rest.locator("svg[data-chart=stage-devices] rect.seg")).to_have_count(1)
-    expect(rest.locator("table.gates tr[data-verdict='']")).to_have_count(5)      # not judged while it runs
+    expect(rest.locator("table.gates tr[data-verdict='']")).to_have_count(6)      # not judged while it runs
     devices = page.locator("#rollout-devices tbody tr")
     expect(devices).to_have_count(len(COHORTS["passed"].devices))
     first = page.locator(f"#rollout-devices tr[data-device='{server.fleet.canary['passed']}']")
