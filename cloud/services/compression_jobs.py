@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import update
@@ -20,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, datasets, registry
 from edgefleet.cloud.store.blobs import BlobStore
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import CompressionJob, ModelVersion, row_id
 from edgefleet.cloud.vocabulary import OPEN_JOB_STATES, DataSource, JobState, ModelKind
 from edgefleet.compression import CompressionConfig, compress
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 
-OpenSession = Callable[[], AbstractContextManager[Session]]
 
 
 def create_job(session: Session, *, model_name: str, version: str, variant: str, runtime: Runtime,

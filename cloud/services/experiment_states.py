@@ -1,7 +1,7 @@
 """The two state machines of an A/B experiment, written as data: ``(state, event) -> next state``.
 
 The experiment as a whole and each of its devices. :mod:`.experiments` moves rows only through
-:func:`~edgefleet.cloud.services.rollouts.states.advance` (an illegal move is a conflict that says
+:func:`~edgefleet.cloud.services.transitions.advance` (an illegal move is a conflict that says
 so). Promoted and stopped are final; a finished experiment waits for a person to promote or stop it.
 """
 

@@ -35,8 +35,8 @@ from edgefleet.cloud.services.rollouts import pacing
 from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.services.rollouts.gates import WindowSample
 from edgefleet.cloud.services.rollouts.policy import DAY_S, RolloutPolicy, Selector
-from edgefleet.cloud.services.rollouts.service import OpenSession
-from edgefleet.cloud.services.rollouts.states import advance
+from edgefleet.cloud.services.transitions import advance
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import (
     Bundle,
     Deployment,

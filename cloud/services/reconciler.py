@@ -17,7 +17,7 @@ from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.services import deployments, devices, experiments
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.rollouts import service as rollouts
-from edgefleet.cloud.services.rollouts.service import OpenSession
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import Deployment, Device, ProcessedMessage
 
 log = logging.getLogger(__name__)

@@ -56,6 +56,7 @@ from edgefleet.cloud.services import (
 )
 from edgefleet.cloud.services.retraining_runner import TrainingFailed, run_training
 from edgefleet.cloud.store.blobs import BlobStore
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import CompressionJob, Model, ModelVersion, RetrainingJob, row_id
 from edgefleet.cloud.vocabulary import DataSource, JobState, ModelKind, RetrainPhase, RetrainState, TrainingFailure
 from edgefleet.compression.config import CompressionConfig
@@ -69,7 +70,6 @@ from edgefleet.protocol.vocabulary import Reason, Runtime
 
 log = logging.getLogger(__name__)
 
-OpenSession = compression_jobs.OpenSession
 Signer = Callable[[Session], trust.BundleSigner]
 """Gives the key (and delegations document) a retraining job signs its bundle with."""
 

@@ -21,7 +21,6 @@ import random
 import secrets
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,13 +28,13 @@ from urllib.parse import urlsplit
 from sqlmodel import Session, col, or_, select
 
 from edgefleet.cloud.services import audit
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import Webhook, WebhookDelivery, row_id
 from edgefleet.cloud.vocabulary import DeliveryState, WebhookEvent
 from edgefleet.protocol.errors import InvalidRequestError, NotFoundError, TransportError
 
 log = logging.getLogger(__name__)
 
-OpenSession = Callable[[], AbstractContextManager[Session]]
 Post = Callable[[str, bytes, dict[str, str], float], int]
 """``post(url, body, headers, timeout_s) -> HTTP status``; raises when no answer came."""
 

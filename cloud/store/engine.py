@@ -7,8 +7,8 @@ The schema is created with ``create_all`` for now; Alembic migrations come once 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from sqlmodel import Session, SQLModel, create_engine
 from edgefleet.cloud.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 log = logging.getLogger(__name__)
+
+OpenSession = Callable[[], AbstractContextManager[Session]]
+"""What long-running work (reconciler passes, job runners) is given: a factory of sessions, one
+transaction each (``Controller.session``)."""
 
 
 def _to_json(value: object) -> str:

@@ -148,3 +148,20 @@ class CliClient:
             raise ApiError(r.status_code, r.json())
         dest.write_bytes(r.content)
         return len(r.content)
+
+
+def cli_runner(capsys, monkeypatch=None, client: TestClient | None = None, *modules):
+    """``run(*args, rc=0) -> stdout + stderr`` of one ``edgefleet`` command, asserting its exit code;
+    with ``client``, the CLI modules given talk to that in-process app instead of a URL."""
+    from edgefleet.cloud.cli import main as cli
+
+    for module in modules:
+        monkeypatch.setattr(module, "client_from_env", lambda url, token: CliClient(client))
+
+    def run(*args: str, rc: int = 0) -> str:
+        capsys.readouterr()
+        code = cli(list(args))
+        out = capsys.readouterr()
+        assert code == rc, out
+        return out.out + out.err
+    return run

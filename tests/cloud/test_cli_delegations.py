@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.cli import keys as cli_keys
-from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.services import trust
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys
@@ -23,7 +22,7 @@ from edgefleet.protocol.errors import ConflictError
 from edgefleet.protocol.messages import DelegationsDocument, DelegationsMessage, decode
 from edgefleet.protocol.topics import parse_device_topic
 
-from cloudkit import ADMIN, CliClient
+from cloudkit import ADMIN, cli_runner
 
 LONG = "3650d"  # the controller's fake clock runs ahead of the real one the CLI signs with
 
@@ -32,20 +31,12 @@ LONG = "3650d"  # the controller's fake clock runs ahead of the real one the CLI
 def ceremony(tmp_path, release_key, client, capsys, monkeypatch):
     """Key files in tmp_path/k, the CLI pointed at the app; ``run(*args, rc=0)`` -> output."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_keys, "client_from_env", lambda url, token: CliClient(client))
     keys.save_private_key(release_key, tmp_path / "k" / "release.key")
     for name in ("retrain", "nightly"):
         key = keys.generate_private_key()
         keys.save_private_key(key, tmp_path / "k" / f"{name}.key")
         keys.save_public_key(key.public_key(), tmp_path / "k" / f"{name}.pub")
-
-    def run(*args: str, rc: int = 0) -> str:
-        capsys.readouterr()
-        code = cli(list(args))
-        out = capsys.readouterr()
-        assert code == rc, out
-        return out.out + out.err
-    return run
+    return cli_runner(capsys, monkeypatch, client, cli_keys)
 
 
 def delegate(run, public: str, *extra: str, rc: int = 0) -> dict | str:

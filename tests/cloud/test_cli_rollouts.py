@@ -9,10 +9,9 @@ import json
 import pytest
 
 from edgefleet.cloud.cli import deployments as cli_deployments
-from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.cli import rollouts as cli_rollouts
 
-from cloudkit import CliClient
+from cloudkit import cli_runner
 from simfleet import Sim
 
 POLICY = """
@@ -30,16 +29,7 @@ select = "rest"
 
 @pytest.fixture
 def run(client, capsys, monkeypatch):
-    for module in (cli_rollouts, cli_deployments):
-        monkeypatch.setattr(module, "client_from_env", lambda url, token: CliClient(client))
-
-    def run(*args: str, rc: int = 0) -> str:
-        capsys.readouterr()
-        code = cli(list(args))
-        out = capsys.readouterr()
-        assert code == rc, out
-        return out.out + out.err
-    return run
+    return cli_runner(capsys, monkeypatch, client, cli_rollouts, cli_deployments)
 
 
 @pytest.fixture

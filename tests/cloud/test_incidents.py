@@ -11,7 +11,6 @@ import pytest
 from sqlmodel import Session, SQLModel, select
 
 from edgefleet.cloud.cli import incidents as cli_incidents
-from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.services import audit
 from edgefleet.cloud.services.incidents import service as incidents
@@ -19,7 +18,7 @@ from edgefleet.cloud.store.engine import make_engine
 from edgefleet.cloud.store.tables import IncidentCohort, IncidentCursor, TelemetryRecord
 from edgefleet.protocol.messages import InstalledBundle
 
-from cloudkit import CliClient, FakeTransport
+from cloudkit import FakeTransport, cli_runner
 
 STEP = 60.0
 ADMIN_ACTOR = "admin:admin"
@@ -280,15 +279,7 @@ def test_on_postgres_a_controller_skips_the_pass_while_another_holds_the_cursor(
 
 @pytest.fixture
 def run(client, capsys, monkeypatch):
-    monkeypatch.setattr(cli_incidents, "client_from_env", lambda url, token: CliClient(client))
-
-    def run(*args: str, rc: int = 0) -> str:
-        capsys.readouterr()
-        code = cli(list(args))
-        out = capsys.readouterr()
-        assert code == rc, out
-        return out.out + out.err
-    return run
+    return cli_runner(capsys, monkeypatch, client, cli_incidents)
 
 
 def test_the_cli_lists_shows_and_closes(fleet, play, controller, run):

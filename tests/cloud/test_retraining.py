@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.cloud.cli import main as cli
 from edgefleet.cloud.cli import models as cli_models
 from edgefleet.cloud.cli import retrain as cli_retrain
 from edgefleet.cloud.services import retraining, trust
@@ -32,7 +31,7 @@ from edgefleet.protocol.bundle import verify_bundle
 from edgefleet.protocol.delegation import make_delegation, sign_delegations
 from edgefleet.protocol.messages import DelegationsDocument
 
-from cloudkit import CliClient
+from cloudkit import cli_runner
 
 HERE = Path(__file__).resolve().parent
 RECIPE = HERE.parents[1] / "firmware-bundles" / "digits-mlp.toml"
@@ -461,17 +460,8 @@ def test_a_stopping_controller_kills_the_entry_point_and_the_run_ends_interrupte
 @pytest.fixture
 def run(client, controller, capsys, monkeypatch):
     """``edgefleet ...`` against the app; ``--wait`` runs the retraining worker where it would sleep."""
-    for module in (cli_retrain, cli_models):
-        monkeypatch.setattr(module, "client_from_env", lambda url, token: CliClient(client))
     monkeypatch.setattr(cli_retrain, "pause", lambda s: controller.run_retraining_jobs())
-
-    def run(*args: str, rc: int = 0) -> str:
-        capsys.readouterr()
-        code = cli(list(args))
-        out = capsys.readouterr()
-        assert code == rc, out
-        return out.out + out.err
-    return run
+    return cli_runner(capsys, monkeypatch, client, cli_retrain, cli_models)
 
 
 def test_cli_sets_and_shows_the_recipe_and_names_the_file_and_key_of_a_wrong_one(run, client, tmp_path):

@@ -25,8 +25,8 @@ from edgefleet.cloud.services.rollouts.states import (
     ROLLOUT_TRANSITIONS,
     STAGE_TRANSITIONS,
     RolloutEvent,
-    advance,
 )
+from edgefleet.cloud.services.transitions import advance
 from edgefleet.cloud.vocabulary import DeviceState, RolloutState, StageState
 from edgefleet.protocol.errors import ConfigError, ConflictError
 

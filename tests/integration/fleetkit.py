@@ -137,6 +137,16 @@ def predict(state_dir: Path, batch: np.ndarray) -> dict:
         return json.loads(resp.read())
 
 
+def feedback(state_dir: Path, prediction_id: str, labels: list[int]) -> dict:
+    """Labels for one served prediction, through the device's local ``/v1/feedback``."""
+    addr = (state_dir / "inference.addr").read_text().strip()
+    req = urllib.request.Request(f"http://{addr}/v1/feedback", method="POST",
+                                 data=json.dumps({"prediction_id": prediction_id, "labels": labels}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
 class Traffic:
     """Live requests to every device, round robin, from one thread: batches drawn from ``x``. A
     request a device refuses (it is swapping bundles, or has none yet) is counted, not raised."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fleetkit import Agents, ControllerProcess, cli_json, predict, run_cli
+from fleetkit import Agents, ControllerProcess, cli_json, feedback, predict, run_cli
 from proxykit import CutProxy
 
 from edgefleet.compression.samples import load_digits_split, train_mlp
@@ -87,15 +87,6 @@ def build_and_deploy(capsys, base: Path, name: str, capture: str, device_id: str
     dep = cli_json(capsys, "deploy", built["digest"], "--device", device_id, "--wait")
     assert dep["status"] == "succeeded", dep
     return built["digest"]
-
-
-def feedback(state_dir: Path, prediction_id: str, labels: list[int]) -> dict:
-    addr = (state_dir / "inference.addr").read_text().strip()
-    req = urllib.request.Request(f"http://{addr}/v1/feedback", method="POST",
-                                 data=json.dumps({"prediction_id": prediction_id, "labels": labels}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def agent_stats(state_dir: Path) -> dict:

@@ -5,15 +5,13 @@ restart loses and duplicates none of the labels it had accepted."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import urllib.request
 
 import numpy as np
 import pytest
-from fleetkit import predict
+from fleetkit import feedback, predict
 from test_rollouts_agents import DEVICES, fleet, models  # noqa: F401  (the shared fleet fixtures)
 
 from edgefleet.cloud.cli.client import ControllerClient
@@ -22,15 +20,6 @@ from edgefleet.compression.samples import load_digits_split
 from testkit import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def label(state_dir, prediction_id: str, labels: list[int]) -> dict:
-    addr = (state_dir / "inference.addr").read_text().strip()
-    req = urllib.request.Request(f"http://{addr}/v1/feedback", method="POST",
-                                 data=json.dumps({"prediction_id": prediction_id, "labels": labels}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def by_device(fleet) -> dict:  # noqa: F811
@@ -72,7 +61,7 @@ def test_labels_from_the_application_arrive_as_accuracy_and_survive_a_restart(fl
             idx = rng.choice(len(data.x_test), 10, replace=False)
             answer = predict(state_dir, data.x_test[idx])
             truth = data.y_test[idx].tolist()
-            got = label(state_dir, answer["prediction_id"], truth)
+            got = feedback(state_dir, answer["prediction_id"], truth)
             predicted = np.asarray(answer["outputs"][next(iter(answer["outputs"]))]).argmax(axis=1)
             assert got == {"labelled": 10, "correct": int((predicted == np.asarray(truth)).sum())}
             totals["labelled"] += got["labelled"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefleet.cloud.services.rollouts.states import advance
+from edgefleet.cloud.services.transitions import advance
 from edgefleet.cloud.vocabulary import INCIDENT_TRANSITIONS, CohortKind, IncidentEvent, IncidentState
 from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS, DriftLevel
 

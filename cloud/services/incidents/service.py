@@ -14,8 +14,7 @@ window behind the gap arrived (rolled-back inserts leave gaps for ever). Webhook
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -40,7 +39,8 @@ from edgefleet.cloud.services.incidents.rule import (
     observe,
     tick,
 )
-from edgefleet.cloud.services.rollouts.states import advance
+from edgefleet.cloud.services.transitions import advance
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import Device, Incident, IncidentCohort, IncidentCursor, TelemetryRecord
 from edgefleet.cloud.vocabulary import INCIDENT_TRANSITIONS, CohortKind, IncidentEvent, IncidentState, WebhookEvent
 from edgefleet.protocol.errors import NotFoundError
@@ -48,7 +48,6 @@ from edgefleet.protocol.vocabulary import DriftLevel
 
 log = logging.getLogger(__name__)
 
-OpenSession = Callable[[], AbstractContextManager[Session]]
 CURSOR = "telemetry"
 BATCH = 1000
 """Windows one transaction judges (a pass takes as many as are waiting)."""

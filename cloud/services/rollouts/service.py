@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -44,8 +43,9 @@ from edgefleet.cloud.services.rollouts.states import (
     DeviceEvent,
     RolloutEvent,
     StageEvent,
-    advance,
 )
+from edgefleet.cloud.services.transitions import advance
+from edgefleet.cloud.store.engine import OpenSession
 from edgefleet.cloud.store.tables import (
     Bundle,
     Deployment,
@@ -65,7 +65,6 @@ from edgefleet.protocol.vocabulary import Outcome, Reason
 
 log = logging.getLogger(__name__)
 
-OpenSession = Callable[[], AbstractContextManager[Session]]
 
 _FAILURE_OF = {DeviceState.FAILED: FailureKind.FAILED, DeviceState.TIMED_OUT: FailureKind.TIMED_OUT,
                DeviceState.ROLLED_BACK: FailureKind.ROLLED_BACK, DeviceState.REJECTED: FailureKind.REJECTED}

@@ -1,17 +1,15 @@
 """The three state machines of a rollout, written as data: ``(state, event) -> next state``.
 
 The rollout as a whole, each of its stages, and each of its devices. The service (:mod:`service`)
-moves rows only through :func:`advance`, so an illegal move is a bug that says so, never a silent
-state change. Every final state is final: nothing leaves it.
+moves rows only through :func:`~edgefleet.cloud.services.transitions.advance`. Every final state
+is final: nothing leaves it.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
 
 from edgefleet.cloud.vocabulary import DeviceState, RolloutState, StageState
-from edgefleet.protocol.errors import ConflictError
 
 
 class RolloutEvent(StrEnum):
@@ -90,13 +88,3 @@ EXECUTED_STATES = (DeviceState.SUCCEEDED, *_RETRYABLE)
 """A device counts as executed once its order ended, well or not (abort criteria, gates)."""
 OPEN_DEVICE_STATES = (DeviceState.QUEUED, DeviceState.IN_PROGRESS, DeviceState.REVERTING)
 
-State = TypeVar("State", bound=StrEnum)
-Event = TypeVar("Event", bound=StrEnum)
-
-
-def advance(table: dict[tuple[State, Event], State], state: str, event: Event, *, what: str) -> State:
-    """The next state of ``what`` on ``event``; a move the table does not have is a conflict."""
-    target = table.get((state, event))  # type: ignore[arg-type]  # a stored str equals and hashes as its member
-    if target is None:
-        raise ConflictError(f"{what} is {state}: cannot {event.value}", where="state")
-    return target
