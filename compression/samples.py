@@ -46,8 +46,8 @@ class DigitsData:
         return x.reshape(-1, 1, 8, 8)
 
 
-def load_digits_split(seed: int = 0) -> DigitsData:
-    """Load scikit-learn's digits (1797 8x8 images) and split them 80/20, stratified."""
+def load_digits_split(seed: int = 0, test_size: float = 0.2) -> DigitsData:
+    """Load scikit-learn's digits (1797 8x8 images) and split them (80/20 by default), stratified."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -55,7 +55,7 @@ def load_digits_split(seed: int = 0) -> DigitsData:
     x = (digits.data / 16.0).astype(np.float32)
     y = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=y)
+        x, y, test_size=test_size, random_state=seed, stratify=y)
     return DigitsData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
 

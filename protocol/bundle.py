@@ -22,6 +22,7 @@ import json
 import tarfile
 import tomllib
 import zlib
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,7 +43,7 @@ from edgefleet.protocol.delegation import (
     delegations_json,
     parse_delegations,
 )
-from edgefleet.protocol.drift import DriftThresholds, build_profile
+from edgefleet.protocol.drift import DriftThresholds, add_regime, build_profile
 from edgefleet.protocol.errors import (
     ArchiveError,
     ConfigError,
@@ -239,13 +240,25 @@ def _as_feeds(samples: np.ndarray | dict[str, np.ndarray], inputs: list[TensorSp
     return {inputs[0].name: x}
 
 
+def _predicted_classes(first_output: np.ndarray) -> np.ndarray | None:
+    """Class indices when the first output is a ``[N, classes]`` score table, else ``None``."""
+    if first_output.ndim == 2 and first_output.shape[1] > 1:
+        classes: np.ndarray = first_output.argmax(axis=1)
+        return classes
+    return None
+
+
 def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | dict[str, np.ndarray],
                  release_key: Ed25519PrivateKey, compression_report: dict[str, Any] | None = None,
                  lineage: Lineage | None = None, extra_files: dict[str, bytes] | None = None,
-                 delegations: SignedDelegations | None = None) -> BuiltBundle:
+                 delegations: SignedDelegations | None = None,
+                 regimes: Mapping[str, np.ndarray | dict[str, np.ndarray]] | None = None) -> BuiltBundle:
     """Build and sign a bundle. ``samples`` (a batch for the model's first input, or a dict of
     batches per input) feed the reference drift profile and the smoke-test vectors, whose
-    expected outputs are computed here with the same runtime code the device uses.
+    expected outputs are computed here with the same runtime code the device uses. ``regimes``
+    (name → samples of the same form) are input distributions the model is known to handle besides
+    the reference -- the drifted inputs a retrained model learnt from: windows that match one are
+    judged against it (protocol/drift.py ``Regime``).
 
     With ``delegations``, ``release_key`` is a key that document delegates (not a release key): the
     document goes into the bundle (``delegations.json``) so every verifier can check the chain."""
@@ -257,11 +270,14 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
     smoke_in = {k: v[:n_smoke] for k, v in feeds.items()}
     smoke_out = session.run(smoke_in)
     outputs = session.run(feeds)
-    first_out = outputs[session.outputs[0].name]
-    predictions = first_out.argmax(axis=1) if first_out.ndim == 2 and first_out.shape[1] > 1 else None
+    predictions = _predicted_classes(outputs[session.outputs[0].name])
     profile = build_profile(feeds[first], input_name=first, bins=recipe.profile.bins,
                             predictions=predictions, labels=b.labels,
                             thresholds=DriftThresholds.model_validate(recipe.drift.model_dump()))
+    for name, regime_samples in (regimes or {}).items():
+        regime_feeds = _as_feeds(regime_samples, session.inputs)
+        profile = add_regime(profile, name, regime_feeds[first], labels=b.labels,
+                             predictions=_predicted_classes(session.run(regime_feeds)[session.outputs[0].name]))
     model_file = f"model.{b.runtime}"
     contents = {model_file: model, **(extra_files or {})}
     stored: dict[str, bytes] = {}

@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.protocol.messages import DriftScores
 from edgefleet.protocol.vocabulary import DriftLevel
@@ -44,6 +44,26 @@ class DriftThresholds(BaseModel):
     """False-alarm probability used for the small-window noise floor."""
 
 
+MAX_REGIMES = 8
+"""A profile describes at most this many known regimes besides its reference."""
+
+
+class Regime(BaseModel):
+    """Another input distribution the model is known to handle -- typically the drifted inputs a
+    retrained model learnt from (``incident inc-...``). A window that matches a regime is judged
+    against it, not as drift: after a rollout back to health the healed devices' inputs are what the
+    model was trained for, while a device whose inputs match neither the reference nor a regime still
+    drifts. A regime is counted on the reference's bins (``probs`` per feature, like
+    :attr:`FeatureProfile.probs`), so a window is binned once whatever the number of regimes, and a
+    profile of a mixture (which would make both populations drift) is never needed."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=64)
+    probs: list[list[float]] = Field(description="per feature, the regime's fraction per reference bin")
+    predictions: dict[str, float] = {}
+    samples: int
+
+
 class ReferenceProfile(BaseModel):
     model_config = ConfigDict(extra="allow")
     input: str = Field(description="name of the profiled model input")
@@ -53,6 +73,16 @@ class ReferenceProfile(BaseModel):
     predictions: dict[str, float] = {}
     samples: int
     thresholds: DriftThresholds = DriftThresholds()
+    regimes: list[Regime] = Field(default=[], max_length=MAX_REGIMES)
+    """Other input distributions the model is known to handle, on the same bins (see :class:`Regime`)."""
+
+    @model_validator(mode="after")
+    def _regimes_on_the_bins(self) -> ReferenceProfile:
+        sizes = [len(f.probs) for f in self.features]
+        for r in self.regimes:
+            if [len(p) for p in r.probs] != sizes:
+                raise ValueError(f"regime {r.name!r} is not counted on the profile's bins")
+        return self
 
 
 def feature_matrix(batch: np.ndarray, mode: str) -> np.ndarray:
@@ -79,13 +109,38 @@ def build_profile(samples: np.ndarray, *, input_name: str, bins: int = 10,
         counts = np.bincount(np.searchsorted(edges, col, side="left"), minlength=len(edges) + 1)
         features.append(FeatureProfile(edges=[float(e) for e in edges],
                                        probs=[float(c) / n for c in counts]))
-    preds: dict[str, float] = {}
-    if predictions is not None and len(predictions):
-        idx, cnt = np.unique(np.asarray(predictions), return_counts=True)
-        preds = {(labels[i] if labels and i < len(labels) else str(int(i))): float(c) / len(predictions)
-                 for i, c in zip(idx, cnt, strict=True)}
+    preds = _class_fractions(predictions, labels)
     return ReferenceProfile(input=input_name, mode=mode, features=features, predictions=preds,
                             samples=n, thresholds=thresholds or DriftThresholds())
+
+
+def _class_fractions(predictions: np.ndarray | None, labels: list[str] | None) -> dict[str, float]:
+    """The fraction of ``predictions`` (class indices) per class, keyed by label (else the index)."""
+    if predictions is None or not len(predictions):
+        return {}
+    idx, cnt = np.unique(np.asarray(predictions), return_counts=True)
+    return {(labels[i] if labels and i < len(labels) else str(int(i))): float(c) / len(predictions)
+            for i, c in zip(idx, cnt, strict=True)}
+
+
+def add_regime(profile: ReferenceProfile, name: str, samples: np.ndarray, *,
+               predictions: np.ndarray | None = None, labels: list[str] | None = None) -> ReferenceProfile:
+    """A copy of ``profile`` that also knows ``samples`` (``[N, ...]``, the profiled input) as the
+    regime ``name``, counted on the profile's bins; ``predictions`` are the model's class indices."""
+    if not profile.features:
+        raise ValueError("a profile without features has no bins to count a regime on")
+    if len(profile.regimes) >= MAX_REGIMES:
+        raise ValueError(f"the profile already has {MAX_REGIMES} regimes, the most it may have")
+    if name in {r.name for r in profile.regimes}:
+        raise ValueError(f"the profile already has a regime {name!r}")
+    if len(samples) == 0:
+        raise ValueError(f"regime {name!r} has no samples")
+    binner = FeatureBinner(profile)
+    counts = binner.trim(binner.counts(samples))
+    n = len(samples)
+    preds = _class_fractions(predictions, labels)
+    regime = Regime(name=name, probs=[[c / n for c in row] for row in counts], predictions=preds, samples=n)
+    return profile.model_copy(update={"regimes": [*profile.regimes, regime]})
 
 
 class FeatureBinner:
@@ -192,30 +247,47 @@ def noise_floor(bins: int, n: int, m: int, alpha: float) -> float:
 
 def score(profile: ReferenceProfile, feature_counts: list[list[int]] | np.ndarray,
           prediction_counts: dict[str, int] | None = None) -> DriftScores:
-    """Drift scores of one window (or of merged windows) against the profile."""
+    """Drift scores of one window (or of merged windows) against the profile: against its reference,
+    and when that is not ``ok``, against each known regime too -- the closest one is the verdict
+    (``regime`` names it; ``None``: the reference)."""
     rows = [np.asarray(r[: len(f.probs)], dtype=np.float64)
             for r, f in zip(feature_counts, profile.features, strict=True)]
+    best = _score_against(profile, [f.probs for f in profile.features], profile.predictions, profile.samples,
+                          rows, prediction_counts, regime=None)
+    if best.level in (DriftLevel.OK, DriftLevel.INSUFFICIENT):
+        return best
+    for regime in profile.regimes:
+        other = _score_against(profile, regime.probs, regime.predictions, regime.samples, rows, prediction_counts,
+                               regime=regime.name)
+        if (_RANK[other.level], other.psi) < (_RANK[best.level], best.psi):
+            best = other
+    return best
+
+
+def _score_against(profile: ReferenceProfile, probs: list[list[float]], predictions: dict[str, float],
+                   samples: int, rows: list[np.ndarray], prediction_counts: dict[str, int] | None, *,
+                   regime: str | None) -> DriftScores:
     n = int(rows[0].sum()) if rows else 0
-    per_psi = [psi(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
-    per_js = [js(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
-    per_ks = [ks(f.probs, r) for f, r in zip(profile.features, rows, strict=True)]
+    per_psi = [psi(p, r) for p, r in zip(probs, rows, strict=True)]
+    per_js = [js(p, r) for p, r in zip(probs, rows, strict=True)]
+    per_ks = [ks(p, r) for p, r in zip(probs, rows, strict=True)]
     mean_psi = float(np.mean(per_psi)) if per_psi else 0.0
     pred_psi = None
-    if prediction_counts and profile.predictions:
-        names = sorted(set(profile.predictions) | set(prediction_counts))
-        pred_psi = psi([profile.predictions.get(k, 0.0) for k in names],
-                       [prediction_counts.get(k, 0) for k in names])
-    level = DriftLevel.INSUFFICIENT if n < profile.thresholds.min_samples else _level(profile, per_psi, mean_psi, n)
+    if prediction_counts and predictions:
+        names = sorted(set(predictions) | set(prediction_counts))
+        pred_psi = psi([predictions.get(k, 0.0) for k in names], [prediction_counts.get(k, 0) for k in names])
+    level = (DriftLevel.INSUFFICIENT if n < profile.thresholds.min_samples
+             else _level(profile, per_psi, mean_psi, n, samples))
     return DriftScores(psi=mean_psi, js=float(np.mean(per_js)) if per_js else 0.0,
                        ks=float(np.max(per_ks)) if per_ks else 0.0,
                        per_feature_psi=[round(v, 6) for v in per_psi], prediction_psi=pred_psi,
-                       level=level, samples=n)
+                       level=level, samples=n, regime=regime)
 
 
 _RANK = {DriftLevel.OK: 0, DriftLevel.WARN: 1, DriftLevel.ALARM: 2}
 
 
-def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: int) -> DriftLevel:
+def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: int, samples: int) -> DriftLevel:
     """The worse of two judgements, each against the usual PSI thresholds raised to the window's
     noise floor: the mean over features (broad drift), and each feature on its own (drift in one
     feature that the mean would dilute), whose floor is Bonferroni-corrected for the number of
@@ -230,8 +302,8 @@ def _level(profile: ReferenceProfile, per_psi: list[float], mean_psi: float, n: 
         return DriftLevel.WARN if value >= max(t.psi_warn, floor) else DriftLevel.OK
 
     bins = int(np.median([len(f.probs) for f in profile.features]))
-    levels = [judge(mean_psi, noise_floor(bins, n, profile.samples, t.alpha))]
+    levels = [judge(mean_psi, noise_floor(bins, n, samples, t.alpha))]
     alpha_each = t.alpha / len(profile.features)
-    levels += [judge(v, noise_floor(len(f.probs), n, profile.samples, alpha_each))
+    levels += [judge(v, noise_floor(len(f.probs), n, samples, alpha_each))
                for f, v in zip(profile.features, per_psi, strict=True) if v >= t.psi_warn]
     return max(levels, key=_RANK.__getitem__)

@@ -206,6 +206,9 @@ class DriftScores(WireModel):
     prediction_psi: float | None = None
     level: DriftLevel = DriftLevel.OK
     samples: int = 0
+    regime: str | None = Field(default=None, max_length=64)
+    """The known regime of the reference profile the window matched best, when it matched one better
+    than the reference itself (protocol/drift.py ``Regime``); ``None``: judged against the reference."""
 
 
 MAX_CONFUSION_CELLS = 400

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.cloud.services.experiments import ExperimentPlan
-from edgefleet.cloud.services.rollouts.policy import DEFAULT_TEMPLATE, TEMPLATES, RolloutPolicy, Selector
+from edgefleet.cloud.services.rollouts.policy import DEFAULT_TEMPLATE, HEAL_TEMPLATE, TEMPLATES, RolloutPolicy, Selector
 from edgefleet.cloud.vocabulary import Arm, DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleRecipe
@@ -453,7 +453,16 @@ class RolloutCreate(PolicyChoice):
     bundle: str = Field(min_length=8, max_length=64, pattern=r"^[0-9a-f]+$")
     """Bundle digest (or a unique prefix of at least 8 hex digits)."""
     selector: Selector = Selector()
+    """Empty with ``incidents``: the devices on the incidents' bundles, and their drifted devices."""
     note: str = Field(default="", max_length=2000)
+    incidents: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default=[], max_length=16)
+    """Drift incidents this rollout brings back to health (docs/rollouts.md §4): ``devices`` stages
+    that list none take their devices; with neither ``policy`` nor ``template``, the ``heal`` template."""
+
+    def resolved_policy(self) -> RolloutPolicy:
+        if self.incidents and self.policy is None and self.template is None:
+            return TEMPLATES[HEAL_TEMPLATE][1]
+        return super().resolved_policy()
 
 
 class RolloutAction(Body):
@@ -500,6 +509,8 @@ class RolloutOut(Out):
     note: str
     protected_tags: list[str]
     rollback: list[str]
+    incidents: list[str] = []
+    """The drift incidents it brings back to health."""
     created_at: float
     created_by: str
     approved_at: float | None
@@ -564,12 +575,20 @@ class IncidentWindowOut(Out):
     drift_samples: int | None
 
 
+class IncidentRolloutOut(Out):
+    id: str
+    state: str
+    bundle_label: str
+
+
 class IncidentDetail(IncidentOut):
     rule: IncidentRuleOut
     """The rule its cohort kind is judged by (the controller's current settings)."""
     evidence: list[IncidentWindowOut]
     """The drift series behind it, oldest first: its devices' windows on its bundle, from a cooldown
     before the first alarm window to the close (or to now)."""
+    rollouts: list[IncidentRolloutOut] = []
+    """The rollouts that name it (to bring its devices back to health), newest first."""
 
 
 class IncidentClose(Body):

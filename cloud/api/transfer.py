@@ -1,4 +1,10 @@
-"""Large bodies in and out of the API: streaming uploads into a blob store, file downloads."""
+"""Large bodies in and out of the API: streaming uploads into a blob store, file downloads.
+
+The upload routes are ``async`` (they stream the body) but the database is not: every database call
+they make goes through ``run_in_threadpool``. On the event loop, a write waiting for SQLite's lock
+(up to its 30 s busy timeout) would block the loop -- and with it the commit of the request that
+holds the lock, whose session dependency ends in the thread pool scheduled from the loop: the wait
+always ran out, and the upload failed with "database is locked"."""
 
 from __future__ import annotations
 

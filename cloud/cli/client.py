@@ -120,9 +120,11 @@ class ControllerClient:
         tmp.replace(dest)
         return size
 
-    def upload_bundle(self, path: Path) -> JSON:
+    def upload_bundle(self, path: Path, *, model: str | None = None, model_version: str | None = None) -> JSON:
+        """Upload a signed bundle; ``model``/``model_version`` link it to the registry version it packs."""
+        link = {k: v for k, v in (("model", model), ("model_version", model_version)) if v is not None}
         with open(path, "rb") as fh:
-            return self.request("POST", f"{API_PREFIX}/bundles", content=fh.read(),
+            return self.request("POST", f"{API_PREFIX}/bundles", content=fh.read(), params=link,
                                 headers={"Content-Type": "application/octet-stream"})
 
 

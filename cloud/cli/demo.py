@@ -11,6 +11,9 @@
 9. the devices' own drift scores come back through MQTT: drift where inputs shifted, not elsewhere
 10. version 2 goes out in stages (canary, half, rest) judged by its gates: first a build with a
     calibration bug, stopped at the canary and rolled back, then the good one to every device
+11. the loop closes (demo_loop): labels come back, the drifted devices open an incident and upload
+    labelled samples, a job retrains, compresses and bundles the model, signed by a delegated key,
+    and a rollout back to health proves it on the drifted devices before the rest get it
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgefleet.cloud.cli.client import ControllerClient
+from edgefleet.cloud.cli.demo_loop import CAPTURE, MODEL, SITE_TAG, FieldDevice, loop_recipe, register_model, run_loop
 from edgefleet.cloud.cli.demo_rollouts import Traffic, predicts_one_class, run_rollouts
 from edgefleet.cloud.cli.deployments import follow_deployment
 from edgefleet.cloud.cli.output import num, print_table
@@ -48,9 +52,11 @@ from edgefleet.compression import CompressionConfig, GateConfig, Mode, compress
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys as keylib
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
+from edgefleet.protocol.delegation import make_delegation, sign_delegations
 from edgefleet.protocol.errors import EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.manifest import Lineage
+from edgefleet.protocol.messages import DelegationsDocument
 from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS, DriftLevel, Runtime
 
 console = Console()
@@ -61,6 +67,12 @@ SAMPLES_PER_DEVICE = 600
 BATCH = 10
 TRAFFIC_SECONDS = 3 * TELEMETRY_INTERVAL_S
 """Traffic is spread over a few telemetry windows, so the summary shows several per device."""
+HELD_OUT = 0.4
+"""Of the 1797 digits, held out from training: act 3 serves two disjoint halves of them (before and after
+the retraining), each big enough that windows of it look like the reference, not like a few repeats."""
+HARDWARE_CLASS = "demo-pc"
+"""Every demo device's; the bundles target it and the delegation covers only it."""
+DELEGATION = "retrain"
 
 
 def shift_inputs(x: np.ndarray) -> np.ndarray:
@@ -72,7 +84,7 @@ def recipe(runtime: Runtime, version: str, build: int) -> dict[str, Any]:
     """The same recipe as firmware-bundles/digits-mlp.toml, per runtime."""
     return {"bundle": {"name": f"digits-mlp-{runtime}", "version": version, "build": build, "runtime": runtime,
                        "description": "8x8 handwritten digit classifier (scikit-learn digits)", "labels": LABELS},
-            "target": {"min_agent_version": "0.1.0"},
+            "target": {"min_agent_version": "0.1.0", "hardware_classes": [HARDWARE_CLASS]},
             "preprocessing": {"input": "8x8 grey image, row-major, scaled to [0, 1] (pixel / 16)"},
             "smoke_test": {"vectors": 4, "atol": 1e-3, "rtol": 1e-2},
             "profile": {"bins": 10},
@@ -101,6 +113,8 @@ class Demo:
         self._server: BackgroundServer | None = None
         self._client: ControllerClient | None = None
         self.devices: list[DemoDevice] = []
+        self.labels: dict[str, str] = {}
+        """Bundle digest → "name version", for the narration."""
         self.started = time.monotonic()
 
     @property
@@ -130,12 +144,15 @@ class Demo:
         self.release_key = key
         keylib.save_private_key(key, self.base / "keys" / "release.key")
         pub = keylib.save_public_key(key.public_key(), self.base / "keys" / "release.pub")
+        self.delegated_key = keylib.generate_private_key()   # the controller's: it signs retrained bundles
+        delegated = keylib.save_private_key(self.delegated_key, self.base / "keys" / f"{DELEGATION}.key")
         self.admin_token = "efa_demo_" + secrets.token_urlsafe(18)
         settings = ControllerSettings(data_dir=self.base / "controller", listen_port=self.port,
                                       broker_url=self.broker_url,
                                       release_key_paths=[pub], admin_token=self.admin_token,
                                       heartbeat_timeout_s=30.0, reconcile_interval_s=1.0,
-                                      deployment_timeout_s=120.0)
+                                      deployment_timeout_s=120.0, delegated_signing_key_path=delegated,
+                                      incident_tags=[SITE_TAG], incident_cooldown_s=5.0, incident_min_samples=50)
         self._server = BackgroundServer(settings).start()
         self._client = ControllerClient(self._server.url, self.admin_token)
         info = self.client.get("/api/v1/info")
@@ -145,7 +162,7 @@ class Demo:
 
     def train_and_compress(self) -> dict[Runtime, tuple[bytes, dict[str, Any]]]:
         t = time.monotonic()
-        self.data = data = load_digits_split()
+        self.data = data = load_digits_split(test_size=HELD_OUT)
         self.fp32 = fp32 = train_mlp(data)
         self.fp32_digest = hashlib.sha256(fp32).hexdigest()
         self.step(f"trained an MLP on {len(data.x_train)} digits ({len(fp32) / 1024:.0f} KiB fp32 ONNX) "
@@ -181,8 +198,8 @@ class Demo:
             runtime = Runtime.ONNX if i % 2 == 0 else Runtime.TFLITE
             dev = DemoDevice(device_id=f"edge-{i + 1:02d}", runtime=runtime, shifted=i in shifted_ids,
                              state_dir=self.base / "devices" / f"edge-{i + 1:02d}")
-            token = self.client.post("/api/v1/enrollment-tokens",
-                                     {"device_id": dev.device_id, "tags": [runtime, "demo"]})["token"]
+            tags = [runtime, "demo", *([SITE_TAG] if dev.shifted else [])]
+            token = self.client.post("/api/v1/enrollment-tokens", {"device_id": dev.device_id, "tags": tags})["token"]
             config = self.enroll(dev, token)
             with open(dev.state_dir / "agent.log", "ab") as logfile:  # the child keeps its own descriptor
                 dev.process = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
@@ -201,7 +218,8 @@ class Demo:
     def enroll(self, dev: DemoDevice, token: str) -> Path:
         """Run ``edgefleet-agent enroll`` as a device would (the controller never imports the agent)."""
         settings = {"inference_listen": "127.0.0.1:0", "telemetry_interval_s": TELEMETRY_INTERVAL_S,
-                    "heartbeat_interval_s": 5.0, "health_check_inferences": 0, "hardware_class": "demo-pc"}
+                    "heartbeat_interval_s": 5.0, "health_check_inferences": 0, "hardware_class": HARDWARE_CLASS,
+                    "upload_retry_s": 1.0}
         cmd = [sys.executable, "-m", "edgefleet.agent.daemon", "enroll", "--controller", self.server.url,
                "--token", token, "--state-dir", str(dev.state_dir)]
         for key, value in settings.items():
@@ -251,23 +269,47 @@ class Demo:
                   f"inputs shifted on {', '.join(d.device_id for d in self.devices if d.shifted)}")
 
     def roll_out_version_2(self, pushed: dict[Runtime, dict[str, Any]]) -> bool:
-        """Two staged rollouts of version 2 (ONNX, full precision) to every device (demo_rollouts)."""
+        """Two staged rollouts of version 2 (ONNX, full precision) to every device (demo_rollouts). The
+        good build opts in to sample capture and is version 2.0.1 of the registry's model (act 3)."""
         good, bad = self.fp32, predicts_one_class(self.fp32)
+        good_recipe = recipe(Runtime.ONNX, "2.0.1", 3) | {"capture": CAPTURE}
+        register_model(self.client, version="2.0.1", model=good, data=self.data, recipe=loop_recipe(good_recipe))
         built = {}
-        for key, model, version, build in (("bad", bad, "2.0.0", 2), ("good", good, "2.0.1", 3)):
-            r = parse_recipe(recipe(Runtime.ONNX, version, build), where=f"demo recipe (version {version})")
+        for key, model, doc in (("bad", bad, recipe(Runtime.ONNX, "2.0.0", 2)), ("good", good, good_recipe)):
+            r = parse_recipe(doc, where=f"demo recipe (version {doc['bundle']['version']})")
             bundle = build_bundle(r, model, samples=self.data.x_train[:600], release_key=self.release_key,
                                   lineage=Lineage(parent_digest=self.fp32_digest, source="demo: sklearn digits MLP"))
-            path = self.base / "bundles" / f"{r.bundle.name}-{version}.efb"
+            path = self.base / "bundles" / f"{r.bundle.name}-{r.bundle.version}.efb"
             atomic_write(path, bundle.data)
-            built[key] = self.client.upload_bundle(path)
-        labels = {b["digest"]: f"{b['name']} {b['version']}" for b in [*pushed.values(), *built.values()]}
+            link = {"model": MODEL, "model_version": r.bundle.version} if key == "good" else {}
+            built[key] = self.client.upload_bundle(path, **link)
+        self.labels = labels = {b["digest"]: f"{b['name']} {b['version']}" for b in [*pushed.values(), *built.values()]}
         console.print()
         self.step("version 2 (full precision) in stages: canary → half → rest, each judged by its gates "
                   "against the devices still on version 1")
         addresses = [d.state_dir / "inference.addr" for d in self.devices]
         with Traffic(addresses, self.data.x_test, _post):
             return run_rollouts(self.client, bad=built["bad"], good=built["good"], labels=labels, say=self.step)
+
+    def delegate(self) -> str:
+        """The release key (offline in production) delegates ``digits-mlp-*`` bundles for the demo's
+        hardware class, for 30 days, to the controller's key; returns how the narration names it."""
+        expires = int(time.time() + 30 * 86400)
+        doc = DelegationsDocument(version=1, expires_at=expires, delegations=[make_delegation(
+            name=DELEGATION, public_key=self.delegated_key.public_key(), name_patterns=[f"{MODEL}-*"],
+            hardware_classes=[HARDWARE_CLASS], expires_at=expires)])
+        self.client.post("/api/v1/delegations", sign_delegations(doc, [self.release_key]).model_dump(mode="json"))
+        kid = keylib.key_id(self.delegated_key.public_key())
+        return (f"the delegated key {DELEGATION!r} ({kid[:12]}: {MODEL}-* bundles, hardware class "
+                f"{HARDWARE_CLASS}, 30 days)")
+
+    def close_the_loop(self) -> bool:
+        """Act 3 (demo_loop): from the drift alarm back to a healthy fleet."""
+        signer = self.delegate()
+        console.print()
+        field_devices = [FieldDevice(d.device_id, d.state_dir / "inference.addr", d.shifted) for d in self.devices]
+        return run_loop(self.client, devices=field_devices, data=self.data, shift=shift_inputs, post=_post,
+                        labels=self.labels, old_version="2.0.1", signer=signer, say=self.step)
 
     def collect(self) -> dict[str, dict[str, Any]]:
         def arrived() -> bool:
@@ -377,6 +419,8 @@ def run_demo(*, devices: int = 4, keep_running: bool = False, data_dir: str | No
         demo.drive_traffic()
         ok = demo.summarize(demo.collect())
         ok = demo.roll_out_version_2(pushed) and ok
+        if ok:   # act 3 starts from a fleet on the good version 2
+            ok = demo.close_the_loop()
         console.print(f"demo finished in {time.monotonic() - started:.0f}s; state kept in {base}")
         console.print(f"web UI: {demo.server.url}/  (sign in with the admin token {demo.admin_token})",
                       highlight=False, soft_wrap=True)

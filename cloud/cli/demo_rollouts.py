@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import onnx
@@ -54,22 +54,32 @@ def predicts_one_class(model: bytes, label: int = 0, boost: float = 50.0) -> byt
     return data
 
 
-class Traffic:
-    """Clean held-out digits to every device, round robin, until stopped (the gates need telemetry)."""
+class Background:
+    """A daemon thread running :meth:`_run` for as long as the ``with`` block (``_stop`` says when to end)."""
 
-    def __init__(self, addresses: list[Path], x: np.ndarray, post: Post, batch: int = 10) -> None:
-        self.addresses, self.x, self.post, self.batch = addresses, x, post, batch
-        self.rng = np.random.default_rng(1)
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(30)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Traffic(Background):
+    """Clean held-out digits to every device, round robin, until stopped (the gates need telemetry)."""
+
+    def __init__(self, addresses: list[Path], x: np.ndarray, post: Post, batch: int = 10) -> None:
+        super().__init__("demo-traffic")
+        self.addresses, self.x, self.post, self.batch = addresses, x, post, batch
+        self.rng = np.random.default_rng(1)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -85,7 +95,7 @@ def run_rollouts(client: ControllerClient, *, bad: dict[str, Any], good: dict[st
                  say: Say, wait_s: float = 180.0) -> bool:
     """Roll ``bad`` out (aborted at the canary, rolled back), then ``good`` (three stages). Returns
     whether both ended as they should."""
-    aborted = _follow(client, client.post("/api/v1/rollouts", {
+    aborted = follow_rollout(client, client.post("/api/v1/rollouts", {
         "bundle": bad["digest"], "selector": {"tags": ["demo"]}, "policy": POLICY,
         "note": "demo: version 2 with a calibration bug"}), say, labels, wait_s)
     canary = [r for r in aborted["device_rows"] if r["stage_index"] == 0]
@@ -93,7 +103,7 @@ def run_rollouts(client: ControllerClient, *, bad: dict[str, Any], good: dict[st
         _wait_reverted(client, aborted["id"], wait_s)
         say(f"{canary[0]['device_id']} rolled back to {labels.get(canary[0]['previous_digest'] or '', '?')}; "
             f"{sum(r['ordered_at'] is None for r in aborted['device_rows'])} other devices never received it")
-    done = _follow(client, client.post("/api/v1/rollouts", {
+    done = follow_rollout(client, client.post("/api/v1/rollouts", {
         "bundle": good["digest"], "selector": {"tags": ["demo"]}, "policy": POLICY,
         "note": "demo: version 2"}), say, labels, wait_s)
     canary_stage = done["stages"][0]
@@ -102,8 +112,8 @@ def run_rollouts(client: ControllerClient, *, bad: dict[str, Any], good: dict[st
     return bool(aborted["state"] == RolloutState.ABORTED and done["state"] == RolloutState.SUCCEEDED)
 
 
-def _follow(client: ControllerClient, ro: dict[str, Any], say: Say, labels: dict[str, str],
-            wait_s: float) -> dict[str, Any]:
+def follow_rollout(client: ControllerClient, ro: dict[str, Any], say: Say, labels: dict[str, str],
+                   wait_s: float) -> dict[str, Any]:
     say(f"rollout {ro['id']} of {labels[ro['bundle_digest']]} to {ro['target']}: "
         + " → ".join(s["name"] for s in ro["stages"]))
     told: set[str] = set()
@@ -112,7 +122,7 @@ def _follow(client: ControllerClient, ro: dict[str, Any], say: Say, labels: dict
         for s in ro["stages"]:
             if s["state"] in (StageState.PASSED, StageState.FAILED) and s["name"] not in told:
                 told.add(s["name"])
-                gates = ", ".join(f"{v['gate']} {v['verdict']}" for v in s["verdicts"])
+                gates = ", ".join(f"{v['gate']} {_verdict(v)}" for v in s["verdicts"])
                 devices = ", ".join(r["device_id"] for r in ro["device_rows"] if r["stage_index"] == s["index"])
                 say(f"  stage {s['name']} ({devices}) {s['state']}: {gates}")
         if ro["state"] in FINAL:
@@ -122,6 +132,11 @@ def _follow(client: ControllerClient, ro: dict[str, Any], say: Say, labels: dict
         ro = client.get(f"/api/v1/rollouts/{ro['id']}")
     raise TransportError(f"rollout {ro['id']} did not end in {wait_s:.0f}s (it is {ro['state']})", where="demo",
                          hint="see `edgefleet rollout show` and the agent logs")
+
+
+def _verdict(v: dict[str, Any]) -> str:
+    """A gate's verdict as narrated: a pass that judged nothing says so."""
+    return "not judged" if v["verdict"] == "pass" and v["summary"].startswith("not judged") else str(v["verdict"])
 
 
 def _wait_reverted(client: ControllerClient, rollout_id: str, wait_s: float) -> None:

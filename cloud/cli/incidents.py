@@ -81,7 +81,9 @@ def _print(incident: dict[str, Any]) -> None:
         "windows": f"{incident['windows']} at alarm, peak psi {num(incident['peak_psi'])}",
         "rule": f"{rule['windows']} windows in a row at alarm with >= {rule['min_samples']} samples"
                 + (f" on >= {rule['min_devices']} devices" if incident["cohort_kind"] == CohortKind.TAG else "")
-                + f"; closes {rule['cooldown_s']:g} s after the last alarm window"})
+                + f"; closes {rule['cooldown_s']:g} s after the last alarm window"}
+        | ({"rollouts": ", ".join(f"{r['id']} ({r['bundle_label']}, {r['state']})" for r in incident["rollouts"])}
+           if incident.get("rollouts") else {}))
     windows = incident["evidence"][-SHOWN_WINDOWS:]
     if not windows:
         return

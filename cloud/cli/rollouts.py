@@ -64,15 +64,19 @@ def rollout_create(
     dynamic: bool = typer.Option(False, "--dynamic", help="devices that match later join the running rollout"),
     policy: Path = typer.Option(None, help="policy TOML (stages, pace, gates...; docs/rollouts.md)"),
     template: str = typer.Option(None, help="a named policy instead (see `edgefleet rollout templates`; "
-                                           "default canary-half-rest)"),
+                                           "default canary-half-rest, with --incident heal)"),
+    incident: list[str] = typer.Option([], "--incident", help="a drift incident it brings back to health "
+                                                              "(repeatable): its drifted devices first, judged "
+                                                              "against themselves before the update"),
     note: str = typer.Option("", help="free text kept with the rollout"),
     watch: bool = typer.Option(False, "--watch", help="follow it until it ends"),
     url: str = URL, token: str = TOKEN, json_out: bool = JSON,
 ) -> None:
-    """Roll a bundle out in stages, gated by what the model does on the devices that already have it."""
+    """Roll a bundle out in stages, gated by what the model does on the devices that already have it.
+    With --incident and no selector: to the devices on the incidents' bundle (docs/rollouts.md §4)."""
     body = {"selector": {"tags": tag, "device_ids": device, "exclude_tags": exclude_tag,
                          "exclude_device_ids": exclude_device, "dynamic": dynamic},
-            "policy": read_policy(policy), "template": template, "note": note}
+            "policy": read_policy(policy), "template": template, "note": note, "incidents": incident}
     with client_from_env(url, token) as c:
         body["bundle"] = resolve_bundle(c, bundle)
         try:
@@ -164,6 +168,7 @@ def _view(ro: dict[str, Any]) -> Group:
     for label, value in (("rollout", ro["id"]), ("state", ro["state"] + (f" ({ro['reason']})" if ro["reason"]
                                                                           else "")),
                          ("bundle", ro["bundle_label"]), ("target", ro["target"]),
+                         *([("incidents", ", ".join(ro["incidents"]))] if ro.get("incidents") else []),
                          ("devices", _counts(ro["devices"]))):
         head.add_row(Text(label, style="bold"), Text(str(value)))
     stages = Table(box=None, padding=(0, 1), show_header=True, header_style="bold")

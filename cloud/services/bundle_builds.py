@@ -7,8 +7,10 @@ the trusted release keys, content-addressed storage) and linked to the version.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
@@ -26,11 +28,12 @@ from edgefleet.protocol.vocabulary import Reason
 def build_and_register(session: Session, *, model_name: str, version: str, recipe: dict[str, Any], data: str,
                        key: Ed25519PrivateKey | None, trusted: TrustedKeys, artifacts: BlobStore, bundles: BlobStore,
                        max_bundle_bytes: int, max_dataset_bytes: int, actor: str,
-                       now: float, delegations: SignedDelegations | None = None) -> tuple[Bundle, bool]:
+                       now: float, delegations: SignedDelegations | None = None,
+                       regimes: Mapping[str, dict[str, np.ndarray]] | None = None) -> tuple[Bundle, bool]:
     """Returns ``(bundle, created)``; a rebuild of the same recipe and model is byte-identical and
     returns the stored bundle. Runs in the caller's thread: small models build in well under a second.
     With ``delegations``, ``key`` is a delegated key (:func:`trust.bundle_signer` gives both) and the
-    document goes into the bundle."""
+    document goes into the bundle. ``regimes`` go into its reference profile (protocol/bundle.py)."""
     if key is None:
         raise ConflictError("this controller does not build bundles: it holds no release signing key",
                             where="release_signing_key_path",
@@ -62,7 +65,7 @@ def build_and_register(session: Session, *, model_name: str, version: str, recip
                          release_key=key, compression_report=row.report,
                          lineage=Lineage(parent_digest=parent.artifact_digest if parent else None,
                                          source=f"controller build of {model_name}@{version}"),
-                         delegations=delegations)
+                         delegations=delegations, regimes=regimes)
     bundle, created = registry.register_bundle(session, incoming=bundles.put(built.data), store=bundles,
                                                trusted=trusted, max_bytes=max_bundle_bytes, model_name=model_name,
                                                model_version=version, actor=actor, now=now)

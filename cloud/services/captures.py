@@ -284,6 +284,12 @@ async def _complete(session: Session, *, upload: CaptureUpload, path: Path, stor
         path.unlink(missing_ok=True)
         raise
     store.commit(Incoming(path, digest, upload.size))
+    return await asyncio.to_thread(_store_dataset, session, upload=upload, arrays=arrays, digest=digest, now=now)
+
+
+def _store_dataset(session: Session, *, upload: CaptureUpload, arrays: CapturedArrays, digest: str,
+                   now: float) -> CapturedDataset:
+    """The database half of completing an upload, run off the event loop (cloud/api/transfer.py)."""
     bundle = session.exec(select(Bundle).where(Bundle.digest == upload.bundle_digest)).first()
     dataset = CapturedDataset(upload_id=upload.upload_id, device_id=upload.device_id,
                               bundle_digest=upload.bundle_digest, bundle_name=bundle.name if bundle else None,
@@ -386,11 +392,14 @@ def get_captured(session: Session, *, dataset_id: int) -> CapturedDataset:
     return dataset
 
 
-def load_captured(store: BlobStore, datasets: Sequence[CapturedDataset], *,
-                  max_unpacked: int = 1 << 30) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The inputs of ``datasets`` concatenated per input name, and their labels (-1: unlabelled)."""
+def load_captured(store: BlobStore, datasets: Sequence[CapturedDataset], *, max_unpacked: int = 1 << 30,
+                  since: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The inputs of ``datasets`` concatenated per input name, and their labels (-1: unlabelled);
+    with ``since``, only the samples served from then on (device time, as windows are stamped)."""
     parts = [parse_captured(store.open_path(d.blob_digest).read_bytes(), max_unpacked=max_unpacked)
              for d in datasets]
+    if since is not None:
+        parts = [_rows(p, p.at >= since) for p in parts]
     if not parts:
         return {}, np.empty(0, dtype=np.int64)
     names = set(parts[0].inputs)
@@ -401,6 +410,12 @@ def load_captured(store: BlobStore, datasets: Sequence[CapturedDataset], *,
                                       where="datasets", hint="load the datasets of one model's bundles together")
     inputs = {n: np.concatenate([p.inputs[n] for p in parts]) for n in sorted(names)}
     return inputs, np.concatenate([p.label.astype(np.int64) for p in parts])
+
+
+def _rows(part: CapturedArrays, keep: np.ndarray) -> CapturedArrays:
+    return CapturedArrays(inputs={n: a[keep] for n, a in part.inputs.items()}, prediction_id=part.prediction_id[keep],
+                          sample_index=part.sample_index[keep], at=part.at[keep], predicted=part.predicted[keep],
+                          label=part.label[keep], bundle_digest=part.bundle_digest)
 
 
 def record_download(session: Session, *, dataset: CapturedDataset, actor: str, now: float) -> None:

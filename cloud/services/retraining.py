@@ -16,7 +16,12 @@ A job is ``pending`` → ``running`` → ``succeeded`` | ``failed``; while runni
                and keeps the report — the trained version stays registered, no bundle is built;
 * ``bundle``   a bundle of the compressed variant from the recipe's bundle tables (version = the new
                version, build = the next build of that bundle name), signed with what
-               :attr:`Workshop.signer` gives (the delegated key, docs/security.md §6) and registered.
+               :attr:`Workshop.signer` gives (the delegated key, docs/security.md §6) and registered;
+               for a job of an incident, the inputs its devices captured while at alarm (on its bundle,
+               from the end of the first alarm window on) are a known regime of the
+               bundle's reference profile (protocol/drift.py ``Regime``), so the healed devices do not
+               drift against the data the model was retrained for, and the others still match the
+               reference.
 
 Claiming takes a row lock on the model, so two workers never run two jobs of one model. A job found
 ``running`` when a controller starts was interrupted (its subprocess died with the controller): it
@@ -57,7 +62,7 @@ from edgefleet.cloud.services import (
 from edgefleet.cloud.services.retraining_runner import TrainingFailed, run_training
 from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import OpenSession
-from edgefleet.cloud.store.tables import CompressionJob, Model, ModelVersion, RetrainingJob, row_id
+from edgefleet.cloud.store.tables import CompressionJob, Incident, Model, ModelVersion, RetrainingJob, row_id
 from edgefleet.cloud.vocabulary import DataSource, JobState, ModelKind, RetrainPhase, RetrainState, TrainingFailure
 from edgefleet.compression.config import CompressionConfig
 from edgefleet.protocol.errors import AccuracyGateError, ConflictError, EdgeFleetError, NotFoundError
@@ -69,6 +74,9 @@ from edgefleet.protocol.training import REQUEST_FILE, TrainingRequest
 from edgefleet.protocol.vocabulary import Reason, Runtime
 
 log = logging.getLogger(__name__)
+
+MAX_REGIME_SAMPLES = 2000
+"""Captured inputs of an incident's devices counted into the new bundle's known regime (at most)."""
 
 Signer = Callable[[Session], trust.BundleSigner]
 """Gives the key (and delegations document) a retraining job signs its bundle with."""
@@ -268,6 +276,9 @@ class _Plan:
     parent_digest: str
     request: TrainingRequest
     request_path: Path
+    regimes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    """Known regimes for the bundle's reference profile: the inputs the incident's devices captured on
+    its bundle from the end of its first alarm window on (what they served while drifting)."""
 
 
 class _Run:
@@ -336,11 +347,22 @@ class _Run:
                 raise ConflictError(f"{job.model_name}@{job.parent_version} has no model file any more", where="parent")
             reference = datasets.get_dataset(session, model_name=job.model_name)
             captured = captures.list_captured(session, model_name=job.model_name)
+            incident = session.get(Incident, job.incident_id) if job.incident_id else None
+            drifted = [d for d in captures.list_captured(session, model_name=job.model_name,
+                                                          device_ids=incident.devices, since=incident.first_alarm_at)
+                       if d.bundle_digest == incident.bundle_digest] if incident is not None else []
+            drifting_since = incident.first_alarm_at if incident is not None else None
             model_name, parent_version, parent_format = job.model_name, parent.version, Runtime(parent.format)
             parent_digest, incident_id = parent.artifact_digest, job.incident_id
         x, y = datasets.parse_npz(ws.artifacts.open_path(reference.digest).read_bytes(),
                                   max_unpacked=ws.max_dataset_bytes)
         inputs, labels = captures.load_captured(ws.captures, captured, max_unpacked=ws.max_capture_bytes)
+        regimes = {}
+        if drifted:
+            regime, served = captures.load_captured(ws.captures, drifted, max_unpacked=ws.max_capture_bytes,
+                                                    since=drifting_since)
+            if len(served):
+                regimes[f"incident {incident_id}"] = _at_most(regime, MAX_REGIME_SAMPLES)
         parent_model = ws.artifacts.open_path(parent_digest).read_bytes()
         self.work.mkdir(parents=True)
         paths = {name: str((self.work / name).resolve()) for name in
@@ -361,7 +383,7 @@ class _Run:
                             "captured": {"ids": request.captured_datasets, "samples": int(len(labels)),
                                          "labelled": int((labels >= 0).sum())}}
             session.add(job)
-        return _Plan(training, compression, bundle, parent_model, parent_digest, request, request_path)
+        return _Plan(training, compression, bundle, parent_model, parent_digest, request, request_path, regimes)
 
     def train(self, plan: _Plan) -> tuple[bytes, str]:
         entry = plan.training.entry()
@@ -441,7 +463,7 @@ class _Run:
                 session, model_name=job.model_name, version=variant, recipe=recipe, data=DataSource.DATASET,
                 key=signer.key, delegations=signer.delegations, trusted=ws.trusted(session), artifacts=ws.artifacts,
                 bundles=ws.bundles, max_bundle_bytes=ws.max_bundle_bytes, max_dataset_bytes=ws.max_dataset_bytes,
-                actor=job.created_by, now=ws.clock())
+                actor=job.created_by, now=ws.clock(), regimes=plan.regimes)
             job.bundle_digest = bundle.digest
             session.add(job)
         log.info("retraining job %d: bundle %s %s build %d (%s) signed by %s", self.job_id, name, version, build,
@@ -476,6 +498,15 @@ class _Run:
                          details={"model": job.model_name, "phase": job.phase, "code": exc.code}, now=self.ws.clock())
             phase = job.phase
         log.warning("retraining job %d: failed in phase %s (%s) %s", self.job_id, phase, exc.code, exc)
+
+
+def _at_most(inputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """At most ``n`` samples of ``inputs`` (the same rows of every input), drawn without replacement."""
+    rows = len(next(iter(inputs.values())))
+    if rows <= n:
+        return inputs
+    keep = np.sort(np.random.default_rng(0).choice(rows, n, replace=False))
+    return {name: a[keep] for name, a in inputs.items()}
 
 
 def _npz(**arrays: Any) -> bytes:

@@ -186,6 +186,8 @@ class Rollout(SQLModel, table=True):
     succeeded: int = 0
     rollback: list[str] = _json(list)
     """After an abort: the deployments that take its devices back to the bundles they ran before."""
+    incidents: list[str] = _json(list)
+    """The drift incidents it brings back to health (their devices are its ``devices`` stages')."""
     created_at: float
     created_by: str = ""
     approved_at: float | None = None

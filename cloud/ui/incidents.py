@@ -19,6 +19,7 @@ from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import registry
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.services.incidents import service as incidents
+from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.store.tables import Bundle, Incident, TelemetryRecord
 from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
@@ -84,6 +85,7 @@ def _render_detail(request: Request, session: Session, controller: ControllerDep
                   refresh=10 if incident.state == IncidentState.OPEN and problem is None else None,
                   incident=incident, bundle=bundle, rule=rule, windows=windows[::-1], thresholds=thresholds,
                   chart=drift_chart(incident, windows, thresholds), problem=problem,
+                  healing=rollouts.rollouts_naming(session, incident_id=incident.id),
                   may_close=incident.state == IncidentState.OPEN and user.refusal(Role.OPERATOR) is None)
 
 

@@ -112,6 +112,10 @@ def stage_kind(spec: Stage) -> str:
         return f"{spec.count} device{'s' if spec.count != 1 else ''}"
     if spec.select == StageKind.PERCENT:
         return f"{spec.percent:g}% of the remaining devices"
+    if spec.select == StageKind.DEVICES:
+        listed = spec.devices or []
+        return (f"the devices {', '.join(listed[:3])}{f' and {len(listed) - 3} more' if len(listed) > 3 else ''}"
+                if listed else "the drifted devices of its incidents")
     return "every remaining device"
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgefleet.agent.stats import LATENCY_BOUNDS_MS, WindowStats, histogram, predicted_classes
-from edgefleet.protocol.drift import build_profile
+from edgefleet.protocol.drift import add_regime, build_profile
 from edgefleet.protocol.messages import histogram_quantile
 
 
@@ -64,6 +64,19 @@ def test_shifted_inputs_raise_a_drift_alarm():
     x = np.random.default_rng(2).normal(loc=2.5, size=(500, 3)).astype(np.float32)
     stats.record({"x": x}, {}, 0.001, 500)
     assert stats.flush(1.0).drift.level == "alarm"
+
+
+def test_inputs_of_a_known_regime_are_judged_against_it_and_the_window_says_which():
+    rng = np.random.default_rng(3)
+    healed = add_regime(_profile(), "incident inc-1", rng.normal(loc=2.5, size=(2000, 3)).astype(np.float32))
+    stats = WindowStats(profile=healed, labels=None, output_name=None, start=0.0)
+    stats.record({"x": rng.normal(loc=2.5, size=(500, 3)).astype(np.float32)}, {}, 0.001, 500)
+    drift = stats.flush(1.0).drift
+    assert (drift.level, drift.regime) == ("ok", "incident inc-1")
+    stats.record({"x": rng.normal(size=(500, 3)).astype(np.float32)}, {}, 0.001, 500)   # the reference's inputs
+    assert stats.flush(2.0).drift.regime is None
+    stats.record({"x": rng.normal(loc=-2.5, size=(500, 3)).astype(np.float32)}, {}, 0.001, 500)   # neither
+    assert stats.flush(3.0).drift.level == "alarm"
 
 
 def test_no_profile_means_no_feature_counts():

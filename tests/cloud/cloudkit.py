@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi.testclient import TestClient
@@ -165,3 +166,12 @@ def cli_runner(capsys, monkeypatch=None, client: TestClient | None = None, *modu
         assert code == rc, out
         return out.out + out.err
     return run
+
+
+def on_event_loop() -> bool:
+    """Whether the caller runs on an asyncio event loop (a blocking call there stalls the server)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

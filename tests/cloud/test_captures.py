@@ -30,7 +30,7 @@ from edgefleet.protocol.messages import UploadGrantMessage, decode
 from edgefleet.protocol.uploads import sign_grant
 from edgefleet.protocol.vocabulary import DriftLevel
 
-from cloudkit import ADMIN, FakeTransport, Fleet
+from cloudkit import ADMIN, FakeTransport, Fleet, on_event_loop
 from testkit import free_port, wait_until
 
 CHUNK = 16 * 1024
@@ -141,7 +141,12 @@ def drive(uploader: Uploader, done: Callable[[], bool], what: str) -> None:
     wait_until(step, what)
 
 
-def test_a_batch_goes_up_through_a_grant_and_becomes_a_captured_dataset(live, release_key, onnx_model):
+def test_a_batch_goes_up_through_a_grant_and_becomes_a_captured_dataset(live, release_key, onnx_model, monkeypatch):
+    on_loop: list[bool] = []   # the upload route's database work runs off the event loop (cloud/api/transfer.py)
+    for name in ("get_upload", "_store_dataset"):
+        real = getattr(captures, name)
+        monkeypatch.setattr(captures, name,
+                            lambda *a, _real=real, **k: on_loop.append(on_event_loop()) or _real(*a, **k))
     digest = live.bundle(release_key, onnx_model, capture=CAPTURE)
     capture = live.device("dev-1", digest, samples=300, labelled=120)
     batch = capture.reservoir.pending_batch()
@@ -159,6 +164,7 @@ def test_a_batch_goes_up_through_a_grant_and_becomes_a_captured_dataset(live, re
     assert (dataset["device_id"], dataset["bundle_digest"], dataset["samples"], dataset["labelled"]) == \
         ("dev-1", digest, 300, 120)
     assert (dataset["bundle_name"], dataset["bundle_version"]) == ("tiny", "1.0.0")
+    assert len(on_loop) >= 2 and not any(on_loop)
     with live.controller.session() as s:
         (row,) = captures.list_captured(s, device_ids=["dev-1"])
         assert captures.list_captured(s, device_ids=["dev-2"]) == []

@@ -24,7 +24,7 @@ from edgefleet.cloud.cli import retrain as cli_retrain
 from edgefleet.cloud.services import retraining, trust
 from edgefleet.cloud.services.retraining import next_version
 from edgefleet.cloud.services.retraining_runner import EntryPoint, TrainingFailed, run_training
-from edgefleet.cloud.store.tables import CapturedDataset, CompressionJob, RetrainingJob
+from edgefleet.cloud.store.tables import CapturedDataset, CompressionJob, Incident, RetrainingJob
 from edgefleet.compression.samples import load_digits_split, train_mlp
 from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import verify_bundle
@@ -267,6 +267,37 @@ def test_retraining_with_the_digits_entry_point_registers_compresses_and_bundles
     assert [j["id"] for j in client.get("/api/v1/retraining-jobs", params={"model": "digits"}).json()] == \
         [again["id"], done["id"]]
     assert client.get("/api/v1/retraining-jobs", params={"state": "failed"}).json() == []
+
+
+def test_a_job_of_an_incident_makes_its_devices_captured_inputs_a_known_regime(client, controller, clock,
+                                                                              full_digits):
+    """The healed devices' inputs are what the new model was trained for: those they served while at
+    alarm go into the bundle's reference profile as a regime; their earlier samples and the other
+    devices' samples train the model but are not the regime."""
+    add_captured(controller, clock, n=40, device="cam-1")
+    add_captured(controller, clock, n=30, labelled=20, device="cam-2")
+    with controller.session() as session:
+        session.add(Incident(id="inc-regime", cohort_kind="device", cohort_key="cam-2", bundle_digest=BUNDLE_DIGEST,
+                             model_name="digits", state="open", opened_at=clock(), first_alarm_at=clock() - 30,
+                             last_alarm_at=clock(), last_window_end=clock(), devices=["cam-2"], updated_at=clock()))
+    done = retrain_and_run(client, controller, incident_id="inc-regime")
+    assert done["state"] == "succeeded", done
+    assert done["datasets"]["captured"]["samples"] == 70
+    profile = _manifest(controller, done["bundle_digest"]).reference_profile
+    (regime,) = profile.regimes
+    assert (regime.name, regime.samples) == ("incident inc-regime", 15)   # cam-2's 30 span the last 60 s
+    assert [len(p) for p in regime.probs] == [len(f.probs) for f in profile.features]
+
+    plain = retrain_and_run(client, controller, incident_id="inc-not-stored")   # no such incident: no regime
+    assert plain["state"] == "succeeded", plain
+    assert _manifest(controller, plain["bundle_digest"]).reference_profile.regimes == []
+
+
+def _manifest(controller, digest: str):
+    with controller.session() as session:
+        return verify_bundle(controller.bundles.open_path(digest).read_bytes(),
+                             trusted=controller.trusted_release_keys(session),
+                             delegation=trust.delegation_check(session, now=controller.now())).manifest
 
 
 def test_next_version_is_the_next_free_patch():

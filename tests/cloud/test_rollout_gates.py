@@ -9,6 +9,7 @@ from edgefleet.cloud.services.rollouts import gates
 from edgefleet.cloud.services.rollouts.gates import Verdict, WindowSample
 from edgefleet.cloud.services.rollouts.policy import (
     AccuracyGate,
+    Baseline,
     BehaviourGate,
     Gates,
     InstallGate,
@@ -136,15 +137,21 @@ def level_windows(levels_by_device: dict[str, list[str]], *, canary: bool = True
     ({"a": ["ok", "ok", "ok"], "b": ["ok", "ok"]}, Verdict.INCONCLUSIVE),                   # b not judged enough
     ({"a": ["ok", "ok", "ok"], "b": ["insufficient"] * 9}, Verdict.INCONCLUSIVE),           # a quiet device waits
     ({"a": ["ok", "ok", "ok"], "b": ["ok", "alarm", "alarm", "alarm"]}, Verdict.FAIL),
+    ({"a": ["ok", "ok", "ok", "warn"], "b": ["ok", "ok", "ok"]}, Verdict.PASS),            # a chance warn after
+    ({"a": ["ok", "ok", "ok", "alarm"], "b": ["ok", "ok", "ok"]}, Verdict.INCONCLUSIVE),   # back at alarm once
+    ({"a": ["ok", "ok", "ok", "alarm", "ok", "ok", "ok"], "b": ["ok", "ok", "ok"]}, Verdict.PASS),
+    ({"a": ["ok", "ok", "ok", "alarm", "alarm", "alarm"], "b": ["ok", "ok", "ok"]}, Verdict.FAIL),
     ({}, Verdict.INCONCLUSIVE),
 ])
-def test_recovery_gate_wants_every_canary_device_below_warn_for_its_last_windows(levels, verdict):
+def test_recovery_gate_wants_each_canary_device_below_warn_for_windows_in_a_row_since_its_last_alarm(levels,
+                                                                                                   verdict):
     from edgefleet.cloud.services.rollouts.policy import RecoveryGate
 
     result = gates.recovery_gate(level_windows(levels), RecoveryGate(enabled=True, windows=3))
     assert result.verdict == verdict, result.summary
     if verdict == Verdict.FAIL:
-        assert result.evidence["still_alarm"] == ["b"] and "b still at alarm" in result.summary
+        stuck = result.evidence["still_alarm"]
+        assert len(stuck) == 1 and f"{stuck[0]} still at alarm" in result.summary
 
 
 def test_recovery_gate_reads_the_canary_only_and_runs_only_when_enabled():
@@ -213,3 +220,15 @@ def test_the_accuracy_gate_is_configured_from_a_policy_and_bounded():
                        ({"treshold": 1}, "gates.accuracy.treshold")):
         with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
             parse_policy({"stages": stages, "gates": {"accuracy": bad}})
+
+
+def test_against_the_same_devices_before_the_summary_says_before_and_what_it_was():
+    samples = labelled_windows(canary_accuracy=0.95, control_accuracy=0.40)
+    control = ACCURACY_ONLY.model_copy(update={"accuracy": AccuracyGate(margin=0.0)})
+    before = control.model_copy(update={"baseline": Baseline.BEFORE})
+    (judged_before,) = gates.evaluate(before, devices=[], samples=samples)
+    (judged_control,) = gates.evaluate(control, devices=[], samples=samples)
+    assert judged_before.verdict == judged_control.verdict == Verdict.PASS
+    base = judged_before.evidence["control_mean"]
+    assert 0.5 < base < 0.7 and f"is within 1 x before ({base:.4g}) + 0" in judged_before.summary
+    assert "is within 1 x control + 0" in judged_control.summary

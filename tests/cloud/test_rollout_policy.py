@@ -10,6 +10,7 @@ import pytest
 from edgefleet.cloud.services.rollouts import pacing
 from edgefleet.cloud.services.rollouts.policy import (
     DEFAULT_POLICY,
+    TEMPLATES,
     Exponential,
     Pace,
     Retry,
@@ -17,6 +18,8 @@ from edgefleet.cloud.services.rollouts.policy import (
     Stage,
     StageKind,
     Window,
+    fill_devices,
+    heal_policy,
     load_policy,
     parse_policy,
 )
@@ -173,15 +176,23 @@ def test_an_illegal_move_is_a_conflict():
         advance(ROLLOUT_TRANSITIONS, "succeeded", RolloutEvent.PAUSE, what="rollout ro-1")
 
 
-def test_a_devices_stage_takes_the_named_devices_that_remain_and_needs_its_list():
+def test_a_devices_stage_takes_the_named_devices_that_remain_and_may_leave_them_to_the_incidents():
     remaining = [(f"d{i}", []) for i in range(5)]
     stage = Stage(name="drifted", select=StageKind.DEVICES, devices=["d3", "d1", "gone"])
     assert pacing.stage_size(stage, remaining) == ["d1", "d3"]
-    with pytest.raises(ConfigError, match="stages.0: .*'devices' stage takes 'devices'"):
-        parse_policy({"stages": [{"name": "x", "select": "devices"}, {"name": "rest", "select": "rest"}]})
     with pytest.raises(ConfigError, match="stages.0.devices.0"):
         parse_policy({"stages": [{"name": "x", "select": "devices", "devices": ["a/b"]},
                                  {"name": "rest", "select": "rest"}]})
+    with pytest.raises(ConfigError, match="stages.0.devices: .*at least 1 item"):
+        parse_policy({"stages": [{"name": "x", "select": "devices", "devices": []},
+                                 {"name": "rest", "select": "rest"}]})
+    with pytest.raises(ConfigError, match="stages.0: .*'devices' stage takes 'devices' \\(got tag\\)"):
+        parse_policy({"stages": [{"name": "x", "select": "devices", "tag": "a"}, {"name": "rest", "select": "rest"}]})
+    left_out = parse_policy({"stages": [{"name": "x", "select": "devices"}, {"name": "rest", "select": "rest"}]})
+    assert left_out.stages[0].devices is None and left_out.unlisted_devices() == [0]
+    filled = fill_devices(left_out, ["d4", "d2"])
+    assert filled.stages[0].devices == ["d2", "d4"] and filled.unlisted_devices() == []
+    assert filled.stages[1] == left_out.stages[1] and fill_devices(filled, ["d9"]) is filled   # a listed stage stays
 
 
 def test_a_stage_may_bring_its_own_gates_and_the_heal_policy_does():
@@ -194,3 +205,10 @@ def test_a_stage_may_bring_its_own_gates_and_the_heal_policy_does():
     assert canary.statistics.min_windows == 4
     assert rest.install.enabled and not rest.runtime.enabled and not rest.recovery.enabled
     assert DEFAULT_POLICY.gates_of(0) is DEFAULT_POLICY.gates
+
+
+def test_the_heal_template_leaves_its_canary_to_the_incidents():
+    summary, policy = TEMPLATES["heal"]
+    assert "drifted devices of the incidents" in summary and policy == heal_policy([])
+    assert policy.unlisted_devices() == [0] and policy.gates_of(0).recovery.enabled
+    assert heal_policy(["b", "a"]).stages[0].devices == ["a", "b"]

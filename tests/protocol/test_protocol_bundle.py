@@ -193,6 +193,20 @@ def test_dict_samples_and_fewer_samples_than_vectors(recipe, onnx_model, release
     assert len(b.manifest.smoke_test.inputs["x"]) == 2
 
 
+def test_regimes_go_into_the_reference_profile_with_the_models_predictions(recipe, onnx_model, release_key,
+                                                                           trusted_release, samples):
+    shifted = samples + 3.0
+    b = build_bundle(recipe, onnx_model, samples=samples, release_key=release_key,
+                     regimes={"incident inc-1": shifted, "night": {"x": samples[:50] - 3.0}})
+    prof = verify_bundle(b.data, trusted=trusted_release).manifest.reference_profile
+    assert [(r.name, r.samples) for r in prof.regimes] == [("incident inc-1", len(samples)), ("night", 50)]
+    assert prof.features == build_bundle(recipe, onnx_model, samples=samples,
+                                         release_key=release_key).manifest.reference_profile.features
+    classes = open_session("onnx", onnx_model).run({"x": shifted})["probs"].argmax(axis=1)
+    expected = {label: float(np.mean(classes == i)) for i, label in enumerate("abc") if np.any(classes == i)}
+    assert prof.regimes[0].predictions == pytest.approx(expected)
+
+
 def test_add_signature_threshold_two(built, release_key, release_key2):
     t2 = keys.TrustedKeys.of([release_key.public_key(), release_key2.public_key()], role="release", threshold=2)
     with pytest.raises(SignatureError):

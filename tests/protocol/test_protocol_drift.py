@@ -215,3 +215,61 @@ def test_many_features_do_not_multiply_false_alarms(wide_profile, n):
               for _ in range(100)]
     assert levels.count("alarm") == 0
     assert levels.count("warn") <= 2
+
+
+# ---------------------------------------------------------------- known regimes
+
+
+@pytest.fixture(scope="module")
+def healed(profile):
+    """The profile plus the shifted inputs (+2 sd on three features) as a known regime."""
+    rng = np.random.default_rng(7)
+    return drift.add_regime(profile, "incident inc-1", _window(rng, 3000, shift=2.0),
+                            predictions=rng.integers(0, 2, 3000), labels=["a", "b"])
+
+
+def test_a_regime_is_counted_on_the_reference_bins(profile, healed):
+    (regime,) = healed.regimes
+    assert regime.name == "incident inc-1" and regime.samples == 3000
+    assert [len(p) for p in regime.probs] == [len(f.probs) for f in profile.features]
+    assert all(math.isclose(sum(p), 1.0) for p in regime.probs)
+    assert 0.72 < regime.probs[0][-1] < 0.80   # +2 sd: P(z + 2 > 1.28, the top decile edge) = 0.76
+    assert set(regime.predictions) == {"a", "b"} and profile.regimes == []   # a copy, the original unchanged
+    assert drift.ReferenceProfile.model_validate(healed.model_dump()) == healed
+
+
+@pytest.mark.parametrize("n", [200, 1000])
+def test_a_window_that_matches_a_known_regime_is_not_drift(profile, healed, n):
+    rng = np.random.default_rng(n)
+    binner = FeatureBinner(healed)
+    shifted = [score(healed, binner.trim(binner.counts(_window(rng, n, shift=2.0)))) for _ in range(50)]
+    assert all(s.regime == "incident inc-1" for s in shifted)
+    assert sum(s.level != "ok" for s in shifted) <= 2
+    assert all(score(profile, binner.trim(binner.counts(_window(rng, n, shift=2.0)))).level == "alarm"
+               for _ in range(5))   # without the regime the same windows alarm
+
+
+def test_reference_windows_stay_on_the_reference_and_other_shifts_still_alarm(healed):
+    rng = np.random.default_rng(11)
+    binner = FeatureBinner(healed)
+    clean = [score(healed, binner.trim(binner.counts(_window(rng, 500)))) for _ in range(50)]
+    assert sum(s.level != "ok" for s in clean) <= 2 and all(s.regime is None for s in clean if s.level == "ok")
+    for shift in (-2.0, 4.0):   # the other way, or further: drift against the reference and the regime
+        s = score(healed, binner.trim(binner.counts(_window(rng, 500, shift=shift))))
+        assert s.level == "alarm", shift
+
+
+def test_regimes_are_refused_off_the_bins_twice_or_past_the_limit(profile, healed):
+    data = healed.model_dump()
+    data["regimes"][0]["probs"][0] = [1.0]
+    with pytest.raises(ValueError, match="regime 'incident inc-1' is not counted on the profile's bins"):
+        drift.ReferenceProfile.model_validate(data)
+    with pytest.raises(ValueError, match="already has a regime 'incident inc-1'"):
+        drift.add_regime(healed, "incident inc-1", _window(np.random.default_rng(1), 10))
+    with pytest.raises(ValueError, match="has no samples"):
+        drift.add_regime(profile, "empty", _window(np.random.default_rng(1), 0))
+    full = profile
+    for i in range(drift.MAX_REGIMES):
+        full = drift.add_regime(full, f"r{i}", _window(np.random.default_rng(i), 10))
+    with pytest.raises(ValueError, match=f"already has {drift.MAX_REGIMES} regimes"):
+        drift.add_regime(full, "one more", _window(np.random.default_rng(1), 10))

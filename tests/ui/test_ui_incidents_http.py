@@ -10,8 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
-from edgefleet.cloud.services import auth
+from edgefleet.cloud.services import auth, registry
 from edgefleet.cloud.services.incidents import service as incidents
+from edgefleet.cloud.services.rollouts import service as rollouts
+from edgefleet.cloud.services.rollouts.policy import Selector, heal_policy
 from edgefleet.cloud.settings import ControllerSettings
 
 from .test_ui_http import ADMIN, NoTransport, login
@@ -81,3 +83,20 @@ def test_the_state_filter_and_the_overview_count(client, incident_id):
     assert 'data-incident=' not in client.get("/ui/incidents?state=closed").text
     assert f'data-incident="{incident_id}"' in client.get("/ui/incidents?state=bogus").text   # all
     assert 'data-count="open-incidents">1<' in client.get("/").text
+
+
+def test_the_incident_lists_its_rollout_back_to_health_and_the_rollout_links_back(app, client, incident_id):
+    login(client)
+    assert "No rollout names it yet" in client.get(f"/ui/incidents/{incident_id}").text
+    controller = app.state.controller
+    with controller.session() as session:
+        (fixed,) = [b for b in registry.list_bundles(session, name="animals") if b.version == "1.3.0"]
+        drifted = incidents.get_incident(session, incident_id=incident_id).devices
+        rollout_id = rollouts.create_rollout(session, bundle_digest=fixed.digest, selector=Selector(),
+                                             policy=heal_policy([]), protected_tags=[], actor="admin:test",
+                                             now=time.time(), incidents=[incident_id]).id
+    page = client.get(f"/ui/incidents/{incident_id}").text
+    assert f'href="/ui/rollouts/{rollout_id}"' in page and "No rollout names it yet" not in page
+    detail = client.get(f"/ui/rollouts/{rollout_id}").text
+    assert f'href="/ui/incidents/{incident_id}"' in detail
+    assert f"the devices {', '.join(drifted)}" in detail   # the drifted stage, in words

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api.schemas import BundleDetail, BundleOut
 from edgefleet.cloud.api.transfer import OCTET_BODY, LargeFileResponse, receive_upload
@@ -27,10 +28,10 @@ async def upload_bundle(request: Request, response: Response, controller: Contro
     """Upload a signed bundle as the raw body. The release signature and every file are verified
     before anything is stored (201); the same bytes again return the existing bundle (200)."""
     incoming = await receive_upload(request, controller.bundles, controller.settings.max_bundle_bytes)
-    bundle, created = registry.register_bundle(
+    bundle, created = await run_in_threadpool(lambda: registry.register_bundle(   # off the event loop (see transfer.py)
         session, incoming=incoming, store=controller.bundles, trusted=controller.trusted_release_keys(session),
         max_bytes=controller.settings.max_bundle_bytes, model_name=model, model_version=model_version,
-        actor=who.actor, now=controller.now())
+        actor=who.actor, now=controller.now()))
     if not created:
         response.status_code = 200
     return BundleOut.model_validate(bundle)

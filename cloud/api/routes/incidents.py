@@ -8,10 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
-from edgefleet.cloud.api.schemas import IncidentClose, IncidentDetail, IncidentOut, IncidentRuleOut, IncidentWindowOut
+from edgefleet.cloud.api.schemas import (
+    IncidentClose,
+    IncidentDetail,
+    IncidentOut,
+    IncidentRolloutOut,
+    IncidentRuleOut,
+    IncidentWindowOut,
+)
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
+from edgefleet.cloud.services import deployments, registry
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.services.incidents.rule import IncidentRule
+from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.store.tables import Incident
 from edgefleet.cloud.vocabulary import IncidentState
 
@@ -20,9 +29,14 @@ api = APIRouter(prefix="/api/v1")
 
 def incident_detail(session: Session, incident: Incident, rule: IncidentRule) -> IncidentDetail:
     evidence = incidents.evidence(session, incident, lead_s=rule.cooldown_s)
+    healing = rollouts.rollouts_naming(session, incident_id=incident.id)
+    labels = {i: deployments.bundle_label(b) for i, b in registry.bundles_by_id(
+        session, ids={r.bundle_id for r in healing}).items()}
     return IncidentDetail.model_validate(incident.model_dump() | {
         "rule": IncidentRuleOut.model_validate(rule),
-        "evidence": [IncidentWindowOut.model_validate(w) for w in evidence]})
+        "evidence": [IncidentWindowOut.model_validate(w) for w in evidence],
+        "rollouts": [IncidentRolloutOut(id=r.id, state=r.state, bundle_label=labels.get(r.bundle_id, ""))
+                     for r in healing]})
 
 
 @api.get("/incidents", tags=["incidents"])

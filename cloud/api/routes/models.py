@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api.schemas import (
     BundleBuildRequest,
@@ -63,10 +64,11 @@ def show_model_version(name: str, version: str, session: SessionDep, _: ViewerDe
 async def upload_artifact(name: str, version: str, request: Request, controller: ControllerDep,
                           session: SessionDep, who: OperatorDep) -> ModelVersionOut:
     """Upload the model file (ONNX / TFLite bytes) of a version as the raw request body."""
-    registry.get_model_version(session, model_name=name, version=version)
+    await run_in_threadpool(registry.get_model_version, session, model_name=name, version=version)
     incoming = await receive_upload(request, controller.artifacts, controller.settings.max_artifact_bytes)
-    row = registry.attach_artifact(session, model_name=name, version=version, incoming=incoming,
-                                   store=controller.artifacts, actor=who.actor, now=controller.now())
+    row = await run_in_threadpool(lambda: registry.attach_artifact(   # off the event loop (see transfer.py)
+        session, model_name=name, version=version, incoming=incoming, store=controller.artifacts, actor=who.actor,
+        now=controller.now()))
     return ModelVersionOut.model_validate(row)
 
 
@@ -87,11 +89,12 @@ async def upload_dataset(name: str, request: Request, controller: ControllerDep,
     """Upload the model's sample set as the raw body: an ``.npz`` with ``x`` (inputs, samples
     first) and optional integer labels ``y``. Used by compression jobs and server builds with
     ``"data": "dataset"``; replaces the previous one. A malformed archive stores nothing."""
-    registry.get_model(session, name=name)
+    await run_in_threadpool(registry.get_model, session, name=name)
     limit = controller.settings.max_dataset_bytes
     incoming = await receive_upload(request, controller.artifacts, limit)
-    row = datasets.store_dataset(session, model_name=name, incoming=incoming, store=controller.artifacts,
-                                 max_unpacked=limit, actor=who.actor, now=controller.now())
+    row = await run_in_threadpool(lambda: datasets.store_dataset(   # off the event loop (see transfer.py)
+        session, model_name=name, incoming=incoming, store=controller.artifacts, max_unpacked=limit, actor=who.actor,
+        now=controller.now()))
     return DatasetOut.model_validate(row)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api.schemas import RecipeOut, RetrainingJobOut, RetrainRequest
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
@@ -32,7 +33,8 @@ async def set_recipe(name: str, request: Request, controller: ControllerDep, ses
     tables — ``[training]`` (entry point, limits, ``auto``), ``[compression]`` and the bundle tables.
     Every table is validated; an error (``invalid_recipe``) names the key and nothing is stored."""
     document = model_recipes.decode(await request.body(), content_type=request.headers.get("content-type"))
-    row = model_recipes.set_recipe(session, model_name=name, document=document, actor=who.actor, now=controller.now())
+    row = await run_in_threadpool(lambda: model_recipes.set_recipe(   # off the event loop (see transfer.py)
+        session, model_name=name, document=document, actor=who.actor, now=controller.now()))
     return RecipeOut(model=name, recipe=row.recipe, updated_at=row.updated_at, updated_by=row.updated_by)
 
 

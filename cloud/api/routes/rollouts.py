@@ -55,12 +55,13 @@ def _act(controller: ControllerDep, rollout_id: str, action: Callable[[Session],
 @api.post("/rollouts", tags=["rollouts"], status_code=201)
 def create_rollout(body: RolloutCreate, controller: ControllerDep, who: OperatorDep) -> RolloutDetail:
     """Roll a bundle out in stages to the devices the selector matches (docs/rollouts.md). Reaching a
-    device with a protected tag (settings: ``protected_tags``), it waits for approval by someone else."""
+    device with a protected tag (settings: ``protected_tags``), it waits for approval by someone else.
+    Naming drift ``incidents``: a rollout back to health, their drifted devices first (§4)."""
     with controller.session() as session:
         rollout = rollouts.create_rollout(session, bundle_digest=body.bundle, selector=body.selector,
                                           policy=body.resolved_policy(),
                                           protected_tags=controller.settings.protected_tags, actor=who.actor,
-                                          now=controller.now(), note=body.note)
+                                          now=controller.now(), note=body.note, incidents=body.incidents)
         rollout_id = rollout.id
     return _act(controller, rollout_id, lambda session: None)
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from edgefleet.cloud.api.schemas import CapturedDatasetOut
@@ -45,8 +46,8 @@ async def upload_chunk(upload_id: str, request: Request, controller: ControllerD
                        token: Token = None) -> Response:
     """Append the body at ``Content-Range: bytes <first>-<last>/<total>`` (``first`` must be the offset
     ``HEAD`` gives). The last chunk stores the captured dataset (201, its JSON)."""
-    upload = captures.get_upload(session, upload_id=upload_id, token=token, key=controller.controller_key,
-                                 now=controller.now())
+    upload = await run_in_threadpool(lambda: captures.get_upload(
+        session, upload_id=upload_id, token=token, key=controller.controller_key, now=controller.now()))
     repeat = upload.state == UploadState.STORED
     try:
         result = await captures.receive_chunk(

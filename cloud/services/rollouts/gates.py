@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from edgefleet.cloud.services.rollouts.policy import (
+    Baseline,
     BehaviourGate,
     Gates,
     InstallGate,
@@ -166,10 +167,12 @@ def compare(gate: str, samples: Sequence[WindowSample], compared: Compared, gate
     result = msprt(observations, alpha=stats.alpha, min_samples=stats.min_windows)
     evidence |= {"difference": _finite(result.difference), "lower": _finite(result.lower),
                  "upper": _finite(result.upper), "p_value": result.p_value}
-    limit = f"{ratio:g} x control + {margin:g}{unit}"
+    before = gates.baseline == Baseline.BEFORE   # the same devices before the update: say what that was
+    base = "before" if before else "control"
+    limit = f"{ratio:g} x {base}{f' ({_mean(control_values):.4g}{unit})' if before else ''} + {margin:g}{unit}"
     if result.looks == 0:
         return GateResult(gate, Verdict.INCONCLUSIVE, f"too few windows yet ({len(canary_values)} canary, "
-                                                      f"{len(control_values)} control; {stats.min_windows} each "
+                                                      f"{len(control_values)} {base}; {stats.min_windows} each "
                                                       "needed)", evidence)
     if result.lower > 0:
         return GateResult(gate, Verdict.FAIL, f"canary {evidence['canary_mean']:.4g}{unit} is above the limit "
@@ -217,21 +220,22 @@ def prediction_gate(samples: Sequence[WindowSample], spec: BehaviourGate) -> Gat
 
 def recovery_gate(samples: Sequence[WindowSample], spec: RecoveryGate) -> GateResult:
     """The canary is a cohort whose inputs drifted, and there is no control to compare it with, so
-    this is a rule over each canary device's latest *judged* windows on the new bundle: recovered
-    when its last ``windows`` verdicts are all ``ok``, not when they are all ``alarm`` (fail).
-    Windows too small to judge are skipped: a quiet device keeps the stage waiting, never passes it."""
+    this is a rule over each canary device's *judged* windows on the new bundle: recovered when,
+    since its latest ``alarm`` verdict, it had ``windows`` ``ok`` verdicts in a row (a ``warn`` after
+    them -- a moderate difference, which same-distribution windows give now and then -- does not undo
+    it; an ``alarm`` does); failed when its last ``windows`` verdicts are all ``alarm``. Windows too
+    small to judge are skipped: a quiet device keeps the stage waiting, never passes it."""
     levels: dict[str, list[str]] = {}
     for s in sorted(samples, key=lambda s: s.window_end):
         if s.canary:
             judged = levels.setdefault(s.device_id, [])
             if s.drift_level in JUDGED_DRIFT_LEVELS:
                 judged.append(str(s.drift_level))
-    tails = {device: judged[-spec.windows:] for device, judged in levels.items()}
-    full = {d: t for d, t in tails.items() if len(t) == spec.windows}
-    recovered = sorted(d for d, t in full.items() if set(t) == {DriftLevel.OK})
-    stuck = sorted(d for d, t in full.items() if set(t) == {DriftLevel.ALARM})
+    recovered = sorted(d for d, judged in levels.items() if _ok_run_since_alarm(judged, spec.windows))
+    stuck = sorted(d for d, judged in levels.items()
+                   if len(judged) >= spec.windows and set(judged[-spec.windows:]) == {DriftLevel.ALARM})
     evidence: dict[str, Any] = {"windows": spec.windows, "recovered": recovered, "still_alarm": stuck,
-                                "latest": {d: t[-1] for d, t in sorted(tails.items()) if t}}
+                                "latest": {d: judged[-1] for d, judged in sorted(levels.items()) if judged}}
     if not levels:
         return GateResult("recovery", Verdict.INCONCLUSIVE, "no window from the canary on the new bundle yet", evidence)
     if stuck:
@@ -239,10 +243,20 @@ def recovery_gate(samples: Sequence[WindowSample], spec: RecoveryGate) -> GateRe
                                                     f"{spec.windows} judged windows", evidence)
     if len(recovered) == len(levels):
         return GateResult("recovery", Verdict.PASS, f"drift below warn on every canary device ({len(recovered)}) "
-                                                    f"for {spec.windows} judged windows", evidence)
+                                                    f"for {spec.windows} judged windows in a row", evidence)
     return GateResult("recovery", Verdict.INCONCLUSIVE, f"{len(levels) - len(recovered)} of {len(levels)} canary "
                                                         f"devices not yet below warn for {spec.windows} judged "
-                                                        "windows", evidence)
+                                                        "windows in a row since their latest alarm", evidence)
+
+
+def _ok_run_since_alarm(judged: list[str], windows: int) -> bool:
+    since = judged[len(judged) - judged[::-1].index(DriftLevel.ALARM):] if DriftLevel.ALARM in judged else judged
+    run = 0
+    for level in since:
+        run = run + 1 if level == DriftLevel.OK else 0
+        if run >= windows:
+            return True
+    return False
 
 
 def _summed(counts: Any) -> dict[str, int]:

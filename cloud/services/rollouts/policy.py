@@ -11,6 +11,7 @@ are validated here, strictly: an unknown key or a wrong value is refused with it
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -36,7 +37,8 @@ class StageKind(StrEnum):
     PERCENT = "percent"
     """``percent`` of the remaining devices (rounded up, at least one)."""
     DEVICES = "devices"
-    """The remaining devices among ``devices`` (e.g. the cohort of a drift incident)."""
+    """The remaining devices among ``devices`` (e.g. the cohort of a drift incident). Left out: the
+    drifted devices of the rollout's incidents, filled in when it is created (:func:`fill_devices`)."""
     REST = "rest"
     """Every remaining device: the last stage."""
 
@@ -115,6 +117,7 @@ class Stage(_Strict):
     count: int | None = Field(default=None, ge=1, le=1_000_000)
     percent: float | None = Field(default=None, gt=0, le=100)
     devices: list[DeviceId] | None = Field(default=None, min_length=1, max_length=10_000)
+    """For ``select = "devices"``; left out: the devices of the rollout's drift incidents."""
     soak_s: float = Field(default=0.0, ge=0, le=30 * DAY_S)
     """After every device of the stage is final, wait this long (telemetry arrives) before judging."""
     not_before: datetime | None = None
@@ -128,7 +131,8 @@ class Stage(_Strict):
         wanted = {StageKind.TAG: "tag", StageKind.COUNT: "count", StageKind.PERCENT: "percent",
                   StageKind.DEVICES: "devices"}.get(self.select)
         given = [k for k in ("tag", "count", "percent", "devices") if getattr(self, k) is not None]
-        if given != ([wanted] if wanted else []):
+        left_out = self.select == StageKind.DEVICES and self.devices is None   # the incidents' (fill_devices)
+        if given != ([wanted] if wanted and not left_out else []):
             need = f"'{wanted}'" if wanted else "none of tag, count, percent, devices"
             raise ValueError(f"a '{self.select}' stage takes {need} (got {', '.join(given) or 'none'})")
         if self.not_before is not None and self.not_before.tzinfo is None:
@@ -300,6 +304,22 @@ class RolloutPolicy(_Strict):
         """The gates that judge stage ``index``: its own, else the policy's."""
         return self.stages[index].gates or self.gates
 
+    def unlisted_devices(self) -> list[int]:
+        """The ``devices`` stages that list no devices (the rollout's incidents name them)."""
+        return [i for i, s in enumerate(self.stages) if s.select == StageKind.DEVICES and s.devices is None]
+
+
+def fill_devices(policy: RolloutPolicy, devices: Sequence[str]) -> RolloutPolicy:
+    """The policy with every ``devices`` stage that lists none taking ``devices`` (sorted; a rollout's
+    drifted devices, docs/rollouts.md §4); ``policy`` itself when no stage leaves them out."""
+    unlisted = policy.unlisted_devices()
+    if not unlisted:
+        return policy
+    data = policy.model_dump(mode="json")
+    for index in unlisted:
+        data["stages"][index]["devices"] = sorted(devices)
+    return RolloutPolicy.model_validate(data)
+
 
 DEFAULT_POLICY = RolloutPolicy(stages=[
     Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=300),
@@ -307,6 +327,29 @@ DEFAULT_POLICY = RolloutPolicy(stages=[
     Stage(name="rest", select=StageKind.REST),
 ])
 """One device, then half of the rest, then everyone; five minutes of soak after each of the first two."""
+
+
+def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int = 20,
+                recovery_windows: int = 3) -> RolloutPolicy:
+    """A rollout back to health (docs/loop.md): the canary is the drifted cohort ``devices`` (empty:
+    left out, the devices of the rollout's drift incidents), judged against the same devices *before*
+    the update — the drift verdict must fall below warn (recovery), accuracy where labels come back
+    must beat the old bundle (a margin of 0: the canary's misclassification must be lower with
+    confidence), errors and latency may not rise; the prediction gate is off, since a model that
+    heals predicts differently on purpose. Then the rest, judged on installs."""
+    canary = Gates(baseline=Baseline.BEFORE, behaviour=BehaviourGate(enabled=False),
+                   accuracy=AccuracyGate(margin=0.0), recovery=RecoveryGate(enabled=True, windows=recovery_windows),
+                   statistics=Statistics(min_windows=min_windows))
+    return RolloutPolicy(stages=[
+        Stage(name="drifted", select=StageKind.DEVICES, devices=sorted(devices) or None, soak_s=soak_s,
+              gates=canary),
+        Stage(name="rest", select=StageKind.REST, gates=Gates(runtime=RuntimeGate(enabled=False),
+                                                               behaviour=BehaviourGate(enabled=False),
+                                                               accuracy=AccuracyGate(enabled=False)))])
+
+
+HEAL_TEMPLATE = "heal"
+"""The template of a rollout that names drift incidents and neither a policy nor a template."""
 
 TEMPLATES: dict[str, tuple[str, RolloutPolicy]] = {
     "canary-half-rest": ("one device, half of the rest, everyone; 5 min soak (the default)", DEFAULT_POLICY),
@@ -320,27 +363,11 @@ TEMPLATES: dict[str, tuple[str, RolloutPolicy]] = {
                     pace=Pace(max_per_minute=10), abort=AbortCriteria(action=AbortAction.PAUSE))),
     "all-at-once": ("every device in one stage, judged on installs only (like deploy)",
                     RolloutPolicy(stages=[Stage(name="all", select=StageKind.REST)])),
+    HEAL_TEMPLATE: ("the drifted devices of the incidents first, judged against themselves before the update "
+                    "(drift back below warn, accuracy better where labelled), then the rest", heal_policy([])),
 }
 """Named policies to start from (the UI's create form offers them; ``edgefleet rollout create --template``)."""
 DEFAULT_TEMPLATE = "canary-half-rest"
-
-
-def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int = 20,
-                recovery_windows: int = 3) -> RolloutPolicy:
-    """A rollout back to health (docs/loop.md): the canary is the drifted cohort ``devices``,
-    judged against the same devices *before* the update — the drift verdict must fall below warn
-    (recovery), accuracy where labels come back must beat the old bundle (a margin of 0: the
-    canary's misclassification must be lower with confidence), errors and latency may not rise;
-    the prediction gate is off, since a model that heals predicts differently on purpose. Then the
-    rest, judged on installs."""
-    canary = Gates(baseline=Baseline.BEFORE, behaviour=BehaviourGate(enabled=False),
-                   accuracy=AccuracyGate(margin=0.0), recovery=RecoveryGate(enabled=True, windows=recovery_windows),
-                   statistics=Statistics(min_windows=min_windows))
-    return RolloutPolicy(stages=[
-        Stage(name="drifted", select=StageKind.DEVICES, devices=sorted(devices), soak_s=soak_s, gates=canary),
-        Stage(name="rest", select=StageKind.REST, gates=Gates(runtime=RuntimeGate(enabled=False),
-                                                               behaviour=BehaviourGate(enabled=False),
-                                                               accuracy=AccuracyGate(enabled=False)))])
 
 
 def parse_policy(data: dict[str, Any], *, where: str = "policy") -> RolloutPolicy:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import ValidationError
+from sqlalchemy import String, cast
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, deployments, devices, registry, webhooks
@@ -33,6 +35,7 @@ from edgefleet.cloud.services.rollouts.policy import (
     OnSuccess,
     RolloutPolicy,
     Selector,
+    fill_devices,
 )
 from edgefleet.cloud.services.rollouts.states import (
     DEVICE_TRANSITIONS,
@@ -51,6 +54,7 @@ from edgefleet.cloud.store.tables import (
     Deployment,
     DeploymentTarget,
     Device,
+    Incident,
     Rollout,
     RolloutDevice,
     RolloutStage,
@@ -58,7 +62,7 @@ from edgefleet.cloud.store.tables import (
     row_id,
 )
 from edgefleet.cloud.vocabulary import DeploymentStatus, DeviceState, RolloutState, StageState, WebhookEvent
-from edgefleet.protocol.errors import ConflictError, NotFoundError
+from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError
 from edgefleet.protocol.manifest import BundleManifest
 from edgefleet.protocol.messages import histogram_quantile
 from edgefleet.protocol.vocabulary import Outcome, Reason
@@ -73,16 +77,25 @@ _FAILURE_OF = {DeviceState.FAILED: FailureKind.FAILED, DeviceState.TIMED_OUT: Fa
 # ------------------------------------------------------------------------------------ creating
 
 def create_rollout(session: Session, *, bundle_digest: str, selector: Selector, policy: RolloutPolicy,
-                   protected_tags: Iterable[str], actor: str, now: float, note: str = "") -> Rollout:
+                   protected_tags: Iterable[str], actor: str, now: float, note: str = "",
+                   incidents: Sequence[str] = ()) -> Rollout:
     """A rollout of the bundle to the devices the selector matches. Incompatible devices and those
     already on the bundle are skipped. It runs at once, unless a device carries a protected tag:
-    then it waits for approval by someone other than ``actor``."""
+    then it waits for approval by someone other than ``actor``. Naming drift ``incidents`` makes it
+    a rollout back to health (docs/rollouts.md §4, :func:`_heal`)."""
     bundle = registry.get_bundle(session, digest=bundle_digest)
     manifest = BundleManifest.model_validate(bundle.manifest)
     rollout_id = f"ro-{uuid.uuid4().hex[:12]}"
+    named, drifted, selector, policy = _heal(session, bundle=bundle, incident_ids=incidents, selector=selector,
+                                             policy=policy)
     matched = [d for d in devices.list_devices(session) if selector.matches(d.id, d.tags)]
     if not matched:
         raise ConflictError("no device matches the selector", where="selector", hint=selector.describe())
+    outside = sorted(set(drifted) - {d.id for d in matched})
+    if outside:
+        raise ConflictError(f"the selector leaves out drifted device(s) of the incidents: {', '.join(outside)}",
+                            where="selector", hint="widen the selector, or leave it out: the incidents' cohort")
+    note = note or (f"back to health after {', '.join(named)}" if named else "")
     protected = sorted({t for d in matched for t in d.tags} & set(protected_tags))
     deployment = Deployment(id=f"dep-{rollout_id}", bundle_id=row_id(bundle), bundle_digest=bundle.digest,
                             selector={"rollout": rollout_id}, note=note, created_at=now, created_by=actor,
@@ -91,7 +104,8 @@ def create_rollout(session: Session, *, bundle_digest: str, selector: Selector, 
     rollout = Rollout(id=rollout_id, bundle_id=row_id(bundle), bundle_digest=bundle.digest,
                       deployment_id=deployment.id, selector=selector.model_dump(mode="json"),
                       policy=policy.model_dump(mode="json"), state=state, note=note, protected_tags=protected,
-                      created_at=now, created_by=actor, started_at=None if protected else now, updated_at=now,
+                      incidents=named, created_at=now, created_by=actor, started_at=None if protected else now,
+                      updated_at=now,
                       reason=f"waiting for approval: devices tagged {', '.join(protected)}" if protected else None)
     session.add(deployment)
     session.add(rollout)
@@ -102,10 +116,48 @@ def create_rollout(session: Session, *, bundle_digest: str, selector: Selector, 
         _add_device(session, rollout=rollout, device=device, manifest=manifest, bundle=bundle, now=now)
     audit.record(session, actor=actor, action="rollout.create", target=f"rollout:{rollout_id}",
                  details={"bundle": bundle.digest, "selector": rollout.selector, "devices": len(matched),
-                          "protected_tags": protected, "state": state}, now=now)
+                          "protected_tags": protected, "state": state, "incidents": named}, now=now)
     log.info("rollout %s: bundle %s %s to %d device(s), %s", rollout_id, bundle.name, bundle.version, len(matched),
              state)
     return rollout
+
+
+def _heal(session: Session, *, bundle: Bundle, incident_ids: Sequence[str], selector: Selector,
+          policy: RolloutPolicy) -> tuple[list[str], list[str], Selector, RolloutPolicy]:
+    """A rollout back to health: the incidents it names (ids, each once), their drifted devices (the
+    union of theirs, sorted), the selector (an empty one becomes the devices that run any of the
+    incidents' bundles, plus the drifted ones) and the policy, whose ``devices`` stages that list
+    none take the drifted devices. Without incidents, the selector and policy as given."""
+    named: list[Incident] = []
+    for incident_id in dict.fromkeys(incident_ids):
+        incident = session.get(Incident, incident_id)
+        if incident is None:
+            raise NotFoundError(f"no incident {incident_id!r}", where="incidents",
+                                hint="list them with `edgefleet incidents list`")
+        if incident.bundle_digest == bundle.digest:
+            raise ConflictError(f"{incident.id} is about this bundle; roll out the bundle that fixes it",
+                                where="incidents")
+        named.append(incident)
+    unlisted = policy.unlisted_devices()
+    if not named:
+        if unlisted:
+            raise InvalidRequestError(f"stage {policy.stages[unlisted[0]].name!r} selects devices but lists none",
+                                      where=f"policy.stages.{unlisted[0]}.devices",
+                                      hint="give `incidents` (their drifted devices are the stage's) or list the "
+                                           "devices")
+        return [], [], selector, policy
+    drifted = sorted({d for i in named for d in i.devices})
+    if not drifted:
+        raise ConflictError(f"the incidents name no device ({', '.join(i.id for i in named)})", where="incidents")
+    if selector == Selector(dynamic=selector.dynamic):   # empty: every device
+        failing = {i.bundle_digest for i in named}
+        cohort = {d.id for d in devices.list_devices(session) if (d.installed or {}).get("digest") in failing}
+        try:
+            selector = Selector(device_ids=sorted(cohort | set(drifted)), dynamic=selector.dynamic)
+        except ValidationError:
+            raise ConflictError(f"{len(cohort | set(drifted))} devices run the incidents' bundles: more than a "
+                                "selector lists", where="selector", hint="give a selector (e.g. a tag)") from None
+    return [i.id for i in named], drifted, selector, fill_devices(policy, drifted)
 
 
 def _add_device(session: Session, *, rollout: Rollout, device: Device, manifest: BundleManifest, bundle: Bundle,
@@ -136,6 +188,13 @@ def list_rollouts(session: Session, *, state: RolloutState | None = None, limit:
     if state is not None:
         query = query.where(Rollout.state == state)
     return list(session.exec(query))
+
+
+def rollouts_naming(session: Session, *, incident_id: str, limit: int = 100) -> list[Rollout]:
+    """The rollouts that name the drift incident (to heal it), newest first."""
+    query = select(Rollout).where(cast(col(Rollout.incidents), String).contains(f'"{incident_id}"', autoescape=True)) \
+        .order_by(col(Rollout.created_at).desc()).limit(limit)
+    return [r for r in session.exec(query) if incident_id in r.incidents]
 
 
 def stages_of(session: Session, *, rollout_id: str) -> list[RolloutStage]:
