@@ -40,6 +40,11 @@ class AgentConfig(BaseModel):
     clean_session: bool = False
     topic_prefix: str = DEFAULT_PREFIX
     controller_url: str | None = None
+    bundle_origins: list[str] = Field(default_factory=list)
+    """Origins besides the controller's that orders may point bundle URLs at (``https://host[:port]``)."""
+    allow_http_bundles: bool = False
+    """Plain ``http`` bundle URLs off the controller's own origin (on it, http is allowed when the
+    ``controller_url`` is http): agent/url_policy.py."""
     release_keys: list[Path] = Field(default_factory=list)
     controller_keys: list[Path] = Field(default_factory=list)
     hardware_class: str = "generic"

@@ -32,6 +32,7 @@ from edgefleet.agent.statemachine import TERMINAL
 from edgefleet.agent.stats import WindowSummary
 from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.agent.upload import Uploader
+from edgefleet.agent.url_policy import UrlPolicy
 from edgefleet.protocol import topics
 from edgefleet.protocol.errors import EdgeFleetError, MessageError
 from edgefleet.protocol.files import atomic_write
@@ -93,7 +94,10 @@ class Agent:
                               retry_cap_s=config.retry_cap_s, health_check_inferences=config.health_check_inferences,
                               health_check_timeout_s=config.health_check_timeout_s,
                               max_bundle_bytes=config.max_bundle_bytes,
-                              pause_in=frozenset(config.fault_pause_in))
+                              pause_in=frozenset(config.fault_pause_in),
+                              urls=UrlPolicy.from_config(controller_url=config.controller_url,
+                                                         bundle_origins=config.bundle_origins,
+                                                         allow_http=config.allow_http_bundles))
         self.updater = Updater(device_id=self.device_id, state_dir=state_dir, slots=self.slots,
                                predictor=self.predictor, release_keys=release, controller_keys=controller,
                                facts=self.facts, report=self._enqueue, policy=policy,

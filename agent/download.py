@@ -15,7 +15,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
+from urllib.parse import urljoin
 
 from edgefleet.protocol.errors import DigestMismatchError, SizeLimitError, TransportError
 from edgefleet.protocol.vocabulary import Reason
@@ -43,9 +44,10 @@ def _hash_existing(part: Path, limit: int) -> tuple[int, hashlib._Hash]:
 def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, timeout: float = 30.0,
              progress: Callable[[int], None] | None = None,
              should_stop: Callable[[], bool] | None = None,
-             headers: dict[str, str] | None = None) -> Path:
+             headers: dict[str, str] | None = None, check_url: Callable[[str], None] | None = None) -> Path:
     """Fetch ``url`` into ``dest``; raise TransportError (retryable), SizeLimitError or
-    DigestMismatchError (not retryable: the part file is discarded)."""
+    DigestMismatchError (not retryable: the part file is discarded). ``check_url`` judges every
+    redirect target before it is followed (it raises to refuse; agent/url_policy.py)."""
     if dest.is_file() and dest.stat().st_size == expected_size:
         return dest
     part = dest.with_name(dest.name + ".part")
@@ -54,7 +56,8 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
     if done:
         request.add_header("Range", f"bytes={done}-")
     if done < expected_size or expected_size == 0:
-        response = _open(request, url, part, done=done, expected_size=expected_size, timeout=timeout)
+        response = _open(request, url, part, done=done, expected_size=expected_size, timeout=timeout,
+                         check_url=check_url)
         if response is not None:
             with response:
                 done, digest = _receive(response, url, part, done=done, digest=digest, expected_size=expected_size,
@@ -70,12 +73,31 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
     return dest
 
 
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL ``check`` accepts (it raises VerificationError otherwise),
+    judged before urllib's own scheme rule, so a redirect to ``file:`` is refused as such."""
+
+    def __init__(self, check: Callable[[str], None]) -> None:
+        self.check = check
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                       headers: Any) -> Any:
+        target = headers.get("location") or headers.get("uri")
+        if target:
+            self.check(urljoin(req.full_url, target))
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
 def _open(request: urllib.request.Request, url: str, part: Path, *, done: int, expected_size: int,
-          timeout: float) -> http.client.HTTPResponse | None:
+          timeout: float, check_url: Callable[[str], None] | None = None) -> http.client.HTTPResponse | None:
     """Send the request; None when the part file already holds every byte (the server answers 416)."""
     response: http.client.HTTPResponse
+    opener = urllib.request.build_opener(_CheckedRedirects(check_url)) if check_url else None
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http/https only)
+        response = (opener.open(request, timeout=timeout) if opener is not None
+                    else urllib.request.urlopen(request, timeout=timeout))  # noqa: S310 (http/https only)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and done == expected_size:
             return None

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgefleet.agent.stats import WindowStats, WindowSummary, predicted_classes
 from edgefleet.protocol.bundle import VerifiedBundle
+from edgefleet.protocol.bundle_arrays import SmokeVectors
 from edgefleet.protocol.errors import InferenceError
 from edgefleet.protocol.manifest import BundleManifest
 from edgefleet.protocol.messages import InstalledBundle
@@ -67,6 +68,8 @@ class LoadedModel:
     installed: InstalledBundle
     stats: WindowStats
     dtypes: dict[str, np.dtype]
+    smoke: SmokeVectors | None = None
+    """The bundle's smoke test (``VerifiedBundle.smoke_test()``, either bundle format)."""
     live_ok: int = 0
     live_errors: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -99,15 +102,16 @@ def load_model(bundle: VerifiedBundle, *, digest: str, slot: str, window_start: 
     installed = InstalledBundle(name=m.name, version=m.version, build=m.build, digest=digest,
                                 runtime=m.runtime, slot=slot)
     first_output = session.outputs[0].name if session.outputs else None
-    stats = WindowStats(profile=m.reference_profile, labels=m.labels, output_name=first_output,
+    stats = WindowStats(profile=bundle.reference_profile(), labels=m.labels, output_name=first_output,
                         start=window_start, max_binned_rows=max_binned_rows)
     dtypes = {s.name: np.dtype(s.dtype) for s in session.inputs}
-    return LoadedModel(session=session, manifest=m, installed=installed, stats=stats, dtypes=dtypes)
+    return LoadedModel(session=session, manifest=m, installed=installed, stats=stats, dtypes=dtypes,
+                       smoke=bundle.smoke_test())
 
 
 def smoke_test(model: LoadedModel) -> None:
     """Run the bundle's smoke-test vectors; raise InferenceError on any mismatch."""
-    test = model.manifest.smoke_test
+    test = model.smoke
     if test is None:
         return
     inputs = {k: np.asarray(v, dtype=model.dtypes.get(k)) for k, v in test.inputs.items()}

@@ -27,6 +27,7 @@ from edgefleet.agent.inference import LoadedModel, Predictor, load_model, smoke_
 from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, next_state
+from edgefleet.agent.url_policy import UrlPolicy
 from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError, SizeLimitError, TransportError, VerificationError
 from edgefleet.protocol.keys import TrustedKeys
@@ -51,6 +52,9 @@ class UpdatePolicy:
     pause_in: frozenset[str] = frozenset()
     """Fault injection for tests: after persisting one of these states, stop before its side
     effect (so a test can kill the process exactly there)."""
+    urls: UrlPolicy | None = None
+    """Where bundle URLs may point (agent/url_policy.py); None: not checked (unit tests with a fake
+    downloader). The daemon always sets it."""
 
 
 def report_id(device_id: str, deployment_id: str, sequence: int, state: str, attempt: int, final: bool) -> str:
@@ -289,7 +293,8 @@ class Updater:
 
     def _download(self) -> None:
         order = self._order()
-        assert order.bundle_size is not None  # verify_order refuses install orders without one
+        # verify_order refuses install orders without a size or a URL
+        assert order.bundle_size is not None and order.bundle_url is not None
         if order.bundle_size > self.policy.max_bundle_bytes:
             self._fail(SizeLimitError(f"bundle of {order.bundle_size} bytes exceeds this device's limit of "
                                       f"{self.policy.max_bundle_bytes}", where="order.bundle_size"))
@@ -299,10 +304,14 @@ class Updater:
         def progress(n: int) -> None:
             self._bytes_done = n
 
+        urls = self.policy.urls
+        checked = {"check_url": urls.check} if urls is not None else {}
         try:
+            if urls is not None:   # before anything is read, and again for every redirect
+                urls.check(order.bundle_url)
             self.downloader(order.bundle_url, self._bundle_file(), expected_size=order.bundle_size,
                             expected_sha256=order.bundle_digest, timeout=self.policy.download_timeout_s,
-                            progress=progress,
+                            progress=progress, **checked,
                             should_stop=lambda: self._stop.is_set() or self.clock() >= deadline
                             or self._cancel.is_set())
         except VerificationError as exc:

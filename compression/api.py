@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -12,15 +12,16 @@ import onnx
 from edgefleet.compression import quantize_onnx
 from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
-from edgefleet.compression.inputs import Inputs, count, normalise_inputs
-from edgefleet.compression.onnx_graph import gemm_to_matmul, load_onnx, normalise
+from edgefleet.compression.inputs import Inputs, count, infer_input_specs, normalise_inputs, resolve_specs
+from edgefleet.compression.onnx_graph import count_quantized_weights, gemm_to_matmul, load_onnx, normalise
 from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.prune import prune
 from edgefleet.compression.quantize_tflite import candidates as tflite_candidates
 from edgefleet.compression.quantize_tflite import quantize_tflite
 from edgefleet.compression.report import CompressionReport, GateResult, SizeReport, stored_size
+from edgefleet.compression.tflite_graph import count_quantized_weights as count_tflite_weights
 from edgefleet.compression.tflite_graph import is_tflite, load_tflite
-from edgefleet.protocol.errors import AccuracyGateError, ConfigError, UnsupportedModelError
+from edgefleet.protocol.errors import AccuracyGateError, CompressionError, ConfigError, UnsupportedModelError
 from edgefleet.protocol.vocabulary import Runtime
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ Quantizer = Callable[[list[str]], bytes]
 
 
 def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
-                    calibration: Inputs | None) -> tuple[Quantizer, list[str]]:
+                    calibration: Inputs | None, conversions: list[str]) -> tuple[Quantizer, list[str]]:
     mode = config.mode
     if mode not in _ONNX_MODES:
         raise ConfigError(f"mode {mode.value} is not available for ONNX", where="mode",
@@ -57,9 +58,11 @@ def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
     if calibration is None:
         raise ConfigError("static_int8 needs calibration data", where="calibration",
                           hint="pass calibration samples (e.g. --samples digits)")
+    prepared, notes = quantize_onnx.prepare_static(matmul)  # once, however often the fallback quantizes
+    conversions += notes
     return (lambda exclude: quantize_onnx.quantize_static_int8(
-        matmul, calibration, config=config.calibration, per_channel=config.channelwise,
-        exclude=exclude), quantize_onnx.candidates(matmul, static=True))
+        prepared, calibration, config=config.calibration, per_channel=config.channelwise,
+        exclude=exclude, prepared=True), quantize_onnx.candidates(matmul, static=True))
 
 
 def _tflite_quantizer(model: bytes, config: CompressionConfig,
@@ -77,7 +80,9 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
                                                                            list[str]]:
     """Keep the most harmful operators in float, one at a time, until the gate holds.
 
-    Harm of an operator = mean |error| of the model in which only that operator is quantized.
+    Harm of an operator = the error of the model in which only that operator is quantized,
+    normalised per output (:func:`~edgefleet.compression.evaluate.harm`: mean |error| relative
+    to the original's range, summed over outputs).
     When even the model with every candidate in float fails (the loss comes from pruning, not
     quantization), nothing is tried and the first result stands.
     """
@@ -86,7 +91,7 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
         return None, first, []
     harm = {}
     for name in candidates:
-        harm[name] = judge(quantize([c for c in candidates if c != name])).fidelity.mean_abs_error
+        harm[name] = judge(quantize([c for c in candidates if c != name])).harm
     order = sorted(candidates, key=lambda n: -harm[n])
     logger.info("fallback: operators by harm %s", ", ".join(f"{n}={harm[n]:.2e}" for n in order))
     excluded: list[str] = []
@@ -105,13 +110,15 @@ def _fallback(quantize: Quantizer, candidates: list[str], first: Measurement,
 @dataclass(frozen=True)
 class _Plan:
     """Where a compression starts: the source format, the uncompressed model in the target
-    runtime, the quantizer with its candidate operators, and the sparsity pruning reached."""
+    runtime, the quantizer with its candidate operators, the sparsity pruning reached, and the
+    conversions made on the way (opset upgrade, shape-inference fallback)."""
 
     source_format: Runtime
     original: bytes
     quantize: Quantizer
     candidates: list[str]
     sparsity: float
+    conversions: list[str] = field(default_factory=list)
 
 
 def _plan(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
@@ -135,19 +142,20 @@ def _plan_tflite(model: bytes, runtime: Runtime, config: CompressionConfig, cali
 
 def _plan_onnx(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
     """Prune on the ONNX graph (if asked), then quantize in ONNX or export to TFLite first."""
-    graph = normalise(load_onnx(model))
+    conversions: list[str] = []
+    graph = normalise(load_onnx(model, conversions))
     original = bytes(model) if runtime == Runtime.ONNX else export_tflite(model)
     sparsity = 0.0
     if config.pruning is not None:
         pruned = prune(graph, config.pruning, calibration)
         graph, sparsity = pruned.model, pruned.sparsity
     if runtime == Runtime.ONNX:
-        quantize, candidates = _onnx_quantizer(graph, config, calibration)
+        quantize, candidates = _onnx_quantizer(graph, config, calibration, conversions)
     else:
         target = original if config.pruning is None else export_tflite(
             graph.SerializeToString())
         quantize, candidates = _tflite_quantizer(target, config, calibration)
-    return _Plan(Runtime.ONNX, original, quantize, candidates, sparsity)
+    return _Plan(Runtime.ONNX, original, quantize, candidates, sparsity, conversions)
 
 
 def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
@@ -157,19 +165,22 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
     (:class:`~edgefleet.protocol.vocabulary.Runtime`).
 
     An ONNX model may target TFLite: it is exported first (pruning happens on the ONNX graph).
-    ``calibration`` and ``eval_x`` are one array (the model's first input) or a mapping of
-    arrays by input name. Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them
+    ``calibration`` and ``eval_x`` are one array (a model with one input) or a mapping of
+    arrays by input name, checked against the model's inputs (:mod:`inputs`; shared inputs such
+    as a state are fed as is). Evaluation uses ``eval_x``/``eval_y`` (labels optional; without them
     the gate checks fidelity), falling back to the calibration samples when no evaluation set
     is given.
     Raises :class:`AccuracyGateError` (carrying the report) when the gate fails even after
-    the fallback, :class:`CompressionError` subclasses for unusable models, and
+    the fallback, :class:`CompressionError` when the mode gains nothing (unless
+    ``allow_no_gain``) and its subclasses for unusable models, and
     :class:`ConfigError` for contradictory settings.
     """
     if runtime not in set(Runtime):
         raise ConfigError(f"unknown runtime {runtime!r}", where="runtime", hint=" or ".join(Runtime))
     runtime = Runtime(runtime)
-    calibration = normalise_inputs(calibration, "calibration")
-    eval_x = normalise_inputs(eval_x, "eval_x")
+    specs = resolve_specs(infer_input_specs(model), config.inputs)
+    calibration = normalise_inputs(calibration, "calibration", specs)
+    eval_x = normalise_inputs(eval_x, "eval_x", specs)
     if eval_y is not None and (eval_x is None or len(eval_y) != count(eval_x)):
         raise ConfigError("eval_y needs eval_x of the same length", where="eval_y")
     data = eval_x if eval_x is not None else calibration
@@ -179,6 +190,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
 
     plan = _plan(model, runtime, config, calibration)
     compressed = plan.quantize([])
+    _check_gain(config, plan.original, compressed)  # fail before evaluating a useless result
     float_operators: list[str] = []
     ref: Reference | None = None
     measurement: Measurement | None = None
@@ -196,6 +208,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
             fallback_model, measurement, float_operators = _fallback(
                 plan.quantize, plan.candidates, measurement, judge, config.fallback.max_float_operators)
             compressed = fallback_model or compressed
+    weights_quantized, weights_total = _check_gain(config, plan.original, compressed)
 
     report = CompressionReport(
         runtime=runtime,
@@ -214,6 +227,9 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         fidelity=measurement.fidelity if measurement else None,
         float_operators=float_operators,
         gate=measurement.gate if measurement else _no_gate(),
+        weights_quantized=weights_quantized,
+        weights_total=weights_total,
+        conversions=plan.conversions,
     )
     if not report.gate.passed:
         raise AccuracyGateError(f"the compressed model fails the accuracy gate: {report.gate.detail}",
@@ -223,6 +239,31 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
     logger.info("compressed %s model for %s: %s, %.2fx smaller, gate %s", plan.source_format, runtime,
                 config.mode.value, report.size.ratio, report.gate.detail)
     return CompressionResult(compressed, report)
+
+
+def _weights(model: bytes, mode: Mode) -> tuple[int, int]:
+    """(quantized, all) weight tensors of an ONNX or TFLite model, as ``mode`` quantizes them."""
+    return count_tflite_weights(model, mode) if is_tflite(model) else count_quantized_weights(model, mode)
+
+
+def _check_gain(config: CompressionConfig, original: bytes, compressed: bytes) -> tuple[int, int]:
+    """The compressed model's (quantized, all) weight tensors; :class:`CompressionError` when
+    the mode left the model unchanged (no more weights quantized than before) or made it
+    larger, unless ``allow_no_gain``. Mode ``none`` is exempt."""
+    quantized, total = _weights(compressed, config.mode)
+    if config.mode is Mode.NONE or config.allow_no_gain:
+        return quantized, total
+    before, _ = _weights(original, config.mode)
+    mode = config.mode.value
+    hint = "try another mode, or accept it with allow_no_gain = true (--allow-no-gain)"
+    if quantized <= before or compressed == original:
+        raise CompressionError(f"{mode} left the model unchanged ({quantized} of {total} weight tensors "
+                               f"quantized{', as before' if before else ''}); nothing to gain",
+                               where="mode", hint=hint)
+    if len(compressed) > len(original):
+        raise CompressionError(f"{mode} made it larger: {len(original):,} -> {len(compressed):,} bytes "
+                               f"({quantized} of {total} weight tensors quantized)", where="mode", hint=hint)
+    return quantized, total
 
 
 def _no_gate() -> GateResult:

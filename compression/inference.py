@@ -2,7 +2,7 @@
 
 :mod:`edgefleet.protocol.runtimes` is the code an agent runs, so the evaluation and the latency
 in a report are what a device gets. This wrapper feeds one array (the first input) or a mapping
-of arrays by input name, and returns the first output; runtime errors become
+of arrays by input name, and returns every output by name; runtime errors become
 :class:`CompressionError` (the model under test is at fault).
 """
 
@@ -19,7 +19,7 @@ from edgefleet.protocol.vocabulary import Runtime
 
 
 class Session:
-    """A model loaded in ONNX Runtime or LiteRT: inputs in, first output out."""
+    """A model loaded in ONNX Runtime or LiteRT: inputs in, every output out (by name)."""
 
     def __init__(self, runtime: Runtime, model: bytes) -> None:
         try:
@@ -28,20 +28,24 @@ class Session:
             raise CompressionError(f"{runtime} runtime cannot load the model: {exc.message}",
                                    where="model") from exc
         self.input_name = self._session.inputs[0].name
-        self._output_name = self._session.outputs[0].name
+        self.output_names = [o.name for o in self._session.outputs]
 
-    def run(self, x: Inputs) -> np.ndarray:
+    def run(self, x: Inputs) -> dict[str, np.ndarray]:
+        """Every output of the model, in the model's order."""
         try:
-            return self._session.run(feed(x, self.input_name))[self._output_name]
+            outputs = self._session.run(feed(x, self.input_name))
         except EdgeFleetError as exc:
             raise CompressionError(f"inference failed: {exc.message}", where="model") from exc
+        return {name: outputs[name] for name in self.output_names}
 
 
-def predict(session: Session, x: Inputs, batch_size: int) -> np.ndarray:
-    """Run ``x`` through the session in batches and concatenate the outputs."""
+def predict(session: Session, x: Inputs, batch_size: int) -> dict[str, np.ndarray]:
+    """Run ``x`` through the session in batches; every output's batches concatenated on the
+    first axis (float32). An output without dimensions (a scalar) gives one value per batch."""
     n = count(x)
     parts = [session.run(take(x, i, i + batch_size)) for i in range(0, n, batch_size)]
-    return np.concatenate(parts, axis=0).astype(np.float32)
+    return {name: np.concatenate([np.atleast_1d(p[name]) for p in parts], axis=0).astype(np.float32)
+            for name in session.output_names}
 
 
 def latency_ms(session: Session, sample: Inputs, runs: int,

@@ -2,38 +2,42 @@
 
 ONNX is NCHW, TFLite convolutions and pools are NHWC. Every value keeps its ONNX meaning and
 is stored in one of two layouts: ``PLAIN`` (exactly the ONNX tensor) or ``NHWC`` (a 4-D ONNX
-NCHW tensor stored channels-last). Convolutions and pools work in NHWC; shape-sensitive ops
-(Reshape, Flatten, Softmax, MatMul) work on PLAIN tensors; TRANSPOSE ops are inserted where the
-layout changes. Inputs and outputs keep their ONNX layout and names, so one ONNX model and its
-TFLite export are fed the same arrays.
+NCHW tensor stored channels-last). Convolutions, pools and resizes work in NHWC; elementwise
+ops, Pad, Slice, Split, Concat and reductions work in whatever layout their input has (axes
+mapped); shape-sensitive ops (Reshape, Flatten, Transpose, Softmax, MatMul) work on PLAIN
+tensors; TRANSPOSE ops are inserted where the layout changes. Inputs and outputs keep their
+ONNX layout and names, so one ONNX model and its TFLite export are fed the same arrays.
 
-Supported: Gemm, MatMul, Add, Sub, Mul, Div, Relu, Clip (Relu6), Sigmoid, Tanh, Softmax, Conv
-(incl. depthwise), MaxPool, AveragePool, GlobalAveragePool, Reshape, Flatten, Concat, Identity,
-Dropout. Anything else raises :class:`UnsupportedModelError` naming the operator and node.
+Before conversion, BatchNormalization is folded into the Conv before it (:func:`fold_batch_norm`);
+subgraphs on constants are evaluated (onnx.reference) and shape arithmetic (Shape → Gather →
+Concat → Reshape) is tracked symbolically. The operator table is in docs/compression.md; anything
+else raises :class:`UnsupportedModelError` naming the operator and node.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
 from enum import Enum
 
-import flatbuffers
 import numpy as np
 import onnx
 from ai_edge_litert import schema_py_generated as tfl
 from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from edgefleet.compression.onnx_graph import attribute, has_control_flow, load_onnx, normalise
-from edgefleet.compression.tflite_graph import TFLITE_IDENTIFIER
+from edgefleet.compression.resize_modes import SIMPLE, Axis, linear_flags, nearest_flags
+from edgefleet.compression.tflite_builder import INT32, SIGNATURE_KEY, Shape, TfliteBuilder, options
 from edgefleet.protocol.errors import UnsupportedModelError
+
+__all__ = ["SIGNATURE_KEY", "export_model", "export_tflite", "fold_batch_norm"]
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_KEY = "serving_default"
-
-Shape = list[int | None]
+Op = tfl.BuiltinOperator
 
 
 class Layout(Enum):
@@ -44,14 +48,21 @@ class Layout(Enum):
 _TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
 _NCHW_AXIS_IN_NHWC = {0: 0, 1: 3, 2: 1, 3: 2}
+_INT32_MAX = 2**31 - 1
+_FLOAT_LOWEST = float(np.finfo(np.float32).min)
 
-_FLOAT32 = np.dtype(np.float32)
+# Evaluated ahead of time when every input is a constant (shape arithmetic, weight reshapes).
+_FOLDABLE = {"Add", "Cast", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal", "Expand", "Floor",
+             "Gather", "Identity", "Mul", "Neg", "Range", "ReduceProd", "Reshape", "Slice",
+             "Sqrt", "Squeeze", "Sub", "Transpose", "Unsqueeze", "Where"}
+# Tracked with unknown dimensions as symbols: what PyTorch exports for x.view(x.size(0), -1).
+_SYMBOLIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity"}
 
-_TENSOR_TYPES = {
-    np.dtype(np.float32): tfl.TensorType.FLOAT32,
-    np.dtype(np.int32): tfl.TensorType.INT32,
-    np.dtype(np.int64): tfl.TensorType.INT64,
-}
+_UNARY = {"Relu": Op.RELU, "Sigmoid": Op.LOGISTIC, "Tanh": Op.TANH, "HardSwish": Op.HARD_SWISH}
+_BINARY = {"Add": (Op.ADD, "AddOptions"), "Sub": (Op.SUB, "SubOptions"),
+           "Mul": (Op.MUL, "MulOptions"), "Div": (Op.DIV, "DivOptions")}
+_REDUCE = {"ReduceMean": Op.MEAN, "ReduceMax": Op.REDUCE_MAX, "ReduceSum": Op.SUM}
+_REDUCE_AXES_INPUT_SINCE = {"ReduceMean": 18, "ReduceMax": 18, "ReduceSum": 13}
 
 
 def _unsupported(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
@@ -59,78 +70,109 @@ def _unsupported(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
                                  where=f"node {node.name!r}")
 
 
-class _Builder:
-    """Accumulates tensors, buffers and operators of one TFLite subgraph."""
-
-    def __init__(self) -> None:
-        self.tensors: list[tfl.TensorT] = []
-        self.buffers: list[tfl.BufferT] = [tfl.BufferT()]  # buffer 0 is the empty sentinel
-        self.operators: list[tfl.OperatorT] = []
-        self.opcodes: dict[int, int] = {}
-
-    def tensor(self, name: str, shape: Shape, dtype: np.dtype = _FLOAT32,
-               data: np.ndarray | None = None) -> int:
-        t = tfl.TensorT()
-        t.name = name
-        t.type = _TENSOR_TYPES[np.dtype(dtype)]
-        t.shape = [1 if d is None else int(d) for d in shape]
-        if any(d is None for d in shape):
-            t.shapeSignature = [-1 if d is None else int(d) for d in shape]
-        t.buffer = 0
-        if data is not None:
-            buf = tfl.BufferT()
-            buf.data = np.frombuffer(np.ascontiguousarray(data, dtype=dtype).tobytes(), np.uint8)
-            self.buffers.append(buf)
-            t.buffer = len(self.buffers) - 1
-        self.tensors.append(t)
-        return len(self.tensors) - 1
-
-    def const(self, name: str, array: np.ndarray) -> int:
-        array = np.asarray(array)
-        if array.dtype == np.int64:
-            array = array.astype(np.int32)
-        elif array.dtype == np.float64:
-            array = array.astype(np.float32)
-        return self.tensor(name, list(array.shape), array.dtype, array)
-
-    def op(self, code: int, inputs: list[int], outputs: list[int],
-           options: object | None = None, options_type: int = 0) -> None:
-        if code not in self.opcodes:
-            self.opcodes[code] = len(self.opcodes)
-        op = tfl.OperatorT()
-        op.opcodeIndex = self.opcodes[code]
-        op.inputs = inputs
-        op.outputs = outputs
-        if options is not None:
-            op.builtinOptionsType = options_type
-            op.builtinOptions = options
-        self.operators.append(op)
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _options(name: str, **fields: object) -> tuple[object, int]:
-    options = getattr(tfl, f"{name}T")()
-    for key, value in fields.items():
-        setattr(options, key, value)
-    return options, getattr(tfl.BuiltinOptions, name)
+def _physical(shape: Shape, layout: Layout) -> Shape:
+    return [shape[p] for p in _TO_NHWC] if layout is Layout.NHWC else list(shape)
+
+
+def _axis_in(layout: Layout, axis: int) -> int:
+    """Where ONNX axis ``axis`` of a value lives in its stored tensor."""
+    return _NCHW_AXIS_IN_NHWC[axis] if layout is Layout.NHWC else axis
+
+
+def _minus_one_unknown(shape: Shape) -> list[int]:
+    """``shape`` with unknown dimensions as -1."""
+    return [-1 if d is None else int(d) for d in shape]
+
+
+def _product(dims: list[int]) -> int:
+    return int(np.prod(dims, dtype=np.int64)) if dims else 1
+
+
+# -- BatchNormalization folding --------------------------------------------------------------
+
+
+def _batch_norm_affine(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Inference BatchNormalization as y = x * scale + shift per channel."""
+    gamma, beta, mean, var = (inits[n].astype(np.float64) for n in node.input[1:5])
+    scale = gamma / np.sqrt(var + float(attribute(node, "epsilon", 1e-5)))
+    return scale, beta - mean * scale
+
+
+def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` with every inference BatchNormalization that follows a Conv folded into it.
+
+    The Conv must have constant weights (and bias), feed only the BatchNormalization and not be a
+    graph output; its weights become ``W * scale`` and its bias ``(b - mean) * scale + beta``.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
+    dropped: set[int] = set()
+    for index, bn in enumerate(graph.node):
+        conv = producers.get(bn.input[0])
+        if (bn.op_type != "BatchNormalization" or len(bn.input) != 5 or conv is None or conv.op_type != "Conv"
+                or uses.get(bn.input[0], 0) != 1 or bn.input[0] in outputs
+                or attribute(bn, "training_mode", 0) or len([o for o in bn.output if o]) != 1
+                or not all(n in inits for n in list(bn.input[1:5]) + list(conv.input[1:]) if n)):
+            continue
+        scale, shift = _batch_norm_affine(bn, inits)
+        weight = inits[conv.input[1]].astype(np.float64)
+        bias = (inits[conv.input[2]].astype(np.float64) if len(conv.input) > 2 and conv.input[2]
+                else np.zeros(weight.shape[0]))
+        prefix = conv.name or conv.output[0]
+        folded = [numpy_helper.from_array(
+                      (weight * scale.reshape(-1, *[1] * (weight.ndim - 1))).astype(np.float32),
+                      f"{prefix}/folded_weight"),
+                  numpy_helper.from_array((bias * scale + shift).astype(np.float32), f"{prefix}/folded_bias")]
+        graph.initializer.extend(folded)
+        data = conv.input[0]
+        del conv.input[:]
+        conv.input.extend([data, folded[0].name, folded[1].name])
+        conv.output[0] = bn.output[0]
+        dropped.add(index)
+    if dropped:
+        kept = [n for i, n in enumerate(graph.node) if i not in dropped]
+        del graph.node[:]
+        graph.node.extend(kept)
+        logger.info("folded %d BatchNormalization node(s) into the Conv before them", len(dropped))
+    return out
+
+
+# -- the converter ---------------------------------------------------------------------------
 
 
 class _Converter:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self.b = _Builder()
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.b = TfliteBuilder()
         self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
         self.shapes: dict[str, Shape] = {}
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        graph = inferred.graph
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        self.symbols: dict[str, list[int | str]] = {}  # unknown dims named (dim_param or value:axis)
+        for vi in _value_infos(model):
             tt = vi.type.tensor_type
             if tt.HasField("shape"):
-                self.shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
-                                        for d in tt.shape.dim]
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                        for d in tt.shape.dim]
+                self.shapes[vi.name] = dims
+                self.symbols[vi.name] = [d if d is not None else (dim.dim_param or f"{vi.name}:{i}")
+                                         for i, (d, dim) in enumerate(zip(dims, tt.shape.dim, strict=True))]
         for name, array in self.inits.items():
             self.shapes[name] = list(array.shape)
         self.values: dict[str, tuple[int, Layout]] = {}
         self.converted: dict[tuple[str, Layout], int] = {}
+        self.shape_values: dict[str, np.ndarray] = {}  # int tensors with symbolic entries (object arrays)
 
     # -- values ------------------------------------------------------------------------
 
@@ -139,10 +181,15 @@ class _Converter:
             raise _unsupported(node, f"the shape of {name!r} cannot be inferred")
         return self.shapes[name]
 
+    def rank(self, name: str, node: onnx.NodeProto) -> int:
+        return len(self.shape(name, node))
+
     def get(self, name: str, layout: Layout, node: onnx.NodeProto) -> int:
         """The TFLite tensor holding ONNX value ``name`` in ``layout``."""
         if name in self.inits and name not in self.values:
             self.values[name] = (self.b.const(name, self.inits[name]), Layout.PLAIN)
+        if name in self.shape_values:
+            raise _unsupported(node, f"input {name!r} is shape arithmetic on unknown dimensions")
         if name not in self.values:
             raise _unsupported(node, f"input {name!r} is not produced by a supported node")
         index, current = self.values[name]
@@ -154,10 +201,8 @@ class _Converter:
             if len(shape) != 4:
                 raise _unsupported(node, f"{name!r} must be 4-D for NHWC, has rank {len(shape)}")
             perm = _TO_NHWC if layout is Layout.NHWC else _TO_NCHW
-            physical = _physical(shape, layout)
-            out = self.b.tensor(f"{name}/{layout.value}", physical)
-            self.b.op(tfl.BuiltinOperator.TRANSPOSE,
-                      [index, self.b.const(f"{name}/perm_{layout.value}", np.array(perm, np.int32))],
+            out = self.b.tensor(f"{name}/{layout.value}", _physical(shape, layout))
+            self.b.op(Op.TRANSPOSE, [index, self.b.const(f"{name}/perm_{layout.value}", np.array(perm, np.int32))],
                       [out])
             self.converted[key] = out
         return self.converted[key]
@@ -170,39 +215,192 @@ class _Converter:
         self.values[name] = (index, layout)
         return index
 
+    def scratch(self, node: onnx.NodeProto, tag: str, like: str, layout: Layout) -> int:
+        """An intermediate tensor shaped like ONNX value ``like``."""
+        return self.b.tensor(f"{node.name}/{tag}", _physical(self.shape(like, node), layout))
+
     def constant(self, name: str, node: onnx.NodeProto) -> np.ndarray:
         if name not in self.inits:
             raise _unsupported(node, f"input {name!r} must be a constant (initializer)")
         return self.inits[name]
 
-    # -- ops ---------------------------------------------------------------------------
+    def optional_constant(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+        if len(node.input) > index and node.input[index]:
+            return self.constant(node.input[index], node)
+        return None
 
-    def unary(self, node: onnx.NodeProto, code: int) -> None:
-        layout = self.layout_of(node.input[0])
-        x = self.get(node.input[0], layout, node)
-        self.b.op(code, [x], [self.define(node.output[0], layout, node)])
+    def broadcast_constant(self, name: str, layout: Layout, rank: int, node: onnx.NodeProto) -> int:
+        """Constant ``name`` broadcast onto a rank-``rank`` value stored in ``layout``."""
+        array = self.inits[name]
+        if layout is Layout.NHWC:
+            array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_TO_NHWC)
+            return self.b.const(f"{name}/nhwc", array)
+        if array.ndim < rank:
+            return self.b.const(f"{name}/rank{rank}", array.reshape((1,) * (rank - array.ndim) + array.shape))
+        return self.get(name, Layout.PLAIN, node)
 
-    def binary(self, node: onnx.NodeProto) -> None:
-        code, options = {
-            "Add": (tfl.BuiltinOperator.ADD, "AddOptions"),
-            "Sub": (tfl.BuiltinOperator.SUB, "SubOptions"),
-            "Mul": (tfl.BuiltinOperator.MUL, "MulOptions"),
-            "Div": (tfl.BuiltinOperator.DIV, "DivOptions"),
-        }[node.op_type]
-        out_rank = len(self.shape(node.output[0], node))
-        nhwc = out_rank == 4 and any(self.layout_of(i) is Layout.NHWC for i in node.input)
+    def operands(self, node: onnx.NodeProto, names: list[str]) -> tuple[Layout, list[int]]:
+        """Elementwise operands in one layout: NHWC when any 4-D input is NHWC."""
+        out_rank = self.rank(node.output[0], node)
+        nhwc = out_rank == 4 and any(self.layout_of(i) is Layout.NHWC for i in names)
         layout = Layout.NHWC if nhwc else Layout.PLAIN
         inputs = []
-        for name in node.input:
-            if name in self.inits and nhwc:
-                array = self.inits[name]
-                array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_TO_NHWC)
-                inputs.append(self.b.const(f"{name}/nhwc", array))
-            elif len(self.shape(name, node)) == 4 or not nhwc:
+        for name in names:
+            if name in self.inits and name not in self.values:
+                inputs.append(self.broadcast_constant(name, layout, out_rank, node))
+            elif self.rank(name, node) == 4 or not nhwc:
                 inputs.append(self.get(name, layout, node))
             else:
                 raise _unsupported(node, "broadcasting a lower-rank activation over NHWC")
-        self.b.op(code, inputs, [self.define(node.output[0], layout, node)], *_options(options))
+        return layout, inputs
+
+    # -- constants and shape arithmetic --------------------------------------------------
+
+    def fold(self, node: onnx.NodeProto) -> bool:
+        """Evaluate ``node`` ahead of time if it only computes on constants or shapes."""
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Shape":
+            shape = self.shape(node.input[0], node)
+            if None not in shape:
+                self._set_constant(node, [_shape_slice(node, np.array(shape, np.int64))])
+            else:
+                dims = np.array(self.symbols[node.input[0]], dtype=object)
+                self.shape_values[node.output[0]] = _shape_slice(node, dims)
+            return True
+        if node.op_type in _FOLDABLE and all(i in self.inits for i in inputs):
+            evaluator = ReferenceEvaluator(node, opsets={"": self.opset})
+            results = evaluator.run(None, {i: self.inits[i] for i in inputs})
+            self._set_constant(node, [np.asarray(r) for r in results])
+            return True
+        if node.op_type in _SYMBOLIC and any(i in self.shape_values for i in inputs):
+            self.shape_values[node.output[0]] = self._symbolic(node)
+            return True
+        return False
+
+    def _set_constant(self, node: onnx.NodeProto, results: list[np.ndarray]) -> None:
+        for name, value in zip(node.output, results, strict=False):
+            self.inits[name] = np.asarray(value)
+            self.shapes[name] = list(np.shape(value))
+
+    def _symbolic(self, node: onnx.NodeProto) -> np.ndarray:
+        def value(name: str) -> np.ndarray:
+            if name in self.shape_values:
+                return self.shape_values[name]
+            return np.asarray(self.constant(name, node), dtype=object)
+
+        x = value(node.input[0])
+        if node.op_type in ("Cast", "Identity"):
+            return x
+        if node.op_type == "Gather" and attribute(node, "axis", 0) == 0:
+            return np.asarray(np.take(x, np.asarray(self.constant(node.input[1], node), np.int64)), dtype=object)
+        if node.op_type == "Concat":
+            return np.concatenate([np.atleast_1d(value(i)) for i in node.input])
+        if node.op_type in ("Unsqueeze", "Squeeze"):
+            return x.reshape(_minus_one_unknown(self.shape(node.output[0], node)))
+        if node.op_type == "Slice" and x.ndim == 1:
+            starts, ends = (int(self.constant(node.input[i], node)[0]) for i in (1, 2))
+            steps = self.optional_constant(node, 4)
+            return x[slice(starts, ends, 1 if steps is None else int(steps[0]))]
+        raise _unsupported(node, "shape arithmetic on unknown dimensions")
+
+    def _reshape_target(self, node: onnx.NodeProto, requested: list[int | str]) -> list[int]:
+        """TFLite target shape for ONNX Reshape: 0 copies, symbols resolved against the input."""
+        in_syms = self.symbols.get(node.input[0]) or [
+            f"{node.input[0]}:{i}" if d is None else d for i, d in enumerate(self.shape(node.input[0], node))]
+        allow_zero = attribute(node, "allowzero", 0)
+        target = [in_syms[i] if d == 0 and not allow_zero else d for i, d in enumerate(requested)]
+        symbols = [d for d in target if isinstance(d, str)]
+        unknown = len(symbols) + target.count(-1)
+        if unknown <= 1:
+            return [-1 if isinstance(d, str) else int(d) for d in target]
+        left = list(in_syms)
+        for s in symbols:
+            if s not in left:
+                raise _unsupported(node, f"target shape {target} has more than one unknown dimension")
+            left.remove(s)
+        if any(isinstance(d, str) for d in left) or target.count(-1) > 1 or len(symbols) > 1:
+            raise _unsupported(node, f"target shape {target} has more than one unknown dimension")
+        known = _product([int(d) for d in target if isinstance(d, int) and d != -1])
+        inferred = _product([int(d) for d in left]) // known
+        return [-1 if isinstance(d, str) else inferred if d == -1 else int(d) for d in target]
+
+    # -- elementwise -------------------------------------------------------------------
+
+    def unary(self, node: onnx.NodeProto, code: int, opts: tuple[object, int] | None = None) -> None:
+        layout = self.layout_of(node.input[0])
+        x = self.get(node.input[0], layout, node)
+        self.b.op(code, [x], [self.define(node.output[0], layout, node)], *(opts or ()))
+
+    def binary(self, node: onnx.NodeProto) -> None:
+        code, opts = _BINARY[node.op_type]
+        layout, inputs = self.operands(node, list(node.input))
+        self.b.op(code, inputs, [self.define(node.output[0], layout, node)], *options(opts))
+
+    def chain(self, node: onnx.NodeProto, steps: list[tuple[int, float | None]]) -> None:
+        """``node``'s output through elementwise ops, each with an optional scalar operand."""
+        layout = self.layout_of(node.input[0])
+        current = self.get(node.input[0], layout, node)
+        for i, (code, scalar) in enumerate(steps):
+            last = i == len(steps) - 1
+            out = (self.define(node.output[0], layout, node) if last
+                   else self.scratch(node, f"step{i}", node.output[0], layout))
+            inputs = [current]
+            if scalar is not None:
+                inputs.append(self.b.const(f"{node.name}/operand{i}", np.array(scalar, np.float32)))
+            self.b.op(code, inputs, [out])
+            current = out
+
+    def clip(self, node: onnx.NodeProto) -> None:
+        lo_c, hi_c = self.optional_constant(node, 1), self.optional_constant(node, 2)
+        lo = float(lo_c) if lo_c is not None else float(attribute(node, "min", -math.inf))
+        hi = float(hi_c) if hi_c is not None else float(attribute(node, "max", math.inf))
+        named = {(0.0, 6.0): Op.RELU6, (-1.0, 1.0): Op.RELU_N1_TO_1, (0.0, math.inf): Op.RELU}
+        if (lo, hi) in named:
+            self.unary(node, named[(lo, hi)])
+            return
+        steps: list[tuple[int, float | None]] = [
+            (code, bound) for code, bound in ((Op.MAXIMUM, lo), (Op.MINIMUM, hi)) if not math.isinf(bound)]
+        if not steps:
+            self.alias(node)
+            return
+        self.chain(node, steps)
+
+    def hard_sigmoid(self, node: onnx.NodeProto) -> None:
+        alpha = float(attribute(node, "alpha", 0.2))
+        beta = float(attribute(node, "beta", 0.5))
+        self.chain(node, [(Op.MUL, alpha), (Op.ADD, beta), (Op.RELU_0_TO_1, None)])
+
+    def leaky_relu(self, node: onnx.NodeProto) -> None:
+        self.unary(node, Op.LEAKY_RELU, options("LeakyReluOptions", alpha=float(attribute(node, "alpha", 0.01))))
+
+    def elu(self, node: onnx.NodeProto) -> None:
+        if float(attribute(node, "alpha", 1.0)) != 1.0:
+            raise _unsupported(node, "alpha other than 1 (TFLite ELU has alpha 1)")
+        self.unary(node, Op.ELU)
+
+    def prelu(self, node: onnx.NodeProto) -> None:
+        layout, inputs = self.operands(node, list(node.input))
+        self.b.op(Op.PRELU, inputs, [self.define(node.output[0], layout, node)])
+
+    def batch_norm(self, node: onnx.NodeProto) -> None:
+        if attribute(node, "training_mode", 0) or len([o for o in node.output if o]) > 1:
+            raise _unsupported(node, "training mode (running statistics as outputs)")
+        for name in node.input[1:5]:
+            self.constant(name, node)
+        scale, shift = _batch_norm_affine(node, self.inits)
+        rank = self.rank(node.input[0], node)
+        if rank < 2:
+            raise _unsupported(node, f"input of rank {rank}")
+        layout = self.layout_of(node.input[0])
+        channel_shape = (-1,) if layout is Layout.NHWC else (-1,) + (1,) * (rank - 2)
+        x = self.get(node.input[0], layout, node)
+        scaled = self.scratch(node, "scaled", node.output[0], layout)
+        self.b.op(Op.MUL, [x, self.b.const(f"{node.name}/scale", scale.reshape(channel_shape))], [scaled],
+                  *options("MulOptions"))
+        self.b.op(Op.ADD, [scaled, self.b.const(f"{node.name}/shift", shift.reshape(channel_shape))],
+                  [self.define(node.output[0], layout, node)], *options("AddOptions"))
+
+    # -- dense -------------------------------------------------------------------------
 
     def gemm(self, node: onnx.NodeProto) -> None:
         if attribute(node, "transA", 0):
@@ -212,22 +410,21 @@ class _Converter:
         weight = weight * np.float32(attribute(node, "alpha", 1.0))
         units = weight.shape[0]
         bias = np.zeros(units, np.float32)
-        if len(node.input) > 2 and node.input[2]:
-            c = self.constant(node.input[2], node).astype(np.float32)
+        c = self.optional_constant(node, 2)
+        if c is not None:
             if c.size not in (1, units):
                 raise _unsupported(node, f"bias of shape {list(c.shape)} is not per output unit")
-            bias = np.broadcast_to(c.reshape(-1), (units,)) * np.float32(attribute(node, "beta", 1.0))
+            bias = np.broadcast_to(c.astype(np.float32).reshape(-1), (units,)) * np.float32(
+                attribute(node, "beta", 1.0))
         self.fully_connected(node, weight, bias.astype(np.float32))
 
-    def fully_connected(self, node: onnx.NodeProto, weight: np.ndarray,
-                        bias: np.ndarray | None) -> None:
+    def fully_connected(self, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None) -> None:
         x = self.get(node.input[0], Layout.PLAIN, node)
         w = self.b.const(f"{node.name}/weight", np.ascontiguousarray(weight))
         b = self.b.const(f"{node.name}/bias", bias) if bias is not None else -1
-        keep = len(self.shape(node.input[0], node)) > 2
-        self.b.op(tfl.BuiltinOperator.FULLY_CONNECTED, [x, w, b],
-                  [self.define(node.output[0], Layout.PLAIN, node)],
-                  *_options("FullyConnectedOptions", keepNumDims=keep))
+        keep = self.rank(node.input[0], node) > 2
+        self.b.op(Op.FULLY_CONNECTED, [x, w, b], [self.define(node.output[0], Layout.PLAIN, node)],
+                  *options("FullyConnectedOptions", keepNumDims=keep))
 
     def matmul(self, node: onnx.NodeProto) -> None:
         if node.input[1] in self.inits and self.inits[node.input[1]].ndim == 2:
@@ -235,15 +432,29 @@ class _Converter:
             return
         a = self.get(node.input[0], Layout.PLAIN, node)
         b = self.get(node.input[1], Layout.PLAIN, node)
-        self.b.op(tfl.BuiltinOperator.BATCH_MATMUL, [a, b],
-                  [self.define(node.output[0], Layout.PLAIN, node)],
-                  *_options("BatchMatMulOptions"))
+        self.b.op(Op.BATCH_MATMUL, [a, b], [self.define(node.output[0], Layout.PLAIN, node)],
+                  *options("BatchMatMulOptions"))
+
+    # -- convolution and pooling ---------------------------------------------------------
+
+    def _same_pads(self, node: onnx.NodeProto, kernel: list[int], strides: list[int],
+                   dilations: list[int]) -> list[int] | None:
+        """TFLite SAME padding as ONNX pads [top, left, bottom, right] (None: spatial dims unknown)."""
+        in_shape = self.shape(node.input[0], node)
+        same = []
+        for axis in range(2):
+            size = in_shape[2 + axis]
+            if size is None:
+                return None
+            effective = (kernel[axis] - 1) * dilations[axis] + 1
+            total = max((math.ceil(size / strides[axis]) - 1) * strides[axis] + effective - size, 0)
+            same.append((total // 2, total - total // 2))
+        return [same[0][0], same[1][0], same[0][1], same[1][1]]
 
     def _padding(self, node: onnx.NodeProto, kernel: list[int], strides: list[int],
                  dilations: list[int]) -> tuple[int, list[int] | None]:
         """TFLite padding (SAME/VALID) and explicit [top, left, bottom, right] pads if needed."""
-        auto_pad = attribute(node, "auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+        auto_pad = _text(attribute(node, "auto_pad", "NOTSET"))
         if auto_pad == "VALID":
             return tfl.Padding.VALID, None
         if auto_pad == "SAME_UPPER":
@@ -253,16 +464,7 @@ class _Converter:
         pads = list(attribute(node, "pads", [0, 0, 0, 0]))
         if not any(pads):
             return tfl.Padding.VALID, None
-        in_shape = self.shape(node.input[0], node)
-        same = []
-        for axis in range(2):
-            size = in_shape[2 + axis]
-            if size is None:
-                return tfl.Padding.VALID, pads
-            effective = (kernel[axis] - 1) * dilations[axis] + 1
-            total = max((math.ceil(size / strides[axis]) - 1) * strides[axis] + effective - size, 0)
-            same.append((total // 2, total - total // 2))
-        if pads == [same[0][0], same[1][0], same[0][1], same[1][1]]:
+        if pads == self._same_pads(node, kernel, strides, dilations):
             return tfl.Padding.SAME, None
         return tfl.Padding.VALID, pads
 
@@ -278,90 +480,366 @@ class _Converter:
         padding, pads = self._padding(node, [kh, kw], strides, dilations)
         x = self.get(node.input[0], Layout.NHWC, node)
         if pads is not None:
-            x = self._pad(node, x, pads)
-        bias = (self.constant(node.input[2], node).astype(np.float32)
-                if len(node.input) > 2 and node.input[2] else np.zeros(out_ch, np.float32))
-        b = self.b.const(f"{node.name}/bias", bias)
+            x = self._pad_spatial(node, x, pads, 0.0)
+        bias = self.optional_constant(node, 2)
+        b = self.b.const(f"{node.name}/bias", bias.astype(np.float32) if bias is not None
+                         else np.zeros(out_ch, np.float32))
         out = self.define(node.output[0], Layout.NHWC, node)
         common = dict(padding=padding, strideH=strides[0], strideW=strides[1],
                       dilationHFactor=dilations[0], dilationWFactor=dilations[1])
         if group == 1:
             w = self.b.const(f"{node.name}/weight", weight.transpose(0, 2, 3, 1))
-            self.b.op(tfl.BuiltinOperator.CONV_2D, [x, w, b], [out],
-                      *_options("Conv2DOptions", **common))
+            self.b.op(Op.CONV_2D, [x, w, b], [out], *options("Conv2DOptions", **common))
         elif group == in_ch and in_per_group == 1:
             w = self.b.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0))
-            self.b.op(tfl.BuiltinOperator.DEPTHWISE_CONV_2D, [x, w, b], [out],
-                      *_options("DepthwiseConv2DOptions", depthMultiplier=out_ch // group, **common))
+            self.b.op(Op.DEPTHWISE_CONV_2D, [x, w, b], [out],
+                      *options("DepthwiseConv2DOptions", depthMultiplier=out_ch // group, **common))
         else:
             raise _unsupported(node, f"grouped convolution (group={group}) that is not depthwise")
 
-    def _pad(self, node: onnx.NodeProto, x: int, pads: list[int]) -> int:
+    def _pad_spatial(self, node: onnx.NodeProto, x: int, pads: list[int], value: float) -> int:
+        """PAD (zeros) or PADV2 (``value``) of an NHWC tensor by ONNX pads [top, left, bottom, right]."""
         top, left, bottom, right = pads
         shape = self.shape(node.input[0], node)
-        padded = [shape[0], shape[2] and shape[2] + top + bottom,
-                  shape[3] and shape[3] + left + right, shape[1]]
+        padded = [shape[0], shape[2] and shape[2] + top + bottom, shape[3] and shape[3] + left + right, shape[1]]
         out = self.b.tensor(f"{node.name}/padded", padded)
-        paddings = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32)
-        self.b.op(tfl.BuiltinOperator.PAD, [x, self.b.const(f"{node.name}/pads", paddings)], [out],
-                  *_options("PadOptions"))
+        paddings = self.b.const(f"{node.name}/pads", np.array([[0, 0], [top, bottom], [left, right], [0, 0]],
+                                                              np.int32))
+        if value == 0.0:
+            self.b.op(Op.PAD, [x, paddings], [out], *options("PadOptions"))
+        else:
+            fill = self.b.const(f"{node.name}/pad_value", np.array(value, np.float32))
+            self.b.op(Op.PADV2, [x, paddings, fill], [out], *options("PadV2Options"))
         return out
+
+    def _pool_pads(self, node: onnx.NodeProto, kernel: list[int], strides: list[int]) -> list[int]:
+        """Explicit ONNX pads of a pool, grown at the bottom/right to reach ceil_mode's output size."""
+        pads = list(attribute(node, "pads", [0, 0, 0, 0]))
+        if not attribute(node, "ceil_mode", 0):
+            return pads
+        in_shape, out_shape = self.shape(node.input[0], node), self.shape(node.output[0], node)
+        for axis in range(2):
+            size, out = in_shape[2 + axis], out_shape[2 + axis]
+            if size is None or out is None:
+                raise _unsupported(node, "ceil_mode=1 with unknown spatial dimensions")
+            pads[2 + axis] += max((out - 1) * strides[axis] + kernel[axis] - (size + pads[axis] + pads[2 + axis]), 0)
+        return pads
 
     def pool(self, node: onnx.NodeProto) -> None:
         kernel = list(attribute(node, "kernel_shape", []))
         if len(kernel) != 2:
             raise _unsupported(node, "only 2-D pooling is supported")
-        if attribute(node, "ceil_mode", 0):
-            raise _unsupported(node, "ceil_mode=1")
         if any(d != 1 for d in attribute(node, "dilations", [1, 1])):
             raise _unsupported(node, "dilated pooling")
+        if len(node.output) > 1 and node.output[1]:
+            raise _unsupported(node, "the Indices output")
         strides = list(attribute(node, "strides", [1, 1]))
-        padding, pads = self._padding(node, kernel, strides, [1, 1])
-        if pads is not None:
-            raise _unsupported(node, f"pads {pads} are neither VALID nor SAME")
-        if node.op_type == "AveragePool" and attribute(node, "count_include_pad", 0) \
-                and padding == tfl.Padding.SAME:
-            raise _unsupported(node, "count_include_pad=1 with padding")
-        code = (tfl.BuiltinOperator.MAX_POOL_2D if node.op_type == "MaxPool"
-                else tfl.BuiltinOperator.AVERAGE_POOL_2D)
+        average = node.op_type == "AveragePool"
+        include_pad = average and attribute(node, "count_include_pad", 0)
+        auto_pad = _text(attribute(node, "auto_pad", "NOTSET"))
+        if auto_pad != "NOTSET":
+            if attribute(node, "ceil_mode", 0) or include_pad or auto_pad not in ("VALID", "SAME_UPPER"):
+                raise _unsupported(node, f"auto_pad={auto_pad} with ceil_mode or count_include_pad")
+            self._pool_op(node, self.get(node.input[0], Layout.NHWC, node), kernel, strides,
+                          tfl.Padding.VALID if auto_pad == "VALID" else tfl.Padding.SAME)
+            return
+        pads = self._pool_pads(node, kernel, strides)
         x = self.get(node.input[0], Layout.NHWC, node)
-        self.b.op(code, [x], [self.define(node.output[0], Layout.NHWC, node)],
-                  *_options("Pool2DOptions", padding=padding, strideH=strides[0], strideW=strides[1],
-                            filterHeight=kernel[0], filterWidth=kernel[1]))
+        if not any(pads):
+            self._pool_op(node, x, kernel, strides, tfl.Padding.VALID)
+        elif not include_pad and pads == self._same_pads(node, kernel, strides, [1, 1]):
+            self._pool_op(node, x, kernel, strides, tfl.Padding.SAME)  # TFLite SAME skips the padding
+        elif not average:
+            self._pool_op(node, self._pad_spatial(node, x, pads, _FLOAT_LOWEST), kernel, strides, tfl.Padding.VALID)
+        else:
+            self._average_with_pads(node, x, kernel, strides, pads)
 
-    def global_average_pool(self, node: onnx.NodeProto) -> None:
-        if len(self.shape(node.input[0], node)) != 4:
+    def _pool_op(self, node: onnx.NodeProto, x: int, kernel: list[int], strides: list[int], padding: int,
+                 out: int | None = None) -> None:
+        code = Op.MAX_POOL_2D if node.op_type == "MaxPool" else Op.AVERAGE_POOL_2D
+        self.b.op(code, [x], [self.define(node.output[0], Layout.NHWC, node) if out is None else out],
+                  *options("Pool2DOptions", padding=padding, strideH=strides[0], strideW=strides[1],
+                           filterHeight=kernel[0], filterWidth=kernel[1]))
+
+    def _average_with_pads(self, node: onnx.NodeProto, x: int, kernel: list[int], strides: list[int],
+                           pads: list[int]) -> None:
+        """AveragePool over zero padding, rescaled per position to ONNX's divisor."""
+        in_shape, out_shape = self.shape(node.input[0], node), self.shape(node.output[0], node)
+        if None in in_shape[2:] or None in out_shape[2:]:
+            raise _unsupported(node, "explicit pads with unknown spatial dimensions")
+        onnx_pads = list(attribute(node, "pads", [0, 0, 0, 0]))
+        include_pad = attribute(node, "count_include_pad", 0)
+        counts = []
+        for axis, size, size_out in zip(range(2), _minus_one_unknown(in_shape[2:]), _minus_one_unknown(out_shape[2:]),
+                                        strict=True):
+            k, s, begin = kernel[axis], strides[axis], onnx_pads[axis]
+            lo, hi = (-begin, size + onnx_pads[2 + axis]) if include_pad else (0, size)
+            start = np.arange(size_out) * s - begin
+            counts.append(np.minimum(start + k, hi) - np.maximum(start, lo))
+        factor = (kernel[0] * kernel[1]) / np.outer(counts[0], counts[1])
+        padded = self._pad_spatial(node, x, pads, 0.0)
+        if np.allclose(factor, 1.0):
+            self._pool_op(node, padded, kernel, strides, tfl.Padding.VALID)
+            return
+        pooled = self.scratch(node, "pooled", node.output[0], Layout.NHWC)
+        self._pool_op(node, padded, kernel, strides, tfl.Padding.VALID, out=pooled)
+        self.b.op(Op.MUL, [pooled, self.b.const(f"{node.name}/divisor", factor.reshape(1, *factor.shape, 1))],
+                  [self.define(node.output[0], Layout.NHWC, node)], *options("MulOptions"))
+
+    def global_pool(self, node: onnx.NodeProto) -> None:
+        if self.rank(node.input[0], node) != 4:
             raise _unsupported(node, "only 4-D inputs are supported")
+        code = Op.MEAN if node.op_type == "GlobalAveragePool" else Op.REDUCE_MAX
         x = self.get(node.input[0], Layout.NHWC, node)
         axes = self.b.const(f"{node.name}/axes", np.array([1, 2], np.int32))
-        self.b.op(tfl.BuiltinOperator.MEAN, [x, axes], [self.define(node.output[0], Layout.NHWC, node)],
-                  *_options("ReducerOptions", keepDims=True))
+        self.b.op(code, [x, axes], [self.define(node.output[0], Layout.NHWC, node)],
+                  *options("ReducerOptions", keepDims=True))
 
-    def clip(self, node: onnx.NodeProto) -> None:
-        lo = (float(self.constant(node.input[1], node)) if len(node.input) > 1 and node.input[1]
-              else attribute(node, "min", -math.inf))
-        hi = (float(self.constant(node.input[2], node)) if len(node.input) > 2 and node.input[2]
-              else attribute(node, "max", math.inf))
-        if lo == 0.0 and hi == 6.0:
-            self.unary(node, tfl.BuiltinOperator.RELU6)
-        elif lo == 0.0 and hi == math.inf:
-            self.unary(node, tfl.BuiltinOperator.RELU)
+    def reduce(self, node: onnx.NodeProto) -> None:
+        rank = self.rank(node.input[0], node)
+        if self.opset >= _REDUCE_AXES_INPUT_SINCE[node.op_type]:
+            given = self.optional_constant(node, 1)
+            axes = [] if given is None else [int(a) for a in given]
         else:
-            layout = self.layout_of(node.input[0])
-            current = self.get(node.input[0], layout, node)
-            shape = _physical(self.shape(node.output[0], node), layout)
-            for code, bound, tag in ((tfl.BuiltinOperator.MAXIMUM, lo, "min"),
-                                     (tfl.BuiltinOperator.MINIMUM, hi, "max")):
-                if math.isinf(bound):
-                    continue
-                out = self.b.tensor(f"{node.name}/{tag}", shape)
-                self.b.op(code, [current, self.b.const(f"{node.name}/{tag}_value",
-                                                       np.array(bound, np.float32))], [out])
-                current = out
-            self.values[node.output[0]] = (current, layout)
+            axes = list(attribute(node, "axes", []))
+        if not axes and attribute(node, "noop_with_empty_axes", 0):
+            self.alias(node)
+            return
+        axes = sorted({a % rank for a in axes} if axes else set(range(rank)))
+        keep = bool(attribute(node, "keepdims", 1))
+        layout = self.layout_of(node.input[0])
+        kept_axes = [_axis_in(layout, a) for a in range(rank) if a not in axes]
+        if layout is Layout.NHWC and not keep and kept_axes != sorted(kept_axes):
+            layout = Layout.PLAIN  # the kept axes would come out in another order
+        x = self.get(node.input[0], layout, node)
+        axes_t = self.b.const(f"{node.name}/axes", np.array([_axis_in(layout, a) for a in axes], np.int32))
+        out_layout = layout if keep else Layout.PLAIN
+        self.b.op(_REDUCE[node.op_type], [x, axes_t], [self.define(node.output[0], out_layout, node)],
+                  *options("ReducerOptions", keepDims=keep))
+
+    # -- resize ------------------------------------------------------------------------
+
+    def resize(self, node: onnx.NodeProto) -> None:
+        legacy = node.op_type == "Upsample" or self.opset < 11  # Upsample, Resize-10: X, scales
+        mode = _text(attribute(node, "mode", "nearest"))
+        coord = "asymmetric" if legacy else _text(attribute(node, "coordinate_transformation_mode", "half_pixel"))
+        nearest_mode = SIMPLE if legacy else _text(attribute(node, "nearest_mode", "round_prefer_floor"))
+        in_shape = self.shape(node.input[0], node)
+        if len(in_shape) != 4:
+            raise _unsupported(node, f"only 4-D (NCHW) resizes are supported, input has rank {len(in_shape)}")
+        scales, sizes = self._resize_factors(node, legacy)
+        if attribute(node, "antialias", 0) and any(s < 1 for s in scales[2:]):
+            raise _unsupported(node, "antialias=1 when downscaling")
+        if any(d is not None and s != 1.0 for d, s in zip(in_shape[:2], scales[:2], strict=True)) \
+                or sizes is None and scales[:2] != [1.0, 1.0]:
+            raise _unsupported(node, "resizing the batch or channel axis")
+        axes = self._resize_axes(node, in_shape, scales, sizes)
+        if mode == "nearest":
+            flags, code, name = nearest_flags(coord, nearest_mode, axes), Op.RESIZE_NEAREST_NEIGHBOR, \
+                "ResizeNearestNeighborOptions"
+        elif mode == "linear":
+            flags, code, name = linear_flags(coord, axes), Op.RESIZE_BILINEAR, "ResizeBilinearOptions"
+        else:
+            raise _unsupported(node, f"mode={mode!r} (TFLite resizes nearest or bilinear)")
+        if flags is None:
+            raise _unsupported(node, f"{mode} resize with coordinate_transformation_mode={coord!r}"
+                                     + (f" and nearest_mode={nearest_mode!r}" if mode == "nearest" else "")
+                                     + " has no TFLite equivalent (align_corners, half_pixel, asymmetric do)")
+        x = self.get(node.input[0], Layout.NHWC, node)
+        size = self._resize_size(node, x, in_shape, scales, sizes)
+        self.b.op(code, [x, size], [self.define(node.output[0], Layout.NHWC, node)],
+                  *options(name, alignCorners=flags[0], halfPixelCenters=flags[1]))
+
+    def _resize_factors(self, node: onnx.NodeProto, legacy: bool) -> tuple[list[float], list[int] | None]:
+        """(scales over all 4 axes, sizes over all 4 axes or None) of a Resize or Upsample."""
+        if node.op_type == "Upsample" and len(node.input) < 2:
+            return [float(s) for s in attribute(node, "scales", [])], None
+        if legacy:
+            return [float(s) for s in self.constant(node.input[1], node)], None
+        in_shape = self.shape(node.input[0], node)
+        axes = [int(a) % 4 for a in attribute(node, "axes", [0, 1, 2, 3])]
+        given_sizes = self.optional_constant(node, 3)
+        if given_sizes is not None and given_sizes.size:
+            if _text(attribute(node, "keep_aspect_ratio_policy", "stretch")) != "stretch":
+                raise _unsupported(node, "keep_aspect_ratio_policy other than stretch")
+            if None in in_shape[2:]:
+                raise _unsupported(node, "sizes with unknown input spatial dimensions")
+            sizes = [-1 if d is None else int(d) for d in in_shape]
+            for a, s in zip(axes, given_sizes, strict=True):
+                sizes[a] = int(s)
+            known_in = _minus_one_unknown(in_shape)
+            return [o / i if i > 0 else 1.0 for o, i in zip(sizes, known_in, strict=True)], sizes
+        given = self.optional_constant(node, 2)
+        if given is None or not given.size:
+            raise _unsupported(node, "neither constant scales nor sizes")
+        scales = [1.0] * 4
+        for a, s in zip(axes, given, strict=True):
+            scales[a] = float(s)
+        return scales, None
+
+    def _resize_axes(self, node: onnx.NodeProto, in_shape: Shape, scales: list[float],
+                     sizes: list[int] | None) -> list[Axis]:
+        """H and W as the mode check needs them; unknown sizes are checked on lengths 1..16."""
+        axes = []
+        for a in (2, 3):
+            size_in = in_shape[a]
+            if size_in is None:
+                if not float(scales[a]).is_integer() or scales[a] < 1:
+                    raise _unsupported(node, f"scale {scales[a]:.6g} on an axis of unknown length (integer "
+                                             "scales only)")
+                axes += [Axis(n, n * int(scales[a]), scales[a]) for n in range(1, 17)]
+                continue
+            size_out = sizes[a] if sizes is not None else int(math.floor(size_in * np.float32(scales[a])))
+            if sizes is None and size_out != size_in * scales[a]:
+                raise _unsupported(node, f"scale {scales[a]:.6g} of an axis of length {size_in} is not a whole "
+                                         "output length (TFLite resizes to a size)")
+            axes.append(Axis(size_in, size_out, scales[a]))
+        return axes
+
+    def _resize_size(self, node: onnx.NodeProto, x: int, in_shape: Shape, scales: list[float],
+                     sizes: list[int] | None) -> int:
+        """The int32 [new_height, new_width] input of a TFLite resize (computed when H/W are unknown)."""
+        static = [d for d in in_shape[2:] if d is not None]
+        if len(static) == 2:
+            out = sizes[2:] if sizes is not None else [int(d * s) for d, s in zip(static, scales[2:], strict=True)]
+            return self.b.const(f"{node.name}/size", np.array(out, np.int32))
+        shape = self.b.tensor(f"{node.name}/shape", [4], INT32)
+        self.b.op(Op.SHAPE, [x], [shape], *options("ShapeOptions", outType=tfl.TensorType.INT32))
+        hw = self.b.tensor(f"{node.name}/hw", [2], INT32)
+        self.b.op(Op.STRIDED_SLICE, [shape, *(self.b.const(f"{node.name}/hw_{k}", np.array([v], np.int32))
+                                              for k, v in (("begin", 1), ("end", 3), ("stride", 1)))], [hw],
+                  *options("StridedSliceOptions"))
+        size = self.b.tensor(f"{node.name}/size", [2], INT32)
+        self.b.op(Op.MUL, [hw, self.b.const(f"{node.name}/scales", np.array(scales[2:], np.int32))], [size],
+                  *options("MulOptions"))
+        return size
+
+    # -- layout and shape --------------------------------------------------------------
+
+    def pad(self, node: onnx.NodeProto) -> None:
+        mode = _text(attribute(node, "mode", "constant"))
+        rank = self.rank(node.input[0], node)
+        if self.opset >= 11:
+            pads = [int(p) for p in self.constant(node.input[1], node)]
+            value_c = self.optional_constant(node, 2)
+            value = float(value_c) if value_c is not None and value_c.size else 0.0
+            axes_c = self.optional_constant(node, 3)
+        else:
+            pads, value, axes_c = list(attribute(node, "pads", [])), float(attribute(node, "value", 0.0)), None
+        axes = [int(a) % rank for a in axes_c] if axes_c is not None else list(range(rank))
+        if any(p < 0 for p in pads):
+            raise _unsupported(node, f"negative pads {pads} (cropping)")
+        per_axis = {a: (pads[i], pads[i + len(axes)]) for i, a in enumerate(axes)}
+        layout = self.layout_of(node.input[0])
+        onnx_axes = _TO_NHWC if layout is Layout.NHWC else range(rank)
+        paddings = self.b.const(f"{node.name}/pads", np.array([per_axis.get(a, (0, 0)) for a in onnx_axes],
+                                                              np.int32))
+        x = self.get(node.input[0], layout, node)
+        out = self.define(node.output[0], layout, node)
+        if mode == "reflect":
+            self.b.op(Op.MIRROR_PAD, [x, paddings], [out], *options("MirrorPadOptions", mode=tfl.MirrorPadMode.REFLECT))
+        elif mode != "constant":
+            raise _unsupported(node, f"mode={mode!r} (TFLite pads with a constant or by reflection)")
+        elif value == 0.0:
+            self.b.op(Op.PAD, [x, paddings], [out], *options("PadOptions"))
+        else:
+            fill = self.b.const(f"{node.name}/pad_value", np.array(value, np.float32))
+            self.b.op(Op.PADV2, [x, paddings, fill], [out], *options("PadV2Options"))
+
+    def transpose(self, node: onnx.NodeProto) -> None:
+        rank = self.rank(node.input[0], node)
+        perm = [int(p) for p in attribute(node, "perm", list(reversed(range(rank))))]
+        layout = self.layout_of(node.input[0])
+        stored = [_axis_in(layout, p) for p in perm]  # the permutation of the stored tensor
+        x = self.get(node.input[0], layout, node)
+        if stored == list(range(rank)):
+            self.values[node.output[0]] = (x, Layout.PLAIN)  # e.g. NCHW -> NHWC of an NHWC value
+            return
+        self.b.op(Op.TRANSPOSE, [x, self.b.const(f"{node.name}/perm", np.array(stored, np.int32))],
+                  [self.define(node.output[0], Layout.PLAIN, node)])
+
+    def _reshape_to(self, node: onnx.NodeProto, target: list[int]) -> None:
+        if target.count(-1) > 1:
+            raise _unsupported(node, f"target shape {target} has more than one unknown dimension")
+        x = self.get(node.input[0], Layout.PLAIN, node)
+        shape = self.b.const(f"{node.name}/shape", np.array(target, np.int32))
+        self.b.op(Op.RESHAPE, [x, shape], [self.define(node.output[0], Layout.PLAIN, node)],
+                  *options("ReshapeOptions", newShape=target))
+
+    def reshape(self, node: onnx.NodeProto) -> None:
+        if node.input[1] in self.shape_values:
+            requested = list(self.shape_values[node.input[1]])
+        else:
+            requested = [int(d) for d in self.constant(node.input[1], node)]
+        self._reshape_to(node, self._reshape_target(node, requested))
+
+    def reshape_to_inferred(self, node: onnx.NodeProto) -> None:
+        """Squeeze / Unsqueeze: a reshape to the inferred output shape."""
+        self._reshape_to(node, _minus_one_unknown(self.shape(node.output[0], node)))
+
+    def flatten(self, node: onnx.NodeProto) -> None:
+        shape = self.shape(node.input[0], node)
+        axis = attribute(node, "axis", 1) % max(len(shape), 1)
+
+        def product(dims: Shape) -> int:
+            known = [d for d in dims if d is not None]
+            return -1 if len(known) < len(dims) else _product(known)
+
+        self._reshape_to(node, [product(shape[:axis]), product(shape[axis:])])
+
+    def concat(self, node: onnx.NodeProto) -> None:
+        rank = self.rank(node.output[0], node)
+        axis = attribute(node, "axis", 0) % rank
+        nhwc = rank == 4 and any(self.layout_of(i) is Layout.NHWC for i in node.input)
+        layout = Layout.NHWC if nhwc else Layout.PLAIN
+        inputs = [self.get(name, layout, node) for name in node.input]
+        self.b.op(Op.CONCATENATION, inputs, [self.define(node.output[0], layout, node)],
+                  *options("ConcatenationOptions", axis=_axis_in(layout, axis)))
+
+    def split(self, node: onnx.NodeProto) -> None:
+        shape = self.shape(node.input[0], node)
+        axis = attribute(node, "axis", 0) % len(shape)
+        given = self.optional_constant(node, 1) if self.opset >= 13 else attribute(node, "split", None)
+        if given is not None and len(given):
+            sizes = [int(s) for s in given]
+        else:
+            dim = shape[axis]
+            if dim is None:
+                raise _unsupported(node, "an equal split of an axis of unknown length")
+            n = len(node.output)
+            chunk = math.ceil(dim / n)
+            sizes = [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+        layout = self.layout_of(node.input[0])
+        x = self.get(node.input[0], layout, node)
+        outputs = [self.define(name, layout, node) for name in node.output]
+        self.b.op(Op.SPLIT_V, [x, self.b.const(f"{node.name}/sizes", np.array(sizes, np.int32)),
+                               self.b.const(f"{node.name}/axis", np.array(_axis_in(layout, axis), np.int32))],
+                  outputs, *options("SplitVOptions", numSplits=len(sizes)))
+
+    def slice(self, node: onnx.NodeProto) -> None:
+        shape = self.shape(node.input[0], node)
+        rank = len(shape)
+        starts, ends = (np.asarray(self.constant(node.input[i], node), np.int64) for i in (1, 2))
+        axes_c, steps_c = self.optional_constant(node, 3), self.optional_constant(node, 4)
+        axes = [int(a) % rank for a in axes_c] if axes_c is not None else list(range(len(starts)))
+        steps = [int(s) for s in steps_c] if steps_c is not None else [1] * len(axes)
+        layout = self.layout_of(node.input[0])
+        begin, end, stride = [0] * rank, [0] * rank, [1] * rank
+        begin_mask = end_mask = (1 << rank) - 1
+        for a, s, e, step in zip(axes, starts, ends, steps, strict=True):
+            p = _axis_in(layout, a)
+            b_, e_, masks = _slice_bounds(node, int(s), int(e), step, shape[a])
+            begin[p], end[p], stride[p] = b_, e_, step
+            begin_mask &= ~(1 << p) if "begin" not in masks else begin_mask
+            end_mask &= ~(1 << p) if "end" not in masks else end_mask
+        x = self.get(node.input[0], layout, node)
+        consts = [self.b.const(f"{node.name}/{k}", np.array(v, np.int32))
+                  for k, v in (("begin", begin), ("end", end), ("strides", stride))]
+        self.b.op(Op.STRIDED_SLICE, [x, *consts], [self.define(node.output[0], layout, node)],
+                  *options("StridedSliceOptions", beginMask=begin_mask, endMask=end_mask))
 
     def softmax(self, node: onnx.NodeProto) -> None:
-        rank = len(self.shape(node.input[0], node))
+        rank = self.rank(node.input[0], node)
         axis = attribute(node, "axis", -1) % rank
         if rank == 4 and axis == 1 and self.layout_of(node.input[0]) is Layout.NHWC:
             layout = Layout.NHWC  # channels are the last axis of an NHWC tensor
@@ -370,48 +848,7 @@ class _Converter:
         else:
             raise _unsupported(node, "softmax over an axis other than the last (or channels)")
         x = self.get(node.input[0], layout, node)
-        self.b.op(tfl.BuiltinOperator.SOFTMAX, [x], [self.define(node.output[0], layout, node)],
-                  *_options("SoftmaxOptions", beta=1.0))
-
-    def _reshape_to(self, node: onnx.NodeProto, target: list[int]) -> None:
-        if target.count(-1) > 1:
-            raise _unsupported(node, f"target shape {target} has more than one unknown dimension")
-        x = self.get(node.input[0], Layout.PLAIN, node)
-        shape = self.b.const(f"{node.name}/shape", np.array(target, np.int32))
-        self.b.op(tfl.BuiltinOperator.RESHAPE, [x, shape],
-                  [self.define(node.output[0], Layout.PLAIN, node)],
-                  *_options("ReshapeOptions", newShape=target))
-
-    def reshape(self, node: onnx.NodeProto) -> None:
-        requested = [int(d) for d in self.constant(node.input[1], node)]
-        in_shape = self.shape(node.input[0], node)
-        target: list[int] = []
-        for i, d in enumerate(requested):
-            if d == 0 and not attribute(node, "allowzero", 0):
-                dim = in_shape[i]
-                d = dim if dim is not None else -1
-            target.append(d)
-        self._reshape_to(node, target)
-
-    def flatten(self, node: onnx.NodeProto) -> None:
-        shape = self.shape(node.input[0], node)
-        axis = attribute(node, "axis", 1) % max(len(shape), 1)
-
-        def product(dims: Shape) -> int:
-            known = [d for d in dims if d is not None]
-            return -1 if len(known) < len(dims) else int(np.prod(known, dtype=np.int64))
-
-        self._reshape_to(node, [product(shape[:axis]), product(shape[axis:])])
-
-    def concat(self, node: onnx.NodeProto) -> None:
-        rank = len(self.shape(node.output[0], node))
-        axis = attribute(node, "axis", 0) % rank
-        nhwc = rank == 4 and any(self.layout_of(i) is Layout.NHWC for i in node.input)
-        layout = Layout.NHWC if nhwc else Layout.PLAIN
-        inputs = [self.get(name, layout, node) for name in node.input]
-        self.b.op(tfl.BuiltinOperator.CONCATENATION, inputs,
-                  [self.define(node.output[0], layout, node)],
-                  *_options("ConcatenationOptions", axis=_NCHW_AXIS_IN_NHWC[axis] if nhwc else axis))
+        self.b.op(Op.SOFTMAX, [x], [self.define(node.output[0], layout, node)], *options("SoftmaxOptions", beta=1.0))
 
     def alias(self, node: onnx.NodeProto) -> None:
         layout = self.layout_of(node.input[0])
@@ -420,18 +857,22 @@ class _Converter:
     # -- driver ------------------------------------------------------------------------
 
     def handlers(self) -> dict[str, Callable[[onnx.NodeProto], None]]:
-        return {
+        table: dict[str, Callable[[onnx.NodeProto], None]] = {
             "Gemm": self.gemm, "MatMul": self.matmul,
-            "Add": self.binary, "Sub": self.binary, "Mul": self.binary, "Div": self.binary,
-            "Relu": lambda n: self.unary(n, tfl.BuiltinOperator.RELU),
-            "Sigmoid": lambda n: self.unary(n, tfl.BuiltinOperator.LOGISTIC),
-            "Tanh": lambda n: self.unary(n, tfl.BuiltinOperator.TANH),
-            "Clip": self.clip, "Softmax": self.softmax,
-            "Conv": self.conv, "MaxPool": self.pool, "AveragePool": self.pool,
-            "GlobalAveragePool": self.global_average_pool,
-            "Reshape": self.reshape, "Flatten": self.flatten, "Concat": self.concat,
-            "Identity": self.alias, "Dropout": self.alias,
+            "Clip": self.clip, "HardSigmoid": self.hard_sigmoid, "LeakyRelu": self.leaky_relu,
+            "Elu": self.elu, "PRelu": self.prelu, "BatchNormalization": self.batch_norm,
+            "Softmax": self.softmax, "Conv": self.conv, "MaxPool": self.pool, "AveragePool": self.pool,
+            "GlobalAveragePool": self.global_pool, "GlobalMaxPool": self.global_pool,
+            "Resize": self.resize, "Upsample": self.resize, "Pad": self.pad, "Transpose": self.transpose,
+            "Reshape": self.reshape, "Flatten": self.flatten, "Squeeze": self.reshape_to_inferred,
+            "Unsqueeze": self.reshape_to_inferred, "Concat": self.concat, "Split": self.split,
+            "Slice": self.slice, "Identity": self.alias, "Dropout": self.alias,
         }
+        table.update(dict.fromkeys(_BINARY, self.binary))
+        table.update(dict.fromkeys(_REDUCE, self.reduce))
+        for op_type, code in _UNARY.items():
+            table[op_type] = functools.partial(self.unary, code=code)
+        return table
 
     def convert(self) -> bytes:
         graph = self.model.graph
@@ -443,8 +884,7 @@ class _Converter:
             if vi.name in self.inits:
                 continue
             if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-                raise UnsupportedModelError("only float32 model inputs can be exported",
-                                            where=f"input {vi.name!r}")
+                raise UnsupportedModelError("only float32 model inputs can be exported", where=f"input {vi.name!r}")
             index = self.b.tensor(vi.name, self.shapes[vi.name])
             self.values[vi.name] = (index, Layout.PLAIN)
             inputs.append((vi.name, index))
@@ -452,61 +892,58 @@ class _Converter:
         for node in graph.node:
             if node.domain not in ("", "ai.onnx"):
                 raise _unsupported(node, f"custom domain {node.domain!r}")
+            if self.fold(node):
+                continue
             handler = handlers.get(node.op_type)
             if handler is None:
                 raise _unsupported(node, "no TFLite mapping")
             handler(node)
-        outputs = []
-        for vi in graph.output:
-            outputs.append((vi.name, self.get(vi.name, Layout.PLAIN, graph.node[-1])))
-        return self._pack(inputs, outputs)
-
-    def _pack(self, inputs: list[tuple[str, int]], outputs: list[tuple[str, int]]) -> bytes:
-        b = self.b
-        subgraph = tfl.SubGraphT()
-        subgraph.tensors = b.tensors
-        subgraph.inputs = [i for _, i in inputs]
-        subgraph.outputs = [i for _, i in outputs]
-        subgraph.operators = b.operators
-        subgraph.name = "main"
-        codes = []
-        for code in sorted(b.opcodes, key=b.opcodes.__getitem__):
-            oc = tfl.OperatorCodeT()
-            oc.builtinCode = code
-            oc.deprecatedBuiltinCode = min(code, tfl.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
-            oc.version = 1
-            codes.append(oc)
-        signature = tfl.SignatureDefT()
-        signature.signatureKey = SIGNATURE_KEY
-        signature.subgraphIndex = 0
-        signature.inputs = [_tensor_map(name, i) for name, i in inputs]
-        signature.outputs = [_tensor_map(name, i) for name, i in outputs]
-        model = tfl.ModelT()
-        model.version = 3
-        model.description = "edgefleet.compression ONNX export"
-        model.operatorCodes = codes
-        model.subgraphs = [subgraph]
-        model.buffers = b.buffers
-        model.signatureDefs = [signature]
-        builder = flatbuffers.Builder(1024)
-        builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
-        return bytes(builder.Output())
+        outputs = [(vi.name, self.get(vi.name, Layout.PLAIN, graph.node[-1])) for vi in graph.output]
+        return self.b.pack(inputs, outputs)
 
 
-def _tensor_map(name: str, index: int) -> tfl.TensorMapT:
-    tm = tfl.TensorMapT()
-    tm.name = name
-    tm.tensorIndex = index
-    return tm
+def _slice_bounds(node: onnx.NodeProto, start: int, end: int, step: int,
+                  dim: int | None) -> tuple[int, int, set[str]]:
+    """STRIDED_SLICE begin, end and which masks to set, for ONNX Slice bounds on one axis."""
+    if step == 0:
+        raise _unsupported(node, "step 0")
+    if step > 0:
+        masks = set()
+        if start <= -_INT32_MAX or (dim is not None and start <= -dim):
+            masks.add("begin")
+        if end >= _INT32_MAX or (dim is not None and end >= dim):
+            masks.add("end")
+        return int(np.clip(start, -_INT32_MAX, _INT32_MAX)), int(np.clip(end, -_INT32_MAX, _INT32_MAX)), masks
+    if dim is None:
+        raise _unsupported(node, "a negative step on an axis of unknown length")
+    first = min(max(start + dim if start < 0 else start, 0), dim - 1)
+    last = min(max(end + dim if end < 0 else end, -1), dim - 1)
+    return first, last, {"end"} if last == -1 else set()
 
 
-def _physical(shape: Shape, layout: Layout) -> Shape:
-    return [shape[p] for p in _TO_NHWC] if layout is Layout.NHWC else list(shape)
+def _shape_slice(node: onnx.NodeProto, dims: np.ndarray) -> np.ndarray:
+    """Shape's optional start/end attributes (opset 15)."""
+    end = attribute(node, "end", None)
+    return dims[attribute(node, "start", 0):end]
+
+
+def _value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Inputs, outputs and every inferred intermediate value (with data propagation for shapes)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # data propagation is best effort; plain inference never raises here
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    graph = inferred.graph
+    return list(graph.input) + list(graph.value_info) + list(graph.output)
+
+
+def export_model(model: onnx.ModelProto) -> bytes:
+    """Convert a loaded ONNX model (any opset ONNX Runtime runs) to a float32 TFLite flatbuffer."""
+    return _Converter(fold_batch_norm(normalise(model))).convert()
 
 
 def export_tflite(onnx_bytes: bytes) -> bytes:
-    """Convert an ONNX model to a float32 TFLite flatbuffer (NCHW inputs/outputs kept)."""
-    model = normalise(load_onnx(onnx_bytes))
-    data = _Converter(model).convert()
+    """Convert ONNX bytes to a float32 TFLite flatbuffer (NCHW inputs/outputs kept)."""
+    data = export_model(load_onnx(onnx_bytes))
     logger.info("exported ONNX (%d B) to TFLite (%d B)", len(onnx_bytes), len(data))
     return data

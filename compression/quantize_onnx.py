@@ -17,7 +17,8 @@ import numpy as np
 import onnx
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod
-from edgefleet.compression.inputs import Inputs, count, feed, take
+from edgefleet.compression.inputs import Inputs, count, feed, fixed_batch, onnx_input_specs, take
+from edgefleet.compression.onnx_graph import compact_names
 from edgefleet.protocol.errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,15 @@ def _quiet_root() -> Iterator[None]:
         logging.getLogger().removeFilter(quiet)
 
 
-def _lean(path: Path) -> bytes:
-    """The quantized model without value_info and doc strings (the runtime re-infers shapes)."""
+def _lean(path: Path, source: onnx.ModelProto) -> bytes:
+    """The quantized model without value_info and doc strings (the runtime re-infers shapes),
+    with short value names and only ``source``'s node names."""
     model = onnx.load_model(str(path))
     del model.graph.value_info[:]
     model.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
+    compact_names(model, {n.name for n in source.graph.node})
     lean: bytes = model.SerializeToString()
     return lean
 
@@ -94,7 +97,7 @@ def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
 
 
 def _translate(exc: Exception, what: str) -> CompressionError:
-    return CompressionError(f"{what} failed: {type(exc).__name__}: {exc}", where="model")
+    return CompressionError(f"{what} failed: {_cause(exc)}", where="model")
 
 
 def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
@@ -105,14 +108,15 @@ def quantize_dynamic_int8(model: onnx.ModelProto, *, per_channel: bool,
         out = Path(tmp) / "model.int8.onnx"
         try:
             with _quiet_root():
+                # EnableSubgraph: also the weights inside If/Loop/Scan bodies.
                 quantize_dynamic(model, out, per_channel=per_channel, weight_type=QuantType.QInt8,
                                  nodes_to_exclude=list(exclude),
-                                 extra_options={"MatMulConstBOnly": True})
+                                 extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
         except Exception as exc:  # the quantizer raises bare ValueError/KeyError/...
             raise _translate(exc, "dynamic int8 quantization") from exc
         logger.info("ONNX dynamic int8 (per_channel=%s, %d nodes in float)", per_channel,
                     len(exclude))
-        return _lean(out)
+        return _lean(out, model)
 
 
 _METHODS = {
@@ -122,17 +126,77 @@ _METHODS = {
 }
 
 
-def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
-                         config: CalibrationConfig, per_channel: bool,
-                         exclude: list[str]) -> bytes:
-    """Static int8 QDQ (int8 weights per channel, int8 activations) calibrated on batches."""
-    from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+def prepare_static(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """Shape inference before static quantization, and what was done instead when it failed.
+
+    ONNX Runtime's ``quant_pre_process`` (symbolic shape inference) first; when that fails (it
+    does on many real convolutional models: "Incomplete symbolic shape inference" or a bare
+    ``AssertionError``), ONNX's own shape inference; when that fails too, none (the quantizer
+    then skips the tensors whose type it cannot tell). Every file stays in a private temporary
+    directory.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    initialised = {t.name for t in model.graph.initializer}
-    first_input = next(i.name for i in model.graph.input if i.name not in initialised)
-    reader = BatchReader(first_input, calibration, config.batch_size, config.max_samples)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-pre-") as tmp:
+        source, prepared = Path(tmp) / "model.onnx", Path(tmp) / "model.pre.onnx"
+        onnx.save_model(model, source)
+        try:
+            # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm.
+            quant_pre_process(str(source), str(prepared), skip_optimization=True)
+            return onnx.load_model(str(prepared)), []
+        except Exception as exc:  # any failure of this optional pass falls back
+            failure = f"symbolic shape inference failed ({_cause(exc)})"
+    logger.info("%s; falling back to ONNX shape inference", failure)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        return model, [f"{failure}; ONNX shape inference failed too ({_cause(exc)}): none used"]
+    return inferred, [f"{failure}: plain ONNX shape inference used"]
+
+
+def _cause(exc: BaseException) -> str:
+    """What failed, and at which node when the library's stack tells it."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    cause = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    node = _failing_node(exc)
+    return f"{cause} at {node.op_type} node {node.name!r}" if node is not None else cause
+
+
+def _failing_node(exc: BaseException) -> onnx.NodeProto | None:
+    """The innermost ONNX node among the locals of the traceback's frames (the node the
+    library was working on: ONNX Runtime's quantizer and shape inference keep it as ``node``)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        local = tb.tb_frame.f_locals
+        candidate = local.get("node")
+        if candidate is None and hasattr(local.get("self"), "node"):
+            candidate = local["self"].node
+        if isinstance(candidate, onnx.NodeProto):
+            found = candidate
+        tb = tb.tb_next
+    return found
+
+
+def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
+                         config: CalibrationConfig, per_channel: bool,
+                         exclude: list[str], prepared: bool = False) -> bytes:
+    """Static int8 QDQ (int8 weights per channel, int8 activations) calibrated on batches.
+
+    ``prepared``: ``model`` already went through :func:`prepare_static` (done once when the
+    fallback quantizes the same model many times).
+    """
+    from onnxruntime.quantization import CalibrationMethod as OrtMethod
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if not prepared:
+        model, notes = prepare_static(model)
+        for note in notes:
+            logger.info("static int8: %s", note)
+    specs = onnx_input_specs(model)
+    batch = min(config.batch_size, fixed_batch(specs) or config.batch_size)
+    first_input = specs[0].name if specs else ""
+    reader = BatchReader(first_input, calibration, batch, config.max_samples)
     extra = {
         "CalibStridedMinMax": 1,  # collect and merge statistics one batch at a time
         "CalibPercentile": config.percentile,
@@ -140,14 +204,14 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
         "WeightSymmetric": True,
     }
     with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
-        prepared = Path(tmp) / "model.pre.onnx"
+        source = Path(tmp) / "model.onnx"
         out = Path(tmp) / "model.qdq.onnx"
+        # A path, not the ModelProto: quantize_static rewrites a given proto to external data.
+        onnx.save_model(model, source)
         try:
-            # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm.
-            quant_pre_process(model, prepared, skip_optimization=True)
             # The histogram calibrators print progress to stdout (it would corrupt --json).
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(prepared, out, reader, quant_format=QuantFormat.QDQ,
+            with _quiet_root(), contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(source, out, reader, quant_format=QuantFormat.QDQ,
                                 per_channel=per_channel, activation_type=QuantType.QInt8,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                                 calibrate_method=getattr(OrtMethod, _METHODS[config.method]),
@@ -155,11 +219,13 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
         except CompressionError:
             raise
         except Exception as exc:
-            raise _translate(exc, "static int8 quantization") from exc
+            raise CompressionError(f"static int8 quantization failed: {_cause(exc)}", where="model",
+                                   hint="keep the operator in float (the fallback does), or use "
+                                        "dynamic_int8") from exc
         logger.info("ONNX static int8 (%s on %d samples, per_channel=%s, %d nodes in float)",
                     config.method.value, min(count(calibration), config.max_samples),
                     per_channel, len(exclude))
-        return _lean(out)
+        return _lean(out, model)
 
 
 def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:

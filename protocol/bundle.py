@@ -7,7 +7,10 @@ A bundle is an uncompressed POSIX ustar archive, members in this order:
 * ``delegations.json`` -- only in a bundle signed by a delegated key: the signed delegations document
   it was signed under (:mod:`edgefleet.protocol.delegation`)
 * ``files/<path>``    -- each file of the manifest, stored raw or zlib-deflated (per file, when
-  deflating saves at least 10 %, e.g. pruned weights), never anything else
+  deflating saves at least 10 %, e.g. pruned weights), never anything else; in format 2 these include
+  the smoke-test vectors (``smoke/...npy``) and the reference profile's arrays (``profile/...npy``,
+  :mod:`edgefleet.protocol.bundle_arrays`), read through :meth:`VerifiedBundle.smoke_test` and
+  :meth:`VerifiedBundle.reference_profile` whatever the format
 
 Every member has mtime 0, uid/gid 0, mode 0644 and no owner names, and files are sorted, so the
 same recipe, model and key give byte-identical bundles. :func:`verify_bundle` is a pure core:
@@ -33,6 +36,14 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgefleet.protocol.bundle_arrays import (
+    RESERVED,
+    SmokeVectors,
+    load_profile,
+    load_smoke,
+    profile_files,
+    smoke_files,
+)
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.delegation import (
     MAX_DOCUMENT_BYTES,
@@ -43,7 +54,7 @@ from edgefleet.protocol.delegation import (
     delegations_json,
     parse_delegations,
 )
-from edgefleet.protocol.drift import DriftThresholds, add_regime, build_profile
+from edgefleet.protocol.drift import DriftThresholds, ReferenceProfile, add_regime, build_profile
 from edgefleet.protocol.errors import (
     ArchiveError,
     ConfigError,
@@ -58,7 +69,7 @@ from edgefleet.protocol.manifest import (
     CapturePolicy,
     FileEntry,
     Lineage,
-    SmokeTest,
+    ProfileFiles,
     TargetConstraints,
     parse_semver,
 )
@@ -190,10 +201,19 @@ def load_recipe(path: str | Path) -> BundleRecipe:
 class BuiltBundle:
     data: bytes
     manifest: BundleManifest
+    profile: ReferenceProfile | None = None
+    """The reference profile as built (its arrays are files of the bundle)."""
+    smoke: SmokeVectors | None = None
 
     @cached_property
     def digest(self) -> str:
         return bundle_digest(self.data)
+
+    def reference_profile(self) -> ReferenceProfile | None:
+        return self.profile
+
+    def smoke_test(self) -> SmokeVectors | None:
+        return self.smoke
 
 
 def _encode(content: bytes) -> tuple[Literal["identity", "deflate"], bytes]:
@@ -248,6 +268,22 @@ def _predicted_classes(first_output: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _archived_size(content: bytes) -> int:
+    """Bytes a file adds to the archive: its header block and its (encoded) data in 512-byte blocks."""
+    return tarfile.BLOCKSIZE * (1 + -(-len(_encode(content)[1]) // tarfile.BLOCKSIZE))
+
+
+def _profile_layout(profile: ReferenceProfile) -> tuple[dict[str, bytes], ProfileFiles | None]:
+    """The profile's arrays as files when that makes the bundle smaller (many features, many bins,
+    regimes), else nothing: it stays inline (a summary profile of 4 features is ~1 KB of JSON, less
+    than the archive's blocks for its files)."""
+    files, ref = profile_files(profile)
+    as_files = sum(_archived_size(c) for c in files.values()) + len(canonical_json(ref.model_dump(mode="json")))
+    if as_files < len(canonical_json(profile.model_dump(mode="json"))):
+        return files, ref
+    return {}, None
+
+
 def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | dict[str, np.ndarray],
                  release_key: Ed25519PrivateKey, compression_report: dict[str, Any] | None = None,
                  lineage: Lineage | None = None, extra_files: dict[str, bytes] | None = None,
@@ -268,7 +304,6 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
     first = session.inputs[0].name
     n_smoke = min(recipe.smoke_test.vectors, len(feeds[first]))
     smoke_in = {k: v[:n_smoke] for k, v in feeds.items()}
-    smoke_out = session.run(smoke_in)
     outputs = session.run(feeds)
     predictions = _predicted_classes(outputs[session.outputs[0].name])
     profile = build_profile(feeds[first], input_name=first, bins=recipe.profile.bins,
@@ -279,7 +314,14 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
         profile = add_regime(profile, name, regime_feeds[first], labels=b.labels,
                              predictions=_predicted_classes(session.run(regime_feeds)[session.outputs[0].name]))
     model_file = f"model.{b.runtime}"
-    contents = {model_file: model, **(extra_files or {})}
+    reserved = sorted(p for p in extra_files or {} if p.startswith(RESERVED) or p == model_file)
+    if reserved:
+        raise ConfigError(f"extra files {reserved} use a name the builder writes itself", where="extra_files",
+                          hint=f"put them outside {', '.join(RESERVED)} and not at {model_file}")
+    smoke_contents, smoke, smoke_vectors = smoke_files(smoke_in, session.run, model_bytes=len(model),
+                                                       atol=recipe.smoke_test.atol, rtol=recipe.smoke_test.rtol)
+    profile_contents, profile_ref = _profile_layout(profile)
+    contents = {model_file: model, **(extra_files or {}), **smoke_contents, **profile_contents}
     stored: dict[str, bytes] = {}
     entries = []
     for path in sorted(contents):
@@ -295,15 +337,13 @@ def build_bundle(recipe: BundleRecipe, model: bytes, *, samples: np.ndarray | di
         target=TargetConstraints.model_validate(recipe.target.model_dump()),
         inputs=session.inputs, outputs=session.outputs,
         preprocessing=recipe.preprocessing, labels=b.labels, model_file=model_file, files=entries,
-        reference_profile=profile,
-        smoke_test=SmokeTest(inputs={k: v.tolist() for k, v in smoke_in.items()},
-                             expected={k: v.tolist() for k, v in smoke_out.items()},
-                             atol=recipe.smoke_test.atol, rtol=recipe.smoke_test.rtol),
+        reference_profile=None if profile_ref else profile, profile_files=profile_ref, smoke_test=smoke,
         compression=compression_report, lineage=lineage,
         capture=CapturePolicy.model_validate(recipe.capture.model_dump()) if recipe.capture else None)
     manifest_bytes = canonical_json(manifest.model_dump(mode="json"))
     return BuiltBundle(pack(manifest_bytes, [sign(release_key, manifest_bytes)], stored,
-                            delegations_json(delegations) if delegations is not None else None), manifest)
+                            delegations_json(delegations) if delegations is not None else None), manifest,
+                       profile=profile, smoke=smoke_vectors)
 
 
 def add_signature(data: bytes, key: Ed25519PrivateKey) -> bytes:
@@ -339,6 +379,29 @@ class VerifiedBundle:
     @property
     def model(self) -> bytes:
         return self.files[self.manifest.model_file]
+
+    @cached_property
+    def _profile(self) -> ReferenceProfile | None:
+        return load_profile(self.manifest, self.files)
+
+    @cached_property
+    def _smoke(self) -> SmokeVectors | None:
+        return load_smoke(self.manifest, self.files)
+
+    def reference_profile(self) -> ReferenceProfile | None:
+        """The drift reference profile, inline (format 1) or from the bundle's ``profile/`` files (format 2).
+        Raises :class:`VerificationError` when those files do not match what the manifest declares
+        (:func:`verify_bundle` has already loaded it once, so a verified bundle does not)."""
+        return self._profile
+
+    def smoke_test(self) -> SmokeVectors | None:
+        """The smoke-test vectors as arrays, inline (format 1) or from ``smoke/`` files (format 2)."""
+        return self._smoke
+
+    def manifest_with_profile(self) -> BundleManifest:
+        """The manifest with ``reference_profile`` filled in whatever the format (what the controller
+        stores, so its pages read thresholds and predictions without opening the bundle)."""
+        return self.manifest.model_copy(update={"reference_profile": self.reference_profile()})
 
 
 def _members(data: memoryview, limits: BundleLimits) -> dict[str, memoryview]:
@@ -490,7 +553,10 @@ def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimit
         if len(content) != entry.size or bundle_digest(content) != entry.sha256:
             raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
         files[entry.path] = bytes(content)
-    return VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, delegated=signer)
+    verified = VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, delegated=signer)
+    verified.reference_profile()  # arrays that do not match the signed manifest refuse the bundle here
+    verified.smoke_test()
+    return verified
 
 
 def _inflate(stored: memoryview, size: int, where: str) -> bytes:

@@ -3,6 +3,7 @@ prove, after installing it, that it works. Signed by a release key (see ``bundle
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -14,7 +15,11 @@ from edgefleet.protocol.messages import Sha256Hex
 from edgefleet.protocol.runtimes import TensorSpec
 from edgefleet.protocol.vocabulary import Reason, Runtime
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written by :func:`~edgefleet.protocol.bundle.build_bundle`: smoke vectors and the reference profile's
+arrays are ``.npy`` files of the bundle (docs/bundle-format.md §2.4, §2.3)."""
+READABLE_FORMATS = (1, 2)
+"""Format 1 (everything inline as JSON) is still verified, installed and read."""
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
 
@@ -48,19 +53,102 @@ class FileEntry(Model):
     @field_validator("path")
     @classmethod
     def _safe(cls, v: str) -> str:
-        if not _SAFE_PATH.match(v) or any(part in {".", ".."} for part in v.split("/")):
-            raise ValueError(f"unsafe file path {v!r}")
+        return _safe_path(v)
+
+
+def _safe_path(v: str) -> str:
+    if not _SAFE_PATH.match(v) or any(part in {".", ".."} for part in v.split("/")):
+        raise ValueError(f"unsafe file path {v!r}")
+    return v
+
+
+class ArrayFile(Model):
+    """Format 2: an array stored as a ``.npy`` file of the bundle. The file is listed in ``files`` (so its
+    size and sha256 are signed); a reader refuses it unless its header says exactly this dtype and shape."""
+
+    file: str
+    dtype: str = Field(pattern=r"^(bool|u?int(8|16|32|64)|float(16|32|64))$")
+    shape: list[int] = Field(max_length=32)
+
+    @field_validator("file")
+    @classmethod
+    def _safe(cls, v: str) -> str:
+        return _safe_path(v)
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: list[int]) -> list[int]:
+        if any(d < 0 for d in v):
+            raise ValueError(f"negative dimension in shape {v}")
         return v
+
+
+class GeneratedArray(Model):
+    """Format 2: smoke-test input values too wide to store (e.g. images for a small model), generated
+    on the device instead: ``prod(shape)`` values of splitmix64 from ``seed`` (docs/bundle-format.md
+    §2.4 gives the generator), mapped uniformly onto ``[low, high]`` and cast to ``dtype``."""
+
+    generator: Literal["splitmix64-uniform"] = "splitmix64-uniform"
+    seed: int = Field(ge=0, lt=2**64)
+    low: float
+    high: float
+    dtype: str = Field(pattern=r"^(bool|u?int(8|16|32|64)|float(16|32|64))$")
+    shape: list[int] = Field(max_length=32)
+
+    @model_validator(mode="after")
+    def _range(self) -> GeneratedArray:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low <= self.high):
+            raise ValueError(f"generated range [{self.low}, {self.high}] is not a finite interval")
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"negative dimension in shape {self.shape}")
+        return self
 
 
 class SmokeTest(Model):
     """Inputs with the outputs the release's own runtime produced; a device must reproduce
-    them within ``|got - expected| <= atol + rtol * |expected|`` before it commits."""
+    them within ``|got - expected| <= atol + rtol * |expected|`` before it commits.
 
-    inputs: dict[str, list[Any]]
-    expected: dict[str, list[Any]]
+    Format 1 holds the arrays as nested JSON lists; format 2 names ``.npy`` files of the bundle
+    (:class:`ArrayFile`). Read them with ``VerifiedBundle.smoke_test()``, which handles both."""
+
+    inputs: dict[str, list[Any] | ArrayFile | GeneratedArray]
+    expected: dict[str, list[Any] | ArrayFile]
     atol: float = 1e-4
     rtol: float = 1e-3
+
+    def vectors(self) -> int:
+        """Number of smoke-test vectors (rows of the first input)."""
+        first = next(iter(self.inputs.values()), None)
+        if first is None:
+            return 0
+        return len(first) if isinstance(first, list) else (first.shape[0] if first.shape else 1)
+
+    def arrays(self) -> list[ArrayFile]:
+        return [v for v in (*self.inputs.values(), *self.expected.values()) if isinstance(v, ArrayFile)]
+
+
+class ProfileFiles(Model):
+    """Format 2: the reference profile with its per-bin arrays in ``.npy`` files of the bundle.
+    ``profile`` is the :class:`~edgefleet.protocol.drift.ReferenceProfile` JSON without
+    ``features`` and without each regime's ``probs``; the arrays hold them, padded to the widest
+    feature's ``B`` bins. Read it with ``VerifiedBundle.reference_profile()``."""
+
+    profile: dict[str, Any]
+    bins: ArrayFile
+    """int32 ``[F]``: bins of each feature (``len(edges) + 1``)."""
+    edges: ArrayFile
+    """float32 ``[F, B-1]``: inner bin edges, padded with +inf."""
+    probs: ArrayFile
+    """float64 ``[F, B]``: reference fraction per bin, padded with 0."""
+    regime_probs: ArrayFile
+    """float64 ``[R, F, B]``: each regime's fraction per bin, padded with 0 (R = 0 without regimes)."""
+
+    def arrays(self) -> list[ArrayFile]:
+        return [self.bins, self.edges, self.probs, self.regime_probs]
+
+    @property
+    def features(self) -> int:
+        return self.bins.shape[0] if self.bins.shape else 0
 
 
 class Lineage(Model):
@@ -115,6 +203,9 @@ class BundleManifest(Model):
     model_file: str
     files: list[FileEntry]
     reference_profile: ReferenceProfile | None = None
+    """Format 1: the whole profile inline. Format 2 builders write ``null`` and use ``profile_files``."""
+    profile_files: ProfileFiles | None = Field(default=None, exclude_if=lambda v: v is None)
+    """Format 2: the profile with its arrays in files. Left out of the JSON when absent (format 1)."""
     smoke_test: SmokeTest | None = None
     compression: dict[str, Any] | None = None
     lineage: Lineage = Lineage()
@@ -127,6 +218,33 @@ class BundleManifest(Model):
     def _semver(cls, v: str) -> str:
         parse_semver(v)
         return v
+
+    @field_validator("format_version")
+    @classmethod
+    def _readable(cls, v: int) -> int:
+        if v not in READABLE_FORMATS:
+            raise ValueError(f"bundle format {v} is not one this agent reads ({', '.join(map(str, READABLE_FORMATS))});"
+                             " upgrade the agent")
+        return v
+
+    @model_validator(mode="after")
+    def _layout_of_the_format(self) -> BundleManifest:
+        """Format 1 keeps arrays inline, format 2 in files listed in ``files``."""
+        smoke = [*self.smoke_test.inputs.values(), *self.smoke_test.expected.values()] if self.smoke_test else []
+        if self.format_version == 1:
+            if self.profile_files is not None or any(not isinstance(v, list) for v in smoke):
+                raise ValueError("a format 1 manifest keeps smoke vectors and profile inline")
+            return self
+        if any(isinstance(v, list) for v in smoke) or (
+                self.smoke_test and any(isinstance(v, GeneratedArray) for v in self.smoke_test.expected.values())):
+            raise ValueError("a format 2 manifest names smoke vectors as files, not inline lists")
+        listed = {f.path for f in self.files}
+        refs = [*(self.smoke_test.arrays() if self.smoke_test else []),
+                *(self.profile_files.arrays() if self.profile_files else [])]
+        for ref in refs:
+            if ref.file not in listed:
+                raise ValueError(f"array file {ref.file!r} is not among the files")
+        return self
 
     def file(self, path: str) -> FileEntry:
         for f in self.files:

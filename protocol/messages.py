@@ -13,9 +13,10 @@ import json
 import math
 import time
 import uuid
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edgefleet.protocol.errors import MessageError, first_problem
 from edgefleet.protocol.vocabulary import (
@@ -43,6 +44,24 @@ MAX_PAYLOAD: dict[str, int] = {
 """Largest accepted payload per topic kind, in bytes. Larger payloads are rejected unread."""
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Field(ge=0)]
+
+
+def _exact(enum: type[StrEnum]) -> BeforeValidator:
+    """Decoding is strict (no coercion, :func:`decode`), which for an enum field would take only enum
+    instances: this turns the exact string value into the member first (anything else stays as it is
+    and is refused)."""
+    values = {m.value: m for m in enum}
+    return BeforeValidator(lambda v: values.get(v, v) if type(v) is str else v)
+
+
+WireRuntime = Annotated[Runtime, _exact(Runtime)]
+WireDeviceStatus = Annotated[DeviceStatus, _exact(DeviceStatus)]
+WireUpdateState = Annotated[UpdateState, _exact(UpdateState)]
+WireOutcome = Annotated[Outcome, _exact(Outcome)]
+WireOrderAction = Annotated[OrderAction, _exact(OrderAction)]
+WireDriftLevel = Annotated[DriftLevel, _exact(DriftLevel)]
+WireEventLevel = Annotated[EventLevel, _exact(EventLevel)]
 DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -67,9 +86,9 @@ class Message(WireModel):
 class InstalledBundle(WireModel):
     name: str
     version: str
-    build: int
+    build: Count
     digest: Sha256Hex
-    runtime: Runtime
+    runtime: WireRuntime
     slot: str = ""
 
 
@@ -83,7 +102,7 @@ class Hello(Message):
     runtimes: list[str]
     hardware_class: str = "generic"
     installed: InstalledBundle | None = None
-    free_disk_bytes: int = 0
+    free_disk_bytes: Count = 0
     tags: list[str] = []
 
 
@@ -91,12 +110,12 @@ class State(Message):
     """Retained on the state topic; also the last will (``status="offline"``) and the heartbeat."""
 
     type: Literal["state"] = "state"
-    status: DeviceStatus
-    update_state: UpdateState = UpdateState.IDLE
+    status: WireDeviceStatus
+    update_state: WireUpdateState = UpdateState.IDLE
     deployment_id: str | None = None
     sequence: int | None = Field(default=None, ge=0)
     """The sequence of the order ``deployment_id`` refers to."""
-    outcome: Outcome | None = None
+    outcome: WireOutcome | None = None
     """How that order ended, once it did: the heartbeat repeats the final status report, so a
     report lost on the way (a controller killed before it stored it) still closes the target."""
     installed: InstalledBundle | None = None
@@ -118,7 +137,7 @@ class DeploymentOrder(WireModel):
 
     device_id: DeviceId
     deployment_id: str = Field(min_length=1, max_length=64)
-    action: OrderAction = OrderAction.INSTALL
+    action: WireOrderAction = OrderAction.INSTALL
     bundle_digest: Sha256Hex | None = None
     bundle_size: int | None = Field(default=None, ge=0)
     bundle_url: str | None = None
@@ -155,17 +174,17 @@ class StatusReport(Message):
 
     type: Literal["status"] = "status"
     deployment_id: str
-    sequence: int = 0
-    state: UpdateState
+    sequence: Count = 0
+    state: WireUpdateState
     final: bool = False
-    outcome: Outcome | None = None
+    outcome: WireOutcome | None = None
     reason: str | None = None
     """A :class:`~edgefleet.protocol.vocabulary.Reason` value (``str``: a newer sender's new code survives)."""
     detail: str | None = Field(default=None, max_length=2000)
-    bytes_done: int | None = None
-    bytes_total: int | None = None
+    bytes_done: Count | None = None
+    bytes_total: Count | None = None
     bundle_digest: str | None = None
-    attempt: int = 0
+    attempt: Count = 0
 
 
 class Histogram(WireModel):
@@ -173,8 +192,17 @@ class Histogram(WireModel):
     ``counts`` has ``len(bounds) + 1`` entries (the last is the overflow bin). Histograms with the
     same bounds merge by adding counts."""
 
-    bounds: list[float]
-    counts: list[int]
+    bounds: list[float] = Field(max_length=256)
+    counts: list[Count] = Field(max_length=257)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Histogram:
+        if len(self.counts) != len(self.bounds) + 1:
+            raise ValueError(f"a histogram of {len(self.bounds)} bounds has {len(self.bounds) + 1} counts, "
+                             f"not {len(self.counts)}")
+        if any(b <= a for a, b in zip(self.bounds, self.bounds[1:], strict=False)):
+            raise ValueError("histogram bounds must increase strictly")
+        return self
 
     def quantile(self, q: float) -> float | None:
         return histogram_quantile(self.bounds, self.counts, q)
@@ -204,8 +232,8 @@ class DriftScores(WireModel):
     ks: float = 0.0
     per_feature_psi: list[float] = []
     prediction_psi: float | None = None
-    level: DriftLevel = DriftLevel.OK
-    samples: int = 0
+    level: WireDriftLevel = DriftLevel.OK
+    samples: Count = 0
     regime: str | None = Field(default=None, max_length=64)
     """The known regime of the reference profile the window matched best, when it matched one better
     than the reference itself (protocol/drift.py ``Regime``); ``None``: judged against the reference."""
@@ -254,21 +282,29 @@ class TelemetryWindow(Message):
     window_start: float
     window_end: float
     bundle: InstalledBundle | None = None
-    requests: int = 0
-    batches: int = 0
-    samples: int = 0
-    errors: int = 0
+    requests: Count = 0
+    batches: Count = 0
+    samples: Count = 0
+    errors: Count = 0
     latency_ms: Histogram
-    features: list[list[int]] = []
-    predictions: dict[str, int] = {}
+    features: list[list[Count]] = []
+    predictions: dict[str, Count] = {}
     drift: DriftScores | None = None
     feedback: Feedback | None = None
     """Labels that came back in this window (``POST /v1/feedback`` on the device), if any."""
 
+    @model_validator(mode="after")
+    def _window(self) -> TelemetryWindow:
+        if self.window_end < self.window_start:
+            raise ValueError(f"window_end ({self.window_end}) is before window_start ({self.window_start})")
+        if self.errors > self.requests:
+            raise ValueError(f"errors ({self.errors}) exceed requests ({self.requests})")
+        return self
+
 
 class Event(Message):
     type: Literal["event"] = "event"
-    level: EventLevel = EventLevel.INFO
+    level: WireEventLevel = EventLevel.INFO
     kind: str
     text: str = Field(default="", max_length=2000)
     data: dict[str, Any] = {}
@@ -438,8 +474,8 @@ def decode(kind: str, payload: bytes) -> Message:
     if len(payload) > limit:
         raise MessageError(f"payload of {len(payload)} bytes exceeds the {limit}-byte limit",
                            code=Reason.PAYLOAD_TOO_LARGE, where=kind)
-    try:
-        obj = json.loads(payload, parse_constant=_refuse_constant, parse_float=_finite_float)
+    try:   # UTF-8 only: json.loads would take UTF-16 and UTF-32 bytes too
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, NaN/Infinity, absurd nesting
         raise MessageError(f"payload is not JSON: {str(exc)[:200]}", where=kind) from None
     if not isinstance(obj, dict):
@@ -456,8 +492,8 @@ def decode(kind: str, payload: bytes) -> Message:
             raise MessageError(f"unknown {kind} message type {str(type_)[:64]!r}", where=f"{kind}.type",
                                hint=f"expected one of {', '.join(VARIANTS[kind])}")
         model = variant
-    try:
-        return model.model_validate(obj)
+    try:   # strict: "3" is not 3, "yes" is not true, 1.0 is not an int
+        return model.model_validate(obj, strict=True)
     except ValidationError as exc:
         loc, problem = first_problem(exc)
         raise MessageError(f"invalid {kind} message: {problem}", where=f"{kind}.{loc}") from None

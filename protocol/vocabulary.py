@@ -52,6 +52,7 @@ class Reason(StrEnum):
     SIZE_LIMIT = "size_limit"
     TARGET_MISMATCH = "target_mismatch"
     UNSAFE_ARCHIVE = "unsafe_archive"
+    URL_REFUSED = "url_refused"
     # bundles signed by a delegated key (docs/security.md §6)
     NOT_DELEGATED = "not_delegated"
     OUTSIDE_DELEGATION = "outside_delegation"

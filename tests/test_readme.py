@@ -63,7 +63,7 @@ def test_the_engineers_tour_runs_top_to_bottom(tmp_path):
                           timeout=420, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert re.search(r"OK digits-mlp 1\.0\.0\+1 signed by [0-9a-f]{12}", done.stdout)
-    assert "gate             PASS" in done.stdout
+    assert re.search(r"^gate +PASS$", done.stdout, re.M) and "weights quantized     3 of 3 tensors" in done.stdout
     assert "predicted [0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in done.stdout and "by digits-mlp 1.0.0" in done.stdout
     assert re.search(r"cam-01 +yes +digits-mlp 1\.0\.0\+1 +committed", done.stdout)
     assert "Traceback" not in done.stdout + done.stderr

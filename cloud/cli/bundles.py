@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from edgefleet.protocol.bundle import BundleRecipe
+    from edgefleet.protocol.manifest import BundleManifest
     from edgefleet.protocol.messages import SignedDelegations
 
 # The bundle format, keys and numpy are imported by the commands that use them, so that the CLI
@@ -201,12 +202,21 @@ def bundle_inspect(bundle: Path = typer.Argument(...), json_out: bool = JSON) ->
                              f"agent>={m.target.min_agent_version}",
                   "inputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.inputs),
                   "outputs": ", ".join(f"{s.name}{s.shape}:{s.dtype}" for s in m.outputs),
-                  "smoke vectors": len(next(iter(m.smoke_test.inputs.values()))) if m.smoke_test else 0,
-                  "drift profile": f"{len(m.reference_profile.features)} features, "
-                                   f"{m.reference_profile.samples} samples" if m.reference_profile else "none",
+                  "format": m.format_version,
+                  "smoke vectors": m.smoke_test.vectors() if m.smoke_test else 0,
+                  "drift profile": _profile_line(m),
                   "compression": (m.compression or {}).get("mode", "none")})
     print_table("files", ["path", "size", "stored", "encoding", "sha256"],
                 [(f.path, f.size, f.stored_size, f.encoding, short(f.sha256, 16)) for f in m.files])
+
+
+def _profile_line(m: BundleManifest) -> str:
+    """Features and samples of the drift profile, inline (format 1) or in files (format 2)."""
+    if m.profile_files is not None:
+        return f"{m.profile_files.features} features, {m.profile_files.profile.get('samples')} samples (in files)"
+    if m.reference_profile is not None:
+        return f"{len(m.reference_profile.features)} features, {m.reference_profile.samples} samples"
+    return "none"
 
 
 @bundle_app.command("push")

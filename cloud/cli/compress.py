@@ -21,79 +21,52 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edgefleet.compression.config import CompressionConfig
+    from edgefleet.compression.inputs import Inputs
 
 
 class Samples(StrEnum):
     DIGITS = "digits"
 
 
-def _input_shape(model: bytes) -> list[int]:
-    """The first input's shape without the batch dimension (ONNX or TFLite)."""
-    from edgefleet.compression.tflite_graph import is_tflite, load_tflite
-
-    if is_tflite(model):
-        parsed = load_tflite(model)
-        subgraph = parsed.subgraphs[0]
-        return [int(d) for d in subgraph.tensors[subgraph.inputs[0]].shape[1:]]
-    from edgefleet.compression.onnx_graph import load_onnx
-
-    graph = load_onnx(model).graph
-    inits = {t.name for t in graph.initializer}
-    first = next(i for i in graph.input if i.name not in inits)
-    return [d.dim_value for d in first.type.tensor_type.shape.dim[1:]]
-
-
-def _fit(x: np.ndarray | None, shape: list[int], where: str) -> np.ndarray | None:
-    import numpy as np
-
-    if x is None:
-        return None
-    if shape and all(shape) and int(np.prod(shape)) == int(np.prod(x.shape[1:])):
-        return x.reshape(-1, *shape)
-    if list(x.shape[1:]) != shape:
-        raise ConfigError(f"samples of shape {list(x.shape[1:])} do not fit the model input "
-                          f"{shape}", where=where)
-    return x
-
-
-def _load_data(samples: Samples | None, data: Path | None,
-               model: bytes) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    import numpy as np
+def _load_data(samples: Samples | None, data: Path | None, model: bytes,
+               config: CompressionConfig) -> tuple[Inputs | None, Inputs | None, np.ndarray | None]:
+    """Calibration, evaluation inputs and labels from ``--samples`` or ``--data``, checked
+    against the model's inputs (inferred, with the recipe's ``[compression.inputs]``)."""
+    from edgefleet.compression.inputs import (
+        fit_rows,
+        infer_input_specs,
+        load_npz_inputs,
+        normalise_inputs,
+        resolve_specs,
+    )
 
     if samples is not None and data is not None:
         raise ConfigError("use either --samples or --data", where="--data")
-    shape = _input_shape(model)
-    if samples is Samples.DIGITS:
-        from edgefleet.compression.samples import load_digits_split
-
-        split = load_digits_split()
-        return (_fit(split.x_train, shape, "--samples"), _fit(split.x_test, shape, "--samples"),
-                split.y_test)
+    if samples is None and data is None:
+        return None, None, None
+    specs = resolve_specs(infer_input_specs(model), config.inputs)
     if data is not None:
-        try:
-            with np.load(data, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read samples: {exc}", where=str(data),
-                              hint="an .npz with calibration, eval_x and/or eval_y") from exc
-        unknown = set(arrays) - {"calibration", "eval_x", "eval_y"}
-        if unknown:
-            raise ConfigError(f"unknown arrays {sorted(unknown)}", where=str(data),
-                              hint="expected calibration, eval_x, eval_y")
-        return (_fit(arrays.get("calibration"), shape, str(data)),
-                _fit(arrays.get("eval_x"), shape, str(data)), arrays.get("eval_y"))
-    return None, None, None
+        loaded = load_npz_inputs(data, specs)
+        return loaded.calibration, loaded.eval_x, loaded.eval_y
+    from edgefleet.compression.samples import load_digits_split
+
+    split = load_digits_split()
+    first = specs[0]
+    return (normalise_inputs(fit_rows(split.x_train, first), "--samples", specs),
+            normalise_inputs(fit_rows(split.x_test, first), "--samples", specs), split.y_test)
 
 
 def _config(recipe: Path | None, mode: Mode | None, sparsity: float | None,
             pruning: PruningKind, scope: PruningScope, max_drop: float | None,
-            min_agreement: float | None, no_gate: bool) -> CompressionConfig:
+            min_agreement: float | None, no_gate: bool, allow_no_gain: bool = False) -> CompressionConfig:
     from edgefleet.compression.config import CompressionConfig, GateConfig, PruningConfig, load_compression_recipe
 
     config = load_compression_recipe(recipe) if recipe is not None else CompressionConfig()
     updates: dict[str, Any] = {}
     if mode is not None:
         updates["mode"] = mode
+    if allow_no_gain:
+        updates["allow_no_gain"] = True
     if sparsity is not None:
         updates["pruning"] = PruningConfig(kind=pruning, sparsity=sparsity, scope=scope)
     gate = config.gate.model_dump()
@@ -130,7 +103,10 @@ def register(app: typer.Typer) -> None:
         samples: Annotated[Samples | None, typer.Option(
             help="built-in calibration/evaluation data")] = None,
         data: Annotated[Path | None, typer.Option(
-            help=".npz with calibration, eval_x, eval_y arrays")] = None,
+            help=".npz with every model input by name (calibration/<input>, eval_x/<input> for one "
+                 "role only) and eval_y labels")] = None,
+        allow_no_gain: Annotated[bool, typer.Option(
+            "--allow-no-gain", help="accept a result that is unchanged or larger")] = False,
         report_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     ) -> None:
         """Quantize/prune a model, evaluate it and refuse it if it fails the accuracy gate."""
@@ -140,8 +116,9 @@ def register(app: typer.Typer) -> None:
             source = model.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read model: {exc.strerror}", where=str(model)) from None
-        config = _config(recipe, mode, sparsity, pruning, scope, max_drop, min_agreement, no_gate)
-        calibration, eval_x, eval_y = _load_data(samples, data, source)
+        config = _config(recipe, mode, sparsity, pruning, scope, max_drop, min_agreement, no_gate,
+                         allow_no_gain)
+        calibration, eval_x, eval_y = _load_data(samples, data, source, config)
         try:
             with quiet_native_logs():
                 result = compress(source, runtime, config, calibration=calibration, eval_x=eval_x,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.cloud.cli.client import ControllerClient
-from edgefleet.cloud.cli.demo_rollouts import Background, Post, Say, follow_rollout
+from edgefleet.cloud.cli.demo_rollouts import DEMO_LATENCY_MARGIN_MS, Background, Post, Say, follow_rollout
 from edgefleet.cloud.cli.output import print_table
 from edgefleet.cloud.vocabulary import IncidentState, RetrainState, RolloutState
 from edgefleet.compression.samples import DigitsData
@@ -55,7 +55,7 @@ HEAL_POLICY: dict[str, Any] = {
         {"name": "drifted", "select": "devices", "soak_s": 6,
          "gates": {"baseline": "before", "before_s": 300, "behaviour": {"enabled": False},
                    "accuracy": {"margin": 0.0}, "recovery": {"enabled": True, "windows": 3},
-                   "runtime": {"latency_margin_ms": 2.0}, "statistics": {"min_windows": 4}}},
+                   "runtime": {"latency_margin_ms": DEMO_LATENCY_MARGIN_MS}, "statistics": {"min_windows": 4}}},
         {"name": "rest", "select": "rest",
          "gates": {"runtime": {"enabled": False}, "behaviour": {"enabled": False}, "accuracy": {"enabled": False}}}],
     "device_timeout_s": 120,

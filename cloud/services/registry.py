@@ -149,7 +149,9 @@ def register_bundle(session: Session, *, incoming: Incoming, store: BlobStore, t
                                       model_name=model_name, model_version=model_version)
     store.commit(incoming)
     bundle = Bundle(digest=incoming.digest, name=manifest.name, version=manifest.version, build=manifest.build,
-                    runtime=manifest.runtime, size=incoming.size, manifest=manifest.model_dump(mode="json"),
+                    runtime=manifest.runtime, size=incoming.size,
+                    # the profile filled in (format 2 keeps its arrays in files): pages read it from the row
+                    manifest=verified.manifest_with_profile().model_dump(mode="json"),
                     model_version_id=version_row.id if version_row else None, uploaded_at=now, uploaded_by=actor)
     session.add(bundle)
     session.flush()

@@ -250,12 +250,36 @@ def _flatten(data: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tup
             out.extend(_flatten(v, key + ".", depth + 1))
         elif isinstance(v, float):
             out.append((key, f"{v:.4g}"))
+        elif isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
+            out.extend(_records(key, v))
         elif isinstance(v, list | dict):
             text = str(v)
             out.append((key, text if len(text) <= 80 else text[:77] + "..."))
         else:
             out.append((key, str(v)))
-    return out[:40]
+    return out[:60]
+
+
+_RECORD_KEYS = ("name", "output", "measure")
+
+
+def _records(key: str, items: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """A list of records (the report's per-output fidelity and gate checks) as one row each,
+    named by the record's name / output / measure."""
+    rows = []
+    for item in items:
+        label = ".".join(str(item[k]) for k in _RECORD_KEYS if k in item)
+        text = _compact({k: x for k, x in item.items() if k not in _RECORD_KEYS})
+        rows.append((f"{key}.{label}", text if len(text) <= 200 else text[:197] + "..."))
+    return rows
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_compact(x)}" for k, x in value.items())
+    return str(value)
 
 
 @router.get("/ui/deployments", response_class=HTMLResponse)

@@ -18,11 +18,15 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EDGEFLEET_CLI_CONFIG", str(tmp_path / "absent.toml"))
     rng = np.random.default_rng(1)
-    w = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["logits"]),
+    # weights big enough that int8 pays (a 16 x 4 matrix gets larger, which compress refuses)
+    w1 = numpy_helper.from_array(rng.normal(size=(16, 256)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(256, 4)).astype(np.float32), "w2")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w1"], ["hidden"]),
+                               helper.make_node("MatMul", ["hidden", "w2"], ["logits"]),
                                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 16])],
-                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 4])], [w])
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 4])],
+                              [w1, w2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
@@ -64,7 +68,7 @@ def test_bundle_build_is_reproducible_and_verifies(capsys, workdir):
     rc, out, _ = run(capsys, "bundle", "inspect", "a.efb", "--json")
     manifest = json.loads(out)["manifest"]
     assert (manifest["name"], manifest["version"], manifest["build"]) == ("tiny", "0.3.0", 2)
-    assert len(manifest["smoke_test"]["inputs"]["input"]) == 4
+    assert manifest["smoke_test"]["inputs"]["input"]["shape"][0] == 4   # format 2: a .npy file of the bundle
     rc, out, _ = run(capsys, "bundle", "inspect", "a.efb")
     assert "tiny" in out and "model.onnx" in out
 

@@ -283,21 +283,21 @@ def test_a_job_of_an_incident_makes_its_devices_captured_inputs_a_known_regime(c
     done = retrain_and_run(client, controller, incident_id="inc-regime")
     assert done["state"] == "succeeded", done
     assert done["datasets"]["captured"]["samples"] == 70
-    profile = _manifest(controller, done["bundle_digest"]).reference_profile
+    profile = _verified(controller, done["bundle_digest"]).reference_profile()
     (regime,) = profile.regimes
     assert (regime.name, regime.samples) == ("incident inc-regime", 15)   # cam-2's 30 span the last 60 s
     assert [len(p) for p in regime.probs] == [len(f.probs) for f in profile.features]
 
     plain = retrain_and_run(client, controller, incident_id="inc-not-stored")   # no such incident: no regime
     assert plain["state"] == "succeeded", plain
-    assert _manifest(controller, plain["bundle_digest"]).reference_profile.regimes == []
+    assert _verified(controller, plain["bundle_digest"]).reference_profile().regimes == []
 
 
-def _manifest(controller, digest: str):
+def _verified(controller, digest: str):
     with controller.session() as session:
         return verify_bundle(controller.bundles.open_path(digest).read_bytes(),
                              trusted=controller.trusted_release_keys(session),
-                             delegation=trust.delegation_check(session, now=controller.now())).manifest
+                             delegation=trust.delegation_check(session, now=controller.now()))
 
 
 def test_next_version_is_the_next_free_patch():

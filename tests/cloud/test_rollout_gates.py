@@ -232,3 +232,6 @@ def test_against_the_same_devices_before_the_summary_says_before_and_what_it_was
     base = judged_before.evidence["control_mean"]
     assert 0.5 < base < 0.7 and f"is within 1 x before ({base:.4g}) + 0" in judged_before.summary
     assert "is within 1 x control + 0" in judged_control.summary
+    runtime = gates.runtime_gates(windows(), RuntimeGate(), STATS, Baseline.BEFORE)
+    passed = [r for r in runtime if r.verdict == Verdict.PASS]
+    assert passed and all("x before (" in r.summary for r in passed)

@@ -48,16 +48,16 @@ def test_unsupported_operator_for_tflite_target_is_named(samples):
         compress(model.SerializeToString(), "tflite", _quick(), eval_x=x)
 
 
-def test_old_opset_is_unsupported():
+def test_old_opset_is_upgraded():  # no longer refused (issue 10): see test_onnx_reach.py
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
     model.ir_version = 4
-    with pytest.raises(UnsupportedModelError, match="opset 9"):
-        compress(model.SerializeToString(), "onnx", _quick(Mode.NONE),
-                 eval_x=np.zeros((1, 2), np.float32))
+    result = compress(model.SerializeToString(), "onnx", _quick(Mode.NONE),
+                      eval_x=np.zeros((1, 2), np.float32))
+    assert result.report.conversions == ["opset 9 -> 13 (onnx.version_converter)"]
 
 
 def test_tflite_model_cannot_target_onnx(mlp_tflite, samples):

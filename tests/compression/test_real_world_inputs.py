@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.compression import CompressionConfig, Mode, compress
+from edgefleet.compression import CompressionConfig, GateConfig, Mode, compress
 from edgefleet.protocol.errors import UnsupportedModelError
 
 RNG = np.random.default_rng(3)
@@ -65,9 +65,11 @@ def test_constant_weights_export_to_tflite(run_model):
 
 def test_control_flow_quantizes_for_onnx_and_is_named_for_tflite(run_model):
     model = _mlp_with_constants(control_flow=True)
-    result = compress(model, "onnx", CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0),
+    # random weights give near-ties; at 0.99 the fallback kept both MatMuls in float (no gain)
+    result = compress(model, "onnx", CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0,
+                                                       gate=GateConfig(min_top1_agreement=0.95)),
                       eval_x=X)
-    assert result.report.gate.passed
+    assert result.report.gate.passed and result.report.weights_quantized == 2
     assert run_model("onnx", result.model, X[:2]).shape == (2, 10)
     with pytest.raises(UnsupportedModelError, match="If"):
         compress(model, "tflite", CompressionConfig(latency_runs=0), eval_x=X)
@@ -94,7 +96,8 @@ def _two_inputs() -> bytes:
 def test_several_inputs_are_fed_by_name(runtime, mode):
     inputs = {"a": RNG.random((120, 16), dtype=np.float32),
               "b": RNG.random((120, 8), dtype=np.float32)}
-    result = compress(_two_inputs(), runtime, CompressionConfig(mode=mode, latency_runs=5),
+    # 240 weights: QDQ nodes outweigh them (static ONNX is larger, which is refused by default)
+    result = compress(_two_inputs(), runtime, CompressionConfig(mode=mode, latency_runs=5, allow_no_gain=True),
                       calibration=inputs, eval_x=inputs)
     assert result.report.gate.passed
     assert result.report.fidelity.samples == 120

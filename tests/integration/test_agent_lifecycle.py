@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from agentkit.bundles import resign, samples, split
+from agentkit.bundles import replace_smoke_expected, resign, samples, split
 from onnx_models import mlp_onnx, reference_forward
 
 pytestmark = pytest.mark.integration
@@ -71,8 +71,7 @@ def test_bundle_failing_its_smoke_test_is_rolled_back(agent_harness):
     assert h.install(good)["outcome"] == "committed"
 
     manifest, _, stored = split(h.bundle(version="2.0.0", build=2, model=mlp_onnx(seed=5)))
-    out = manifest["smoke_test"]["expected"]["probs"]
-    manifest["smoke_test"]["expected"]["probs"] = [[v + 0.5 for v in row] for row in out]
+    replace_smoke_expected(manifest, stored, "probs", lambda out: out + 0.5)
     bad = resign(manifest, stored, h.release_key.private)
     final = h.install(bad)
     assert (final["state"], final["outcome"], final["reason"]) == ("rolled_back", "rolled_back", "smoke_test_failed")

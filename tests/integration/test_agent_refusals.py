@@ -165,3 +165,36 @@ def _other_device(h, data: bytes) -> tuple[str, bytes]:
     obj = json.loads(payload)
     obj["device_id"] = h.device_id  # envelope says us, the signed order says someone else
     return "dep-other", json.dumps(obj).encode()
+
+
+def test_bundle_urls_off_the_store_are_refused_before_anything_is_read(agent_harness, tmp_path):
+    """A signed order is as trusted as the controller key, not more: its bundle URL may not make the
+    device read its own files, reach another service or follow a redirect out of the store."""
+    h = agent_harness
+    agent = h.start()
+    good = h.bundle(version="1.0.0", build=1)
+    assert h.install(good)["outcome"] == "committed"
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"s" * 1234)
+    other = h.bundle(version="1.1.0", build=2)
+    h.files.faults.redirects = {"/out": "http://127.0.0.1:1/x", "/file": f"file://{secret}"}
+    urls = {
+        "a file on the device": f"file://{secret}",
+        "another service": "http://127.0.0.1:1/bundle.efb",
+        "ftp": "ftp://127.0.0.1/bundle.efb",
+        "credentials in the URL": h.files.url("/b").replace("http://", "http://user:pw@"),
+        "a redirect to another origin": h.files.url("/out"),
+        "a redirect to a file": h.files.url("/file"),
+    }
+    seen = {}
+    for name, url in urls.items():
+        before = len(h.files.faults.requests)
+        final = h.observer.final_status(h.deploy(other, url=url))
+        seen[name] = (final["outcome"], final["reason"])
+        assert "1234" not in (final.get("detail") or ""), name     # nothing of the file came back
+        if not name.startswith("a redirect"):
+            assert len(h.files.faults.requests) == before, name     # refused before any request
+    assert seen == {name: ("refused", "url_refused") for name in urls}
+    assert h.install(other)["outcome"] == "committed"                 # the store itself still works
+    status, body = agent.get("/v1/health")
+    assert status == 200 and body["bundle"]["version"] == "1.1.0"

@@ -33,6 +33,9 @@ from edgefleet.protocol.runtimes import open_session
 
 from protocolkit import RECIPE, make_onnx_model
 
+ARRAY_FILES = ("smoke/expected/probs.npy", "smoke/inputs/x.npy")
+"""Format 2's files of the test bundle (its 4-feature profile is smaller inline than as files)."""
+
 # --------------------------------------------------------------------------- helpers
 
 def _split(data: bytes) -> tuple[bytes, list[Signature], dict[str, bytes]]:
@@ -93,7 +96,7 @@ def test_verify_ok(built, trusted_release, release_key):
     assert v.signed_by == {keys.key_id(release_key.public_key())}
     assert v.model == make_onnx_model()
     assert v.files["extra/zeros.bin"] == bytes(5000) + b"tail"
-    assert set(v.files) == {"model.onnx", "extra/zeros.bin", "extra/random.bin"}
+    assert set(v.files) == {"model.onnx", "extra/zeros.bin", "extra/random.bin", *ARRAY_FILES}
 
 
 def test_reproducible(recipe, onnx_model, samples, release_key):
@@ -123,7 +126,7 @@ def test_layout(built):
         infos = tar.getmembers()
         names = [i.name for i in infos]
         assert names == ["manifest.json", "signatures.json", "files/extra/random.bin", "files/extra/zeros.bin",
-                         "files/model.onnx"]
+                         "files/model.onnx", *("files/" + f for f in ARRAY_FILES)]
         for i in infos:
             assert (i.mtime, i.uid, i.gid, i.uname, i.gname, i.mode, i.type) == (0, 0, 0, "", "", 0o644,
                                                                                  tarfile.REGTYPE)
@@ -169,28 +172,28 @@ def test_manifest_content(built, recipe, onnx_model, samples):
     assert m.lineage.recipe_digest == recipe.digest()
     assert m.lineage.source_digest == hashlib.sha256(onnx_model).hexdigest()
     assert m.file("model.onnx").sha256 == hashlib.sha256(onnx_model).hexdigest()
-    prof = m.reference_profile
+    assert m.format_version == 2 and m.profile_files is None and m.reference_profile == built.reference_profile()
+    prof = built.reference_profile()
     assert prof.input == "x" and prof.samples == len(samples) and len(prof.features) == 4
     assert all(len(f.probs) == len(f.edges) + 1 <= 8 for f in prof.features)
     assert set(prof.predictions) <= {"a", "b", "c"} and abs(sum(prof.predictions.values()) - 1) < 1e-9
-    smoke = m.smoke_test
+    smoke = built.smoke_test()
     assert (smoke.atol, smoke.rtol) == (1e-5, 1e-4)
-    assert np.array_equal(np.asarray(smoke.inputs["x"], dtype=np.float32), samples[:3])
+    assert smoke.inputs["x"].dtype == np.float32 and np.array_equal(smoke.inputs["x"], samples[:3])
 
 
 def test_smoke_vectors_reproduce_within_tolerance(built, trusted_release):
     v = verify_bundle(built.data, trusted=trusted_release)
-    smoke = v.manifest.smoke_test
-    out = open_session("onnx", v.model).run({k: np.asarray(x, dtype=np.float32) for k, x in smoke.inputs.items()})
-    for name, expected in smoke.expected.items():
-        exp = np.asarray(expected)
+    smoke = v.smoke_test()
+    out = open_session("onnx", v.model).run(smoke.inputs)
+    for name, exp in smoke.expected.items():
         assert np.all(np.abs(out[name] - exp) <= smoke.atol + smoke.rtol * np.abs(exp))
         assert not np.all(np.abs((out[name] + 0.01) - exp) <= smoke.atol + smoke.rtol * np.abs(exp))
 
 
 def test_dict_samples_and_fewer_samples_than_vectors(recipe, onnx_model, release_key, samples):
     b = build_bundle(recipe, onnx_model, samples={"x": samples[:2]}, release_key=release_key)
-    assert len(b.manifest.smoke_test.inputs["x"]) == 2
+    assert len(b.smoke_test().inputs["x"]) == 2 and b.manifest.smoke_test.vectors() == 2
 
 
 def test_regimes_go_into_the_reference_profile_with_the_models_predictions(recipe, onnx_model, release_key,
@@ -198,10 +201,11 @@ def test_regimes_go_into_the_reference_profile_with_the_models_predictions(recip
     shifted = samples + 3.0
     b = build_bundle(recipe, onnx_model, samples=samples, release_key=release_key,
                      regimes={"incident inc-1": shifted, "night": {"x": samples[:50] - 3.0}})
-    prof = verify_bundle(b.data, trusted=trusted_release).manifest.reference_profile
+    prof = verify_bundle(b.data, trusted=trusted_release).reference_profile()
+    assert prof == b.reference_profile()
     assert [(r.name, r.samples) for r in prof.regimes] == [("incident inc-1", len(samples)), ("night", 50)]
     assert prof.features == build_bundle(recipe, onnx_model, samples=samples,
-                                         release_key=release_key).manifest.reference_profile.features
+                                         release_key=release_key).reference_profile().features
     classes = open_session("onnx", onnx_model).run({"x": shifted})["probs"].argmax(axis=1)
     expected = {label: float(np.mean(classes == i)) for i, label in enumerate("abc") if np.any(classes == i)}
     assert prof.regimes[0].predictions == pytest.approx(expected)
@@ -313,9 +317,10 @@ def test_manifest_over_limit(built, trusted_release):
 
 
 def test_too_many_files(built, trusted_release):
+    n = len(built.manifest.files)  # 3 + the array files
     with pytest.raises(ArchiveError, match="more than"):
-        verify_bundle(built.data, trusted=trusted_release, limits=BundleLimits(max_files=2))
-    assert verify_bundle(built.data, trusted=trusted_release, limits=BundleLimits(max_files=3))
+        verify_bundle(built.data, trusted=trusted_release, limits=BundleLimits(max_files=n - 1))
+    assert verify_bundle(built.data, trusted=trusted_release, limits=BundleLimits(max_files=n))
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "files/../../etc/passwd", "files/./model.onnx", "files//x",

@@ -5,26 +5,7 @@ import pytest
 from edgefleet.protocol import messages as m
 from edgefleet.protocol.errors import MessageError
 
-BUNDLE = {"name": "clf", "version": "1.0.0", "build": 3, "digest": "ab" * 32, "runtime": "onnx", "slot": "A"}
-
-
-def _examples() -> dict[str, m.Message]:
-    return {
-        "hello": m.Hello(device_id="d1", agent_version="0.1.0", arch="x86_64", os="Linux", runtimes=["onnx"],
-                         installed=m.InstalledBundle(**BUNDLE), free_disk_bytes=10),
-        "state": m.State(device_id="d1", status="online", update_state="downloading", deployment_id="dep1"),
-        "telemetry": m.TelemetryWindow(device_id="d1", window_seq=4, window_start=10.0, window_end=70.0,
-                                       latency_ms=m.Histogram(bounds=[1.0, 5.0], counts=[3, 1, 0]),
-                                       features=[[1, 2], [3, 0]], predictions={"a": 2},
-                                       drift=m.DriftScores(psi=0.01, js=0.001, level="ok", samples=3)),
-        "events": m.Event(device_id="d1", level="warning", kind="malformed_message", text="x", data={"n": 1}),
-        "status": m.StatusReport(device_id="d1", deployment_id="dep1", sequence=5, state="committed", final=True,
-                                 outcome="committed"),
-        "cmd": m.OrderMessage(device_id="d1", order=m.SignedOrder(
-            signed=m.DeploymentOrder(device_id="d1", deployment_id="dep1", bundle_digest="cd" * 32,
-                                     bundle_size=100, bundle_url="http://c/b", sequence=1, issued_at=1, expires_at=2),
-            signatures=[m.Signature(keyid="ef" * 32, sig="AAAA")])),
-    }
+from protocolkit import message_examples as _examples  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", list(m.MESSAGE_TYPES))

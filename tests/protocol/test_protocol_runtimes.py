@@ -117,9 +117,9 @@ def test_tflite_bundle_round_trip(tflite_model, recipe, samples, release_key, tr
     built = build_bundle(r, tflite_model, samples=samples, release_key=release_key)
     v = verify_bundle(built.data, trusted=trusted_release, expected_digest=built.digest)
     assert v.manifest.runtime == "tflite" and v.manifest.model_file == "model.tflite"
-    smoke = v.manifest.smoke_test
-    got = open_session("tflite", v.model).run({k: np.asarray(x) for k, x in smoke.inputs.items()})
-    exp = np.asarray(smoke.expected["probs"])
+    smoke = v.smoke_test()
+    got = open_session("tflite", v.model).run(smoke.inputs)
+    exp = smoke.expected["probs"]
     assert np.all(np.abs(got["probs"] - exp) <= smoke.atol + smoke.rtol * np.abs(exp))
     # the ONNX and TFLite builds of one model agree with each other too
     onnx_out = open_session("onnx", make_onnx_model()).run({"x": np.asarray(smoke.inputs["x"], np.float32)})

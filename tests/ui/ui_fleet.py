@@ -100,7 +100,7 @@ def _window(device_id: str, seq: int, end: float, bundle: BuiltBundle, spec: dic
     latencies *= 1.0 + 0.25 * np.sin(seq / 5.0)
     counts = np.bincount(np.searchsorted(LATENCY_BOUNDS, latencies), minlength=len(LATENCY_BOUNDS) + 1)
     progress = seq / (WINDOWS - 1)
-    reference = bundle.manifest.reference_profile.predictions
+    reference = bundle.reference_profile().predictions
     shares = np.asarray([reference.get(label, 0.0) + 0.02 for label in LABELS])
     if spec["drift"] == "alarm":
         psi = 0.03 + 0.42 * progress ** 1.6 + rng.uniform(0, 0.02)

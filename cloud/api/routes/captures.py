@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from edgefleet.cloud.api.params import RowId
 from edgefleet.cloud.api.schemas import CapturedDatasetOut
 from edgefleet.cloud.api.transfer import LargeFileResponse
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep
@@ -26,12 +27,12 @@ def list_captures(session: SessionDep, _: OperatorDep,
 
 
 @api.get("/captures/{dataset_id}", tags=["captures"])
-def show_capture(dataset_id: int, session: SessionDep, _: OperatorDep) -> CapturedDatasetOut:
+def show_capture(dataset_id: RowId, session: SessionDep, _: OperatorDep) -> CapturedDatasetOut:
     return CapturedDatasetOut.model_validate(captures.get_captured(session, dataset_id=dataset_id))
 
 
 @api.get("/captures/{dataset_id}/download", tags=["captures"], response_class=LargeFileResponse)
-def download_capture(dataset_id: int, controller: ControllerDep, session: SessionDep,
+def download_capture(dataset_id: RowId, controller: ControllerDep, session: SessionDep,
                      who: OperatorDep) -> LargeFileResponse:
     """The ``.npz`` as the device sealed it (``input:<name>`` arrays, ``label`` -1 = unlabelled, ...)."""
     dataset = captures.get_captured(session, dataset_id=dataset_id)
@@ -41,7 +42,7 @@ def download_capture(dataset_id: int, controller: ControllerDep, session: Sessio
 
 
 @api.delete("/captures/{dataset_id}", tags=["captures"], status_code=204)
-def delete_capture(dataset_id: int, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> None:
+def delete_capture(dataset_id: RowId, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> None:
     """Delete the dataset and its file."""
     captures.delete_captured(session, dataset_id=dataset_id, store=controller.captures, actor=who.actor,
                              now=controller.now())

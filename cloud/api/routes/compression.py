@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 
+from edgefleet.cloud.api.params import RowId
 from edgefleet.cloud.api.schemas import CompressionJobCreate, CompressionJobOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import compression_jobs
@@ -38,5 +39,5 @@ def list_compression_jobs(session: SessionDep, _: ViewerDep,
 
 
 @api.get("/compression-jobs/{job_id}", tags=["compression"])
-def show_compression_job(job_id: int, session: SessionDep, _: ViewerDep) -> CompressionJobOut:
+def show_compression_job(job_id: RowId, session: SessionDep, _: ViewerDep) -> CompressionJobOut:
     return CompressionJobOut.model_validate(compression_jobs.get_job(session, job_id=job_id))

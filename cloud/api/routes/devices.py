@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from edgefleet.cloud.api.params import Offset
 from edgefleet.cloud.api.schemas import DeviceOut, DevicePatch, EventOut, TargetOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import deployments, devices, telemetry
@@ -19,7 +20,7 @@ def device_out(device: Device) -> DeviceOut:
 
 @api.get("/devices", tags=["devices"])
 def list_devices(session: SessionDep, _: ViewerDep, tag: str | None = None, online: bool | None = None,
-                 offset: Annotated[int, Query(ge=0)] = 0,
+                 offset: Offset = 0,
                  limit: Annotated[int | None, Query(ge=1, le=10_000)] = None) -> list[DeviceOut]:
     return [device_out(d) for d in devices.list_devices(session, tag=tag, online=online, offset=offset, limit=limit)]
 

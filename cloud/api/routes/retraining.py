@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.cloud.api.params import RowId
 from edgefleet.cloud.api.schemas import RecipeOut, RetrainingJobOut, RetrainRequest
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import model_recipes, retraining
@@ -61,5 +62,5 @@ def list_retraining_jobs(session: SessionDep, _: ViewerDep,
 
 
 @api.get("/retraining-jobs/{job_id}", tags=["retraining"])
-def show_retraining_job(job_id: int, session: SessionDep, _: ViewerDep) -> RetrainingJobOut:
+def show_retraining_job(job_id: RowId, session: SessionDep, _: ViewerDep) -> RetrainingJobOut:
     return RetrainingJobOut.model_validate(retraining.get_job(session, job_id=job_id))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from edgefleet.cloud.api.params import RowId
 from edgefleet.cloud.api.schemas import TokenCreate, TokenCreated, TokenOut
 from edgefleet.cloud.deps import AdminDep, ControllerDep, SessionDep
 from edgefleet.cloud.services import auth
@@ -23,6 +24,6 @@ def create_token(body: TokenCreate, controller: ControllerDep, session: SessionD
 
 
 @api.delete("/tokens/{token_id}", tags=["tokens"])
-def revoke_token(token_id: int, controller: ControllerDep, session: SessionDep, who: AdminDep) -> TokenOut:
+def revoke_token(token_id: RowId, controller: ControllerDep, session: SessionDep, who: AdminDep) -> TokenOut:
     return TokenOut.model_validate(auth.revoke_token(session, token_id=token_id, actor=who.actor,
                                                      now=controller.now()))

@@ -83,9 +83,9 @@ def evaluate(gates: Gates, *, devices: Sequence[DeviceState], samples: Sequence[
     if gates.install.enabled:
         results.append(install_gate(devices, gates.install))
     if gates.runtime.enabled:
-        results += runtime_gates(samples, gates.runtime, gates.statistics)
+        results += runtime_gates(samples, gates.runtime, gates.statistics, gates.baseline)
     if gates.behaviour.enabled:
-        results += behaviour_gates(samples, gates.behaviour, gates.statistics)
+        results += behaviour_gates(samples, gates.behaviour, gates.statistics, gates.baseline)
     if gates.accuracy.enabled:
         results.append(accuracy_gate(samples, gates))
     if gates.recovery.enabled:
@@ -136,13 +136,16 @@ COMPARED: dict[str, Compared] = {
 charts them the same way)."""
 
 
-def runtime_gates(samples: Sequence[WindowSample], spec: RuntimeGate, stats: Statistics) -> list[GateResult]:
-    gates = Gates(runtime=spec, statistics=stats)
+def runtime_gates(samples: Sequence[WindowSample], spec: RuntimeGate, stats: Statistics,
+                  baseline: Baseline = Baseline.CONTROL) -> list[GateResult]:
+    gates = Gates(runtime=spec, statistics=stats, baseline=baseline)
     return [compare(name, samples, COMPARED[name], gates) for name in ("error_rate", "latency_p95")]
 
 
-def behaviour_gates(samples: Sequence[WindowSample], spec: BehaviourGate, stats: Statistics) -> list[GateResult]:
-    return [compare("drift_psi", samples, COMPARED["drift_psi"], Gates(behaviour=spec, statistics=stats)),
+def behaviour_gates(samples: Sequence[WindowSample], spec: BehaviourGate, stats: Statistics,
+                    baseline: Baseline = Baseline.CONTROL) -> list[GateResult]:
+    return [compare("drift_psi", samples, COMPARED["drift_psi"], Gates(behaviour=spec, statistics=stats,
+                                                                       baseline=baseline)),
             prediction_gate(samples, spec)]
 
 

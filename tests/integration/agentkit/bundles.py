@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 
 import numpy as np
 
@@ -50,6 +51,22 @@ def split(data: bytes) -> tuple[dict, list[Signature], dict[str, bytes]]:
 def resign(manifest: dict, stored: dict[str, bytes], key) -> bytes:
     raw = canonical_json(manifest)
     return pack(raw, [sign(key, raw)], stored)
+
+
+def replace_smoke_expected(manifest: dict, stored: dict[str, bytes], output: str, change) -> None:
+    """Replace (in place) a format-2 bundle's expected smoke output ``output`` by ``change(array)``,
+    updating its file entry; re-sign with :func:`resign` afterwards."""
+    from edgefleet.protocol.bundle import _encode
+    from edgefleet.protocol.bundle_arrays import npy_bytes, read_npy
+    from edgefleet.protocol.manifest import ArrayFile
+
+    ref = ArrayFile.model_validate(manifest["smoke_test"]["expected"][output])
+    entry = next(f for f in manifest["files"] if f["path"] == ref.file)
+    raw = zlib.decompress(stored[ref.file]) if entry["encoding"] == "deflate" else stored[ref.file]
+    content = npy_bytes(change(read_npy(raw, ref).copy()).astype(ref.dtype))
+    encoding, packed = _encode(content)
+    stored[ref.file] = packed
+    entry.update(size=len(content), sha256=bundle_digest(content), encoding=encoding, stored_size=len(packed))
 
 
 def order_message(device_id: str, bundle: bytes, url: str, controller_key, *, sequence: int,

@@ -23,6 +23,8 @@ class Faults:
     hold_after: int | None = None
     """Send this many body bytes, then hold the rest until ``release`` is set."""
     release: threading.Event = field(default_factory=threading.Event)
+    redirects: dict[str, str] = field(default_factory=dict)
+    """path -> Location: answer 302 there instead of serving."""
     requests: list[dict] = field(default_factory=list)
 
 
@@ -41,6 +43,12 @@ class _Handler(BaseHTTPRequestHandler):
         f.requests.append({"path": self.path, "range": rng})
         if f.stall is not None:
             f.stall.wait(30)
+        if self.path in f.redirects:
+            self.send_response(302)
+            self.send_header("Location", f.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if f.fail_status and f.fail_times > 0:
             f.fail_times -= 1
             self.send_error(f.fail_status)

@@ -42,7 +42,9 @@ class Harness:
         self.agent = AgentProcess(tmp_path, {
             "device_id": self.device_id, "state_dir": str(tmp_path / "state"), "broker_url": broker.url,
             "topic_prefix": prefix, "release_keys": [str(release_key.public_path)],
-            "controller_keys": [str(controller_key.public_path)], **FAST})
+            "controller_keys": [str(controller_key.public_path)],
+            # the test's file server is the bundle store: an allow-listed origin, plain http
+            "bundle_origins": [file_server.url("")], "allow_http_bundles": True, **FAST})
 
     def start(self, *, online: bool = True, **overrides) -> AgentProcess:
         """Start the agent; with ``online``, wait until THIS run announced itself online (so it
