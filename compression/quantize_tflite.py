@@ -26,7 +26,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod, Mode
-from edgefleet.compression.inputs import Inputs, count, feed, take
+from edgefleet.compression.inputs import Inputs, count, feed, fixed_batch, infer_input_specs, take
 from edgefleet.compression.tflite_builder import SIGNATURE_KEY
 from edgefleet.compression.tflite_graph import (
     WEIGHT_SLOTS,
@@ -114,18 +114,12 @@ class _Batches:
                  data: Inputs, batch_size: int, limit: int) -> None:
         self._names: dict[str, str] = {}
         self._dtypes: dict[str, Any] = {}
-        fixed: list[int] = []
         for entry in signature.inputs or []:
             name = _text(entry.name)
             tensor = tensors[entry.tensorIndex]
             self._names.setdefault(_text(tensor.name), name)
             self._dtypes[name] = _NUMPY_TYPES.get(tensor.type, np.float32)
-            signature_shape = list(tensor.shapeSignature) if tensor.shapeSignature is not None else []
-            if tensor.shape is not None and len(tensor.shape) and (not signature_shape or signature_shape[0] > 0):
-                fixed.append(int(tensor.shape[0]))   # a batch the model fixes (an export's batch of 1)
         self._names.update({name: name for name in self._dtypes})
-        # a model with a fixed batch is calibrated that many samples at a time (XNNPack cannot reshape it)
-        batch_size = min([batch_size, *fixed]) if fixed and min(fixed) > 0 else batch_size
         self._first, self._data, self._batch_size = first, data, batch_size
         self._samples = min(count(data), limit)
 
@@ -170,7 +164,10 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
     try:
         qt = quantizer.Quantizer(bytearray(prepared))
         _add_configs(qt, targets, mode, per_channel=per_channel)
-        result = _calibrate(qt, parsed, calibration, calibration_config) if qt.need_calibration else None
+        # a model with a fixed batch is calibrated that many samples at a time (XNNPack cannot reshape it)
+        batch = min(calibration_config.batch_size, fixed_batch(infer_input_specs(prepared)) or
+                    calibration_config.batch_size)
+        result = _calibrate(qt, parsed, calibration, calibration_config, batch) if qt.need_calibration else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             quantized = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
@@ -205,7 +202,7 @@ def _add_configs(qt: Any, targets: list[Operator], mode: Mode, *, per_channel: b
 
 
 def _calibrate(qt: Any, parsed: tfl.ModelT, calibration: Inputs | None,
-               calibration_config: CalibrationConfig) -> Any:
+               calibration_config: CalibrationConfig, batch_size: int) -> Any:
     """Run the calibration samples through the model: the ranges full int8 quantizes with.
 
     Every signature input is fed (by name); a single array feeds the model's first input.
@@ -223,8 +220,8 @@ def _calibrate(qt: Any, parsed: tfl.ModelT, calibration: Inputs | None,
     first_tensor = int(subgraph.inputs[0])
     first = next((_text(e.name) for e in signature.inputs or [] if e.tensorIndex == first_tensor),
                  _text(subgraph.tensors[first_tensor].name))
-    batches = _Batches(signature, subgraph.tensors, first, calibration,
-                       calibration_config.batch_size, calibration_config.max_samples)
+    batches = _Batches(signature, subgraph.tensors, first, calibration, batch_size,
+                       calibration_config.max_samples)
     missing = batches.missing()
     if missing:
         raise ConfigError(f"calibration data lacks model input(s) {', '.join(missing)}",

@@ -116,8 +116,8 @@ def test_synthesised_inputs_follow_the_description() -> None:
     assert not np.array_equal(manifest.synthesise_inputs(entry, 5, seed=1)["state"], state)
 
 
-def test_cache_dir_is_outside_the_repository_unless_told() -> None:
-    assert manifest.cache_dir({"EDGEFLEET_CORPUS_DIR": "/tmp/corpus"}) == Path("/tmp/corpus")
+def test_cache_dir_is_outside_the_repository_unless_told(tmp_path) -> None:
+    assert manifest.cache_dir({"EDGEFLEET_CORPUS_DIR": str(tmp_path / "corpus")}) == tmp_path / "corpus"
     default = manifest.cache_dir({})
     assert default == Path("~/.cache/edgefleet-corpus").expanduser()
     assert _PATH.parents[2] not in default.parents
