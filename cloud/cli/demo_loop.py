@@ -52,7 +52,7 @@ AFTER_SAMPLES = 400
 HEAL_POLICY: dict[str, Any] = {
     "stages": [
         # no device list: the incidents' drifted devices (docs/rollouts.md §4)
-        {"name": "drifted", "select": "devices", "soak_s": 6,
+        {"name": "drifted", "select": "devices", "soak_s": 6, "max_soak_s": 40,
          "gates": {"baseline": "before", "before_s": 300, "behaviour": {"enabled": False},
                    "accuracy": {"margin": 0.0}, "recovery": {"enabled": True, "windows": 3},
                    "runtime": {"latency_margin_ms": DEMO_LATENCY_MARGIN_MS}, "statistics": {"min_windows": 4}}},

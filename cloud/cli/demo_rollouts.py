@@ -27,8 +27,8 @@ from edgefleet.protocol.errors import TransportError
 
 DEMO_LATENCY_MARGIN_MS = 5.0
 POLICY: dict[str, Any] = {
-    "stages": [{"name": "canary", "select": "count", "count": 1, "soak_s": 10},
-               {"name": "half", "select": "percent", "percent": 50, "soak_s": 10},
+    "stages": [{"name": "canary", "select": "count", "count": 1, "soak_s": 10, "max_soak_s": 40},
+               {"name": "half", "select": "percent", "percent": 50, "soak_s": 10, "max_soak_s": 40},
                {"name": "rest", "select": "rest"}],
     "device_timeout_s": 120,
     # a demo's few seconds of telemetry: 4 windows per arm before a verdict (production: 20 or more)

@@ -293,3 +293,31 @@ def test_a_rollout_back_to_health_is_judged_on_the_drifted_devices_recovering(cl
     else:
         assert recovery["verdict"] == "fail" and "still at alarm" in done["reason"]
         assert all(sim.running[d] is old for d in sim.ids)   # the canary rolled back, the rest never got it
+
+
+@pytest.mark.parametrize(("max_soak_s", "state"), [(None, "paused"), (400, "succeeded")])
+def test_an_inconclusive_stage_collects_telemetry_up_to_its_max_soak(client, controller, sim, bundles, max_soak_s,
+                                                                      state):
+    """At the end of a 30 s soak the canary has 3 of the 20 windows its gates need: without
+    ``max_soak_s`` the rollout pauses for a person; with it, the stage goes on collecting until the
+    gates decide (the sequential test may be read after every window)."""
+    policy = {"stages": [{"name": "canary", "select": "count", "count": 1, "soak_s": 30, "max_soak_s": max_soak_s},
+                         {"name": "rest", "select": "rest"}],
+              "gates": {"statistics": {"min_windows": 20}}}
+    ro = create(client, bundles[1], policy=policy)
+    done = sim.run(controller, client, ro["id"], ticks=80)
+    assert done["state"] == state, done["reason"]
+    if max_soak_s is None:
+        assert done["reason"] == "stage canary: the gates are inconclusive after its soak; promote or abort"
+        (canary,) = [r["device_id"] for r in done["device_rows"] if r["stage_index"] == 0]
+        assert all(sim.running[d] is bundles[0] for d in sim.ids if d != canary)   # the rest waits
+    else:
+        latency = next(v for v in done["stages"][0]["verdicts"] if v["gate"] == "latency_p95")
+        assert latency["verdict"] == "pass" and latency["evidence"]["canary_windows"] >= 20
+
+
+def test_max_soak_shorter_than_the_soak_is_refused(client, sim, bundles):
+    policy = {"stages": [{"name": "all", "select": "rest", "soak_s": 60, "max_soak_s": 30}]}
+    r = client.post("/api/v1/rollouts", json={"bundle": bundles[1].digest, "selector": {"tags": ["site"]},
+                                              "policy": policy})
+    assert r.status_code == 422 and "max_soak_s (30) is shorter than soak_s (60)" in r.text

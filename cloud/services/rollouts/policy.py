@@ -120,6 +120,9 @@ class Stage(_Strict):
     """For ``select = "devices"``; left out: the devices of the rollout's drift incidents."""
     soak_s: float = Field(default=0.0, ge=0, le=30 * DAY_S)
     """After every device of the stage is final, wait this long (telemetry arrives) before judging."""
+    max_soak_s: float | None = Field(default=None, ge=0, le=30 * DAY_S)
+    """While the gates are still inconclusive when the soak ends, go on collecting telemetry until this
+    long after the stage executed (a decision ends it early); left out: pause for a person at once."""
     not_before: datetime | None = None
     """The stage starts no earlier than this (an aware time: give its offset or Z)."""
     on_success: OnSuccess = OnSuccess.CONTINUE
@@ -137,7 +140,13 @@ class Stage(_Strict):
             raise ValueError(f"a '{self.select}' stage takes {need} (got {', '.join(given) or 'none'})")
         if self.not_before is not None and self.not_before.tzinfo is None:
             raise ValueError("not_before needs a time zone (e.g. 2026-12-24T06:00:00Z)")
+        if self.max_soak_s is not None and self.max_soak_s < self.soak_s:
+            raise ValueError(f"max_soak_s ({self.max_soak_s:g}) is shorter than soak_s ({self.soak_s:g})")
         return self
+
+    def evidence_until(self, soak_until: float) -> float:
+        """How long an inconclusive stage waits for evidence, given when its soak ends."""
+        return soak_until if self.max_soak_s is None else soak_until - self.soak_s + self.max_soak_s
 
 
 class Exponential(_Strict):
@@ -322,11 +331,12 @@ def fill_devices(policy: RolloutPolicy, devices: Sequence[str]) -> RolloutPolicy
 
 
 DEFAULT_POLICY = RolloutPolicy(stages=[
-    Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=300),
-    Stage(name="half", select=StageKind.PERCENT, percent=50, soak_s=300),
+    Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=300, max_soak_s=900),
+    Stage(name="half", select=StageKind.PERCENT, percent=50, soak_s=300, max_soak_s=900),
     Stage(name="rest", select=StageKind.REST),
 ])
-"""One device, then half of the rest, then everyone; five minutes of soak after each of the first two."""
+"""One device, then half of the rest, then everyone; five minutes of soak after each of the first two
+(up to fifteen while the gates are inconclusive)."""
 
 
 def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int = 20,
@@ -342,7 +352,7 @@ def heal_policy(devices: list[str], *, soak_s: float = 300.0, min_windows: int =
                    statistics=Statistics(min_windows=min_windows))
     return RolloutPolicy(stages=[
         Stage(name="drifted", select=StageKind.DEVICES, devices=sorted(devices) or None, soak_s=soak_s,
-              gates=canary),
+              max_soak_s=3 * soak_s, gates=canary),
         Stage(name="rest", select=StageKind.REST, gates=Gates(runtime=RuntimeGate(enabled=False),
                                                                behaviour=BehaviourGate(enabled=False),
                                                                accuracy=AccuracyGate(enabled=False)))])
@@ -355,10 +365,12 @@ TEMPLATES: dict[str, tuple[str, RolloutPolicy]] = {
     "canary-half-rest": ("one device, half of the rest, everyone; 5 min soak (the default)", DEFAULT_POLICY),
     "careful": ("one device, 10%, 50%, everyone; 30 min soak, a person promotes each stage, 10 devices a minute",
                 RolloutPolicy(stages=[
-                    Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=1800, on_success=OnSuccess.PAUSE),
-                    Stage(name="ten", select=StageKind.PERCENT, percent=10, soak_s=1800, on_success=OnSuccess.PAUSE),
-                    Stage(name="half", select=StageKind.PERCENT, percent=50, soak_s=1800,
+                    Stage(name="canary", select=StageKind.COUNT, count=1, soak_s=1800, max_soak_s=5400,
                           on_success=OnSuccess.PAUSE),
+                    Stage(name="ten", select=StageKind.PERCENT, percent=10, soak_s=1800, max_soak_s=5400,
+                          on_success=OnSuccess.PAUSE),
+                    Stage(name="half", select=StageKind.PERCENT, percent=50, soak_s=1800,
+                          max_soak_s=5400, on_success=OnSuccess.PAUSE),
                     Stage(name="rest", select=StageKind.REST)],
                     pace=Pace(max_per_minute=10), abort=AbortCriteria(action=AbortAction.PAUSE))),
     "all-at-once": ("every device in one stage, judged on installs only (like deploy)",

@@ -523,6 +523,10 @@ def _judge_stage(session: Session, rollout: Rollout, stage: RolloutStage, rows: 
     if stage.soak_until is not None and now < stage.soak_until:
         return
     if verdict == gates.Verdict.INCONCLUSIVE:
+        if stage.soak_until is not None and now < policy.stages[stage.index].evidence_until(stage.soak_until):
+            rollout.reason = f"stage {stage.name}: the gates are inconclusive; collecting more telemetry"
+            session.add(rollout)
+            return
         _move(session, rollout, RolloutEvent.PAUSE, now=now,
               reason=f"stage {stage.name}: the gates are inconclusive after its soak; promote or abort")
         _record(session, rollout, "system", "inconclusive", now, stage=stage.name)
