@@ -47,6 +47,9 @@ class AgentConfig(BaseModel):
     ``controller_url`` is http): agent/url_policy.py."""
     release_keys: list[Path] = Field(default_factory=list)
     controller_keys: list[Path] = Field(default_factory=list)
+    device_key: Path | None = None
+    """The device's own Ed25519 private key, which signs every message it publishes (default
+    ``state_dir/keys/device.key``; made at enrollment, or at the first start if missing)."""
     hardware_class: str = "generic"
     tags: list[str] = Field(default_factory=list)
 
@@ -178,7 +181,7 @@ def _apply_environ(data: dict[str, Any], origin: dict[str, str], environ: Mappin
 
 def _resolve_paths(data: dict[str, Any], origin: dict[str, str], *, base: Path, source: str) -> None:
     """Make relative paths given in the config file relative to the file's folder."""
-    for key in ("state_dir", "ca_file"):
+    for key in ("state_dir", "ca_file", "device_key"):
         if isinstance(data.get(key), str) and origin.get(key) == source:
             data[key] = str(base / data[key])
     for key in ("release_keys", "controller_keys"):

@@ -23,6 +23,7 @@ from typing import Any
 from edgefleet.agent.capture import Capture
 from edgefleet.agent.config import AgentConfig, load_config
 from edgefleet.agent.feedback import FeedbackJournal
+from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.inference import Predictor
 from edgefleet.agent.mqtt import MqttLink
 from edgefleet.agent.outbox import Outbox, OutboxPump
@@ -113,7 +114,10 @@ class Agent:
         self._last_malformed_event = -MALFORMED_EVENT_EVERY_S
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self.stop_event = threading.Event()
-        self.link = MqttLink(config, will=(self._topic("state"), encode(self._state(DeviceStatus.OFFLINE))),
+        self.identity = DeviceIdentity.load_or_create(config)
+        self._key_registered = threading.Event()
+        """Set when the controller learnt the device key at this start (it dropped what came before)."""
+        self.link = MqttLink(config, will=self._sealed("state", self._state(DeviceStatus.OFFLINE)),
                              on_connected=self._on_connected, on_message=self._on_message,
                              on_published=self.pump.acked)
         self.server: InferenceServer | None = None
@@ -125,6 +129,11 @@ class Agent:
 
     def _topic(self, kind: str) -> str:
         return topics.device_topic(self.device_id, kind, self.prefix)
+
+    def _sealed(self, kind: str, msg: Message) -> tuple[str, bytes]:
+        """The topic of ``msg`` and its payload, signed with the device key."""
+        topic = self._topic(kind)
+        return topic, self.identity.seal(topic, encode(msg))
 
     def _installed(self) -> InstalledBundle | None:
         model = self.predictor.model
@@ -140,7 +149,7 @@ class Agent:
 
     def _enqueue(self, msg: Message) -> None:
         kind = {"status": "status", "telemetry": "telemetry", "event": "events", "upload_request": "events"}[msg.type]
-        self.outbox.enqueue(self._topic(kind), encode(msg), msg_id=msg.msg_id, qos=1)
+        self.outbox.enqueue(*self._sealed(kind, msg), msg_id=msg.msg_id, qos=1)
 
     def _hello(self) -> Hello:
         try:
@@ -156,7 +165,7 @@ class Agent:
 
     def _on_connected(self) -> None:
         self.link.subscribe(self._topic("cmd"), qos=1)
-        self.link.publish(self._topic("hello"), encode(self._hello()), qos=1)
+        self.link.publish(*self._sealed("hello", self._hello()), qos=1)
         self._publish_state()
 
     def _on_message(self, topic: str, payload: bytes) -> None:
@@ -164,7 +173,7 @@ class Agent:
 
     def _publish_state(self) -> None:
         state = self._state(DeviceStatus.ONLINE)
-        if self.link.publish(self._topic("state"), encode(state), qos=1, retain=True) is not None:
+        if self.link.publish(*self._sealed("state", state), qos=1, retain=True) is not None:
             self._published_state = (state.update_state, state.deployment_id, state.installed)
             self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
 
@@ -216,6 +225,9 @@ class Agent:
             self._next_telemetry = now + self.config.telemetry_interval_s
             self.flush_telemetry()
         if self.link.connected:
+            if self._key_registered.is_set():   # the controller heard nothing before: say hello again
+                self._key_registered.clear()
+                self._on_connected()
             r = self.updater.record
             if now >= self._next_heartbeat or self._published_state != (r.state.value, r.deployment_id,
                                                                         self._installed()):
@@ -251,8 +263,9 @@ class Agent:
                                   latency_ms=summary.latency_ms, features=summary.features,
                                   predictions=summary.predictions, drift=summary.drift,
                                   feedback=summary.feedback)
-            return encode(msg), msg.msg_id
-        self.outbox.enqueue_sequenced(self._topic("telemetry"), "window_seq", build)
+            return self.identity.seal(topic, encode(msg)), msg.msg_id
+        topic = self._topic("telemetry")
+        self.outbox.enqueue_sequenced(topic, "window_seq", build)
 
     def stats(self) -> dict[str, Any]:
         model = self.predictor.model
@@ -291,6 +304,7 @@ class Agent:
                  ",".join(self.runtimes) or "none")
         self.updater.boot()
         self.start_server()
+        self.identity.register_in_background(self.config, self.stop_event, done=self._key_registered)
         try:
             self.link.run(self.stop_event, self.tick)
         finally:
@@ -301,7 +315,7 @@ class Agent:
         self.updater.stop()
         self.flush_telemetry()
         self.pump.pump(self.link.publish, self.link.connected)
-        self.link.close(final=(self._topic("state"), encode(self._state(DeviceStatus.OFFLINE))))
+        self.link.close(final=self._sealed("state", self._state(DeviceStatus.OFFLINE)))
         if self.server is not None:
             self.server.stop()
         self.uploader.stop()

@@ -1,7 +1,8 @@
 """Device side of enrollment: exchange a one-time token for this device's own credentials.
 
-``edgefleet-agent enroll --controller URL --token T --state-dir DIR`` posts the token to the
-controller's ``/api/v1/enroll``, stores the trusted controller and release public keys it gets
+``edgefleet-agent enroll --controller URL --token T --state-dir DIR`` makes the device's own key
+pair (``DIR/keys/device.key``; it signs every message the agent publishes), posts the token and
+the public key to the controller's ``/api/v1/enroll``, stores the trusted controller and release public keys it gets
 back under ``DIR/keys/`` and writes a complete agent config (``DIR/agent.toml``, mode 0600: it
 holds the MQTT password). The agent then runs with ``edgefleet-agent --config DIR/agent.toml``.
 Standard library only (urllib), like the rest of the agent.
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet.agent.config import load_config
+from edgefleet.agent.identity import create_key, registered_marker
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
-from edgefleet.protocol.keys import load_public_key_pem
+from edgefleet.protocol.keys import load_public_key_pem, public_key_pem
 
 
 def _toml_value(value: Any) -> str:
@@ -65,11 +67,16 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
     """Enroll and write ``state_dir/agent.toml``; return its path. ``settings`` adds or overrides
     config keys (e.g. ``hardware_class``, ``inference_listen``, ``telemetry_interval_s``)."""
     controller_url = controller_url.rstrip("/")
-    body = {"token": token, **({"device_id": device_id} if device_id else {})}
-    reply = _post_json(f"{controller_url}/api/v1/enroll", body, timeout)
     state_dir = Path(state_dir).resolve()
     keys_dir = state_dir / "keys"
     keys_dir.mkdir(parents=True, exist_ok=True)
+    device_key = keys_dir / "device.key"   # a new pair each enrollment: the private key never leaves here
+    registered_marker(device_key).unlink(missing_ok=True)
+    own = create_key(device_key)
+    body = {"token": token, **({"device_id": device_id} if device_id else {}),
+            "device_public_key_pem": public_key_pem(own.public_key()).decode("ascii")}
+    reply = _post_json(f"{controller_url}/api/v1/enroll", body, timeout)
+    atomic_write(registered_marker(device_key), b"")
     controller_pem = reply["controller_public_key_pem"].encode()
     load_public_key_pem(controller_pem, where="controller key from the controller")
     atomic_write(keys_dir / "controller.pub", controller_pem)
@@ -92,6 +99,7 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
         "controller_url": reply.get("controller_url") or controller_url,
         "controller_keys": [str(keys_dir / "controller.pub")],
         "release_keys": release_paths,
+        "device_key": str(device_key),
         **(settings or {}),
     }
     config_path = state_dir / "agent.toml"

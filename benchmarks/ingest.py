@@ -10,7 +10,10 @@ telemetry windows spread over many device ids, published by ONE client in a sepa
 * capacity  -- the backlog is queued at the broker first (persistent session), then the
   consumer connects and drains it; shows the consumer's own ceiling.
 
-Runs alternate between the consumers; medians and the ratio controller / bare are printed.
+Every window is signed by its device's own key, as agents do, and the controller verifies each
+one (docs/security.md "Message signatures"); a third consumer stores the same windows unsigned
+(``accept_unsigned_devices``), which prices the signature check. Runs alternate between the
+consumers; medians and the ratios to the bare subscriber are printed.
 
     python benchmarks/ingest.py [--messages 20000] [--devices 2000] [--repeats 3]
 """
@@ -18,6 +21,7 @@ Runs alternate between the consumers; medians and the ratio controller / bare ar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import shutil
 import socket
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -43,6 +48,8 @@ from edgefleet.cloud.services import devices
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.cloud.store.tables import TelemetryRecord
+from edgefleet.protocol.device_signatures import seal
+from edgefleet.protocol.keys import public_key_pem
 from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
 from edgefleet.protocol.topics import controller_subscriptions, telemetry
 
@@ -64,7 +71,12 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def payloads(prefix: str, n: int, n_devices: int) -> list[tuple[str, bytes]]:
+def device_key(device_id: str) -> Ed25519PrivateKey:
+    """The device's message key, the same in the publishing process and the controller's enrollment."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"bench-{device_id}".encode()).digest())
+
+
+def payloads(prefix: str, n: int, n_devices: int, signed: bool = True) -> list[tuple[str, bytes]]:
     """Realistic windows of the digits demo: 64 features x 10 bins, 12 latency buckets."""
     rng = np.random.default_rng(0)
     bundle = InstalledBundle(name="digits", version="1.0.0", build=1, digest="ab" * 32, runtime="onnx", slot="a")
@@ -79,12 +91,13 @@ def payloads(prefix: str, n: int, n_devices: int) -> list[tuple[str, bytes]]:
                                  counts=rng.integers(0, 20, size=12).tolist()),
             features=features, predictions={str(k): 10 for k in range(10)},
             drift=DriftScores(psi=0.01, js=0.005, ks=0.02, per_feature_psi=[0.01] * 64, level="ok", samples=100))
-        out.append((telemetry(device_id, prefix), encode(window)))
+        topic = telemetry(device_id, prefix)
+        out.append((topic, seal(device_key(device_id), topic, encode(window)) if signed else encode(window)))
     return out
 
 
-def _publish_process(port: int, prefix: str, n: int, n_devices: int, ready, go, result) -> None:
-    messages = payloads(prefix, n, n_devices)
+def _publish_process(port: int, prefix: str, n: int, n_devices: int, signed: bool, ready, go, result) -> None:
+    messages = payloads(prefix, n, n_devices, signed)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -104,11 +117,11 @@ def _publish_process(port: int, prefix: str, n: int, n_devices: int, ready, go, 
 class Fleet:
     """The publishing fleet in its own process, so it does not share the GIL with a consumer."""
 
-    def __init__(self, port: int, prefix: str, n: int, n_devices: int) -> None:
+    def __init__(self, port: int, prefix: str, n: int, n_devices: int, signed: bool) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.ready, self.go, self.result = ctx.Event(), ctx.Event(), ctx.Queue()
-        self.proc = ctx.Process(target=_publish_process, args=(port, prefix, n, n_devices, self.ready, self.go,
-                                                               self.result))
+        self.proc = ctx.Process(target=_publish_process, args=(port, prefix, n, n_devices, signed, self.ready,
+                                                               self.go, self.result))
         self.proc.start()
         if not self.ready.wait(120):
             raise RuntimeError("publisher did not start")
@@ -124,6 +137,8 @@ class Fleet:
 
 class BareSubscriber:
     """The baseline: one paho client that only counts what it receives."""
+
+    signed = True
 
     def __init__(self, port: int, prefix: str, client_id: str, expected: int, **_) -> None:
         self.port, self.expected = port, expected
@@ -159,7 +174,9 @@ class BareSubscriber:
 
 
 class ControllerIngest:
-    """The production path: MqttBridge -> Ingestor (batched SQLite writes), devices enrolled."""
+    """The production path: MqttBridge -> Ingestor (signatures checked, batched SQLite writes), devices enrolled."""
+
+    signed = True
 
     def __init__(self, port: int, prefix: str, client_id: str, expected: int, n_devices: int, workdir: Path,
                  decode_workers: int) -> None:
@@ -168,11 +185,14 @@ class ControllerIngest:
         create_schema(self.engine)
         with session_scope(self.engine) as session:
             for i in range(n_devices):
+                device_id = f"dev-{i:05d}"
                 _, token = devices.create_enrollment_token(session, actor="bench", now=time.time(),
-                                                           device_id=f"dev-{i:05d}")
-                devices.enroll(session, token=token, device_id=f"dev-{i:05d}", now=time.time())
+                                                           device_id=device_id)
+                pem = public_key_pem(device_key(device_id).public_key()).decode() if self.signed else None
+                devices.enroll(session, token=token, device_id=device_id, now=time.time(), public_key_pem=pem,
+                               require_key=self.signed)
         self.ingestor = Ingestor(engine=self.engine, prefix=prefix, metrics=ControllerMetrics(),
-                                 decode_workers=decode_workers)
+                                 decode_workers=decode_workers, accept_keyless=not self.signed)
         self.ingestor.start()
         self._bridge_args = {"url": f"mqtt://127.0.0.1:{port}", "client_id": client_id,
                              "subscriptions": controller_subscriptions(prefix), "on_message": self.ingestor.submit}
@@ -203,7 +223,14 @@ class ControllerIngest:
         return finished
 
 
-CONSUMERS = {"bare paho subscriber": BareSubscriber, "controller ingest (stored)": ControllerIngest}
+class UnsignedControllerIngest(ControllerIngest):
+    """The same, for devices without keys whose unsigned messages are accepted (no signature check)."""
+
+    signed = False
+
+
+CONSUMERS = {"bare paho subscriber": BareSubscriber, "controller ingest (stored)": ControllerIngest,
+             "controller, unsigned": UnsignedControllerIngest}
 
 
 def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir: Path,
@@ -212,7 +239,7 @@ def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir
     prefix = f"bench-{uuid.uuid4().hex[:8]}/edgefleet/v1"
     consumer = consumer_cls(port, prefix, f"c-{uuid.uuid4().hex[:8]}", n, n_devices=n_devices, workdir=workdir,
                             decode_workers=decode_workers)
-    fleet = Fleet(port, prefix, n, n_devices)
+    fleet = Fleet(port, prefix, n, n_devices, consumer_cls.signed)
     consumer.connect()
     if mode == "capacity":
         consumer.disconnect()          # the broker queues everything for the persistent session
@@ -263,8 +290,10 @@ def main() -> None:
           f"controller decode workers {args.decode_workers}, medians of {args.repeats} runs:")
     for mode in modes:
         med = {name: statistics.median(rates[(mode, name)]) for name in CONSUMERS}
-        bare, ctl = med["bare paho subscriber"], med["controller ingest (stored)"]
-        print(f"  {mode:9s} bare {bare:8.0f} msg/s   controller {ctl:8.0f} msg/s   ratio {ctl / bare:.2f}x")
+        bare, ctl, unsigned = (med["bare paho subscriber"], med["controller ingest (stored)"],
+                               med["controller, unsigned"])
+        print(f"  {mode:9s} bare {bare:8.0f} msg/s   controller {ctl:8.0f} msg/s   ratio {ctl / bare:.2f}x   "
+              f"(unsigned {unsigned:8.0f} msg/s: signed / unsigned {ctl / unsigned:.2f}x)")
     print(f"  fleet publisher median {statistics.median(publish_rates):.0f} msg/s; target: sustained ratio >= 0.5x")
 
 

@@ -97,7 +97,8 @@ class Controller:
                                            max_bytes=settings.max_capture_bytes)
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
                                  batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
-                                 decode_workers=settings.ingest_decode_workers, on_stored=self._stored)
+                                 decode_workers=settings.ingest_decode_workers,
+                                 accept_keyless=settings.accept_unsigned_devices, on_stored=self._stored)
         self._transport_factory = transport_factory or self._mqtt_transport
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | None = None

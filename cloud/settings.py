@@ -91,6 +91,9 @@ class ControllerSettings(BaseSettings):
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)
     """Processes that decode device messages in parallel with storing (0 = in the ingest thread;
     started on the first message)."""
+    accept_unsigned_devices: bool = False
+    """Store the unsigned messages of devices enrolled before message signatures (no key registered);
+    for a migration only: until their agents register a key, any client on the broker can speak for them."""
     webhook_interval_s: float = Field(default=2.0, gt=0)
     """How often the webhook sender looks for due deliveries (it is also woken when an event is stored)."""
     webhook_timeout_s: float = Field(default=10.0, gt=0)

@@ -66,6 +66,7 @@ class Reason(StrEnum):
     BAD_TOPIC = "bad_topic"
     DEVICE_MISMATCH = "device_mismatch"
     UNKNOWN_DEVICE = "unknown_device"
+    UNSIGNED = "unsigned"
     # delivery and downloads
     TRANSPORT_FAILED = "transport_failed"
     TRUNCATED = "truncated"

@@ -1,4 +1,4 @@
-"""What tests of every kind share: one free port picker and one polling wait."""
+"""What tests of every kind share: one free port picker, one polling wait, device message keys."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from edgefleet.cloud.ports import free_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-__all__ = ["free_port", "wait_until"]
+from edgefleet.cloud.ports import free_port
+from edgefleet.protocol.keys import generate_private_key, public_key_pem
+
+__all__ = ["DeviceKey", "free_port", "wait_until"]
 
 T = TypeVar("T")
 
@@ -25,3 +28,16 @@ def wait_until(predicate: Callable[[], T], what: str = "condition", timeout: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(poll_s)
+
+
+class DeviceKey:
+    """A device's own message key, as the agent makes it at enrollment: ``pem`` goes into the
+    enrollment request, :meth:`seal` signs what the device publishes."""
+
+    def __init__(self) -> None:
+        self.key: Ed25519PrivateKey = generate_private_key()
+        self.pem = public_key_pem(self.key.public_key()).decode("ascii")
+
+    def seal(self, topic: str, body: bytes) -> bytes:
+        from edgefleet.protocol.device_signatures import seal
+        return seal(self.key, topic, body)

@@ -289,6 +289,12 @@ class EnrollmentTokenCreated(EnrollmentTokenOut):
 class EnrollRequest(Body):
     token: str = Field(min_length=8, max_length=256)
     device_id: DeviceId | None = None
+    device_public_key_pem: str | None = Field(default=None, max_length=1024)
+    """The Ed25519 public key the device signs every message with (it keeps the private key)."""
+
+
+class MessageKeyRegistration(Body):
+    public_key_pem: str = Field(max_length=1024)
 
 
 class EnrollResponse(BaseModel):

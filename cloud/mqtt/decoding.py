@@ -1,5 +1,6 @@
-"""Decoding raw device messages: a pure step (bytes in; decoded items or rejections out) that
-the ingest worker runs in its own thread or, for throughput, in worker processes.
+"""Decoding raw device messages: a pure step (bytes and the senders' public keys in; decoded items
+or rejections out) that the ingest worker runs in its own thread or, for throughput, in worker
+processes. A message is stored only if it verifies with the key of the device its topic names.
 
 This module imports only the protocol, so a decode worker process starts light. Telemetry and
 events are turned into ready table rows here, so only small dicts travel back to the storer.
@@ -10,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from edgefleet.protocol import device_signatures
 from edgefleet.protocol.errors import MessageError
-from edgefleet.protocol.messages import Event, Message, TelemetryWindow, decode
+from edgefleet.protocol.messages import MAX_PAYLOAD, Event, Message, TelemetryWindow, decode
 from edgefleet.protocol.topics import DEVICE_KINDS, parse_device_topic
 from edgefleet.protocol.vocabulary import Reason
 
@@ -21,6 +23,17 @@ class Raw:
     topic: str
     payload: bytes
     received_at: float
+
+
+@dataclass(frozen=True)
+class DeviceKeys:
+    """Who may publish, for the devices of one batch: the raw message key of each enrolled device
+    that has one, and the enrolled devices without one (enrolled before message signatures)."""
+
+    keys: dict[str, bytes]
+    keyless: frozenset[str] = frozenset()
+    accept_keyless: bool = False
+    """Store unsigned messages of keyless devices (setting ``accept_unsigned_devices``: migration only)."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +80,28 @@ def event_row(event: Event, *, now: float) -> dict[str, Any]:
             "text": event.text, "data": event.data, "sent_at": event.sent_at, "received_at": now}
 
 
-def decode_raw(raw: Raw, *, prefix: str) -> Decoded:
-    """Decode one raw message or raise :class:`MessageError` (its ``code`` says why)."""
+def decode_raw(raw: Raw, *, prefix: str, keys: DeviceKeys) -> Decoded:
+    """Check who sent one raw message, then decode it; or raise :class:`MessageError` (its
+    ``code`` says why). Nothing of a payload is parsed before its signature is verified."""
     try:
         device_id, kind = parse_device_topic(raw.topic, prefix)
     except MessageError as exc:
         raise MessageError(exc.message, code=Reason.BAD_TOPIC, where="topic") from None
     if kind not in DEVICE_KINDS:
         raise MessageError(f"devices do not publish {kind!r}", code=Reason.BAD_TOPIC, where="topic")
+    if len(raw.payload) > MAX_PAYLOAD[kind]:
+        raise MessageError(f"payload of {len(raw.payload)} bytes exceeds the {MAX_PAYLOAD[kind]}-byte limit",
+                           code=Reason.PAYLOAD_TOO_LARGE, where=kind)
+    key = keys.keys.get(device_id)
+    if key is not None:
+        device_signatures.verify(key, raw.topic, raw.payload)
+    elif device_id not in keys.keyless:
+        raise MessageError(f"device {device_id!r} is not enrolled (or decommissioned)", code=Reason.UNKNOWN_DEVICE,
+                           where="topic")
+    elif not keys.accept_keyless:
+        raise MessageError(f"device {device_id!r} has registered no message key, so nothing it sends can be "
+                           "verified", code=Reason.UNSIGNED, where="device_id",
+                           hint="upgrade its agent (it registers a key at start) or re-enroll the device")
     message = decode(kind, raw.payload)
     if message.device_id != device_id:
         raise MessageError(f"payload device_id {message.device_id!r} differs from the topic's {device_id!r}",
@@ -87,12 +114,12 @@ def decode_raw(raw: Raw, *, prefix: str) -> Decoded:
     return Decoded(device_id, kind, message.msg_id, raw.received_at, message=message)
 
 
-def decode_many(raws: list[Raw], prefix: str) -> list[Decoded | Rejected]:
+def decode_many(raws: list[Raw], prefix: str, keys: DeviceKeys) -> list[Decoded | Rejected]:
     """Decode every message; one that cannot be decoded, for whatever reason, is rejected alone."""
     out: list[Decoded | Rejected] = []
     for raw in raws:
         try:
-            out.append(decode_raw(raw, prefix=prefix))
+            out.append(decode_raw(raw, prefix=prefix, keys=keys))
         except MessageError as exc:
             out.append(Rejected(exc.code, raw.topic[:200], len(raw.payload), str(exc)[:300]))
         except Exception as exc:  # a decoder bug must not cost the rest of the batch

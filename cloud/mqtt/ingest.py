@@ -30,11 +30,14 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.mqtt.decoding import Decoded, Raw, Rejected, decode_many
+from edgefleet.cloud.mqtt.decoding import Decoded, DeviceKeys, Raw, Rejected, decode_many
 from edgefleet.cloud.services import captures, deployments, devices
 from edgefleet.cloud.store.engine import session_scope
 from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
+from edgefleet.protocol.device_signatures import decode_public_key
+from edgefleet.protocol.errors import MessageError
 from edgefleet.protocol.messages import Hello, State, StatusReport, UploadRequest
+from edgefleet.protocol.topics import parse_device_topic
 from edgefleet.protocol.vocabulary import DeviceStatus, Reason
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ _KNOWN = select(Device.id).where(col(Device.id).in_(bindparam("ids", expanding=T
 _PROCESSED = {kind: select(table.device_id, table.msg_id).where(col(table.msg_id).in_(bindparam("ids", expanding=True)))
               for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent),
                                   ("other", ProcessedMessage))}
+_KEYS = select(Device.id, Device.message_key).where(col(Device.id).in_(bindparam("ids", expanding=True)),
+                                                   col(Device.mqtt_password_hash) != "")
 _SEEN = update(Device).where(col(Device.id) == bindparam("device")).values(last_seen=bindparam("seen"), online=True)
 
 
@@ -149,13 +154,33 @@ def _already_processed(session: Session, items: list[Decoded]) -> set[tuple[str,
     return seen
 
 
+def device_keys(session: Session, raws: list[Raw], *, prefix: str, accept_keyless: bool = False) -> DeviceKeys:
+    """The message keys of the enrolled devices whose topics ``raws`` are on (one query a batch,
+    so a key registered or re-enrolled a moment ago counts at once)."""
+    ids = set()
+    for raw in raws:
+        try:
+            ids.add(parse_device_topic(raw.topic, prefix)[0])
+        except MessageError:
+            continue   # rejected when decoded
+    keys, keyless = {}, set()
+    for device_id, key in session.exec(_KEYS, params={"ids": list(ids)}) if ids else ():
+        if key:
+            keys[device_id] = decode_public_key(key)
+        else:
+            keyless.add(device_id)
+    return DeviceKeys(keys, frozenset(keyless), accept_keyless)
+
+
 class Ingestor:
     """Raw queue -> collector thread (batches, decodes here or in processes) -> storer thread."""
 
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
-                 decode_workers: int = 0, on_stored: Callable[[list[Decoded]], None] | None = None) -> None:
+                 decode_workers: int = 0, accept_keyless: bool = False,
+                 on_stored: Callable[[list[Decoded]], None] | None = None) -> None:
         self.engine = engine
+        self.accept_keyless = accept_keyless
         self.prefix = prefix
         self.metrics = metrics
         self.clock = clock
@@ -164,8 +189,7 @@ class Ingestor:
         self.on_stored = on_stored
         """Called on the storer thread with the messages of every batch once they are stored."""
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
-        self._decoded: queue.Queue[tuple[list[Raw], DecodeWork] | None] = \
-            queue.Queue(maxsize=4)
+        self._decoded: queue.Queue[tuple[list[Raw], DeviceKeys, DecodeWork] | None] = queue.Queue(maxsize=4)
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -201,7 +225,11 @@ class Ingestor:
 
     def process(self, raws: list[Raw]) -> BatchResult:
         """Decode and store ``raws`` synchronously in the calling thread; never raises."""
-        return self._store(decode_many(raws, self.prefix))
+        return self._store(decode_many(raws, self.prefix, self._keys(raws)))
+
+    def _keys(self, raws: list[Raw]) -> DeviceKeys:
+        with Session(self.engine) as session:
+            return device_keys(session, raws, prefix=self.prefix, accept_keyless=self.accept_keyless)
 
     def _collect(self) -> None:
         while True:
@@ -214,21 +242,29 @@ class Ingestor:
             stop = batch[-1] is None
             raws = [r for r in batch if r is not None]
             if raws:
-                self._decoded.put((raws, self._decode(raws)))
+                try:
+                    keys = self._keys(raws)
+                    work: DecodeWork = self._decode(raws, keys)
+                except SQLAlchemyError as exc:   # the database is away: the storer would fail the same way
+                    log.error("cannot read the device keys of a batch of %d messages: %s", len(raws), exc)
+                    keys = DeviceKeys({})
+                    work = [Rejected(Reason.STORE_ERROR, r.topic[:200], len(r.payload), "database unavailable")
+                            for r in raws]
+                self._decoded.put((raws, keys, work))
             if stop:
                 self._queue.task_done()
                 self._decoded.put(None)
                 return
 
-    def _decode(self, raws: list[Raw]) -> DecodeWork:
+    def _decode(self, raws: list[Raw], keys: DeviceKeys) -> DecodeWork:
         """Hand the batch to a decode process, or decode it here (overlapping the storer's SQLite
         work, which releases the GIL)."""
         if self._pool is not None:
             try:
-                return self._pool.submit(decode_many, raws, self.prefix)
+                return self._pool.submit(decode_many, raws, self.prefix, keys)
             except BrokenProcessPool:
                 self._restart_pool()
-        return decode_many(raws, self.prefix)
+        return decode_many(raws, self.prefix, keys)
 
     def _restart_pool(self) -> None:
         log.error("a decode worker process died; starting a new pool")
@@ -241,13 +277,13 @@ class Ingestor:
             entry = self._decoded.get()
             if entry is None:
                 return
-            raws, work = entry
+            raws, keys, work = entry
             try:
                 if isinstance(work, Future):
                     try:
                         work = work.result()
                     except BrokenProcessPool:   # the worker died mid-batch: decode it here instead
-                        work = decode_many(raws, self.prefix)
+                        work = decode_many(raws, self.prefix, keys)
                 self._store(work)
             except Exception:  # a bug: count, log, carry on with the next batch
                 log.exception("ingest of a batch of %d messages failed", len(raws))

@@ -18,7 +18,9 @@ from edgefleet.cloud.services import audit, auth
 from edgefleet.cloud.services.auth import AuthenticationError
 from edgefleet.cloud.store.tables import Device, DeviceEvent, EnrollmentToken
 from edgefleet.cloud.vocabulary import Role
-from edgefleet.protocol.errors import ConflictError, NotFoundError
+from edgefleet.protocol.device_signatures import encode_public_key
+from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
+from edgefleet.protocol.keys import load_public_key_pem
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import Hello, State
 from edgefleet.protocol.topics import validate_device_id
@@ -61,11 +63,23 @@ def list_enrollment_tokens(session: Session, *, include_used: bool = False) -> l
     return list(session.exec(query))
 
 
-def enroll(session: Session, *, token: str, device_id: str | None, now: float) -> Enrollment:
+def message_key(pem: str, *, where: str) -> str:
+    """A device's message public key (PEM, Ed25519) as stored: base64 of its raw bytes."""
+    try:
+        return encode_public_key(load_public_key_pem(pem.encode("utf-8"), where=where))
+    except ConfigError as exc:
+        raise InvalidRequestError(exc.message, where=where, hint="send the device's Ed25519 public key in PEM") \
+            from None
+
+
+def enroll(session: Session, *, token: str, device_id: str | None, now: float, public_key_pem: str | None = None,
+           require_key: bool = True) -> Enrollment:
     """Exchange a one-time enrollment token for the device's own credentials.
 
-    A device id that already exists is re-enrolled (credentials rotated) only with a token
-    issued for exactly that id.
+    A device id that already exists is re-enrolled (credentials and message key replaced) only with
+    a token issued for exactly that id. ``public_key_pem`` is the key the device signs its messages
+    with (it made the pair; the private half never leaves it); without one the enrollment is
+    refused unless ``require_key`` is off (``accept_unsigned_devices``).
     """
     row = session.exec(select(EnrollmentToken).where(EnrollmentToken.token_hash == auth.hash_secret(token))
                        ).first()
@@ -79,12 +93,18 @@ def enroll(session: Session, *, token: str, device_id: str | None, now: float) -
     if device is not None and row.device_id != device_id:
         raise ConflictError(f"device {device_id!r} is already enrolled", where="device_id",
                             hint="re-enrolling needs a token created for this device id")
+    key = message_key(public_key_pem, where="device_public_key_pem") if public_key_pem else ""
+    if not key and require_key:
+        raise InvalidRequestError("the device sent no message key (device_public_key_pem)",
+                                  where="device_public_key_pem",
+                                  hint="enroll with an agent that signs its messages (this release or later)")
     password = secrets.token_urlsafe(24)
     if device is None:
         device = Device(id=device_id, enrolled_at=now)
     else:
         auth.revoke_device_tokens(session, device_id=device_id, now=now)
     device.mqtt_password_hash = auth.mosquitto_password_hash(password)
+    device.message_key = key
     device.tags = sorted(set(device.tags) | set(row.tags))
     device.enrolled_at, device.enrolled_by = now, row.created_by
     session.add(device)
@@ -97,6 +117,30 @@ def enroll(session: Session, *, token: str, device_id: str | None, now: float) -
                  details={"enrollment_token": row.id}, now=now)
     log.info("device %s enrolled", device_id)
     return Enrollment(device=device, mqtt_username=device_id, mqtt_password=password, api_token=api_token)
+
+
+def register_message_key(session: Session, *, device_id: str, mqtt_password: str, public_key_pem: str,
+                         now: float) -> Device:
+    """A device enrolled before message signatures registers the key it will sign with, once,
+    proving who it is with its MQTT credentials; a different key than the one registered needs a
+    re-enrollment (an operator's token), so a leaked password cannot replace it."""
+    device = session.get(Device, device_id)
+    if device is None or not device.mqtt_password_hash or not auth.check_mosquitto_password(
+            mqtt_password, device.mqtt_password_hash):
+        raise AuthenticationError("unknown device or wrong MQTT password", where="Authorization",
+                                  hint="authenticate with the device id and MQTT password of its agent.toml")
+    key = message_key(public_key_pem, where="public_key_pem")
+    if device.message_key == key:
+        return device
+    if device.message_key:
+        raise ConflictError(f"device {device_id!r} already has a message key", where="public_key_pem",
+                            hint="re-enroll the device (edgefleet devices enroll --device-id) to give it a new one")
+    device.message_key = key
+    session.add(device)
+    audit.record(session, actor=f"device:{device_id}", action="device.message_key", target=f"device:{device_id}",
+                 details={"key": key}, now=now)
+    log.info("device %s registered its message key", device_id)
+    return device
 
 
 def list_devices(session: Session, *, tag: str | None = None, online: bool | None = None,
@@ -145,6 +189,7 @@ def decommission(session: Session, *, device_id: str, actor: str, now: float) ->
     device = get_device(session, device_id=device_id)
     auth.revoke_device_tokens(session, device_id=device_id, now=now)
     device.mqtt_password_hash = ""
+    device.message_key = ""
     device.online = False
     session.add(device)
     audit.record(session, actor=actor, action="device.decommission", target=f"device:{device_id}", now=now)

@@ -83,6 +83,9 @@ class Device(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     mqtt_password_hash: str = ""
     """Mosquitto-compatible PBKDF2-SHA512 hash (``$7$...``) so an operator can export a password file."""
+    message_key: str = ""
+    """The device's Ed25519 public key (base64 of the raw 32 bytes) that every message it publishes
+    is signed with; empty for a device enrolled before message signatures."""
     tags: list[str] = _json(list)
     hardware_class: str | None = None
     arch: str | None = None

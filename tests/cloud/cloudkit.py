@@ -24,6 +24,7 @@ from edgefleet.protocol.messages import (
 from edgefleet.protocol.topics import device_topic
 
 from onnx_models import mlp_onnx as make_onnx_model  # noqa: F401  (used by conftest)
+from testkit import DeviceKey
 
 ADMIN = "eft_test-admin-token"
 
@@ -63,17 +64,27 @@ class Fleet:
 
     def __init__(self, client: TestClient, controller: Controller, clock: FakeClock) -> None:
         self.client, self.controller, self.clock = client, controller, clock
+        self.keys: dict[str, DeviceKey] = {}
+        """Each enrolled device's own message key (it signs what the device sends)."""
 
     def enroll(self, device_id: str, *, tags: list[str] | None = None) -> dict:
         r = self.client.post("/api/v1/enrollment-tokens", json={"device_id": device_id, "tags": tags or []})
         assert r.status_code == 201, r.text
-        r = self.client.post("/api/v1/enroll", json={"token": r.json()["token"], "device_id": device_id},
-                             headers={"Authorization": ""})
+        key = DeviceKey()
+        r = self.client.post("/api/v1/enroll", json={"token": r.json()["token"], "device_id": device_id,
+                                                     "device_public_key_pem": key.pem}, headers={"Authorization": ""})
         assert r.status_code == 201, r.text
+        self.keys[device_id] = key
         return r.json()
 
+    def sealed(self, topic: str, body: bytes, *, signer: str | None = None) -> bytes:
+        """``body`` signed by the key of ``signer`` (default: the device the topic names)."""
+        return self.keys[signer or topic.split("/")[-2]].seal(topic, body)
+
     def send(self, message: Message, kind: str, *, topic_device: str | None = None) -> None:
-        self.send_raw(device_topic(topic_device or message.device_id, kind), encode(message))
+        topic = device_topic(topic_device or message.device_id, kind)
+        self.send_raw(topic, self.sealed(topic, encode(message), signer=topic_device or message.device_id)
+                      if (topic_device or message.device_id) in self.keys else encode(message))
 
     def send_raw(self, topic: str, payload: bytes):
         return self.controller.ingestor.process([Raw(topic, payload, self.clock())])

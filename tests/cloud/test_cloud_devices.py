@@ -11,13 +11,17 @@ from edgefleet.cloud.store.tables import Device, ProcessedMessage
 from edgefleet.protocol.keys import key_id, load_public_key_pem
 
 from cloudkit import Fleet
+from testkit import DeviceKey
+
+PEM = DeviceKey().pem
 
 
 def test_enrollment_hands_out_credentials_once(client, controller, release_key):
     r = client.post("/api/v1/enrollment-tokens", json={"tags": ["lab"]})
     assert r.status_code == 201
     token = r.json()["token"]
-    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "cam-1"}, headers={"Authorization": ""})
+    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "cam-1", "device_public_key_pem": PEM},
+                    headers={"Authorization": ""})
     assert r.status_code == 201
     creds = r.json()
     assert creds["device_id"] == "cam-1" and creds["mqtt_username"] == "cam-1"
@@ -25,7 +29,8 @@ def test_enrollment_hands_out_credentials_once(client, controller, release_key):
     assert key_id(load_public_key_pem(creds["controller_public_key_pem"].encode())) == controller.controller_key_id
     assert [key_id(load_public_key_pem(p.encode())) for p in creds["release_public_keys_pem"]] == \
         [key_id(release_key.public_key())]
-    again = client.post("/api/v1/enroll", json={"token": token, "device_id": "cam-2"}, headers={"Authorization": ""})
+    again = client.post("/api/v1/enroll", json={"token": token, "device_id": "cam-2", "device_public_key_pem": PEM},
+                        headers={"Authorization": ""})
     assert again.status_code == 401
     device = client.get("/api/v1/devices/cam-1").json()
     assert device["tags"] == ["lab"] and device["online"] is False
@@ -37,13 +42,16 @@ def test_enrollment_hands_out_credentials_once(client, controller, release_key):
 
 def test_enrollment_rejects_bad_tokens_and_ids(client, clock):
     anon = {"Authorization": ""}
-    assert client.post("/api/v1/enroll", json={"token": "efe_unknown-token"}, headers=anon).status_code == 401
+    assert client.post("/api/v1/enroll", json={"token": "efe_unknown-token", "device_public_key_pem": PEM},
+                       headers=anon).status_code == 401
     assert client.post("/api/v1/enroll", json={}, headers=anon).status_code == 422
     token = client.post("/api/v1/enrollment-tokens", json={"ttl_s": 10}).json()["token"]
-    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "bad/id"}, headers=anon)
+    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "bad/id", "device_public_key_pem": PEM},
+                    headers=anon)
     assert r.status_code == 422
     clock.advance(11)
-    assert client.post("/api/v1/enroll", json={"token": token, "device_id": "late"}, headers=anon).status_code == 401
+    assert client.post("/api/v1/enroll", json={"token": token, "device_id": "late", "device_public_key_pem": PEM},
+                       headers=anon).status_code == 401
     assert client.post("/api/v1/enrollment-tokens", json={"device_id": "../x"}).status_code == 422
     assert client.post("/api/v1/enrollment-tokens", json={"ttl_s": -1}).status_code == 422
 
@@ -51,7 +59,8 @@ def test_enrollment_rejects_bad_tokens_and_ids(client, clock):
 def test_pinned_token_and_re_enrollment(client, fleet):
     first = fleet.enroll("pinned")
     other = client.post("/api/v1/enrollment-tokens", json={}).json()["token"]
-    r = client.post("/api/v1/enroll", json={"token": other, "device_id": "pinned"}, headers={"Authorization": ""})
+    r = client.post("/api/v1/enroll", json={"token": other, "device_id": "pinned", "device_public_key_pem": PEM},
+                    headers={"Authorization": ""})
     assert r.status_code == 409   # an unpinned token cannot take over an existing id
     second = fleet.enroll("pinned")  # fleet.enroll pins the token to the id: credentials rotate
     assert second["api_token"] != first["api_token"]

@@ -36,8 +36,8 @@ def test_telemetry_is_stored_once_per_msg_id(client, fleet, controller):
 def test_duplicates_inside_one_batch(client, fleet, controller, clock):
     fleet.add("t2")
     window = fleet.telemetry("t2", 1)
-    payload = encode(window)
     topic = "edgefleet/v1/devices/t2/telemetry"
+    payload = fleet.sealed(topic, encode(window))
     result = controller.ingestor.process([Raw(topic, payload, clock()) for _ in range(3)])
     assert result.stored == 0 and result.duplicates == 3
     assert len(_windows(client, device_id="t2")) == 1
@@ -72,23 +72,28 @@ def test_replayed_hello_does_not_roll_state_back(client, fleet, clock):
 
 
 @pytest.mark.parametrize("topic, payload, reason", [
-    ("edgefleet/v1/devices/m1/telemetry", b"{not json", "malformed_message"),
-    ("edgefleet/v1/devices/m1/telemetry", b"[1, 2]", "malformed_message"),
+    ("edgefleet/v1/devices/m1/telemetry", b"{not json}", "malformed_message"),
+    ("edgefleet/v1/devices/m1/telemetry", b"{\"a\": [1, 2]]}", "malformed_message"),
+    ("edgefleet/v1/devices/m1/telemetry", b"[1, 2]", "unsigned"),   # no signature can be appended to it
     ("edgefleet/v1/devices/m1/telemetry", json.dumps({"schema_version": 99, "device_id": "m1"}).encode(),
      "unsupported_schema"),
     ("edgefleet/v1/devices/m1/telemetry", json.dumps({"schema_version": 1, "type": "telemetry",
                                                       "device_id": "m1"}).encode(), "malformed_message"),
     ("edgefleet/v1/devices/m1/telemetry", b"{" + b" " * 300_000 + b"}", "payload_too_large"),
-    ("edgefleet/v1/devices/m1/hello", b"\xff\xfe", "malformed_message"),
+    ("edgefleet/v1/devices/m1/hello", b"{\xff\xfe}", "malformed_message"),
+    ("edgefleet/v1/devices/m1/hello", b"\xff\xfe", "unsigned"),
     ("edgefleet/v1/devices/m1/cmd", b"{}", "bad_topic"),
     ("edgefleet/v1/devices/m1/extra/telemetry", b"{}", "bad_topic"),
     ("other/prefix/devices/m1/telemetry", b"{}", "bad_topic"),
     ("edgefleet/v1/devices/bad id/telemetry", b"{}", "bad_topic"),
 ])
 def test_malformed_messages_are_rejected_counted_and_not_stored(client, fleet, controller, topic, payload, reason):
+    """Signed by the enrolled device where the payload can carry a signature: bad content from a
+    device that is who it says it is is still refused."""
     fleet.add("m1")
     before = _rejected(controller, reason)
-    result = fleet.send_raw(topic, payload)
+    sealable = payload.startswith(b"{") and payload.endswith(b"}") and payload != b"{}" and "/m1/" in topic
+    result = fleet.send_raw(topic, fleet.sealed(topic, payload, signer="m1") if sealable else payload)
     assert result.stored == 0 and result.rejected == {reason: 1}
     assert _rejected(controller, reason) == before + 1
     assert _windows(client) == []
@@ -98,7 +103,8 @@ def test_device_id_in_payload_must_match_topic(client, fleet, controller):
     fleet.add("a1")
     fleet.add("b1")
     window = fleet.telemetry("a1", 1)
-    result = fleet.send_raw("edgefleet/v1/devices/b1/telemetry", encode(window.model_copy(update={"msg_id": "x1"})))
+    topic = "edgefleet/v1/devices/b1/telemetry"   # b1 signs a1's window: its own topic, someone else's payload
+    result = fleet.send_raw(topic, fleet.sealed(topic, encode(window.model_copy(update={"msg_id": "x1"}))))
     assert result.rejected == {"device_mismatch": 1}
     assert len(_windows(client)) == 1
 
@@ -114,10 +120,11 @@ def test_unknown_device_is_rejected(client, fleet, controller):
 def test_a_bad_message_does_not_spoil_its_batch(client, fleet, controller, clock):
     fleet.add("g1")
     good = fleet.telemetry("g1", 1).model_copy(update={"msg_id": "good-2", "window_seq": 2})
-    raws = [Raw("edgefleet/v1/devices/g1/telemetry", b"garbage", clock()),
-            Raw("edgefleet/v1/devices/g1/telemetry", encode(good), clock())]
+    topic = "edgefleet/v1/devices/g1/telemetry"
+    raws = [Raw(topic, fleet.sealed(topic, b"{garbage}"), clock()), Raw(topic, b"garbage", clock()),
+            Raw(topic, fleet.sealed(topic, encode(good)), clock())]
     result = controller.ingestor.process(raws)
-    assert result.stored == 1 and result.rejected == {"malformed_message": 1}
+    assert result.stored == 1 and result.rejected == {"malformed_message": 1, "unsigned": 1}
     assert {w["window_seq"] for w in _windows(client, device_id="g1")} == {1, 2}
 
 
@@ -126,7 +133,8 @@ def test_unknown_fields_are_kept_in_the_stored_payload(client, fleet, controller
     window = fleet.telemetry("u1", 1)
     body = json.loads(encode(window))
     body.update(msg_id="newer", window_seq=2, future_field={"x": 1})
-    fleet.send_raw("edgefleet/v1/devices/u1/telemetry", json.dumps(body).encode())
+    topic = "edgefleet/v1/devices/u1/telemetry"
+    fleet.send_raw(topic, fleet.sealed(topic, json.dumps(body).encode()))
     with controller.session() as s:
         row = s.exec(select(TelemetryRecord).where(TelemetryRecord.msg_id == "newer")).one()
         assert json.loads(row.raw)["future_field"] == {"x": 1}
@@ -141,14 +149,16 @@ def test_threaded_ingest_with_and_without_decode_processes(client, fleet, contro
     try:
         windows = [TelemetryWindow(device_id="w1", window_seq=i, window_start=0, window_end=i,
                                    latency_ms=Histogram(bounds=[1.0], counts=[1, 0])) for i in range(30)]
+        topic = "edgefleet/v1/devices/w1/telemetry"
         for w in windows:
-            ingestor.submit("edgefleet/v1/devices/w1/telemetry", encode(w))
-        ingestor.submit("edgefleet/v1/devices/w1/telemetry", b"junk")
+            ingestor.submit(topic, fleet.sealed(topic, encode(w)))
+        ingestor.submit(topic, fleet.sealed(topic, b"{junk}"))
+        ingestor.submit(topic, encode(windows[0].model_copy(update={"msg_id": "unsigned-1"})))
         ingestor.flush()
     finally:
         ingestor.stop()
     assert len(_windows(client, device_id="w1", limit=100)) == 30
-    assert _rejected(controller, "malformed_message") == 1
+    assert (_rejected(controller, "malformed_message"), _rejected(controller, "unsigned")) == (1, 1)
 
 
 def test_ingest_survives_a_killed_decode_worker(client, fleet, controller, clock):
@@ -161,7 +171,8 @@ def test_ingest_survives_a_killed_decode_worker(client, fleet, controller, clock
         for i in seqs:
             window = TelemetryWindow(device_id="k1", window_seq=i, window_start=0, window_end=i,
                                      latency_ms=Histogram(bounds=[1.0], counts=[1, 0]))
-            ingestor.submit("edgefleet/v1/devices/k1/telemetry", encode(window))
+            topic = "edgefleet/v1/devices/k1/telemetry"
+            ingestor.submit(topic, fleet.sealed(topic, encode(window)))
         ingestor.flush()
     try:
         send(range(10))

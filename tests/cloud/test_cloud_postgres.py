@@ -11,6 +11,8 @@ import pytest
 from edgefleet.cloud.mqtt.decoding import Raw
 from edgefleet.protocol.messages import encode
 
+from testkit import DeviceKey
+
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
 
@@ -38,7 +40,7 @@ def test_ingest_batch_and_duplicates_on_postgres(client, controller, fleet, cloc
     fleet.add("pg-t")
     windows = [fleet.telemetry("pg-t", i) for i in range(1, 4)]
     topic = "edgefleet/v1/devices/pg-t/telemetry"
-    result = controller.ingestor.process([Raw(topic, encode(w), clock()) for w in windows * 2])
+    result = controller.ingestor.process([Raw(topic, fleet.sealed(topic, encode(w)), clock()) for w in windows * 2])
     assert result.stored == 0 and result.duplicates == 6
     agg = client.get("/api/v1/telemetry/summary", params={"group_by": "device"}).json()["pg-t"]
     assert agg["windows"] == 3 and agg["latency_ms"]["counts"] == [15, 9, 6, 0]
@@ -51,5 +53,6 @@ def test_unique_constraints_hold_on_postgres(client, fleet, make_bundle, upload)
                        ).status_code == 409
     fleet.enroll("pg-e")
     token = client.post("/api/v1/enrollment-tokens", json={}).json()["token"]
-    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "pg-e"}, headers={"Authorization": ""})
+    r = client.post("/api/v1/enroll", json={"token": token, "device_id": "pg-e",
+                                            "device_public_key_pem": DeviceKey().pem}, headers={"Authorization": ""})
     assert r.status_code == 409

@@ -19,7 +19,7 @@ from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.messages import Message, OrderMessage, State, decode, encode
 from edgefleet.protocol.topics import device_topic
 
-from testkit import wait_until
+from testkit import DeviceKey, wait_until
 
 ADMIN = "eft_integration-admin"
 
@@ -43,13 +43,25 @@ def running_controller(settings: ControllerSettings) -> Iterator[tuple[TestClien
         yield client, controller
 
 
-class SimDevice:
-    """One device on MQTT: publishes protocol messages, collects orders from its cmd topic,
-    and sets a last will (state offline) like the agent."""
+def enroll(client: TestClient, device_id: str, **token: object) -> dict:
+    """Enroll ``device_id`` as its agent would (its own message key in the request); the reply's
+    credentials plus ``key``, the device's :class:`DeviceKey`."""
+    secret = client.post("/api/v1/enrollment-tokens", json={"device_id": device_id, **token}).json()["token"]
+    key = DeviceKey()
+    r = client.post("/api/v1/enroll", json={"token": secret, "device_id": device_id, "device_public_key_pem": key.pem},
+                    headers={"Authorization": ""})
+    assert r.status_code == 201, r.text
+    return r.json() | {"key": key}
 
-    def __init__(self, broker_url: str, device_id: str, prefix: str, *, username: str | None = None,
-                 password: str | None = None) -> None:
-        self.device_id, self.prefix = device_id, prefix
+
+class SimDevice:
+    """One device on MQTT: publishes protocol messages (signed with ``key``, as the agent does;
+    unsigned without one), collects orders from its cmd topic, and sets a last will (state
+    offline) like the agent."""
+
+    def __init__(self, broker_url: str, device_id: str, prefix: str, *, key: DeviceKey | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
+        self.device_id, self.prefix, self.key = device_id, prefix, key
         self.orders: list[OrderMessage] = []
         self._subscribed = threading.Event()
         address = parse_broker_url(broker_url)
@@ -57,7 +69,8 @@ class SimDevice:
         if username:
             self.client.username_pw_set(username, password)
         will = State(device_id=device_id, status="offline")
-        self.client.will_set(device_topic(device_id, "state", prefix), encode(will), qos=1, retain=True)
+        will_topic = device_topic(device_id, "state", prefix)
+        self.client.will_set(will_topic, self.payload(will_topic, encode(will)), qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
@@ -72,8 +85,12 @@ class SimDevice:
     def _on_message(self, client, userdata, message) -> None:
         self.orders.append(decode("cmd", message.payload))
 
+    def payload(self, topic: str, body: bytes) -> bytes:
+        return self.key.seal(topic, body) if self.key is not None else body
+
     def publish(self, message: Message, kind: str) -> None:
-        self.publish_raw(device_topic(self.device_id, kind, self.prefix), encode(message))
+        topic = device_topic(self.device_id, kind, self.prefix)
+        self.publish_raw(topic, self.payload(topic, encode(message)))
 
     def publish_raw(self, topic: str, payload: bytes) -> None:
         self.client.publish(topic, payload, qos=1).wait_for_publish(10)

@@ -100,6 +100,12 @@ class Agents:
         self.dirs: dict[str, Path] = {}
 
     def start(self, capsys, url: str, device_id: str, *tags: str) -> Path:
+        state_dir = self.enroll(capsys, url, device_id, *tags)
+        self.run(state_dir)
+        return state_dir
+
+    def enroll(self, capsys, url: str, device_id: str, *tags: str) -> Path:
+        """``edgefleet-agent enroll`` for ``device_id``; returns its state directory."""
         args = [a for tag in tags for a in ("--tag", tag)]
         token = cli_json(capsys, "devices", "enroll", "--device-id", device_id, *args)["token"]
         state_dir = self.base / "devices" / device_id
@@ -108,12 +114,17 @@ class Agents:
                                    "--token", token, "--state-dir", str(state_dir), *settings],
                                   capture_output=True, text=True, timeout=60)
         assert enrolled.returncode == 0, enrolled.stderr
-        with open(state_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
-            self.procs.append(subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
-                                                str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
-                                               stdout=log, stderr=subprocess.STDOUT))
         self.dirs[device_id] = state_dir
         return state_dir
+
+    def run(self, state_dir: Path) -> subprocess.Popen[bytes]:
+        """Start the agent of an enrolled state directory."""
+        with open(state_dir / "agent.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "edgefleet.agent.daemon", "--config",
+                                     str(state_dir / "agent.toml"), "--log-level", "DEBUG"],
+                                    stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -11,7 +11,7 @@ from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.messages import Event, Hello, Histogram, State, StatusReport, TelemetryWindow
 from edgefleet.protocol.orders import verify_order
 
-from controllerkit import SimDevice, controller_settings, running_controller, wait_until
+from controllerkit import SimDevice, controller_settings, enroll, running_controller, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,19 +25,12 @@ def controller(request, tmp_path, topic_prefix, release_key):
         yield client, ctl
 
 
-def _enroll(client, device_id: str) -> dict:
-    token = client.post("/api/v1/enrollment-tokens", json={"device_id": device_id}).json()["token"]
-    r = client.post("/api/v1/enroll", json={"token": token, "device_id": device_id}, headers={"Authorization": ""})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 @pytest.fixture
 def device(controller, topic_prefix):
     client, ctl = controller
-    creds = _enroll(client, "sim-1")
+    creds = enroll(client, "sim-1")
     assert creds["broker_url"] == ctl.device_broker_url and creds["topic_prefix"] == topic_prefix
-    sim = SimDevice(creds["broker_url"], "sim-1", topic_prefix)
+    sim = SimDevice(creds["broker_url"], "sim-1", topic_prefix, key=creds["key"])
     yield sim
     sim.close()
 
@@ -69,18 +62,23 @@ def test_hello_state_telemetry_events_are_ingested_once(controller, device):
 def test_bad_messages_are_rejected_counted_and_not_stored(controller, device, topic_prefix):
     client, ctl = controller
     base = f"{topic_prefix}/devices/sim-1"
-    device.publish_raw(f"{base}/telemetry", b"{garbage")
+
+    def signed(kind: str, body: bytes) -> None:   # sim-1 is who it says it is; what it says is bad
+        device.publish_raw(f"{base}/{kind}", device.payload(f"{base}/{kind}", body))
+    signed("telemetry", b"{garbage}")
     device.publish_raw(f"{base}/telemetry", b"{" + b" " * 400_000 + b"}")
-    device.publish_raw(f"{base}/telemetry", _window("other", 1).model_dump_json().encode())
+    signed("telemetry", _window("other", 1).model_dump_json().encode())
     device.publish_raw(f"{topic_prefix}/devices/ghost/telemetry", _window("ghost", 1).model_dump_json().encode())
-    device.publish_raw(f"{base}/state", b"\x00\x01")
+    signed("state", b"{\x00\x01}")
+    device.publish_raw(f"{base}/telemetry", _window("sim-1", 3).model_dump_json().encode())   # not signed
 
     def rejected() -> dict:
         reg = ctl.metrics.registry
         return {r: reg.get_sample_value("edgefleet_mqtt_rejected_total", {"reason": r}) for r in
-                ("malformed_message", "payload_too_large", "device_mismatch", "unknown_device")}
+                ("malformed_message", "payload_too_large", "device_mismatch", "unknown_device", "unsigned")}
     wait_until(lambda: rejected() == {"malformed_message": 2.0, "payload_too_large": 1.0, "device_mismatch": 1.0,
-                                      "unknown_device": 1.0}, what=f"rejections counted ({rejected()})")
+                                      "unknown_device": 1.0, "unsigned": 1.0},
+               what=f"rejections counted ({rejected()})")
     assert client.get("/api/v1/telemetry/windows").json() == []
     assert client.get("/api/v1/devices/ghost").status_code == 404
     assert client.get("/healthz").json()["mqtt"] == "connected"   # nothing crashed
@@ -90,8 +88,8 @@ def test_bad_messages_are_rejected_counted_and_not_stored(controller, device, to
 
 def test_last_will_marks_the_device_offline(controller, topic_prefix):
     client, ctl = controller
-    creds = _enroll(client, "willy")
-    sim = SimDevice(creds["broker_url"], "willy", topic_prefix)
+    creds = enroll(client, "willy")
+    sim = SimDevice(creds["broker_url"], "willy", topic_prefix, key=creds["key"])
     sim.publish(State(device_id="willy", status="online"), "state")
     wait_until(lambda: client.get("/api/v1/devices/willy").json()["online"], what="online")
     sim.vanish()
@@ -123,8 +121,8 @@ def test_messages_published_while_the_controller_is_down_are_not_lost(tmp_path, 
     settings = controller_settings(tmp_path, broker_url=private_mosquitto.broker.url, prefix=topic_prefix,
                                    release_pub=release_key.public_path)
     with running_controller(settings) as (client, ctl):
-        _enroll(client, "dur")
-    sim = SimDevice(private_mosquitto.broker.url, "dur", topic_prefix)
+        creds = enroll(client, "dur")
+    sim = SimDevice(private_mosquitto.broker.url, "dur", topic_prefix, key=creds["key"])
     try:
         windows = [_window("dur", i) for i in range(20)]
         for w in windows:
@@ -144,8 +142,8 @@ def test_two_replicas_split_ingest_with_a_shared_subscription(tmp_path, mqtt_bro
                                 shared_subscription_group="ctl", mqtt_client_id=f"a-{topic_prefix[:17]}")
     second = first.model_copy(update={"data_dir": tmp_path / "b", "mqtt_client_id": f"b-{topic_prefix[:17]}"})
     with running_controller(first) as (client, ctl_a), running_controller(second) as (_, ctl_b):
-        creds = _enroll(client, "shared-1")
-        sim = SimDevice(creds["broker_url"], "shared-1", topic_prefix)
+        creds = enroll(client, "shared-1")
+        sim = SimDevice(creds["broker_url"], "shared-1", topic_prefix, key=creds["key"])
         try:
             for i in range(40):
                 sim.publish(_window("shared-1", i), "telemetry")
@@ -165,8 +163,8 @@ def test_broker_outage_holds_orders_and_the_bridge_reconnects(tmp_path, private_
     recipe = parse_recipe({"bundle": {"name": "tiny", "version": "1.0.0", "build": 1, "runtime": "onnx"}})
     built = build_bundle(recipe, tiny_onnx, samples=np.zeros((8, 4), np.float32), release_key=release_key.private)
     with running_controller(settings) as (client, ctl):
-        _enroll(client, "out-1")
-        sim = SimDevice(private_mosquitto.broker.url, "out-1", topic_prefix)
+        creds = enroll(client, "out-1")
+        sim = SimDevice(private_mosquitto.broker.url, "out-1", topic_prefix, key=creds["key"])
         sim.publish(Hello(device_id="out-1", agent_version="0.1.0", arch="x86_64", os="linux", runtimes=["onnx"]),
                     "hello")
         wait_until(lambda: client.get("/api/v1/devices/out-1").json()["arch"], what="hello stored")

@@ -24,7 +24,7 @@ from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.protocol import drift
 from edgefleet.protocol.messages import Histogram, InstalledBundle, TelemetryWindow
 
-from controllerkit import SimDevice
+from controllerkit import SimDevice, enroll
 from testkit import free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -107,10 +107,8 @@ def test_three_alarm_windows_open_one_incident_everywhere_and_the_cooldown_close
     hook = client.post("/api/v1/webhooks", json={"url": f"http://127.0.0.1:{receiver.server_address[1]}/h",
                                                  "events": ["incident.opened", "incident.closed"]}).json()
     receiver.secret = hook["secret"]
-    token = client.post("/api/v1/enrollment-tokens", json={"device_id": "sensor-7", "tags": ["line-3"]}).json()
-    creds = client.post("/api/v1/enroll", json={"token": token["token"], "device_id": "sensor-7"},
-                        headers={"Authorization": ""}).json()
-    device = SimDevice(creds["broker_url"], "sensor-7", topic_prefix)
+    creds = enroll(client, "sensor-7", tags=["line-3"])
+    device = SimDevice(creds["broker_url"], "sensor-7", topic_prefix, key=creds["key"])
     sensor = Sensor(seed=11)
     try:
         start = time.time() - 0.5   # five windows of 0.1 s that ended just now

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.protocol import keys, messages, topics
+from edgefleet.protocol import device_signatures, keys, messages, topics
 from edgefleet.protocol.orders import order_bytes, verify_order
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
@@ -82,3 +82,13 @@ def test_outcome_table_is_the_outcome_enum():
     diagram = re.search(r"```mermaid\n(.*?)```", section, re.S).group(1)
     states = set(re.findall(r"\b([a-z_]+) -->", diagram)) | set(re.findall(r"--> ([a-z_]+)", diagram))
     assert states == {s.value for s in UpdateState}
+
+
+def test_the_sealed_hello_is_a_test_vector_for_device_signatures():
+    text = DOC.read_text()
+    raw = bytes.fromhex(re.search(r"the public key of the\nexample device, raw, is\n`([0-9a-f]{64})`", text).group(1))
+    sealed = re.search(r"sealed, is exactly\n\n```\n(.*?)\n```", text, re.S).group(1).encode()
+    topic = "edgefleet/v1/devices/cam-0042/hello"
+    device_signatures.verify(raw, topic, sealed)
+    (body,) = [b for t, b in _examples() if t == topic]
+    assert sealed.startswith(json.dumps(json.loads(body), separators=(",", ":")).encode()[:-1])

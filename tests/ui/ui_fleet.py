@@ -37,6 +37,7 @@ from edgefleet.protocol.messages import (
 from edgefleet.protocol.topics import device_topic
 
 from onnx_models import mlp_onnx
+from testkit import DeviceKey
 
 LABELS = ["cat", "dog", "bird"]
 LATENCY_BOUNDS = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0, 35.0, 60.0, 100.0]
@@ -81,9 +82,13 @@ def _upload(controller: Controller, data: bytes) -> Upload:
     return Upload(Path(name), hashlib.sha256(data).hexdigest(), len(data))
 
 
+KEYS: dict[str, DeviceKey] = {}
+"""The message key of every device :func:`enroll` enrolled (what its agent would sign with)."""
+
+
 def ingest(controller: Controller, device_id: str, kind: str, message: Message, now: float) -> None:
     topic = device_topic(device_id, kind, controller.settings.topic_prefix)
-    result = controller.ingestor.process([Raw(topic, encode(message), now)])
+    result = controller.ingestor.process([Raw(topic, KEYS[device_id].seal(topic, encode(message)), now)])
     assert result.stored == 1, (kind, device_id, result)
 
 
@@ -168,7 +173,8 @@ def enroll(controller: Controller, device_id: str, tags: list[str], *, now: floa
     """Enroll a device with a one-time token (its first tag on the token, as a hardware class would be)."""
     with controller.session() as session:
         _, token = devices.create_enrollment_token(session, actor=ACTOR, now=now, tags=tags[:1])
-        devices.enroll(session, token=token, device_id=device_id, now=now)
+        KEYS[device_id] = DeviceKey()
+        devices.enroll(session, token=token, device_id=device_id, now=now, public_key_pem=KEYS[device_id].pem)
 
 
 def hello(controller: Controller, device_id: str, tags: list[str], bundle: BuiltBundle, *, now: float) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from edgefleet.cloud.api.schemas import (
     EnrollmentTokenCreate,
@@ -10,6 +13,7 @@ from edgefleet.cloud.api.schemas import (
     EnrollmentTokenOut,
     EnrollRequest,
     EnrollResponse,
+    MessageKeyRegistration,
 )
 from edgefleet.cloud.deps import AdminDep, ControllerDep, OperatorDep, SessionDep
 from edgefleet.cloud.services import devices, trust
@@ -38,7 +42,9 @@ def list_enrollment_tokens(session: SessionDep, _: OperatorDep,
 def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) -> EnrollResponse:
     """Device side: exchange a one-time enrollment token (in the body, no API token needed) for the
     device's MQTT credentials, API token and the public keys it must trust."""
-    result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now())
+    result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now(),
+                            public_key_pem=body.device_public_key_pem,
+                            require_key=not controller.settings.accept_unsigned_devices)
     release = [public_key_pem(k).decode() for k in
                trust.release_keys(session, configured=controller.configured_release_keys)]
     return EnrollResponse(device_id=result.device.id, mqtt_username=result.mqtt_username,
@@ -47,6 +53,16 @@ def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) 
                           controller_url=controller.settings.resolved_public_url,
                           controller_public_key_pem=controller.controller_public_pem,
                           release_public_keys_pem=release)
+
+
+@api.post("/device/message-key", tags=["devices"])
+def register_message_key(body: MessageKeyRegistration, controller: ControllerDep, session: SessionDep,
+                         credentials: Annotated[HTTPBasicCredentials, Depends(HTTPBasic())]) -> dict[str, str]:
+    """Device side, for a device enrolled before message signatures: register the key it signs its
+    messages with, once (HTTP Basic: the device id and MQTT password from its agent.toml)."""
+    device = devices.register_message_key(session, device_id=credentials.username, mqtt_password=credentials.password,
+                                          public_key_pem=body.public_key_pem, now=controller.now())
+    return {"device_id": device.id, "message_key": device.message_key}
 
 
 @api.get("/broker/passwd", tags=["devices"], response_class=Response)
