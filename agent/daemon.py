@@ -31,6 +31,7 @@ from edgefleet.agent.server import InferenceServer, bundle_info
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import TERMINAL
 from edgefleet.agent.stats import WindowSummary
+from edgefleet.agent.trust_root import ROOT_FILE, RootStore
 from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.agent.upload import Uploader
 from edgefleet.agent.url_policy import UrlPolicy
@@ -47,6 +48,8 @@ from edgefleet.protocol.messages import (
     InstalledBundle,
     Message,
     OrderMessage,
+    RootsMessage,
+    SignedRoot,
     State,
     TelemetryWindow,
     UploadGrantMessage,
@@ -81,6 +84,8 @@ class Agent:
                                  hardware_class=config.hardware_class)
         release = TrustedKeys.from_files(config.release_keys, role="release")
         controller = TrustedKeys.from_files(config.controller_keys, role="controller")
+        self.roots = RootStore(state_dir / ROOT_FILE, release=release, controller=controller)
+        """The trust root, when the device holds one: it replaces the configured keys in place."""
         self.outbox = Outbox(state_dir / "outbox.sqlite")
         self.pump = OutboxPump(self.outbox)
         self.predictor = Predictor()
@@ -159,7 +164,7 @@ class Agent:
         return Hello(device_id=self.device_id, agent_version=self.facts.agent_version, arch=self.facts.arch,
                      os=f"{platform.system()} {platform.release()}", runtimes=self.runtimes,
                      hardware_class=self.config.hardware_class, installed=self._installed(),
-                     free_disk_bytes=free, tags=list(self.config.tags))
+                     free_disk_bytes=free, tags=list(self.config.tags), root_version=self.roots.version)
 
     # ------------------------------------------------------------------ MQTT callbacks (link thread)
 
@@ -205,8 +210,19 @@ class Agent:
         if isinstance(msg, DelegationsMessage):
             self.updater.delegations.offer(msg.delegations, source="cmd.delegations")
             return
+        if isinstance(msg, RootsMessage):
+            self._follow_roots(msg.roots, source="cmd.roots")
+            return
         assert isinstance(msg, OrderMessage)
+        if msg.roots:   # keys may have rotated while this device was away: follow them before the order
+            self._follow_roots(msg.roots, source="cmd.order.roots")
         self.updater.submit(msg.order)
+
+    def _follow_roots(self, roots: list[SignedRoot], *, source: str) -> None:
+        before = self.roots.version
+        self.roots.offer(roots, source=source)
+        if self.roots.version != before:   # tell the controller which root this device holds now
+            self.link.publish(*self._sealed("hello", self._hello()), qos=1)
 
     # ------------------------------------------------------------------ periodic work
 
@@ -280,6 +296,7 @@ class Agent:
                 "errors_total": self.predictor.total_errors, "malformed_messages": self.malformed,
                 "delegations_version": delegations.signed.version if delegations is not None else None,
                 "delegations_refused": self.updater.delegations.refused,
+                "root_version": self.roots.version, "roots_refused": self.roots.refused,
                 "outbox_pending": len(self.outbox), "telemetry_windows": self.outbox.counter("window_seq"),
                 "update_state": r.state.value, "deployment_id": r.deployment_id,
                 "bundle": bundle_info(model.installed) if model is not None else None, "window": window,

@@ -20,9 +20,12 @@ from typing import Any
 
 from edgefleet.agent.config import load_config
 from edgefleet.agent.identity import create_key, registered_marker
+from edgefleet.agent.trust_root import ROOT_FILE
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import load_public_key_pem, public_key_pem
+from edgefleet.protocol.messages import SignedRoot
+from edgefleet.protocol.root import root_json, verify_self
 
 
 def _toml_value(value: Any) -> str:
@@ -86,6 +89,10 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
         path = keys_dir / f"release-{i}.pub"
         atomic_write(path, pem.encode())
         release_paths.append(str(path))
+    if reply.get("trust_root"):   # pinned: from now on it says which keys this device trusts
+        root = SignedRoot.model_validate(reply["trust_root"])
+        verify_self(root, where="trust root from the controller")
+        atomic_write(state_dir / ROOT_FILE, root_json(root))
     if not release_paths:
         raise ConfigError("the controller trusts no release key", where="controller settings: release_key_paths",
                           hint="configure the release public key on the controller, then enroll again")

@@ -13,13 +13,16 @@ compression-job worker, the webhook sender and the drift-incident pass.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
 from edgefleet.cloud.background import BackgroundLoop
@@ -38,8 +41,9 @@ from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.protocol.brokers import parse_broker_url
+from edgefleet.protocol.delegation import raw_public_key
 from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
-from edgefleet.protocol.messages import UploadRequest
+from edgefleet.protocol.messages import SignedRoot, UploadRequest
 from edgefleet.protocol.topics import controller_subscriptions
 
 log = logging.getLogger(__name__)
@@ -75,6 +79,8 @@ class Controller:
         self.engine = make_engine(settings.resolved_database_url)
         create_schema(self.engine)
         self.controller_key = trust.load_or_create_controller_key(settings.resolved_controller_key_path)
+        self.previous_controller_key: Ed25519PrivateKey | None = None
+        """The key orders were signed with before the last rotation (its download links still work)."""
         self.configured_release_keys = trust.configured_release_keys(settings.release_key_paths)
         passphrase = settings.release_signing_key_passphrase
         self.release_signing_key = trust.load_release_signing_key(
@@ -308,6 +314,43 @@ class Controller:
             return captures.publish_grants(session, publish=self.publish, prefix=self.settings.topic_prefix,
                                            issuer=self.grants, now=self.clock())
 
+    def publish_roots(self, device_ids: list[str] | None = None) -> int:
+        """Send every enrolled device (or those of ``device_ids``) that is behind the trust root in
+        force the roots it lacks: after a new root is pushed, and to a device after its hello."""
+        with self.session() as session:
+            messages = trust.root_messages(session, prefix=self.settings.topic_prefix, device_ids=device_ids)
+        return sum(1 for topic, payload in messages if self.publish(topic, payload))
+
+    @property
+    def next_controller_key_path(self) -> Path:
+        path = self.settings.resolved_controller_key_path
+        return path.with_name(path.stem + "-next" + path.suffix)
+
+    def next_controller_key(self) -> Ed25519PrivateKey:
+        """The key the controller will sign with once a trust root lists it (made on first ask)."""
+        return trust.load_or_create_controller_key(self.next_controller_key_path)
+
+    def adopt_root(self, root: SignedRoot) -> None:
+        """After a new trust root: if it no longer lists the key the controller signs with but lists
+        the prepared next key (``edgefleet keys rotate controller``), sign with that one from now on;
+        the old key file is kept beside it as ``*.retired``."""
+        listed = set(root.signed.controller.keys)
+        if raw_public_key(self.controller_key.public_key()) in listed or not self.next_controller_key_path.exists():
+            return
+        nxt = trust.load_or_create_controller_key(self.next_controller_key_path)
+        if raw_public_key(nxt.public_key()) not in listed:
+            log.error("trust root version %d trusts neither the controller's key nor its next key: orders it "
+                      "signs will be refused", root.signed.version)
+            return
+        current = self.settings.resolved_controller_key_path
+        retired = f"{current.name}.retired-{key_id(self.controller_key.public_key())[:16]}"
+        os.replace(current, current.with_name(retired))
+        os.replace(self.next_controller_key_path, current)
+        self.previous_controller_key = self.controller_key
+        self.controller_key = self.issuer.key = self.grants.key = nxt
+        log.warning("trust root version %d: orders are signed with controller key %s from now on",
+                    root.signed.version, key_id(nxt.public_key())[:16])
+
     def publish_delegations(self, device_ids: list[str] | None = None) -> int:
         """Send the current delegations document to every enrolled device (or to ``device_ids``): after
         a new version is pushed, and to a device after its hello. Returns how many the broker took."""
@@ -334,8 +377,9 @@ class Controller:
             except Exception:  # the next reconcile pass retries
                 log.exception("publishing upload grants failed")
         hellos = [i.device_id for i in items if i.kind == "hello"]
-        if hellos:  # a device that (re)connects gets the delegations document it may have missed
+        if hellos:  # a device that (re)connects gets the trust roots and delegations it may have missed
             try:
+                self.publish_roots(hellos)
                 self.publish_delegations(hellos)
             except Exception:  # the next hello (or push) sends it again
                 log.exception("publishing the delegations document failed")

@@ -133,6 +133,19 @@ class DelegationRollbackError(DelegationError):
     code: str = Reason.DELEGATION_ROLLBACK
 
 
+class RootError(VerificationError):
+    """A trust root that does not continue the chain a verifier holds: a version gap, or the
+    threshold of the previous or its own root keys missing (docs/security.md §9)."""
+
+    code: str = Reason.ROOT_CHAIN_BROKEN
+
+
+class RootRollbackError(RootError):
+    """A trust root older than the one accepted, or another one with the same version."""
+
+    code: str = Reason.ROOT_ROLLBACK
+
+
 class MessageError(EdgeFleetError):
     """A wire message is malformed, of the wrong schema or too large."""
 

@@ -111,19 +111,25 @@ class TrustedKeys:
     def from_files(cls, paths: Iterable[str | Path], *, role: str, threshold: int = 1) -> TrustedKeys:
         return cls.of([load_public_key(p) for p in paths], role=role, threshold=threshold)
 
+    def replace(self, other: TrustedKeys) -> None:
+        """Trust exactly what ``other`` trusts from now on (a new trust root), in place, so every
+        holder of this object (updater, delegations, uploader) sees the change at once."""
+        self.keys, self.threshold = dict(other.keys), other.threshold
+
     def verify(self, data: bytes, signatures: Iterable[Signature]) -> set[str]:
         """Return the ids of the trusted keys whose valid signatures meet the threshold.
 
         Raises :class:`UnknownKeyError` when no signature comes from a trusted key and
         :class:`SignatureError` when signatures from trusted keys do not verify.
         """
-        if self.threshold < 1:  # a threshold of 0 would accept unsigned content
-            raise ConfigError(f"{self.role} signature threshold must be at least 1, not {self.threshold}",
+        keys, threshold = self.keys, self.threshold   # one snapshot, should a new root replace them meanwhile
+        if threshold < 1:  # a threshold of 0 would accept unsigned content
+            raise ConfigError(f"{self.role} signature threshold must be at least 1, not {threshold}",
                               where=f"{self.role} threshold")
         valid: set[str] = set()
         seen_trusted = False
         for s in signatures:
-            key = self.keys.get(s.keyid)
+            key = keys.get(s.keyid)
             if key is None:
                 continue
             seen_trusted = True
@@ -132,12 +138,12 @@ class TrustedKeys:
             except (InvalidSignature, binascii.Error, ValueError):
                 continue
             valid.add(s.keyid)
-        if len(valid) >= self.threshold:
+        if len(valid) >= threshold:
             return valid
         if not seen_trusted:
             raise UnknownKeyError(f"no signature by a trusted {self.role} key",
                                   where=f"{self.role} signatures",
                                   hint="was this signed with a key the device was enrolled with?")
-        raise SignatureError(f"{len(valid)} valid {self.role} signature(s), {self.threshold} required",
+        raise SignatureError(f"{len(valid)} valid {self.role} signature(s), {threshold} required",
                              where=f"{self.role} signatures",
                              hint="the signed content was altered or the signature is corrupt")

@@ -104,6 +104,8 @@ class Hello(Message):
     installed: InstalledBundle | None = None
     free_disk_bytes: Count = 0
     tags: list[str] = []
+    root_version: int | None = Field(default=None, ge=1)
+    """The version of the trust root the device holds (``None``: none, it trusts its configured keys)."""
 
 
 class State(Message):
@@ -164,9 +166,16 @@ class SignedOrder(WireModel):
     signatures: list[Signature] = Field(min_length=1, max_length=8)
 
 
+MAX_ROOTS = 12
+"""Trust roots one message carries (a device offline through more rotations walks several messages)."""
+
+
 class OrderMessage(Message):
     type: Literal["order"] = "order"
     order: SignedOrder
+    roots: list[SignedRoot] = Field(default_factory=list, max_length=MAX_ROOTS)
+    """Trust roots newer than the device's (not covered by the order's signature: each carries its
+    own): a device that was offline through a key rotation walks them before verifying the order."""
 
 
 class StatusReport(Message):
@@ -425,6 +434,52 @@ class SignedDelegations(WireModel):
     signatures: list[Signature] = Field(min_length=1, max_length=8)
 
 
+RawPublicKey = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+"""A raw 32-byte Ed25519 public key, lowercase hex (its sha256 is the key id)."""
+
+
+class RoleKeys(DelegationScope):
+    """The keys of one role in a trust root and how many of them must sign."""
+
+    keys: list[RawPublicKey] = Field(min_length=1, max_length=16)
+    threshold: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> RoleKeys:
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("a key is listed twice")
+        if self.threshold > len(self.keys):
+            raise ValueError(f"threshold {self.threshold} is more than the {len(self.keys)} key(s) listed")
+        return self
+
+
+class RootDocument(DelegationScope):
+    """The trust root (docs/security.md §9, TUF's root role): which keys devices trust for each role.
+    Version ``n + 1`` is accepted only when a threshold of version ``n``'s root keys *and* of its own
+    root keys sign it, so devices follow rotations and revocations without re-enrollment."""
+
+    type: Literal["root"] = "root"
+    version: int = Field(ge=1)
+    expires_at: int
+    root: RoleKeys
+    """The keys that sign the next version (kept offline)."""
+    release: RoleKeys
+    controller: RoleKeys
+
+
+class SignedRoot(WireModel):
+    signed: RootDocument
+    signatures: list[Signature] = Field(min_length=1, max_length=16)
+
+
+class RootsMessage(Message):
+    """On the device's cmd topic: trust roots newer than the one the device said it has (after its
+    ``hello``, and when a new version is pushed), oldest first, for it to walk."""
+
+    type: Literal["roots"] = "roots"
+    roots: list[SignedRoot] = Field(min_length=1, max_length=MAX_ROOTS)
+
+
 class DelegationsMessage(Message):
     """On the device's cmd topic: the controller's current delegations document (on every new
     version, and after each ``hello``). The device keeps the newest valid one it has seen."""
@@ -445,7 +500,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 VARIANTS: dict[str, dict[str, type[Message]]] = {
     "events": {"event": Event, "upload_request": UploadRequest},
-    "cmd": {"order": OrderMessage, "upload_grant": UploadGrantMessage, "delegations": DelegationsMessage},
+    "cmd": {"order": OrderMessage, "upload_grant": UploadGrantMessage, "delegations": DelegationsMessage,
+            "roots": RootsMessage},
 }
 """Kinds whose topic carries several message types, told apart by ``type``."""
 

@@ -59,6 +59,9 @@ class Reason(StrEnum):
     DELEGATION_EXPIRED = "delegation_expired"
     DELEGATION_REVOKED = "delegation_revoked"
     DELEGATION_ROLLBACK = "delegation_rollback"
+    # trust roots (docs/security.md §9)
+    ROOT_ROLLBACK = "root_rollback"
+    ROOT_CHAIN_BROKEN = "root_chain_broken"
     # malformed wire messages
     MALFORMED_MESSAGE = "malformed_message"
     PAYLOAD_TOO_LARGE = "payload_too_large"

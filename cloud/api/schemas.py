@@ -11,7 +11,7 @@ from edgefleet.cloud.services.rollouts.policy import DEFAULT_TEMPLATE, HEAL_TEMP
 from edgefleet.cloud.vocabulary import Arm, DataSource, ModelKind, Role
 from edgefleet.compression import CompressionConfig
 from edgefleet.protocol.bundle import BundleRecipe
-from edgefleet.protocol.messages import Delegation, DeviceId, HealthCheck, SignedDelegations
+from edgefleet.protocol.messages import Delegation, DeviceId, HealthCheck, SignedDelegations, SignedRoot
 from edgefleet.protocol.vocabulary import Runtime
 
 Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -307,6 +307,8 @@ class EnrollResponse(BaseModel):
     controller_url: str
     controller_public_key_pem: str
     release_public_keys_pem: list[str]
+    trust_root: SignedRoot | None = None
+    """The trust root in force, which the device pins (docs/security.md §9); ``null`` before the first."""
 
 
 class DeviceOut(Out):
@@ -325,6 +327,8 @@ class DeviceOut(Out):
     heartbeat_interval_s: float | None
     last_sequence: int
     enrolled_at: float
+    root_version: int | None = None
+    """The trust root version the device holds, as its last hello said."""
     decommissioned: bool = False
 
 

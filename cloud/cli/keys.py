@@ -42,8 +42,11 @@ DOCUMENT_EXPIRES = typer.Option("365d", "--document-expires", callback=_duration
 
 
 def register(app: typer.Typer) -> None:
+    from edgefleet.cloud.cli import trust_root
+
     app.add_typer(keys_app, name="keys")
     keys_app.add_typer(delegations_app, name="delegations")
+    trust_root.register(keys_app)
 
 
 @keys_app.command("generate")

@@ -228,6 +228,7 @@ def apply_hello(device: Device, hello: Hello, *, now: float) -> None:
         device.hardware_class = hello.hardware_class
     device.installed = hello.installed.model_dump(mode="json") if hello.installed else None
     device.free_disk_bytes = hello.free_disk_bytes
+    device.root_version = hello.root_version
     if hello.tags and not set(hello.tags) <= set(device.tags):
         device.tags = sorted(set(device.tags) | set(hello.tags))
     _seen(device, now=now)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session
 
+from edgefleet.cloud.services import trust
 from edgefleet.cloud.services.auth import download_token
 from edgefleet.cloud.store.tables import Bundle, Device
 from edgefleet.protocol.messages import DeploymentOrder, HealthCheck, OrderMessage
@@ -43,4 +44,7 @@ class OrderIssuer:
             bundle_name=bundle.name, bundle_version=bundle.version, sequence=device.last_sequence,
             issued_at=issued, expires_at=expires,
             health_check=health_check if action == OrderAction.INSTALL else None)
-        return OrderMessage(device_id=device.id, sent_at=now, order=sign_order(order, self.key))
+        # a device behind the trust root in force gets the roots it lacks with the order (it may not
+        # know the key that signs it yet: docs/security.md §9)
+        return OrderMessage(device_id=device.id, sent_at=now, order=sign_order(order, self.key),
+                            roots=trust.roots_after(session, device.root_version))

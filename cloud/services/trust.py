@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit
-from edgefleet.cloud.store.tables import DelegationsRecord, Device, ReleaseKey
+from edgefleet.cloud.store.tables import DelegationsRecord, Device, ReleaseKey, TrustRootRecord
 from edgefleet.protocol.delegation import (
     MAX_DOCUMENT_BYTES,
     DelegationCheck,
@@ -33,7 +33,16 @@ from edgefleet.protocol.keys import (
     public_key_pem,
     save_private_key,
 )
-from edgefleet.protocol.messages import Delegation, DelegationsMessage, SignedDelegations, encode
+from edgefleet.protocol.messages import (
+    MAX_ROOTS,
+    Delegation,
+    DelegationsMessage,
+    RootsMessage,
+    SignedDelegations,
+    SignedRoot,
+    encode,
+)
+from edgefleet.protocol.root import changes, parse_root, root_json, trusted, verify_next, verify_self
 from edgefleet.protocol.topics import cmd
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,11 @@ def release_keys(session: Session, *, configured: list[Ed25519PublicKey]) -> lis
 
 
 def trusted_release_keys(session: Session, *, configured: list[Ed25519PublicKey]) -> TrustedKeys:
+    """The release keys of the trust root in force; before the first root, the configured ones and
+    those registered through the API."""
+    root = current_root(session)
+    if root is not None:
+        return trusted(root.signed, "release")
     return TrustedKeys.of(release_keys(session, configured=configured), role="release")
 
 
@@ -97,6 +111,71 @@ def remove_release_key(session: Session, *, key_id_: str, actor: str, now: float
         raise NotFoundError(f"no registered release key {key_id_}", where="key_id")
     session.delete(row)
     audit.record(session, actor=actor, action="release_key.remove", target=f"release_key:{key_id_}", now=now)
+
+
+# --------------------------------------------------------------------------- trust roots
+
+def _root_record(session: Session) -> TrustRootRecord | None:
+    return session.exec(select(TrustRootRecord).order_by(col(TrustRootRecord.version).desc())).first()
+
+
+def current_root(session: Session) -> SignedRoot | None:
+    """The trust root in force: the highest version pushed (``None`` before the first)."""
+    row = _root_record(session)
+    return parse_root(row.document, where=f"stored trust root version {row.version}") if row else None
+
+
+def roots_after(session: Session, version: int | None) -> list[SignedRoot]:
+    """Every stored root newer than ``version`` (all of them for ``None``), oldest first, at most
+    :data:`MAX_ROOTS` (a device further behind walks the rest after its next hello)."""
+    query = select(TrustRootRecord).where(col(TrustRootRecord.version) > (version or 0))
+    rows = session.exec(query.order_by(col(TrustRootRecord.version)).limit(MAX_ROOTS))
+    return [parse_root(r.document, where=f"stored trust root version {r.version}") for r in rows]
+
+
+def push_root(session: Session, *, root: SignedRoot, actor: str, now: float) -> tuple[TrustRootRecord, bool]:
+    """Store a new trust root: the first one signed by a threshold of its own root keys (the
+    operator's bootstrap), each later one the next version, signed by the root keys of the one in
+    force and by its own. ``(record, created)``: pushing the current root again changes nothing."""
+    raw = root_json(root)
+    current = _root_record(session)
+    if current is not None and current.document == raw.decode():
+        return current, False
+    known = parse_root(current.document) if current is not None else None
+    if known is None:
+        verify_self(root, where="body")
+    else:
+        verify_next(root, known=known.signed, where="body")
+    new = root.signed
+    if now >= new.expires_at:
+        raise InvalidRequestError(f"trust root version {new.version} expired at {new.expires_at}",
+                                  where="body.signed.expires_at", hint="sign it with a later expiry")
+    row = TrustRootRecord(version=new.version, document=raw.decode(), expires_at=new.expires_at, pushed_at=now,
+                          pushed_by=actor)
+    session.add(row)
+    details = {"version": new.version, "expires_at": new.expires_at,
+               "changes": changes(known.signed, new) if known else "first root"}
+    audit.record(session, actor=actor, action="trust_root.push", target=f"trust_root:{new.version}",
+                 details=details, now=now)
+    log.warning("trust root version %d in force: %s", new.version, details["changes"])
+    return row, True
+
+
+def root_messages(session: Session, *, prefix: str, device_ids: Iterable[str] | None = None) -> list[tuple[str, bytes]]:
+    """``(topic, payload)`` of a ``roots`` message for every enrolled device (or those of
+    ``device_ids``) whose last hello named an older root than the one in force."""
+    latest = _root_record(session)
+    if latest is None:
+        return []
+    query = select(Device.id, Device.root_version).where(Device.mqtt_password_hash != "")
+    if device_ids is not None:
+        query = query.where(col(Device.id).in_(list(device_ids)))
+    out = []
+    for device_id, version in session.exec(query):
+        if (version or 0) < latest.version:
+            roots = roots_after(session, version)
+            out.append((cmd(device_id, prefix), encode(RootsMessage(device_id=device_id, roots=roots))))
+    return out
 
 
 # --------------------------------------------------------------------------- delegations

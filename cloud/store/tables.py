@@ -99,6 +99,8 @@ class Device(SQLModel, table=True):
     last_seen: float | None = None
     heartbeat_interval_s: float | None = None
     last_sequence: int = Field(default=0, sa_type=BigInteger)
+    root_version: int | None = None
+    """The trust root version the device said it holds in its last hello (``None``: none)."""
     """Highest order sequence issued to this device (orders must strictly increase)."""
     enrolled_at: float
     enrolled_by: str = ""
@@ -342,6 +344,20 @@ class ReleaseKey(SQLModel, table=True):
     pem: str
     added_at: float
     added_by: str = ""
+
+
+class TrustRootRecord(SQLModel, table=True):
+    """A trust root the root keys signed, as pushed (services/trust.py, docs/security.md §9). The
+    highest version is in force; every version stays, since devices walk them one by one."""
+
+    __tablename__ = "trust_roots"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    document: str
+    """The signed root, canonical JSON (what devices get, byte for byte)."""
+    expires_at: int = Field(sa_type=BigInteger)
+    pushed_at: float
+    pushed_by: str = ""
 
 
 class DelegationsRecord(SQLModel, table=True):

@@ -61,7 +61,13 @@ def download_bundle(digest: str, controller: ControllerDep, session: SessionDep,
     """The bundle bytes, with HTTP Range (resume). Authorized by any API token (devices use
     theirs) or by the short-lived signed ``token`` the order's URL carries."""
     if token is not None and credentials is None:
-        auth.check_download_token(controller.controller_key, digest=digest, token=token, now=controller.now())
+        try:
+            auth.check_download_token(controller.controller_key, digest=digest, token=token, now=controller.now())
+        except auth.AuthenticationError:   # a link signed just before a controller key rotation still works
+            if controller.previous_controller_key is None:
+                raise
+            auth.check_download_token(controller.previous_controller_key, digest=digest, token=token,
+                                      now=controller.now())
     else:
         auth.authenticate(session, secret=credentials.credentials if credentials else None)
     bundle = registry.get_bundle(session, digest=digest)

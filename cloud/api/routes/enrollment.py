@@ -52,7 +52,7 @@ def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) 
                           broker_url=controller.device_broker_url, topic_prefix=controller.settings.topic_prefix,
                           controller_url=controller.settings.resolved_public_url,
                           controller_public_key_pem=controller.controller_public_pem,
-                          release_public_keys_pem=release)
+                          release_public_keys_pem=release, trust_root=trust.current_root(session))
 
 
 @api.post("/device/message-key", tags=["devices"])

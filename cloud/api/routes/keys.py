@@ -1,17 +1,19 @@
-"""Trusted release public keys (the configured ones and those registered through the API) and the
-delegations document in force (docs/security.md §6)."""
+"""Trusted release public keys (the configured ones and those registered through the API), the
+delegations document in force (docs/security.md §6) and the trust roots (§9)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
 
 from edgefleet.cloud.api.schemas import DelegationsOut, ReleaseKeyCreate, ReleaseKeyOut
 from edgefleet.cloud.deps import AdminDep, ControllerDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import trust
 from edgefleet.cloud.store.tables import DelegationsRecord
-from edgefleet.protocol.delegation import parse_delegations
+from edgefleet.protocol.delegation import parse_delegations, raw_public_key
 from edgefleet.protocol.keys import key_id, public_key_pem
-from edgefleet.protocol.messages import SignedDelegations
+from edgefleet.protocol.messages import SignedDelegations, SignedRoot
 
 api = APIRouter(prefix="/api/v1")
 
@@ -66,3 +68,39 @@ def push_delegations(body: SignedDelegations, response: Response, controller: Co
     else:
         response.status_code = 200
     return out
+
+
+@api.get("/trust/roots", tags=["keys"])
+def list_roots(session: SessionDep, _: ViewerDep, after: Annotated[int, Query(ge=0, le=2**31)] = 0) -> list[SignedRoot]:
+    """The trust roots newer than version ``after``, oldest first (the chain a device walks)."""
+    return trust.roots_after(session, after or None)
+
+
+@api.get("/trust/root", tags=["keys"])
+def show_root(session: SessionDep, _: ViewerDep) -> SignedRoot | None:
+    """The trust root in force (``null`` before the first push)."""
+    return trust.current_root(session)
+
+
+@api.post("/trust/roots", tags=["keys"], status_code=201)
+def push_root(body: SignedRoot, response: Response, controller: ControllerDep, who: AdminDep) -> SignedRoot:
+    """Put a trust root signed offline by the root keys: the first one by a threshold of its own root
+    keys, each later one the next version, signed by the root keys of the one in force and by its
+    own. Every device behind it gets the chain at once (and after its hello, and with its next
+    order). The current root again: 200, nothing changes."""
+    with controller.session() as session:
+        _, created = trust.push_root(session, root=body, actor=who.actor, now=controller.now())
+    if created:   # stored first: a device never gets a root the controller does not hold
+        controller.adopt_root(body)
+        controller.publish_roots()
+    else:
+        response.status_code = 200
+    return body
+
+
+@api.post("/trust/controller-key/next", tags=["keys"])
+def next_controller_key(controller: ControllerDep, _: AdminDep) -> dict[str, str]:
+    """The key the controller will sign orders with once a trust root lists it (made on the first
+    call, the same one afterwards): what ``edgefleet keys rotate controller`` puts into the next root."""
+    key = controller.next_controller_key().public_key()
+    return {"key_id": key_id(key), "public_key": raw_public_key(key), "pem": public_key_pem(key).decode()}
