@@ -37,6 +37,10 @@ class AgentConfig(BaseModel):
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
+    tls_cert: Path | None = None
+    """The device's TLS client certificate (PEM; the controller signs it at enrollment when it has
+    ``device_certificates``); with ``tls_key``, presented to an ``mqtts://`` broker."""
+    tls_key: Path | None = None
     clean_session: bool = False
     topic_prefix: str = DEFAULT_PREFIX
     controller_url: str | None = None
@@ -181,7 +185,7 @@ def _apply_environ(data: dict[str, Any], origin: dict[str, str], environ: Mappin
 
 def _resolve_paths(data: dict[str, Any], origin: dict[str, str], *, base: Path, source: str) -> None:
     """Make relative paths given in the config file relative to the file's folder."""
-    for key in ("state_dir", "ca_file", "device_key"):
+    for key in ("state_dir", "ca_file", "device_key", "tls_cert", "tls_key"):
         if isinstance(data.get(key), str) and origin.get(key) == source:
             data[key] = str(base / data[key])
     for key in ("release_keys", "controller_keys"):

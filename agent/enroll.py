@@ -64,6 +64,22 @@ def _post_json(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]
                              hint="check --controller and the network") from None
 
 
+def _tls_request(device_id: str | None) -> tuple[bytes, str]:
+    """A new TLS key (PEM) and a certificate request for it: the controller decides the name."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id or "edgefleet-device")]))
+           .sign(key, hashes.SHA256()))
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    return pem, csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id: str | None = None,
                   broker_url: str | None = None, settings: dict[str, Any] | None = None,
                   timeout: float = 30.0) -> Path:
@@ -76,10 +92,16 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
     device_key = keys_dir / "device.key"   # a new pair each enrollment: the private key never leaves here
     registered_marker(device_key).unlink(missing_ok=True)
     own = create_key(device_key)
+    tls_key, csr = _tls_request(device_id)
     body = {"token": token, **({"device_id": device_id} if device_id else {}),
-            "device_public_key_pem": public_key_pem(own.public_key()).decode("ascii")}
+            "device_public_key_pem": public_key_pem(own.public_key()).decode("ascii"), "tls_csr_pem": csr}
     reply = _post_json(f"{controller_url}/api/v1/enroll", body, timeout)
     atomic_write(registered_marker(device_key), b"")
+    tls: dict[str, str] = {}
+    if reply.get("tls_certificate_pem"):   # the controller signs device certificates: keep key and certificate
+        atomic_write(keys_dir / "mqtt-tls.key", tls_key, secret=True)
+        atomic_write(keys_dir / "mqtt-tls.crt", reply["tls_certificate_pem"].encode())
+        tls = {"tls_cert": str(keys_dir / "mqtt-tls.crt"), "tls_key": str(keys_dir / "mqtt-tls.key")}
     controller_pem = reply["controller_public_key_pem"].encode()
     load_public_key_pem(controller_pem, where="controller key from the controller")
     atomic_write(keys_dir / "controller.pub", controller_pem)
@@ -107,6 +129,7 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
         "controller_keys": [str(keys_dir / "controller.pub")],
         "release_keys": release_paths,
         "device_key": str(device_key),
+        **tls,
         **(settings or {}),
     }
     config_path = state_dir / "agent.toml"

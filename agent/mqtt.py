@@ -50,6 +50,8 @@ class MqttLink:
             self.client.username_pw_set(config.username, config.password)
         if config.broker.tls:
             self.client.tls_set(ca_certs=str(config.ca_file) if config.ca_file else None,
+                                certfile=str(config.tls_cert) if config.tls_cert else None,
+                                keyfile=str(config.tls_key) if config.tls_key else None,
                                 cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)

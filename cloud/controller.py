@@ -32,6 +32,7 @@ from edgefleet.cloud.mqtt.broker import EmbeddedBroker
 from edgefleet.cloud.mqtt.decoding import Decoded
 from edgefleet.cloud.mqtt.ingest import Ingestor
 from edgefleet.cloud.services import auth, captures, compression_jobs, deployments, retraining, trust, webhooks
+from edgefleet.cloud.services.device_ca import DeviceCA
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.services.incidents.rule import IncidentRule
 from edgefleet.cloud.services.orders import OrderIssuer
@@ -79,6 +80,8 @@ class Controller:
         self.engine = make_engine(settings.resolved_database_url)
         create_schema(self.engine)
         self.controller_key = trust.load_or_create_controller_key(settings.resolved_controller_key_path)
+        self.device_ca = DeviceCA.load_or_create(settings.data_dir / "ca") if settings.device_certificates else None
+        """Signs device TLS client certificates at enrollment (``device_certificates``)."""
         self.previous_controller_key: Ed25519PrivateKey | None = None
         """The key orders were signed with before the last rotation (its download links still work)."""
         self.configured_release_keys = trust.configured_release_keys(settings.release_key_paths)

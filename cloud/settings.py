@@ -91,6 +91,10 @@ class ControllerSettings(BaseSettings):
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)
     """Processes that decode device messages in parallel with storing (0 = in the ingest thread;
     started on the first message)."""
+    device_certificates: bool = False
+    """Act as a small CA for device TLS client certificates: sign the certificate request a device makes
+    at enrollment (common name = device id); the CA is ``<data_dir>/ca/ca.crt`` (docs/operations.md §3)."""
+    device_certificate_days: int = Field(default=365, ge=1, le=3650)
     accept_unsigned_devices: bool = False
     """Store the unsigned messages of devices enrolled before message signatures (no key registered);
     for a migration only: until their agents register a key, any client on the broker can speak for them."""

@@ -291,6 +291,8 @@ class EnrollRequest(Body):
     device_id: DeviceId | None = None
     device_public_key_pem: str | None = Field(default=None, max_length=1024)
     """The Ed25519 public key the device signs every message with (it keeps the private key)."""
+    tls_csr_pem: str | None = Field(default=None, max_length=4096)
+    """A certificate request for the device's TLS key (signed when the controller has ``device_certificates``)."""
 
 
 class MessageKeyRegistration(Body):
@@ -307,6 +309,9 @@ class EnrollResponse(BaseModel):
     controller_url: str
     controller_public_key_pem: str
     release_public_keys_pem: list[str]
+    tls_certificate_pem: str | None = None
+    """The device's TLS client certificate (common name = device id), when the controller signs them."""
+    tls_ca_pem: str | None = None
     trust_root: SignedRoot | None = None
     """The trust root in force, which the device pins (docs/security.md §9); ``null`` before the first."""
 

@@ -15,8 +15,10 @@ from edgefleet.cloud.api.schemas import (
     EnrollResponse,
     MessageKeyRegistration,
 )
+from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.deps import AdminDep, ControllerDep, OperatorDep, SessionDep
 from edgefleet.cloud.services import devices, trust
+from edgefleet.protocol.errors import NotFoundError
 from edgefleet.protocol.keys import public_key_pem
 
 api = APIRouter(prefix="/api/v1")
@@ -52,7 +54,17 @@ def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) 
                           broker_url=controller.device_broker_url, topic_prefix=controller.settings.topic_prefix,
                           controller_url=controller.settings.resolved_public_url,
                           controller_public_key_pem=controller.controller_public_pem,
-                          release_public_keys_pem=release, trust_root=trust.current_root(session))
+                          release_public_keys_pem=release, trust_root=trust.current_root(session),
+                          **_certificate(controller, result.device.id, body.tls_csr_pem))
+
+
+def _certificate(controller: Controller, device_id: str, csr_pem: str | None) -> dict[str, str]:
+    ca = controller.device_ca
+    if ca is None or csr_pem is None:
+        return {}
+    return {"tls_certificate_pem": ca.sign(csr_pem, device_id=device_id, now=controller.now(),
+                                           days=controller.settings.device_certificate_days),
+            "tls_ca_pem": ca.certificate_pem}
 
 
 @api.post("/device/message-key", tags=["devices"])
@@ -63,6 +75,15 @@ def register_message_key(body: MessageKeyRegistration, controller: ControllerDep
     device = devices.register_message_key(session, device_id=credentials.username, mqtt_password=credentials.password,
                                           public_key_pem=body.public_key_pem, now=controller.now())
     return {"device_id": device.id, "message_key": device.message_key}
+
+
+@api.get("/broker/ca", tags=["devices"], response_class=Response)
+def broker_ca(controller: ControllerDep, _: AdminDep) -> Response:
+    """The device CA's certificate (PEM) for the broker's ``cafile`` (404 without ``device_certificates``)."""
+    if controller.device_ca is None:
+        raise NotFoundError("this controller signs no device certificates", where="device_certificates",
+                            hint="set device_certificates = true")
+    return Response(controller.device_ca.certificate_pem, media_type="application/x-pem-file")
 
 
 @api.get("/broker/passwd", tags=["devices"], response_class=Response)
