@@ -139,10 +139,12 @@ def prepare_static(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-pre-") as tmp:
         source, prepared = Path(tmp) / "model.onnx", Path(tmp) / "model.pre.onnx"
-        onnx.save_model(model, source)
         try:
-            # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm.
-            quant_pre_process(str(source), str(prepared), skip_optimization=True)
+            # Shape inference only: the optimizer would fuse MatMul+Add back into Gemm. The symbolic
+            # pass runs here, since ONNX Runtime's leaves sym_shape_infer_temp.onnx and its external
+            # data in the working directory whenever inference is incomplete.
+            onnx.save_model(_symbolic_shapes(model), source)
+            quant_pre_process(str(source), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
             return onnx.load_model(str(prepared)), []
         except Exception as exc:  # any failure of this optional pass falls back
             failure = f"symbolic shape inference failed ({_cause(exc)})"
@@ -152,6 +154,23 @@ def prepare_static(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     except Exception as exc:
         return model, [f"{failure}; ONNX shape inference failed too ({_cause(exc)}): none used"]
     return inferred, [f"{failure}: plain ONNX shape inference used"]
+
+
+def _symbolic_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference (``SymbolicShapeInference.infer_shapes``, pinned
+    version) without the file it writes into the working directory when inference is incomplete."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+    inference._preprocess(model)
+    complete = False
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise RuntimeError("Incomplete symbolic shape inference")
+    result: onnx.ModelProto = inference.out_mp_
+    return result
 
 
 def _cause(exc: BaseException) -> str:

@@ -16,7 +16,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import MOSQUITTO_BIN
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fleetkit import AGENT_SETTINGS, Agents, cli_json
@@ -53,7 +52,8 @@ def tls_fleet(tmp_path, monkeypatch, mqtt_broker, topic_prefix):
                     "require_certificate true\nuse_identity_as_username true\n"
                     # as root, mosquitto drops to its own user, which cannot read the test's directory
                     + ("user root\n" if os.geteuid() == 0 else ""))
-    broker = subprocess.Popen([MOSQUITTO_BIN, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: _listening(tls) and _listening(plain), "mosquitto listening", timeout=10)
     admin = "efa_test_" + secrets.token_urlsafe(12)
     settings = ControllerSettings(data_dir=data_dir, listen_port=free_port(), broker_url=f"mqtt://127.0.0.1:{plain}",
