@@ -9,12 +9,10 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from edgefleet.cloud.mqtt.ingest import Raw
 from edgefleet.cloud.services import audit, auth, deployments
-from edgefleet.protocol.messages import Event, encode
-from edgefleet.protocol.topics import device_topic
+from edgefleet.protocol.messages import Event
 
-from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT
+from .ui_fleet import DEVICES, WINDOWS, XSS_TAG, XSS_TEXT, ingest
 from .ui_support import screenshot
 
 pytestmark = pytest.mark.browser
@@ -198,9 +196,7 @@ def test_pages_refresh_in_place(logged_in, ui_server):
     page.evaluate("window.__sameDocument = true")
     controller = ui_server.controller
     event = Event(device_id="cam-01", level="info", kind="model.reloaded", text="refresh-marker-42")
-    result = controller.ingestor.process([Raw(device_topic("cam-01", "events", controller.settings.topic_prefix),
-                                              encode(event), time.time())])
-    assert result.stored == 1
+    ingest(controller, "cam-01", "events", event, time.time())   # signed by cam-01's key, stored once
     expect(page.locator("main")).to_contain_text("refresh-marker-42", timeout=20_000)
     assert page.evaluate("window.__sameDocument") is True
 

@@ -15,9 +15,9 @@ from edgefleet.cloud.api.schemas import (
     EnrollResponse,
     MessageKeyRegistration,
 )
-from edgefleet.cloud.controller import Controller
 from edgefleet.cloud.deps import AdminDep, ControllerDep, OperatorDep, SessionDep
 from edgefleet.cloud.services import devices, trust
+from edgefleet.cloud.services.device_ca import DeviceCA
 from edgefleet.protocol.errors import NotFoundError
 from edgefleet.protocol.keys import public_key_pem
 
@@ -55,15 +55,15 @@ def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) 
                           controller_url=controller.settings.resolved_public_url,
                           controller_public_key_pem=controller.controller_public_pem,
                           release_public_keys_pem=release, trust_root=trust.current_root(session),
-                          **_certificate(controller, result.device.id, body.tls_csr_pem))
+                          **_certificate(controller.device_ca, result.device.id, body.tls_csr_pem,
+                                         now=controller.now(), days=controller.settings.device_certificate_days))
 
 
-def _certificate(controller: Controller, device_id: str, csr_pem: str | None) -> dict[str, str]:
-    ca = controller.device_ca
+def _certificate(ca: DeviceCA | None, device_id: str, csr_pem: str | None, *, now: float,
+                 days: int) -> dict[str, str]:
     if ca is None or csr_pem is None:
         return {}
-    return {"tls_certificate_pem": ca.sign(csr_pem, device_id=device_id, now=controller.now(),
-                                           days=controller.settings.device_certificate_days),
+    return {"tls_certificate_pem": ca.sign(csr_pem, device_id=device_id, now=now, days=days),
             "tls_ca_pem": ca.certificate_pem}
 
 
