@@ -61,6 +61,3 @@ class Slots:
         if slot not in SLOTS:
             raise ValueError(f"unknown slot {slot!r}")
         atomic_write(self.pointer, slot.encode())
-
-    def read(self, slot: str) -> bytes:
-        return self.bundle_path(slot).read_bytes()

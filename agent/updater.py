@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from edgefleet.agent.memory import release_memory
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, next_state
 from edgefleet.agent.url_policy import UrlPolicy
-from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle
+from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle_file
 from edgefleet.protocol.errors import EdgeFleetError, InferenceError, SizeLimitError, TransportError, VerificationError
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts, check_target
@@ -144,7 +145,10 @@ class Updater:
             self._restore_previous()
         if r.state in (UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK):
             for leftover in self.downloads.iterdir():
-                leftover.unlink(missing_ok=True)
+                if leftover.is_dir():  # a staging directory left by a verification cut short
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
         self._send_report(final=True)
         with self._lock:
             self.record = self.record.model_copy(update={"final_reported": True})
@@ -287,6 +291,9 @@ class Updater:
     def _bundle_file(self) -> Path:
         return self.downloads / f"{self._order().bundle_digest}.bundle"
 
+    def _staging_dir(self) -> Path:
+        return self.downloads / f"{self._order().bundle_digest}.staging"
+
     def _fail(self, exc: EdgeFleetError) -> None:
         outcome = Outcome.REFUSED if isinstance(exc, VerificationError) else Outcome.FAILED
         self._move(E.FAIL, outcome=outcome, reason=exc.code, detail=str(exc)[:2000])
@@ -334,12 +341,13 @@ class Updater:
         self._bytes_done = order.bundle_size
         self._move(E.DOWNLOADED, reason=None, detail=None)
 
-    def _verify_bytes(self, data: bytes, order: DeploymentOrder, *, digest_checked: bool = False) -> VerifiedBundle:
-        bundle = verify_bundle(data, trusted=self.release_keys,
-                               expected_digest=None if digest_checked else order.bundle_digest,
-                               expected_size=order.bundle_size,
-                               limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes),
-                               delegation=self.delegations.check(hardware_class=self.facts.hardware_class))
+    def _verify_file(self, path: Path, order: DeploymentOrder, *, digest_checked: bool = False,
+                     out_dir: Path | None = None) -> VerifiedBundle:
+        bundle = verify_bundle_file(path, trusted=self.release_keys,
+                                    expected_digest=None if digest_checked else order.bundle_digest,
+                                    expected_size=order.bundle_size, out_dir=out_dir,
+                                    limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes),
+                                    delegation=self.delegations.check(hardware_class=self.facts.hardware_class))
         check_target(bundle.manifest, self.facts)
         if bundle.delegated is not None:  # a newer document inside the bundle is kept (verified above)
             self.delegations.offer(bundle.delegated.document, source=f"{bundle.manifest.name} delegations.json")
@@ -347,19 +355,23 @@ class Updater:
 
     def _verify(self) -> None:
         order = self._order()
+        staging = self._staging_dir()
+        shutil.rmtree(staging, ignore_errors=True)  # from a verification a restart cut short
         try:
-            data = self._bundle_file().read_bytes()
+            # Streamed from disk, each file decoded into the staging directory as it goes by (memory
+            # does not grow with the bundle). The downloader hashed these bytes while streaming and only
+            # moved them into place once size and sha256 matched the order: no digest pass here.
+            bundle = self._verify_file(self._bundle_file(), order, digest_checked=True, out_dir=staging)
         except FileNotFoundError:
             self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
-        try:
-            # The downloader hashed these bytes while streaming and only moved them into place
-            # once size and sha256 matched the order: no second pass over the digest here.
-            bundle = self._verify_bytes(data, order, digest_checked=True)
         except VerificationError as exc:
             self._bundle_file().unlink(missing_ok=True)
             self._fail(exc)
             return
+        finally:
+            # The slot keeps the bundle file (verified again whenever it is loaded), not these.
+            shutil.rmtree(staging, ignore_errors=True)
         m = bundle.manifest
         via = f" delegation {bundle.delegated.delegation.name!r}" if bundle.delegated is not None else ""
         log.info("bundle %s %s build %d verified (signed by %s%s) device=%s deployment=%s", m.name, m.version,
@@ -438,16 +450,18 @@ class Updater:
     # ------------------------------------------------------------------ models on disk
 
     def _load_slot(self, slot: str, order: DeploymentOrder | None = None) -> LoadedModel:
-        data = self.slots.read(slot)
+        # Streamed from the slot's bundle file with its digest; the files (the model the runtime loads)
+        # come back in memory, the archive is never held.
+        path = self.slots.bundle_path(slot)
         if order is not None:
-            bundle = self._verify_bytes(data, order)
+            bundle = self._verify_file(path, order)
             digest = order.bundle_digest
         else:
             digest = self.slots.digest(slot)
-            limits = BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, len(data)))
-            bundle = verify_bundle(data, trusted=self.release_keys, expected_digest=digest, limits=limits,
-                                   delegation=self.delegations.check(hardware_class=self.facts.hardware_class,
-                                                                     installing=False))
+            limits = BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, path.stat().st_size))
+            bundle = verify_bundle_file(path, trusted=self.release_keys, expected_digest=digest, limits=limits,
+                                        delegation=self.delegations.check(hardware_class=self.facts.hardware_class,
+                                                                          installing=False))
         # An accepted order carries a digest (verify_order); a slot is only loaded with one (has_bundle).
         assert digest is not None
         return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(),

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         parse_recipe,
         read_manifest,
         verify_bundle,
+        verify_bundle_file,
     )
     from edgefleet.protocol.drift import ReferenceProfile, build_profile, score
     from edgefleet.protocol.errors import ConfigError, EdgeFleetError, MessageError, TransportError, VerificationError
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 _HOME = homes(
     brokers=("BrokerAddress", "parse_broker_url"),
     bundle=("BundleLimits", "BundleRecipe", "VerifiedBundle", "build_bundle", "bundle_digest", "load_recipe",
-            "parse_recipe", "read_manifest", "verify_bundle"),
+            "parse_recipe", "read_manifest", "verify_bundle", "verify_bundle_file"),
     drift=("ReferenceProfile", "build_profile", "score"),
     errors=("ConfigError", "EdgeFleetError", "MessageError", "TransportError", "VerificationError"),
     files=("atomic_write",),
@@ -88,5 +89,5 @@ __all__ = ["BrokerAddress", "BundleLimits", "BundleManifest", "BundleRecipe", "C
            "build_bundle", "build_profile", "bundle_digest", "check_target", "decode", "encode",
            "generate_private_key", "key_id", "load_private_key", "load_public_key", "load_recipe", "open_session",
            "parse_broker_url", "parse_recipe", "read_manifest", "save_private_key", "save_public_key", "score",
-           "sign_order", "verify_bundle", "verify_order"]
+           "sign_order", "verify_bundle", "verify_bundle_file", "verify_order"]
 __getattr__ = lazy(__name__, globals(), _HOME)

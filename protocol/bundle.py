@@ -1,6 +1,7 @@
 """Bundles: build (reproducibly), sign, read and verify. docs/bundle-format.md is the spec.
 
-A bundle is an uncompressed POSIX ustar archive, members in this order:
+A bundle is an uncompressed POSIX ustar archive, members in this order (readers require it: they
+verify while they stream, so the signed manifest must come before the files it vouches for):
 
 * ``manifest.json``   -- canonical JSON of :class:`BundleManifest` (the signed bytes)
 * ``signatures.json`` -- canonical JSON list of ``{"keyid", "sig"}`` release-key signatures
@@ -13,24 +14,28 @@ A bundle is an uncompressed POSIX ustar archive, members in this order:
   :meth:`VerifiedBundle.reference_profile` whatever the format
 
 Every member has mtime 0, uid/gid 0, mode 0644 and no owner names, and files are sorted, so the
-same recipe, model and key give byte-identical bundles. :func:`verify_bundle` is a pure core:
-it takes bytes and keys and returns a verified bundle or raises; it never touches disk.
+same recipe, model and key give byte-identical bundles. One verifier reads every bundle, forward and
+once (:mod:`edgefleet.protocol.bundle_reader`): :func:`verify_bundle` over bytes (a pure core: no
+disk), :func:`verify_bundle_file` over a file, streamed, its memory independent of the bundle's size.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import os
+import shutil
 import tarfile
 import tomllib
 import zlib
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,6 +49,7 @@ from edgefleet.protocol.bundle_arrays import (
     profile_files,
     smoke_files,
 )
+from edgefleet.protocol.bundle_reader import CHUNK, DELEGATIONS, FILES_DIR, MANIFEST, SIGNATURES, Source, walk
 from edgefleet.protocol.canonical import canonical_json
 from edgefleet.protocol.delegation import (
     MAX_DOCUMENT_BYTES,
@@ -77,10 +83,6 @@ from edgefleet.protocol.messages import Signature, SignedDelegations
 from edgefleet.protocol.runtimes import TensorSpec, open_session
 from edgefleet.protocol.vocabulary import Runtime
 
-MANIFEST = "manifest.json"
-SIGNATURES = "signatures.json"
-DELEGATIONS = "delegations.json"
-FILES_DIR = "files/"
 DEFLATE_MIN_SAVING = 0.10
 
 
@@ -370,7 +372,8 @@ class BundleLimits(BaseModel):
 @dataclass
 class VerifiedBundle:
     manifest: BundleManifest
-    files: dict[str, bytes]
+    files: Mapping[str, bytes]
+    """Path -> decoded content: in memory, or :class:`StagedFiles` on disk (``verify_bundle_file(out_dir=...)``)."""
     signed_by: set[str] = field(default_factory=set)
     digest: str | None = None
     delegated: DelegatedSigner | None = None
@@ -391,7 +394,7 @@ class VerifiedBundle:
     def reference_profile(self) -> ReferenceProfile | None:
         """The drift reference profile, inline (format 1) or from the bundle's ``profile/`` files (format 2).
         Raises :class:`VerificationError` when those files do not match what the manifest declares
-        (:func:`verify_bundle` has already loaded it once, so a verified bundle does not)."""
+        (verification has already loaded it once, so a verified bundle does not)."""
         return self._profile
 
     def smoke_test(self) -> SmokeVectors | None:
@@ -404,39 +407,19 @@ class VerifiedBundle:
         return self.manifest.model_copy(update={"reference_profile": self.reference_profile()})
 
 
+def _buffer(view: memoryview) -> io.BytesIO:
+    # BytesIO shares an immutable bytes object instead of copying it
+    return io.BytesIO(view.obj if isinstance(view.obj, bytes) and view.nbytes == len(view.obj) else view)
+
+
 def _members(data: memoryview, limits: BundleLimits) -> dict[str, memoryview]:
-    """Split the archive into member name -> bytes, refusing anything but safe regular files."""
+    """Member name -> raw bytes of an archive in memory, walked with every archive rule (for
+    :func:`read_manifest`, :func:`add_signature` and tests that take bundles apart)."""
     out: dict[str, memoryview] = {}
-    try:
-        # BytesIO shares an immutable bytes object instead of copying it
-        whole = data.obj if isinstance(data.obj, bytes) and data.nbytes == len(data.obj) else data
-        with tarfile.open(fileobj=io.BytesIO(whole), mode="r:") as tar:
-            for info in tar:
-                name = info.name
-                if len(out) >= limits.max_files + 2:
-                    raise ArchiveError(f"more than {limits.max_files} files", where="bundle")
-                if not info.isreg():
-                    raise ArchiveError(f"member {name!r} is not a regular file ({_kind(info)})", where=name)
-                if name.startswith("/") or "\\" in name or any(p in {"", ".", ".."} for p in name.split("/")):
-                    raise ArchiveError(f"unsafe member path {name!r}", where=name)
-                if name in out:
-                    raise ArchiveError(f"duplicate member {name!r}", where=name)
-                if name not in (MANIFEST, SIGNATURES, DELEGATIONS) and not name.startswith(FILES_DIR):
-                    raise ArchiveError(f"unexpected member {name!r}", where=name)
-                if info.offset_data + info.size > len(data):
-                    raise ArchiveError("archive is truncated", where=name)
-                out[name] = data[info.offset_data: info.offset_data + info.size]
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"not a valid bundle archive: {exc}", where="bundle") from None
-    for required in (MANIFEST, SIGNATURES):
-        if required not in out:
-            raise ArchiveError(f"missing {required}", where="bundle")
+    with closing(Source(_buffer(data), len(data), digest=False)) as src:
+        for info in walk(src, limits.max_files):
+            out[info.name] = data[info.offset_data: info.offset_data + info.size]
     return out
-
-
-def _kind(info: tarfile.TarInfo) -> str:
-    return ("symlink" if info.issym() else "hard link" if info.islnk() else "directory" if info.isdir()
-            else "device" if info.ischr() or info.isblk() else "fifo" if info.isfifo() else "special")
 
 
 def _parse_signatures(raw: bytes) -> list[Signature]:
@@ -462,35 +445,38 @@ def read_manifest(data: bytes) -> BundleManifest:
 def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_digest: str | None = None,
                   expected_size: int | None = None, limits: BundleLimits | None = None,
                   delegation: DelegationCheck | None = None) -> VerifiedBundle:
-    """Verify ``data`` completely or raise a :class:`VerificationError` subclass.
+    """Verify the bundle ``data`` completely or raise a :class:`VerificationError` subclass; the files
+    come back in memory. The same verifier as :func:`verify_bundle_file` (docs/bundle-format.md §4):
 
-    Order: size bound, digest (when the order gave one), archive safety, release signature over
-    the raw manifest bytes, then every file's size and sha256 after decoding with a size bound.
-    With ``delegation``, a bundle that no threshold of release keys signed may instead be signed by a
-    delegated key: the chain is checked (:func:`~edgefleet.protocol.delegation.delegated_signer`)
-    before the manifest is parsed, its scope right after.
-    The whole-bundle digest and the per-file digests are two sha256 passes over the same bytes;
-    hashlib releases the GIL, so the whole-bundle pass runs on another core meanwhile. A bundle
-    whose digest differs is reported as a digest mismatch whatever else is wrong with it.
+    size bound, then one forward pass over the archive -- release signature over the raw manifest bytes
+    (with ``delegation``, a bundle that no threshold of release keys signed may instead be signed by a
+    delegated key: the chain is checked before the manifest is parsed, its scope right after), then every
+    file's size and sha256 after decoding with a size bound -- and, when the order gave one, the digest
+    of the whole bundle, hashed on another core in the same pass. A bundle whose digest differs is
+    reported as a digest mismatch whatever else is wrong with it.
     """
-    limits = limits or BundleLimits()
     view = memoryview(data)
-    if expected_size is not None and len(view) != expected_size:
-        raise SizeLimitError(f"bundle is {len(view)} bytes, the order says {expected_size}", where="bundle")
-    if len(view) > limits.max_bundle_bytes:
-        raise SizeLimitError(f"bundle is {len(view)} bytes, limit {limits.max_bundle_bytes}", where="bundle")
-    if expected_digest is None:
-        return _verify_contents(view, trusted, limits, delegation)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(bundle_digest, view)
-        try:
-            verified = _verify_contents(view, trusted, limits, delegation)
-        except VerificationError:
-            _check_digest(digest.result(), expected_digest)
-            raise
-        _check_digest(digest.result(), expected_digest)
-    verified.digest = expected_digest
-    return verified
+    with closing(Source(_buffer(view), len(view), digest=expected_digest is not None)) as src:
+        return _verify(src, _MemorySink(), trusted=trusted, expected_digest=expected_digest,
+                       expected_size=expected_size, limits=limits or BundleLimits(), delegation=delegation)
+
+
+def verify_bundle_file(path: str | Path, *, trusted: TrustedKeys, expected_digest: str | None = None,
+                       expected_size: int | None = None, limits: BundleLimits | None = None,
+                       delegation: DelegationCheck | None = None, out_dir: str | Path | None = None) -> VerifiedBundle:
+    """:func:`verify_bundle` for a bundle file, streamed: the archive is read once, forward, a chunk
+    at a time, and never held whole, so the memory it takes does not grow with the bundle.
+
+    With ``out_dir`` (a new directory: its parent must exist, it must not) every file is written there
+    as it streams (inflated in bounded steps), to a temporary name that becomes its manifest path only
+    once its size and sha256 matched; on any refusal the directory and everything in it is removed. The
+    returned bundle's ``files`` then read from there when asked for (:class:`StagedFiles`). Without it
+    the files are kept in memory (what a caller that loads the model needs anyway)."""
+    with open(path, "rb", buffering=0) as fh, \
+            closing(Source(fh, os.fstat(fh.fileno()).st_size, digest=expected_digest is not None)) as src:
+        sink: _Sink = _DirectorySink(Path(out_dir)) if out_dir is not None else _MemorySink()
+        return _verify(src, sink, trusted=trusted, expected_digest=expected_digest, expected_size=expected_size,
+                       limits=limits or BundleLimits(), delegation=delegation)
 
 
 def _check_digest(digest: str, expected: str) -> None:
@@ -499,13 +485,35 @@ def _check_digest(digest: str, expected: str) -> None:
                                   where="bundle", hint="the download was altered or is the wrong file")
 
 
-def _signers(members: dict[str, memoryview], trusted: TrustedKeys,
+def _verify(src: Source, sink: _Sink, *, trusted: TrustedKeys, expected_digest: str | None,
+            expected_size: int | None, limits: BundleLimits, delegation: DelegationCheck | None) -> VerifiedBundle:
+    """Steps 1-16 of docs/bundle-format.md §4 over ``src``; on any failure ``sink`` is discarded."""
+    try:
+        if expected_size is not None and src.size != expected_size:
+            raise SizeLimitError(f"bundle is {src.size} bytes, the order says {expected_size}", where="bundle")
+        if src.size > limits.max_bundle_bytes:
+            raise SizeLimitError(f"bundle is {src.size} bytes, limit {limits.max_bundle_bytes}", where="bundle")
+        try:
+            verified = _verify_stream(src, sink, trusted, limits, delegation)
+        except VerificationError:
+            if expected_digest is not None:
+                _check_digest(src.digest(), expected_digest)
+            raise
+        if expected_digest is not None:
+            _check_digest(src.digest(), expected_digest)
+            verified.digest = expected_digest
+        return verified
+    except BaseException:
+        src.quiesce()   # nothing is still writing into what is discarded
+        sink.discard()
+        raise
+
+
+def _signers(manifest_raw: bytes, signatures_raw: bytes, embedded: bytes | None, trusted: TrustedKeys,
              delegation: DelegationCheck | None) -> tuple[set[str], DelegatedSigner | None]:
     """Who signed the manifest: a threshold of release keys, else (with ``delegation``, and only in a
     bundle that carries its delegations document) a delegated key."""
-    manifest_raw = bytes(members[MANIFEST])
-    signatures = _parse_signatures(bytes(members[SIGNATURES]))
-    embedded = members.get(DELEGATIONS)
+    signatures = _parse_signatures(signatures_raw)
     try:
         return trusted.verify(manifest_raw, signatures), None
     except VerificationError:
@@ -513,58 +521,251 @@ def _signers(members: dict[str, memoryview], trusted: TrustedKeys,
             raise  # nothing says the bundle is delegated: the release verdict is the precise one
     if len(embedded) > MAX_DOCUMENT_BYTES:
         raise SizeLimitError(f"{DELEGATIONS} is larger than {MAX_DOCUMENT_BYTES} bytes", where=DELEGATIONS)
-    signer = delegated_signer(manifest_raw, signatures, embedded=parse_delegations(bytes(embedded), where=DELEGATIONS),
+    signer = delegated_signer(manifest_raw, signatures, embedded=parse_delegations(embedded, where=DELEGATIONS),
                               trusted=trusted, check=delegation)
     return {signer.keyid}, signer
 
 
-def _verify_contents(view: memoryview, trusted: TrustedKeys, limits: BundleLimits,
-                     delegation: DelegationCheck | None = None) -> VerifiedBundle:
-    members = _members(view, limits)
-    manifest_raw = members[MANIFEST]
-    if len(manifest_raw) > limits.max_manifest_bytes:
-        raise SizeLimitError("manifest too large", where=MANIFEST)
-    signed_by, signer = _signers(members, trusted, delegation)
+def _verify_stream(src: Source, sink: _Sink, trusted: TrustedKeys, limits: BundleLimits,
+                   delegation: DelegationCheck | None) -> VerifiedBundle:
+    members = walk(src, limits.max_files)
+    manifest_raw, signatures_raw, embedded, first_file = _read_head(src, members, limits)
+    signed_by, signer = _signers(manifest_raw, signatures_raw, embedded, trusted, delegation)
     manifest = _parse_manifest(manifest_raw)
     if signer is not None:
         assert delegation is not None  # a delegated signer is only looked for with a check
         check_scope(signer.delegation, name=manifest.name, target_classes=manifest.target.hardware_classes,
                     check=delegation)
-    listed = {FILES_DIR + f.path for f in manifest.files}
-    unlisted = set(members) - listed - {MANIFEST, SIGNATURES, DELEGATIONS}
-    if unlisted:
-        raise ArchiveError(f"members not listed in the manifest: {sorted(unlisted)}", where="bundle")
-    if manifest.model_file not in {f.path for f in manifest.files}:
-        raise VerificationError(f"model file {manifest.model_file!r} is not among the files",
-                                where="manifest.model_file")
-    total = sum(f.size for f in manifest.files)
-    if total > limits.max_unpacked_bytes:
-        raise SizeLimitError(f"files unpack to {total} bytes, limit {limits.max_unpacked_bytes}",
-                             where="manifest.files")
-    files: dict[str, bytes] = {}
-    for entry in manifest.files:
-        stored = members.get(FILES_DIR + entry.path)
-        if stored is None:
-            raise ArchiveError(f"file {entry.path!r} is missing", where=entry.path)
-        if len(stored) != entry.stored_size:
-            raise DigestMismatchError(f"stored size {len(stored)} != manifest {entry.stored_size}", where=entry.path)
-        content: bytes | memoryview = (_inflate(stored, entry.size, entry.path) if entry.encoding == "deflate"
-                                       else stored)
-        if len(content) != entry.size or bundle_digest(content) != entry.sha256:
-            raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
-        files[entry.path] = bytes(content)
-    verified = VerifiedBundle(manifest=manifest, files=files, signed_by=signed_by, delegated=signer)
+    table = _file_table(manifest, limits)
+    for info in itertools.chain([first_file] if first_file is not None else [], members):
+        entry = table.pop(info.name, None)
+        if entry is None:  # walk() lets only files/... through after the head
+            raise ArchiveError(f"members not listed in the manifest: {[info.name]}", where="bundle")
+        _stream_file(src, info, entry, sink)
+    missing = next(iter(table.values()), None)  # in the manifest's order
+    if missing is not None:
+        raise ArchiveError(f"file {missing.path!r} is missing", where=missing.path)
+    verified = VerifiedBundle(manifest=manifest, files=sink.verified(), signed_by=signed_by, delegated=signer)
     verified.reference_profile()  # arrays that do not match the signed manifest refuse the bundle here
     verified.smoke_test()
     return verified
 
 
-def _inflate(stored: memoryview, size: int, where: str) -> bytes:
+def _read_head(src: Source, members: Iterator[tarfile.TarInfo],
+               limits: BundleLimits) -> tuple[bytes, bytes, bytes | None, tarfile.TarInfo | None]:
+    """The raw manifest, signatures and (when present) delegations document -- the members walk()
+    requires first -- and the member after them. Each is bounded before it is read."""
+    info = next(members)  # walk() raises unless the first member is the manifest, the second the signatures
+    if info.size > limits.max_manifest_bytes:
+        raise SizeLimitError("manifest too large", where=MANIFEST)
+    manifest_raw = _read_member(src, info)
+    info = next(members)
+    if info.size > limits.max_manifest_bytes:
+        raise SizeLimitError(f"{SIGNATURES} is larger than {limits.max_manifest_bytes} bytes", where=SIGNATURES)
+    signatures_raw = _read_member(src, info)
+    after = next(members, None)
+    if after is None or after.name != DELEGATIONS:
+        return manifest_raw, signatures_raw, None, after
+    # Kept up to one byte past its limit: only a delegated bundle reads it, and refuses it then (as before).
+    embedded = _read_member(src, after, keep=MAX_DOCUMENT_BYTES + 1)
+    return manifest_raw, signatures_raw, embedded, next(members, None)
+
+
+def _read_member(src: Source, info: tarfile.TarInfo, keep: int | None = None) -> bytes:
+    """A (small) member's bytes; with ``keep``, only its first ``keep`` bytes (the rest is read past)."""
+    parts: list[bytes] = []
+    room = info.size if keep is None else keep
+    for chunk in src.chunks(info.offset_data, info.size, where=info.name):
+        if room > 0:
+            parts.append(bytes(chunk[:room]))
+            room -= len(parts[-1])
+    return b"".join(parts)
+
+
+def _file_table(manifest: BundleManifest, limits: BundleLimits) -> dict[str, FileEntry]:
+    """Member name -> the manifest's entry for it, after the checks on the file table as a whole."""
+    paths = [f.path for f in manifest.files]
+    if manifest.model_file not in paths:
+        raise VerificationError(f"model file {manifest.model_file!r} is not among the files",
+                                where="manifest.model_file")
+    clash = _path_clash(paths)
+    if clash:
+        raise VerificationError(clash, where="manifest.files")
+    total = sum(f.size for f in manifest.files)
+    if total > limits.max_unpacked_bytes:
+        raise SizeLimitError(f"files unpack to {total} bytes, limit {limits.max_unpacked_bytes}",
+                             where="manifest.files")
+    return {FILES_DIR + f.path: f for f in manifest.files}
+
+
+def _path_clash(paths: list[str]) -> str | None:
+    """Why these file paths cannot all be files of one directory tree (a path listed twice, or a path that
+    is also another's directory), or None."""
+    listed: set[str] = set()
+    for path in paths:
+        if path in listed:
+            return f"file {path!r} is listed twice"
+        listed.add(path)
+    for path in paths:
+        parts = path.split("/")
+        parent = next((d for d in ("/".join(parts[:i]) for i in range(1, len(parts))) if d in listed), None)
+        if parent is not None:
+            return f"file {parent!r} is also the directory of {path!r}"
+    return None
+
+
+def _stream_file(src: Source, info: tarfile.TarInfo, entry: FileEntry, sink: _Sink) -> None:
+    """Steps 13-15 for one member: decode it as it streams into ``sink``, hash it, keep it if it matches."""
+    if info.size != entry.stored_size:
+        raise DigestMismatchError(f"stored size {info.size} != manifest {entry.stored_size}", where=entry.path)
+    chunks: Iterator[memoryview | bytes]
+    if entry.encoding == "deflate":
+        chunks = _inflate(src.chunks(info.offset_data, info.size, where=entry.path), entry.size, entry.path)
+    elif sink.background:
+        chunks = src.chunks(info.offset_data, info.size, where=entry.path)
+    else:   # kept in memory anyway: read in one piece, the one copy it takes
+        chunks = iter([src.take(info.offset_data, info.size, where=entry.path)])
+    write = sink.begin(entry.path, entry.size)
+    sha, size = hashlib.sha256(), 0
+    for piece in chunks:
+        if sink.background:
+            src.later(write, piece)   # written on another thread while this one hashes
+        else:
+            write(piece)
+        sha.update(piece)
+        size += len(piece)
+    src.settle()
+    if size != entry.size or sha.hexdigest() != entry.sha256:
+        raise DigestMismatchError("file content does not match the signed manifest", where=entry.path)
+    sink.keep(entry.path)
+
+
+def _inflate(stored: Iterator[memoryview | bytes], size: int, where: str) -> Iterator[bytes]:
+    """The zlib stream ``stored`` inflated at most :data:`CHUNK` bytes at a time; one byte past ``size``
+    refuses it (a deflate bomb stops there)."""
     d = zlib.decompressobj()
-    try:
-        out = d.decompress(stored, size + 1)
-    except zlib.error:
-        raise ArchiveError("corrupt deflate stream", where=where) from None
-    if len(out) > size or d.unconsumed_tail:
-        raise SizeLimitError("file inflates past its signed size", where=where)
-    return out
+    done = 0
+    for chunk in stored:
+        data: memoryview | bytes = chunk
+        while data:
+            try:
+                out = d.decompress(data, min(CHUNK, size + 1 - done))
+            except zlib.error:
+                raise ArchiveError("corrupt deflate stream", where=where) from None
+            done += len(out)
+            if done > size:
+                raise SizeLimitError("file inflates past its signed size", where=where)
+            if out:
+                yield out
+            data = d.unconsumed_tail
+
+
+# --------------------------------------------------------------------------- where verified files go
+
+class _Sink(Protocol):
+    background: bool
+    """Whether its writes are worth a thread of their own (they release the GIL)."""
+
+    def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
+        """Start the file ``path`` of ``size`` bytes (if it matches); returns the function its decoded bytes
+        are written with."""
+
+    def keep(self, path: str) -> None:
+        """The file just written matched the manifest."""
+
+    def verified(self) -> Mapping[str, bytes]:
+        """The kept files."""
+
+    def discard(self) -> None:
+        """Verification failed: forget everything."""
+
+
+class _MemorySink:
+    background = False   # a copy into memory holds the GIL: another thread would only wait for it
+
+    def __init__(self) -> None:
+        self._files: dict[str, bytes] = {}
+        self._open = io.BytesIO()
+        self._whole: bytes | None = None
+
+    def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
+        self._open, self._whole = io.BytesIO(), None
+
+        def write(piece: memoryview | bytes) -> None:
+            if isinstance(piece, bytes) and len(piece) == size and self._whole is None and not self._open.tell():
+                self._whole = piece   # the whole file in one piece: kept as it is, not copied
+            else:
+                self._open.write(piece)
+        return write
+
+    def keep(self, path: str) -> None:
+        # BytesIO hands over its buffer without a copy
+        self._files[path] = self._whole if self._whole is not None else self._open.getvalue()
+        self._open, self._whole = io.BytesIO(), None
+
+    def verified(self) -> Mapping[str, bytes]:
+        return self._files
+
+    def discard(self) -> None:
+        self._files.clear()
+        self._open, self._whole = io.BytesIO(), None
+
+
+class _DirectorySink:
+    """Files under ``root`` (created here: its parent must exist, it must not): each written to
+    ``root/~partial`` (``~`` is in no manifest path) and renamed to its path once it matched; on failure
+    ``root`` is removed, so nothing is left outside it or in it. Not fsynced: a staging area, written
+    again by the next verification after a crash."""
+
+    background = True
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir()
+        self.root = root
+        self._partial = root / "~partial"
+        self._fh: BinaryIO | None = None
+        self._kept: list[str] = []
+
+    def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
+        self._fh = open(self._partial, "wb")  # noqa: SIM115 (closed in keep/discard)
+        return self._fh.write
+
+    def keep(self, path: str) -> None:
+        assert self._fh is not None
+        self._fh.close()
+        self._fh = None
+        target = self.root.joinpath(*path.split("/"))  # a manifest path: no "..", no "." (FileEntry)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._partial, target)
+        self._kept.append(path)
+
+    def verified(self) -> Mapping[str, bytes]:
+        return StagedFiles(self.root, self._kept)
+
+    def discard(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class StagedFiles(Mapping[str, bytes]):
+    """The verified files of a bundle verified into a directory, read from disk when asked for: only what
+    a caller uses is ever in memory. :meth:`path` says where one is."""
+
+    def __init__(self, root: Path, paths: list[str]) -> None:
+        self.root = root
+        self._paths = dict.fromkeys(paths)
+
+    def path(self, name: str) -> Path:
+        if name not in self._paths:
+            raise KeyError(name)
+        return self.root.joinpath(*name.split("/"))
+
+    def __getitem__(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
