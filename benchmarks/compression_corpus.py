@@ -131,10 +131,13 @@ def fill_from_report(row: Row, report: dict[str, Any]) -> None:
 # --- the work of one row (in the worker process) ---------------------------------------------
 
 def _config(entry: ModelEntry, mode: str, fallback: bool) -> Any:
-    from edgefleet.compression import CompressionConfig, FallbackConfig, Mode
+    from edgefleet.compression import CompressionConfig, FallbackConfig, GateConfig, Mode
+    from edgefleet.compression.config import OutputSpec
 
     kwargs: dict[str, Any] = {"mode": Mode(mode), "latency_runs": 0,
                               "fallback": FallbackConfig(enabled=fallback)}
+    if entry.output_kinds:
+        kwargs["gate"] = GateConfig(outputs={name: OutputSpec(kind=kind) for name, kind in entry.output_kinds})
     if "inputs" in CompressionConfig.model_fields:  # input descriptions, where compress() takes them
         described = {}
         for d in entry.inputs:

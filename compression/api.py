@@ -9,10 +9,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from edgefleet.compression import quantize_onnx
+from edgefleet.compression import fp16_range, quantize_onnx
 from edgefleet.compression.config import CompressionConfig, Mode
 from edgefleet.compression.evaluate import Measurement, Reference, latency, measure, reference
-from edgefleet.compression.inputs import Inputs, count, infer_input_specs, normalise_inputs, resolve_specs
+from edgefleet.compression.inputs import (
+    Inputs,
+    InputSpec,
+    count,
+    data_shapes,
+    infer_input_specs,
+    normalise_inputs,
+    resolve_specs,
+)
 from edgefleet.compression.onnx_graph import count_quantized_weights, gemm_to_matmul, load_onnx, normalise
 from edgefleet.compression.onnx_to_tflite import export_tflite
 from edgefleet.compression.prune import prune
@@ -20,7 +28,7 @@ from edgefleet.compression.quantize_tflite import candidates as tflite_candidate
 from edgefleet.compression.quantize_tflite import quantize_tflite
 from edgefleet.compression.report import CompressionReport, GateResult, SizeReport, stored_size
 from edgefleet.compression.tflite_graph import count_quantized_weights as count_tflite_weights
-from edgefleet.compression.tflite_graph import is_tflite, load_tflite
+from edgefleet.compression.tflite_graph import is_tflite, load_tflite, set_input_shapes
 from edgefleet.protocol.errors import AccuracyGateError, CompressionError, ConfigError, UnsupportedModelError
 from edgefleet.protocol.vocabulary import Runtime
 
@@ -36,10 +44,12 @@ class CompressionResult:
 
 
 Quantizer = Callable[[list[str]], bytes]
+Shapes = dict[str, tuple[int | None, ...]]
 
 
-def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
-                    calibration: Inputs | None, conversions: list[str]) -> tuple[Quantizer, list[str]]:
+def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig, calibration: Inputs | None,
+                    conversions: list[str], kept_in_float: list[str],
+                    eval_x: Inputs | None = None) -> tuple[Quantizer, list[str]]:
     mode = config.mode
     if mode not in _ONNX_MODES:
         raise ConfigError(f"mode {mode.value} is not available for ONNX", where="mode",
@@ -48,8 +58,14 @@ def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
         data = model.SerializeToString()
         return (lambda exclude: data), []
     if mode is Mode.FP16:
-        names = [n.name for n in model.graph.node]
-        return (lambda exclude: quantize_onnx.to_fp16(model, exclude=exclude)), names
+        ranges, source = (calibration, "calibration") if calibration is not None else (eval_x, "evaluation")
+        found = fp16_range.overflowing_nodes(model, ranges) if ranges is not None else []
+        if found:
+            conversions.append(fp16_range.describe(found, source))
+        overflow = [o.node for o in found]
+        kept_in_float += overflow
+        names = [n.name for n in model.graph.node if n.name not in overflow]
+        return (lambda exclude: quantize_onnx.to_fp16(model, exclude=exclude, float32_compute=overflow)), names
     matmul = gemm_to_matmul(model)
     if mode is Mode.DYNAMIC_INT8:
         return (lambda exclude: quantize_onnx.quantize_dynamic_int8(
@@ -60,6 +76,11 @@ def _onnx_quantizer(model: onnx.ModelProto, config: CompressionConfig,
                           hint="pass calibration samples (e.g. --samples digits)")
     prepared, notes = quantize_onnx.prepare_static(matmul)  # once, however often the fallback quantizes
     conversions += notes
+    dynamic = [f"{n.op_type} {n.name!r}" for n in quantize_onnx.dynamic_in_static(matmul)]
+    if dynamic:
+        shown = ", ".join(dynamic[:4]) + (f" and {len(dynamic) - 4} more" if len(dynamic) > 4 else "")
+        conversions.append(f"static_int8: {shown} quantized dynamically (ONNX Runtime's QDQ has no LSTM/"
+                           f"Attention and does not enter If/Loop/Scan bodies)")
     return (lambda exclude: quantize_onnx.quantize_static_int8(
         prepared, calibration, config=config.calibration, per_channel=config.channelwise,
         exclude=exclude, prepared=True), quantize_onnx.candidates(matmul, static=True))
@@ -119,15 +140,18 @@ class _Plan:
     candidates: list[str]
     sparsity: float
     conversions: list[str] = field(default_factory=list)
+    kept_in_float: list[str] = field(default_factory=list)  # before any fallback (fp16 overflow)
 
 
-def _plan(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+def _plan(model: bytes, runtime: Runtime, config: CompressionConfig, specs: list[InputSpec],
+          calibration: Inputs | None, eval_x: Inputs | None) -> _Plan:
     if is_tflite(model):
-        return _plan_tflite(model, runtime, config, calibration)
-    return _plan_onnx(model, runtime, config, calibration)
+        return _plan_tflite(model, runtime, config, specs, calibration, eval_x)
+    return _plan_onnx(model, runtime, config, specs, calibration, eval_x)
 
 
-def _plan_tflite(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+def _plan_tflite(model: bytes, runtime: Runtime, config: CompressionConfig, specs: list[InputSpec],
+                 calibration: Inputs | None, eval_x: Inputs | None) -> _Plan:
     if runtime == Runtime.ONNX:
         raise UnsupportedModelError("a TFLite model cannot be compressed for ONNX",
                                     where="runtime", hint="use runtime 'tflite'")
@@ -136,26 +160,63 @@ def _plan_tflite(model: bytes, runtime: Runtime, config: CompressionConfig, cali
                                     hint="prune the ONNX model, then export to TFLite")
     load_tflite(model)
     original = bytes(model)
-    quantize, candidates = _tflite_quantizer(original, config, calibration)
-    return _Plan(Runtime.TFLITE, original, quantize, candidates, sparsity=0.0)
+    # dynamic inputs stored as a shape the model cannot run (e.g. [1, 1]) get the data's shape
+    target = set_input_shapes(original, data_shapes(specs, [calibration, eval_x], 1))
+    conversions = ["TFLite input shapes stored as the data's (signature unchanged)"] if target != original else []
+    quantize, candidates = _tflite_quantizer(target, config, calibration)
+    return _Plan(Runtime.TFLITE, original, quantize, candidates, sparsity=0.0, conversions=conversions)
 
 
-def _plan_onnx(model: bytes, runtime: Runtime, config: CompressionConfig, calibration: Inputs | None) -> _Plan:
+def _export(model: bytes, specs: list[InputSpec], data: list[Inputs | None], batch: int,
+            conversions: list[str]) -> tuple[bytes, Shapes | None]:
+    """The TFLite export of ``model``, and the input shapes it had to fix (None: as declared).
+
+    When the export fails as declared (shape arithmetic on dynamic dimensions, reshapes with
+    several unknown dimensions...), the dynamic dimensions are fixed to the data's shapes and it
+    is tried again: first every dimension but the batch, then the batch too (``batch``, the
+    evaluation batch size); the error of the last attempt stands when none works.
+    """
+    try:
+        return export_tflite(model), None
+    except UnsupportedModelError as exc:
+        first = error = exc
+    attempts = [data_shapes(specs, data, None), data_shapes(specs, data, batch)]
+    for shapes in [a for i, a in enumerate(attempts) if a and a not in attempts[:i]]:
+        try:
+            exported = export_tflite(model, shapes)
+        except UnsupportedModelError as exc:
+            error = exc
+            continue
+        fixed = ", ".join(f"{name} [{', '.join('?' if d is None else str(d) for d in dims)}]"
+                          for name, dims in shapes.items())
+        conversions.append(f"TFLite export with fixed input shapes {fixed} (as declared: {first})")
+        logger.info("exported to TFLite with fixed input shapes %s", fixed)
+        return exported, shapes
+    raise error
+
+
+def _plan_onnx(model: bytes, runtime: Runtime, config: CompressionConfig, specs: list[InputSpec],
+               calibration: Inputs | None, eval_x: Inputs | None) -> _Plan:
     """Prune on the ONNX graph (if asked), then quantize in ONNX or export to TFLite first."""
     conversions: list[str] = []
+    kept_in_float: list[str] = []
     graph = normalise(load_onnx(model, conversions))
-    original = bytes(model) if runtime == Runtime.ONNX else export_tflite(model)
+    shapes: Shapes | None = None
+    if runtime == Runtime.ONNX:
+        original = bytes(model)
+    else:
+        original, shapes = _export(model, specs, [calibration, eval_x], config.eval_batch_size, conversions)
     sparsity = 0.0
     if config.pruning is not None:
         pruned = prune(graph, config.pruning, calibration)
         graph, sparsity = pruned.model, pruned.sparsity
     if runtime == Runtime.ONNX:
-        quantize, candidates = _onnx_quantizer(graph, config, calibration, conversions)
+        quantize, candidates = _onnx_quantizer(graph, config, calibration, conversions, kept_in_float, eval_x)
     else:
         target = original if config.pruning is None else export_tflite(
-            graph.SerializeToString())
+            graph.SerializeToString(), shapes)
         quantize, candidates = _tflite_quantizer(target, config, calibration)
-    return _Plan(Runtime.ONNX, original, quantize, candidates, sparsity, conversions)
+    return _Plan(Runtime.ONNX, original, quantize, candidates, sparsity, conversions, kept_in_float)
 
 
 def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
@@ -188,7 +249,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
         raise ConfigError("the accuracy gate needs evaluation or calibration data",
                           where="eval_x", hint="pass samples or disable the gate")
 
-    plan = _plan(model, runtime, config, calibration)
+    plan = _plan(model, runtime, config, specs, calibration, eval_x)
     compressed = plan.quantize([])
     _check_gain(config, plan.original, compressed)  # fail before evaluating a useless result
     float_operators: list[str] = []
@@ -225,7 +286,7 @@ def compress(model: bytes, runtime: Runtime, config: CompressionConfig, *,
                  if ref is not None and data is not None and config.latency_runs > 0 else None),
         accuracy=measurement.accuracy if measurement else None,
         fidelity=measurement.fidelity if measurement else None,
-        float_operators=float_operators,
+        float_operators=[*plan.kept_in_float, *float_operators],
         gate=measurement.gate if measurement else _no_gate(),
         weights_quantized=weights_quantized,
         weights_total=weights_total,

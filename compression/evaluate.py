@@ -155,6 +155,8 @@ def _checks_for(plan: OutputPlan, measures: dict[str, float], config: GateConfig
         return own if own is not None else default
 
     wanted: list[tuple[str, float | None, str]] = []  # measure, threshold, bound
+    if "non_finite" in measures:  # always fails: the output has inf/nan the original has not
+        wanted.append(("non_finite", 0.0, "max"))
     kind = plan.kind
     if kind is OutputKind.CLASS_SCORES:
         if plan.labelled and acc is not None:

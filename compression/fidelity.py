@@ -147,6 +147,9 @@ def measures(kind: OutputKind, ref: np.ndarray, out: np.ndarray, *, top_k: int,
         "cosine_similarity": cosine_similarity(ref, out),
         "snr_db": snr_db(ref, out),
     }
+    broken = int(np.count_nonzero(~np.isfinite(out) & np.isfinite(ref)))
+    if broken:  # inf/nan where the original is finite: an overflow in the compressed model
+        result["non_finite"] = float(broken)
     if kind is OutputKind.CLASS_SCORES:
         result["top1_agreement"] = top_k_agreement(ref, out, 1)
         if ref.shape[-1] > top_k:

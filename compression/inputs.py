@@ -328,3 +328,28 @@ def fixed_batch(specs: list[InputSpec]) -> int | None:
     """The batch size the model's per-sample inputs fix (their first dimension), if any."""
     sizes = [s.shape[0] for s in specs if s.per_sample and s.shape and isinstance(s.shape[0], int)]
     return min(sizes) if sizes else None
+
+
+def data_shapes(specs: list[InputSpec], data: Iterable[Inputs | None],
+                batch: int | None) -> dict[str, tuple[int | None, ...]]:
+    """Each input's shape with its dynamic dimensions as the data has them (``data``: the
+    calibration and evaluation sets; a dimension they disagree on stays dynamic, None); the
+    first dimension of a per-sample input is ``batch`` (None: left dynamic). Only the inputs with
+    at least one dimension fixed this way are returned."""
+    sets = [d for d in data if d is not None]
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for position, spec in enumerate(specs):
+        arrays = [np.asarray(d[spec.name]) if isinstance(d, Mapping) else np.asarray(d) for d in sets
+                  if (spec.name in d if isinstance(d, Mapping) else position == 0)]
+        dims: list[int | None] = []
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int):
+                dims.append(dim)
+            elif axis == 0 and spec.per_sample:
+                dims.append(batch)
+            else:
+                seen = {a.shape[axis] for a in arrays if a.ndim == len(spec.shape)}
+                dims.append(seen.pop() if len(seen) == 1 else None)
+        if any(d is not None and not isinstance(s, int) for d, s in zip(dims, spec.shape, strict=True)):
+            shapes[spec.name] = tuple(dims)
+    return shapes

@@ -26,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 MIN_OPSET = 13
 _MIN_IR = 7  # the IR version opset 13 needs
-_CONTROL_FLOW = {"If", "Loop", "Scan"}
 
 
 def parse_onnx(data: bytes) -> onnx.ModelProto:
@@ -93,15 +92,11 @@ def _upgrade(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
 
 def _named_operator(message: str, model: onnx.ModelProto) -> str | None:
     """The model's operator type the converter's message names (the longest that matches)."""
-    op_types = sorted({n.op_type for g in _graphs(model.graph) for n in g.node}, key=len, reverse=True)
+    op_types = sorted({n.op_type for g in all_graphs(model.graph) for n in g.node}, key=len, reverse=True)
     return next((op for op in op_types if re.search(rf"(?<![A-Za-z]){re.escape(op)}", message)), None)
 
 
-def has_control_flow(model: onnx.ModelProto) -> bool:
-    return any(node.op_type in _CONTROL_FLOW for node in model.graph.node)
-
-
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -109,12 +104,12 @@ def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield from attr.graphs
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph in it, depth first."""
     yield graph
     for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _graphs(sub)
+        for sub in subgraphs(node):
+            yield from all_graphs(sub)
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
@@ -131,7 +126,7 @@ def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
 def _definitions(model: onnx.ModelProto) -> Counter[str]:
     """How often each value name is defined (input, initializer, node output) in all graphs."""
     defined: Counter[str] = Counter()
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         defined.update(i.name for i in graph.input)
         defined.update(t.name for t in graph.initializer)
         defined.update(o for n in graph.node for o in n.output if o)
@@ -146,7 +141,7 @@ def _lift_constants(graph: onnx.GraphProto, main: onnx.GraphProto, defined: Coun
     kept = []
     outputs = {o.name for o in graph.output}
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in subgraphs(node):
             lifted += _lift_constants(sub, main, defined)
         tensor = _constant_tensor(node)
         if tensor is None or (graph is not main and tensor.name in outputs):
@@ -171,7 +166,7 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         logger.info("moved %d Constant node(s) to initializers", lifted)
     seen: set[str] = set()
     index = 0
-    for graph in _graphs(out.graph):
+    for graph in all_graphs(out.graph):
         for node in graph.node:
             if not node.name or node.name in seen:
                 node.name = f"{node.op_type.lower()}_{index}"
@@ -200,7 +195,7 @@ def compact_names(model: onnx.ModelProto, keep_nodes: set[str]) -> None:
             short[name] = candidate
         return short[name]
 
-    for sub in _graphs(graph):
+    for sub in all_graphs(graph):
         for tensor in sub.initializer:
             tensor.name = rename(tensor.name)
         for sparse in sub.sparse_initializer:
@@ -224,6 +219,11 @@ _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMulIntegerToFloat": (0, 1), "DynamicQuantizeMatMul": (1,), "QGemm": (0, 3),
     "DynamicQuantizeLSTM": (1, 2), "QAttention": (1,), "MatMulNBits": (1,), "GatherBlockQuantized": (0,),
 }
+def weight_inputs(node: onnx.NodeProto) -> list[str]:
+    """The names in ``node``'s weight slots (whether constant or not)."""
+    return [node.input[i] for i in _WEIGHT_INPUTS.get(node.op_type, ()) if i < len(node.input) and node.input[i]]
+
+
 #: Operators between a stored weight and its user (QDQ, layout and type changes).
 _WEIGHT_PATH = {"DequantizeLinear", "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
 _T = onnx.TensorProto
@@ -270,7 +270,7 @@ def _find_weights(graph: onnx.GraphProto, path: str, outer: dict[str, _Stored],
             stored = _stored(node.input[slot] if slot < len(node.input) else "", constants, producers)
             if stored is not None and stored[1] in _INTEGER_TYPES | _HALF_TYPES | _FLOAT_TYPES:
                 weights[stored[0]] = stored[1]
-        for number, sub in enumerate(_subgraphs(node)):
+        for number, sub in enumerate(subgraphs(node)):
             _find_weights(sub, f"{path}/{index}.{number}", constants, producers, weights)
 
 
@@ -298,32 +298,46 @@ def attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Rewrite plain Gemm nodes (constant B, alpha=beta=1, no transA) as MatMul + Add.
+    """Rewrite plain Gemm nodes (constant B, alpha=beta=1, no transA) as MatMul + Add, in the
+    main graph and in If/Loop/Scan bodies (whose weights normalise lifted to the main graph).
 
     onnxruntime's dynamic quantizer handles MatMul but not Gemm, and per-channel static
     quantization is reliable on MatMul.
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    inits = initializers(out)
-    nodes = []
-    for node in out.graph.node:
-        if (node.op_type != "Gemm" or node.input[1] not in inits
-                or attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
-                or attribute(node, "beta", 1.0) != 1.0):
-            nodes.append(node)
-            continue
-        weight = inits[node.input[1]]
-        if attribute(node, "transB", 0):
-            array = numpy_helper.to_array(weight).T
-            weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
-        has_bias = len(node.input) > 2 and node.input[2]
-        product = node.output[0] + "_matmul" if has_bias else node.output[0]
-        nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [product],
-                                      name=node.name))
-        if has_bias:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
-                                          name=node.name + "_bias"))
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
+    main = initializers(out)
+    transposed: set[str] = set()  # a weight shared by several Gemms is transposed once
+    # children before their parents: rewriting a parent's node list copies its nodes (and the
+    # subgraphs in them), so the children must be final by then
+    for graph in reversed(list(all_graphs(out.graph))):
+        inits = {**main, **initializers_of(graph)}
+        nodes = []
+        for node in graph.node:
+            if (node.op_type != "Gemm" or node.input[1] not in inits
+                    or attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0
+                    or attribute(node, "beta", 1.0) != 1.0):
+                nodes.append(node)
+                continue
+            weight = inits[node.input[1]]
+            if attribute(node, "transB", 0) and weight.name not in transposed:
+                array = numpy_helper.to_array(weight).T
+                weight.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), weight.name))
+                transposed.add(weight.name)
+            elif not attribute(node, "transB", 0) and weight.name in transposed:
+                nodes.append(node)  # the same weight used untransposed elsewhere: leave this one
+                continue
+            has_bias = len(node.input) > 2 and node.input[2]
+            product = node.output[0] + "_matmul" if has_bias else node.output[0]
+            nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [product],
+                                          name=node.name))
+            if has_bias:
+                nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
+                                              name=node.name + "_bias"))
+        del graph.node[:]
+        graph.node.extend(nodes)
     return out
+
+
+def initializers_of(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in graph.initializer}

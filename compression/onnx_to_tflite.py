@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 
 import numpy as np
@@ -28,12 +28,12 @@ from ai_edge_litert import schema_py_generated as tfl
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from edgefleet.compression.onnx_graph import attribute, has_control_flow, load_onnx, normalise
+from edgefleet.compression.onnx_graph import all_graphs, attribute, default_opset, load_onnx, normalise, subgraphs
 from edgefleet.compression.resize_modes import SIMPLE, Axis, linear_flags, nearest_flags
-from edgefleet.compression.tflite_builder import INT32, SIGNATURE_KEY, Shape, TfliteBuilder, options
+from edgefleet.compression.tflite_builder import FLOAT32, INT32, SIGNATURE_KEY, Shape, TfliteBuilder, options
 from edgefleet.protocol.errors import UnsupportedModelError
 
-__all__ = ["SIGNATURE_KEY", "export_model", "export_tflite", "fold_batch_norm"]
+__all__ = ["SIGNATURE_KEY", "export_model", "export_tflite", "fix_input_shapes", "fold_batch_norm"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +58,18 @@ _FOLDABLE = {"Add", "Cast", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal",
 # Tracked with unknown dimensions as symbols: what PyTorch exports for x.view(x.size(0), -1).
 _SYMBOLIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity"}
 
-_UNARY = {"Relu": Op.RELU, "Sigmoid": Op.LOGISTIC, "Tanh": Op.TANH, "HardSwish": Op.HARD_SWISH}
+_UNARY = {"Relu": Op.RELU, "Sigmoid": Op.LOGISTIC, "Tanh": Op.TANH, "HardSwish": Op.HARD_SWISH,
+          "Neg": Op.NEG, "Sqrt": Op.SQRT, "Log": Op.LOG, "Exp": Op.EXP, "Abs": Op.ABS}
+_VARIADIC = {"Max": Op.MAXIMUM, "Min": Op.MINIMUM}
+_CAST_TYPES = {onnx.TensorProto.FLOAT: FLOAT32, onnx.TensorProto.INT32: INT32, onnx.TensorProto.INT64: INT32,
+               onnx.TensorProto.BOOL: np.dtype(np.bool_)}
+_INPUT_TYPES = {onnx.TensorProto.FLOAT: FLOAT32, onnx.TensorProto.INT32: INT32}
+_COMPARE = {"Equal": Op.EQUAL, "Greater": Op.GREATER, "Less": Op.LESS, "GreaterOrEqual": Op.GREATER_EQUAL,
+            "LessOrEqual": Op.LESS_EQUAL}
 _BINARY = {"Add": (Op.ADD, "AddOptions"), "Sub": (Op.SUB, "SubOptions"),
            "Mul": (Op.MUL, "MulOptions"), "Div": (Op.DIV, "DivOptions")}
-_REDUCE = {"ReduceMean": Op.MEAN, "ReduceMax": Op.REDUCE_MAX, "ReduceSum": Op.SUM}
-_REDUCE_AXES_INPUT_SINCE = {"ReduceMean": 18, "ReduceMax": 18, "ReduceSum": 13}
+_REDUCE = {"ReduceMean": Op.MEAN, "ReduceMax": Op.REDUCE_MAX, "ReduceMin": Op.REDUCE_MIN, "ReduceSum": Op.SUM}
+_REDUCE_AXES_INPUT_SINCE = {"ReduceMean": 18, "ReduceMax": 18, "ReduceMin": 18, "ReduceSum": 13}
 
 
 def _unsupported(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
@@ -149,6 +156,93 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def fold_constants(model: onnx.ModelProto, rounds: int = 8) -> onnx.ModelProto:
+    """Copy of ``model`` with every main-graph node that computes on constants only (and every
+    Shape of a value whose shape is fully known) replaced by initializers, shape inference re-run
+    after each round so that what the folded values shape is known: with fixed input shapes, the
+    shape arithmetic of dynamic exports (Shape -> Gather -> Mul -> Concat -> Reshape,
+    ConstantOfShape, Range, Expand) becomes constants. Nodes the reference evaluator cannot
+    run stay."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    folded = 0
+    for _ in range(rounds):
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        shapes = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+                  for vi in _value_infos(out) if vi.type.tensor_type.HasField("shape")}
+        kept, added = [], []
+        for node in graph.node:
+            inputs = [i for i in node.input if i]
+            results: list[np.ndarray] | None = None
+            if node.op_type == "Shape" and None not in shapes.get(node.input[0], [None]):
+                results = [_shape_slice(node, np.array(shapes[node.input[0]], np.int64))]
+            elif node.op_type in _FOLDABLE and inputs and all(i in inits for i in inputs):
+                try:
+                    evaluator = ReferenceEvaluator(node, opsets={"": default_opset(out)})
+                    results = [np.asarray(r) for r in evaluator.run(None, {i: inits[i] for i in inputs})]
+                except Exception:  # the reference evaluator lacks a case: the export handles the node
+                    results = None
+            if results is None:
+                kept.append(node)
+                continue
+            for name, value in zip(node.output, results, strict=False):
+                inits[name] = value
+                added.append(numpy_helper.from_array(value, name))
+        if not added:
+            break
+        folded += len(graph.node) - len(kept)
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(added)
+        del graph.value_info[:]
+    if folded:
+        logger.info("folded %d node(s) on constants and known shapes", folded)
+    return out
+
+
+def conv1d_as_2d(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` with every 1-D Conv (constant weight ``[O, I, K]``) written as
+    Unsqueeze(axis 2) -> 2-D Conv (weight ``[O, I, 1, K]``) -> Squeeze(axis 2), as TFLite
+    converters do: TFLite convolves in 2-D only."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    widened: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or len(weight.dims) != 3:
+            nodes.append(node)
+            continue
+        if weight.name not in widened:
+            widened[weight.name] = f"{weight.name}/2d"
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight)[:, :, None, :],
+                                                             widened[weight.name]))
+        axis = f"{node.name}/axis2"
+        graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axis))
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        for key in ("kernel_shape", "strides", "dilations"):
+            if key in attrs:
+                attrs[key] = [1, *attrs[key]]
+        if "pads" in attrs:
+            begin, end = attrs["pads"]
+            attrs["pads"] = [0, begin, 0, end]
+        if isinstance(attrs.get("auto_pad"), bytes):
+            attrs["auto_pad"] = attrs["auto_pad"].decode()
+        inputs = [f"{node.name}/x2d", widened[weight.name], *node.input[2:]]
+        nodes += [onnx.helper.make_node("Unsqueeze", [node.input[0], axis], [inputs[0]], name=f"{node.name}/unsqueeze"),
+                  onnx.helper.make_node("Conv", inputs, [f"{node.name}/y2d"], name=node.name, **attrs),
+                  onnx.helper.make_node("Squeeze", [f"{node.name}/y2d", axis], [node.output[0]],
+                                        name=f"{node.name}/squeeze")]
+    if widened:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        logger.info("wrote %d 1-D Conv node(s) as 2-D", len(widened))
+    return out
+
+
 # -- the converter ---------------------------------------------------------------------------
 
 
@@ -172,6 +266,9 @@ class _Converter:
             self.shapes[name] = list(array.shape)
         self.values: dict[str, tuple[int, Layout]] = {}
         self.converted: dict[tuple[str, Layout], int] = {}
+        self.broadcast: dict[tuple[str, Layout, int], int] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
         self.shape_values: dict[str, np.ndarray] = {}  # int tensors with symbolic entries (object arrays)
 
     # -- values ------------------------------------------------------------------------
@@ -210,10 +307,19 @@ class _Converter:
     def layout_of(self, name: str) -> Layout:
         return self.values[name][1] if name in self.values else Layout.PLAIN
 
-    def define(self, name: str, layout: Layout, node: onnx.NodeProto) -> int:
-        index = self.b.tensor(name, _physical(self.shape(name, node), layout))
+    def define(self, name: str, layout: Layout, node: onnx.NodeProto, dtype: np.dtype | None = None) -> int:
+        """The tensor of ONNX value ``name``, of ``dtype`` (default: the dtype of the node's first
+        input, as ONNX operators keep it)."""
+        dtype = dtype if dtype is not None else self.dtype(node.input[0] if node.input else "")
+        index = self.b.tensor(name, _physical(self.shape(name, node), layout), dtype)
         self.values[name] = (index, layout)
+        self.dtypes[name] = dtype
         return index
+
+    def dtype(self, name: str) -> np.dtype:
+        if name in self.dtypes:
+            return self.dtypes[name]
+        return self.inits[name].dtype if name in self.inits else FLOAT32
 
     def scratch(self, node: onnx.NodeProto, tag: str, like: str, layout: Layout) -> int:
         """An intermediate tensor shaped like ONNX value ``like``."""
@@ -230,14 +336,22 @@ class _Converter:
         return None
 
     def broadcast_constant(self, name: str, layout: Layout, rank: int, node: onnx.NodeProto) -> int:
-        """Constant ``name`` broadcast onto a rank-``rank`` value stored in ``layout``."""
+        """Constant ``name`` broadcast onto a rank-``rank`` value stored in ``layout`` (one tensor
+        per constant and form, however many operators use it)."""
         array = self.inits[name]
-        if layout is Layout.NHWC:
-            array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_TO_NHWC)
-            return self.b.const(f"{name}/nhwc", array)
-        if array.ndim < rank:
-            return self.b.const(f"{name}/rank{rank}", array.reshape((1,) * (rank - array.ndim) + array.shape))
-        return self.get(name, Layout.PLAIN, node)
+        if layout is not Layout.NHWC and array.ndim >= rank:
+            return self.get(name, Layout.PLAIN, node)
+        key = (name, layout, rank)
+        if key not in self.broadcast:
+            if array.size == 1:  # a scalar broadcasts in any layout (and quantizes per tensor)
+                self.broadcast[key] = self.b.const(f"{name}/scalar", array.reshape(()))
+            elif layout is Layout.NHWC:
+                self.broadcast[key] = self.b.const(
+                    f"{name}/nhwc", array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(_TO_NHWC))
+            else:
+                self.broadcast[key] = self.b.const(f"{name}/rank{rank}",
+                                                   array.reshape((1,) * (rank - array.ndim) + array.shape))
+        return self.broadcast[key]
 
     def operands(self, node: onnx.NodeProto, names: list[str]) -> tuple[Layout, list[int]]:
         """Elementwise operands in one layout: NHWC when any 4-D input is NHWC."""
@@ -351,6 +465,10 @@ class _Converter:
             current = out
 
     def clip(self, node: onnx.NodeProto) -> None:
+        bounds = [node.input[i] if len(node.input) > i and node.input[i] else "" for i in (1, 2)]
+        if any(b and b not in self.inits for b in bounds):  # a bound computed at run time
+            self._clip_by_tensors(node, bounds)
+            return
         lo_c, hi_c = self.optional_constant(node, 1), self.optional_constant(node, 2)
         lo = float(lo_c) if lo_c is not None else float(attribute(node, "min", -math.inf))
         hi = float(hi_c) if hi_c is not None else float(attribute(node, "max", math.inf))
@@ -364,6 +482,93 @@ class _Converter:
             self.alias(node)
             return
         self.chain(node, steps)
+
+    def _clip_by_tensors(self, node: onnx.NodeProto, bounds: list[str]) -> None:
+        """MAXIMUM with the lower bound, then MINIMUM with the upper one (either may be a value)."""
+        steps = [(code, b) for code, b in ((Op.MAXIMUM, bounds[0]), (Op.MINIMUM, bounds[1])) if b]
+        current = node.input[0]
+        for i, (code, bound) in enumerate(steps):
+            layout, inputs = self.operands(node, [current, bound])
+            last = i == len(steps) - 1
+            out = (self.define(node.output[0], layout, node) if last
+                   else self.scratch(node, f"step{i}", node.output[0], layout))
+            self.b.op(code, inputs, [out])
+            if not last:
+                current = f"{node.name}/step{i}"
+                self.values[current] = (out, layout)
+                self.shapes[current] = self.shape(node.output[0], node)
+
+    def variadic(self, node: onnx.NodeProto) -> None:
+        """Max / Min of any number of inputs (broadcast), pairwise."""
+        code = _VARIADIC[node.op_type]
+        if len(node.input) == 1:
+            self.alias(node)
+            return
+        current = node.input[0]
+        for i, other in enumerate(node.input[1:]):
+            layout, inputs = self.operands(node, [current, other])
+            last = i == len(node.input) - 2
+            out = (self.define(node.output[0], layout, node) if last
+                   else self.scratch(node, f"step{i}", node.output[0], layout))
+            self.b.op(code, inputs, [out])
+            if not last:
+                current = f"{node.name}/step{i}"
+                self.values[current] = (out, layout)
+                self.shapes[current] = self.shape(node.output[0], node)
+
+    def compare(self, node: onnx.NodeProto) -> None:
+        """Equal, Greater, ... of float values: a bool tensor (for Where)."""
+        layout, inputs = self.operands(node, list(node.input))
+        self.b.op(_COMPARE[node.op_type], inputs, [self.define(node.output[0], layout, node, np.dtype(np.bool_))])
+
+    def where(self, node: onnx.NodeProto) -> None:
+        layout, inputs = self.operands(node, list(node.input))
+        self.b.op(Op.SELECT_V2, inputs, [self.define(node.output[0], layout, node, self.dtype(node.input[1]))])
+
+    def reciprocal(self, node: onnx.NodeProto) -> None:
+        layout = self.layout_of(node.input[0])
+        x = self.get(node.input[0], layout, node)
+        one = self.b.const(f"{node.name}/one", np.array(1.0, np.float32))
+        self.b.op(Op.DIV, [one, x], [self.define(node.output[0], layout, node)], *options("DivOptions"))
+
+    def pow(self, node: onnx.NodeProto) -> None:
+        """x ** constant: 2 as MUL, 0.5 as SQRT, 1 as is; any other exponent (or a computed one) POW."""
+        exponent = self.inits.get(node.input[1])
+        power = float(exponent) if exponent is not None and exponent.size == 1 else None
+        if power == 1.0:
+            self.alias(node)
+        elif power == 0.5:
+            self.unary(node, Op.SQRT)
+        elif power == 2.0:
+            layout = self.layout_of(node.input[0])
+            x = self.get(node.input[0], layout, node)
+            self.b.op(Op.MUL, [x, x], [self.define(node.output[0], layout, node)], *options("MulOptions"))
+        else:
+            layout, inputs = self.operands(node, list(node.input))
+            self.b.op(Op.POW, inputs, [self.define(node.output[0], layout, node)])
+
+    def cast(self, node: onnx.NodeProto) -> None:
+        """Cast between float32, int32 and bool (int64 is int32 in TFLite): CAST, or nothing when
+        the type stays."""
+        target = _CAST_TYPES.get(attribute(node, "to", 0))
+        if target is None or node.input[0] in self.shape_values:
+            raise _unsupported(node, "a cast to a type other than float32, int32/int64 or bool")
+        if target == self.dtype(node.input[0]):
+            self.alias(node)
+            return
+        layout = self.layout_of(node.input[0])
+        x = self.get(node.input[0], layout, node)
+        self.b.op(Op.CAST, [x], [self.define(node.output[0], layout, node, target)])
+
+    def expand(self, node: onnx.NodeProto) -> None:
+        """Expand to a constant shape: BROADCAST_TO (ONNX broadcasts both ways: the output shape)."""
+        self.constant(node.input[1], node)
+        shape = self.shape(node.output[0], node)
+        if None in shape:
+            raise _unsupported(node, "an output shape that is not fixed (fix the input shapes)")
+        x = self.get(node.input[0], Layout.PLAIN, node)
+        self.b.op(Op.BROADCAST_TO, [x, self.b.const(f"{node.name}/shape", np.array(shape, np.int32))],
+                  [self.define(node.output[0], Layout.PLAIN, node)])
 
     def hard_sigmoid(self, node: onnx.NodeProto) -> None:
         alpha = float(attribute(node, "alpha", 0.2))
@@ -420,8 +625,8 @@ class _Converter:
 
     def fully_connected(self, node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None) -> None:
         x = self.get(node.input[0], Layout.PLAIN, node)
-        w = self.b.const(f"{node.name}/weight", np.ascontiguousarray(weight))
-        b = self.b.const(f"{node.name}/bias", bias) if bias is not None else -1
+        w = self.b.const(f"{node.name}/weight", np.ascontiguousarray(weight), shared=True)
+        b = self.b.const(f"{node.name}/bias", bias, shared=True) if bias is not None else -1
         keep = self.rank(node.input[0], node) > 2
         self.b.op(Op.FULLY_CONNECTED, [x, w, b], [self.define(node.output[0], Layout.PLAIN, node)],
                   *options("FullyConnectedOptions", keepNumDims=keep))
@@ -434,6 +639,135 @@ class _Converter:
         b = self.get(node.input[1], Layout.PLAIN, node)
         self.b.op(Op.BATCH_MATMUL, [a, b], [self.define(node.output[0], Layout.PLAIN, node)],
                   *options("BatchMatMulOptions"))
+
+    # -- recurrent ---------------------------------------------------------------------
+
+    def lstm(self, node: onnx.NodeProto) -> None:
+        """LSTM (forward, reverse or bidirectional; default activations) unrolled over its known
+        sequence length: the input projection of every step in one FULLY_CONNECTED, then per step
+        FULLY_CONNECTED of the state, ADD, SPLIT_V into the gates (ONNX order i, o, f, c),
+        LOGISTIC/TANH, MUL and ADD. The weights are one tensor each, shared by every step."""
+        direction = _text(attribute(node, "direction", "forward"))
+        hidden = int(attribute(node, "hidden_size", 0))
+        activations = [_text(a) for a in attribute(node, "activations", [])]
+        if activations and [a.lower() for a in activations] != ["sigmoid", "tanh", "tanh"] * len(activations[::3]):
+            raise _unsupported(node, f"activations {activations} (only Sigmoid, Tanh, Tanh)")
+        for name, default in (("clip", None), ("input_forget", 0), ("layout", 0)):
+            if attribute(node, name, default) != default:
+                raise _unsupported(node, f"attribute {name}")
+        if len(node.input) > 7 and node.input[7]:
+            raise _unsupported(node, "peephole weights (P)")
+        steps, batch, _ = self.shape(node.input[0], node)
+        if steps is None or batch is None:
+            raise _unsupported(node, "a sequence length or batch that is not fixed (fix the input shapes)")
+        if len(node.input) > 4 and node.input[4]:
+            lengths = self.constant(node.input[4], node)
+            if not np.all(lengths == steps):
+                raise _unsupported(node, "sequence_lens shorter than the sequence")
+        w, r = self.constant(node.input[1], node), self.constant(node.input[2], node)
+        b = self.optional_constant(node, 3)
+        passes = {"forward": [False], "reverse": [True], "bidirectional": [False, True]}.get(direction)
+        if passes is None:
+            raise _unsupported(node, f"direction {direction!r}")
+        x = self.get(node.input[0], Layout.PLAIN, node)
+        results = []
+        for d, backwards in enumerate(passes):
+            bias = (b[d, :4 * hidden] + b[d, 4 * hidden:]).astype(np.float32) if b is not None else None
+            state = [self._lstm_initial(node, i, d, batch, hidden) for i in (5, 6)]
+            results.append(self._lstm_pass(node, x, w[d], r[d], bias, state, steps, batch, hidden, backwards, d))
+        self._lstm_outputs(node, results, steps, batch, hidden)
+
+    def _lstm_initial(self, node: onnx.NodeProto, slot: int, d: int, batch: int, hidden: int) -> np.ndarray:
+        given = self.optional_constant(node, slot)
+        return (given[d] if given is not None else np.zeros((batch, hidden))).astype(np.float32)
+
+    def _lstm_pass(self, node: onnx.NodeProto, x: int, w: np.ndarray, r: np.ndarray, bias: np.ndarray | None,
+                   state: list[np.ndarray], steps: int, batch: int, hidden: int, backwards: bool,
+                   d: int) -> tuple[list[int], int, int]:
+        """One direction: the hidden state of every step (in time order), the last h and c. The
+        initial state is constant: its recurrent term is computed here (no operator on constants
+        only, which the quantizers mishandle)."""
+        h0, c0 = state
+        initial_term = h0 @ r.astype(np.float32).T
+        tag = f"{node.name}/d{d}"
+        projected = self.b.tensor(f"{tag}/xw", [steps, batch, 4 * hidden])
+        self.b.op(Op.FULLY_CONNECTED, [x, self.b.const(f"{tag}/w", w.astype(np.float32)),
+                                       self.b.const(f"{tag}/b", bias) if bias is not None else -1],
+                  [projected], *options("FullyConnectedOptions", keepNumDims=True))
+        per_step = [self.b.tensor(f"{tag}/xw{t}", [1, batch, 4 * hidden]) for t in range(steps)]
+        self.b.op(Op.SPLIT_V, [projected, self.b.const(f"{tag}/steps", np.ones(steps, np.int32)),
+                               self.b.const(f"{tag}/axis0", np.array(0, np.int32))],
+                  per_step, *options("SplitVOptions", numSplits=steps))
+        recurrent = self.b.const(f"{tag}/r", r.astype(np.float32))
+        gate_shape = self.b.const(f"{tag}/gate_shape", np.array([batch, 4 * hidden], np.int32))
+        sizes = self.b.const(f"{tag}/gate_sizes", np.full(4, hidden, np.int32))
+        axis1 = self.b.const(f"{tag}/axis1", np.array(1, np.int32))
+        h, c = -1, self.b.const(f"{tag}/c0", c0)
+        hs: dict[int, int] = {}
+        for t in (reversed(range(steps)) if backwards else range(steps)):
+            step = f"{tag}/t{t}"
+            xw = self.b.tensor(f"{step}/xw", [batch, 4 * hidden])
+            self.b.op(Op.RESHAPE, [per_step[t], gate_shape], [xw], *options("ReshapeOptions",
+                                                                               newShape=[batch, 4 * hidden]))
+            if h < 0:
+                hr = self.b.const(f"{step}/hr", initial_term)
+            else:
+                hr = self.b.tensor(f"{step}/hr", [batch, 4 * hidden])
+                self.b.op(Op.FULLY_CONNECTED, [h, recurrent, -1], [hr], *options("FullyConnectedOptions"))
+            gates = self.b.tensor(f"{step}/gates", [batch, 4 * hidden])
+            self.b.op(Op.ADD, [xw, hr], [gates], *options("AddOptions"))
+            parts = [self.b.tensor(f"{step}/{g}", [batch, hidden]) for g in "iofc"]
+            self.b.op(Op.SPLIT_V, [gates, sizes, axis1], parts, *options("SplitVOptions", numSplits=4))
+            i, o, f, g = (self.b.tensor(f"{step}/{k}_act", [batch, hidden]) for k in "iofg")
+            for src, dst, code in zip(parts, (i, o, f, g), (Op.LOGISTIC, Op.LOGISTIC, Op.LOGISTIC, Op.TANH),
+                                      strict=True):
+                self.b.op(code, [src], [dst])
+            kept, added = (self.b.tensor(f"{step}/{k}", [batch, hidden]) for k in ("fc", "ig"))
+            self.b.op(Op.MUL, [f, c], [kept], *options("MulOptions"))
+            self.b.op(Op.MUL, [i, g], [added], *options("MulOptions"))
+            c = self.b.tensor(f"{step}/c", [batch, hidden])
+            self.b.op(Op.ADD, [kept, added], [c], *options("AddOptions"))
+            squashed = self.b.tensor(f"{step}/tanh_c", [batch, hidden])
+            self.b.op(Op.TANH, [c], [squashed])
+            h = self.b.tensor(f"{step}/h", [batch, hidden])
+            self.b.op(Op.MUL, [o, squashed], [h], *options("MulOptions"))
+            hs[t] = h
+        return [hs[t] for t in range(steps)], h, c
+
+    def _lstm_outputs(self, node: onnx.NodeProto, results: list[tuple[list[int], int, int]], steps: int,
+                      batch: int, hidden: int) -> None:
+        """Y [T, D, N, H], Y_h and Y_c [D, N, H], for the outputs the node names."""
+        dirs = len(results)
+        names = [n if n in self.used else "" for n in list(node.output) + [""] * (3 - len(node.output))]
+        if names[0]:
+            shape = self.b.const(f"{node.name}/y_step_shape", np.array([1, 1, batch, hidden], np.int32))
+            per_dir = []
+            for d, (hs, _, _) in enumerate(results):
+                rows = []
+                for t, h in enumerate(hs):
+                    row = self.b.tensor(f"{node.name}/d{d}/y{t}", [1, 1, batch, hidden])
+                    self.b.op(Op.RESHAPE, [h, shape], [row], *options("ReshapeOptions",
+                                                                       newShape=[1, 1, batch, hidden]))
+                    rows.append(row)
+                out = (self.define(names[0], Layout.PLAIN, node) if dirs == 1
+                       else self.b.tensor(f"{node.name}/d{d}/y", [steps, 1, batch, hidden]))
+                self.b.op(Op.CONCATENATION, rows, [out], *options("ConcatenationOptions", axis=0))
+                per_dir.append(out)
+            if dirs > 1:
+                self.b.op(Op.CONCATENATION, per_dir, [self.define(names[0], Layout.PLAIN, node)],
+                          *options("ConcatenationOptions", axis=1))
+        for slot in (1, 2):  # Y_h: the last h of each direction, Y_c: its last c
+            if not names[slot]:
+                continue
+            shape = self.b.const(f"{node.name}/state_shape{slot}", np.array([1, batch, hidden], np.int32))
+            rows = []
+            for d, (_, last_h, last_c) in enumerate(results):
+                row = self.b.tensor(f"{node.name}/d{d}/state{slot}", [1, batch, hidden])
+                self.b.op(Op.RESHAPE, [last_h if slot == 1 else last_c, shape], [row], *options("ReshapeOptions",
+                                                                              newShape=[1, batch, hidden]))
+                rows.append(row)
+            self.b.op(Op.CONCATENATION, rows, [self.define(names[slot], Layout.PLAIN, node)],
+                      *options("ConcatenationOptions", axis=0))
 
     # -- convolution and pooling ---------------------------------------------------------
 
@@ -483,15 +817,15 @@ class _Converter:
             x = self._pad_spatial(node, x, pads, 0.0)
         bias = self.optional_constant(node, 2)
         b = self.b.const(f"{node.name}/bias", bias.astype(np.float32) if bias is not None
-                         else np.zeros(out_ch, np.float32))
+                         else np.zeros(out_ch, np.float32), shared=True)
         out = self.define(node.output[0], Layout.NHWC, node)
         common = dict(padding=padding, strideH=strides[0], strideW=strides[1],
                       dilationHFactor=dilations[0], dilationWFactor=dilations[1])
         if group == 1:
-            w = self.b.const(f"{node.name}/weight", weight.transpose(0, 2, 3, 1))
+            w = self.b.const(f"{node.name}/weight", weight.transpose(0, 2, 3, 1), shared=True)
             self.b.op(Op.CONV_2D, [x, w, b], [out], *options("Conv2DOptions", **common))
         elif group == in_ch and in_per_group == 1:
-            w = self.b.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0))
+            w = self.b.const(f"{node.name}/weight", weight.transpose(1, 2, 3, 0), shared=True)
             self.b.op(Op.DEPTHWISE_CONV_2D, [x, w, b], [out],
                       *options("DepthwiseConv2DOptions", depthMultiplier=out_ch // group, **common))
         else:
@@ -587,9 +921,16 @@ class _Converter:
                   [self.define(node.output[0], Layout.NHWC, node)], *options("MulOptions"))
 
     def global_pool(self, node: onnx.NodeProto) -> None:
-        if self.rank(node.input[0], node) != 4:
-            raise _unsupported(node, "only 4-D inputs are supported")
         code = Op.MEAN if node.op_type == "GlobalAveragePool" else Op.REDUCE_MAX
+        rank = self.rank(node.input[0], node)
+        if rank != 4:  # [N, C, L...]: reduce the spatial axes of the plain tensor
+            if rank < 3:
+                raise _unsupported(node, f"input of rank {rank}")
+            x = self.get(node.input[0], Layout.PLAIN, node)
+            axes = self.b.const(f"{node.name}/axes", np.arange(2, rank, dtype=np.int32))
+            self.b.op(code, [x, axes], [self.define(node.output[0], Layout.PLAIN, node)],
+                      *options("ReducerOptions", keepDims=True))
+            return
         x = self.get(node.input[0], Layout.NHWC, node)
         axes = self.b.const(f"{node.name}/axes", np.array([1, 2], np.int32))
         self.b.op(code, [x, axes], [self.define(node.output[0], Layout.NHWC, node)],
@@ -846,9 +1187,23 @@ class _Converter:
         elif axis == rank - 1:
             layout = Layout.PLAIN
         else:
-            raise _unsupported(node, "softmax over an axis other than the last (or channels)")
+            self._softmax_moved(node, axis, rank)
+            return
         x = self.get(node.input[0], layout, node)
         self.b.op(Op.SOFTMAX, [x], [self.define(node.output[0], layout, node)], *options("SoftmaxOptions", beta=1.0))
+
+    def _softmax_moved(self, node: onnx.NodeProto, axis: int, rank: int) -> None:
+        """Softmax over another axis: TRANSPOSE it last, SOFTMAX, TRANSPOSE back."""
+        perm = [a for a in range(rank) if a != axis] + [axis]
+        back = [perm.index(a) for a in range(rank)]
+        shape = self.shape(node.input[0], node)
+        x = self.get(node.input[0], Layout.PLAIN, node)
+        moved = self.b.tensor(f"{node.name}/moved", [shape[p] for p in perm])
+        self.b.op(Op.TRANSPOSE, [x, self.b.const(f"{node.name}/perm", np.array(perm, np.int32))], [moved])
+        soft = self.b.tensor(f"{node.name}/softmax", [shape[p] for p in perm])
+        self.b.op(Op.SOFTMAX, [moved], [soft], *options("SoftmaxOptions", beta=1.0))
+        self.b.op(Op.TRANSPOSE, [soft, self.b.const(f"{node.name}/perm_back", np.array(back, np.int32))],
+                  [self.define(node.output[0], Layout.PLAIN, node)])
 
     def alias(self, node: onnx.NodeProto) -> None:
         layout = self.layout_of(node.input[0])
@@ -867,38 +1222,85 @@ class _Converter:
             "Reshape": self.reshape, "Flatten": self.flatten, "Squeeze": self.reshape_to_inferred,
             "Unsqueeze": self.reshape_to_inferred, "Concat": self.concat, "Split": self.split,
             "Slice": self.slice, "Identity": self.alias, "Dropout": self.alias,
+            "Reciprocal": self.reciprocal, "Pow": self.pow, "Cast": self.cast, "LSTM": self.lstm,
+            "Expand": self.expand, "If": self.if_,
         }
+        table.update(dict.fromkeys(_VARIADIC, self.variadic))
+        table.update(dict.fromkeys(_COMPARE, self.compare))
+        table["Where"] = self.where
         table.update(dict.fromkeys(_BINARY, self.binary))
         table.update(dict.fromkeys(_REDUCE, self.reduce))
         for op_type, code in _UNARY.items():
             table[op_type] = functools.partial(self.unary, code=code)
         return table
 
-    def convert(self) -> bytes:
-        graph = self.model.graph
-        if has_control_flow(self.model):
-            node = next(n for n in graph.node if n.op_type in ("If", "Loop", "Scan"))
-            raise _unsupported(node, "control flow has no TFLite export")
-        inputs = []
-        for vi in graph.input:
-            if vi.name in self.inits:
-                continue
-            if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-                raise UnsupportedModelError("only float32 model inputs can be exported", where=f"input {vi.name!r}")
-            index = self.b.tensor(vi.name, self.shapes[vi.name])
-            self.values[vi.name] = (index, Layout.PLAIN)
-            inputs.append((vi.name, index))
+    def run(self, nodes: list[onnx.NodeProto]) -> None:
         handlers = self.handlers()
-        for node in graph.node:
+        for node in nodes:
             if node.domain not in ("", "ai.onnx"):
                 raise _unsupported(node, f"custom domain {node.domain!r}")
             if self.fold(node):
                 continue
             handler = handlers.get(node.op_type)
             if handler is None:
-                raise _unsupported(node, "no TFLite mapping")
+                raise _unsupported(node, "control flow has no TFLite export" if node.op_type in ("Loop", "Scan")
+                                   else "no TFLite mapping")
             handler(node)
+
+    def if_(self, node: onnx.NodeProto) -> None:
+        """If as a select: both branches inlined (they only compute), then SELECT_V2 of each output
+        by the condition. A constant condition keeps one branch."""
+        branches = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+        then, other = branches["then_branch"], branches["else_branch"]
+        cond = self.inits.get(node.input[0])
+        chosen = [then] if cond is not None and bool(cond.reshape(-1)[0]) else [other] if cond is not None \
+            else [then, other]
+        for branch in chosen:
+            clash = sorted({o for n in branch.node for o in n.output if o in self.values or o in self.inits})
+            if clash:
+                raise _unsupported(node, f"a branch redefines the value {clash[0]!r}")
+            for tensor in branch.initializer:
+                self.inits[tensor.name] = numpy_helper.to_array(tensor)
+                self.shapes[tensor.name] = list(tensor.dims)
+            self.run(list(branch.node))
+        for index, name in enumerate(node.output):
+            results = [b.output[index].name for b in chosen]
+            if len(results) == 1:
+                layout = self.layout_of(results[0])
+                self.values[name] = (self.get(results[0], layout, node), layout)
+                self.dtypes[name] = self.dtype(results[0])
+                continue
+            if node.input[0] in self.inits:
+                raise _unsupported(node, "a constant condition of several values")
+            inputs = [self.get(v, Layout.PLAIN, node) for v in (node.input[0], *results)]
+            self.shapes.setdefault(name, self.shape(results[0], node))
+            self.b.op(Op.SELECT_V2, inputs, [self.define(name, Layout.PLAIN, node, self.dtype(results[0]))])
+
+    def convert(self) -> bytes:
+        graph = self.model.graph
+        inputs = []
+        for vi in graph.input:
+            if vi.name in self.inits:
+                continue
+            dtype = _INPUT_TYPES.get(vi.type.tensor_type.elem_type)
+            if dtype is None:
+                raise UnsupportedModelError("only float32 and int32 model inputs can be exported",
+                                            where=f"input {vi.name!r}")
+            index = self.b.tensor(vi.name, self.shapes[vi.name], dtype)
+            self.values[vi.name] = (index, Layout.PLAIN)
+            self.dtypes[vi.name] = dtype
+            inputs.append((vi.name, index))
+        self.run(list(graph.node))
         outputs = [(vi.name, self.get(vi.name, Layout.PLAIN, graph.node[-1])) for vi in graph.output]
+        taken = {index for _, index in inputs}
+        for name, index in outputs:  # the output tensor carries the ONNX name (not "<name>/plain")
+            tensors = self.b.tensors
+            if tensors[index].name != name and index not in taken:
+                taken.add(index)
+                for other in tensors:
+                    if other.name == name:
+                        other.name = f"{name}/{Layout.NHWC.value}"
+                tensors[index].name = name
         return self.b.pack(inputs, outputs)
 
 
@@ -934,16 +1336,47 @@ def _value_infos(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     except Exception:  # data propagation is best effort; plain inference never raises here
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     graph = inferred.graph
-    return list(graph.input) + list(graph.value_info) + list(graph.output)
+    inner = [vi for node in graph.node for sub in subgraphs(node) for g in all_graphs(sub)
+             for vi in [*g.value_info, *g.output]]
+    return inner + list(graph.input) + list(graph.value_info) + list(graph.output)
 
 
-def export_model(model: onnx.ModelProto) -> bytes:
-    """Convert a loaded ONNX model (any opset ONNX Runtime runs) to a float32 TFLite flatbuffer."""
-    return _Converter(fold_batch_norm(normalise(model))).convert()
+def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int | None]]) -> onnx.ModelProto:
+    """Copy of ``model`` whose inputs named in ``shapes`` have those dimensions (None: left as
+    it is); the inferred shapes of intermediate values and outputs are dropped (the export
+    re-infers them), so shape arithmetic on them folds to constants."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for value in out.graph.input:
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(shapes[value.name]):
+            raise UnsupportedModelError(f"input {value.name!r} has rank {len(dims)}, the fixed shape "
+                                        f"{list(shapes[value.name])} has {len(shapes[value.name])}",
+                                        where=f"input {value.name!r}")
+        for dim, size in zip(dims, shapes[value.name], strict=True):
+            if size is not None:
+                dim.Clear()
+                dim.dim_value = int(size)
+    del out.graph.value_info[:]
+    for value in out.graph.output:
+        value.type.tensor_type.ClearField("shape")
+    return out
 
 
-def export_tflite(onnx_bytes: bytes) -> bytes:
-    """Convert ONNX bytes to a float32 TFLite flatbuffer (NCHW inputs/outputs kept)."""
-    data = export_model(load_onnx(onnx_bytes))
+def export_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int | None]] | None = None) -> bytes:
+    """Convert a loaded ONNX model (any opset ONNX Runtime runs) to a float32 TFLite flatbuffer;
+    ``input_shapes`` fixes the named inputs' dimensions first (:func:`fix_input_shapes`)."""
+    model = normalise(model)
+    if input_shapes:
+        model = fold_constants(fix_input_shapes(model, input_shapes))
+    return _Converter(fold_batch_norm(conv1d_as_2d(model))).convert()
+
+
+def export_tflite(onnx_bytes: bytes, input_shapes: Mapping[str, Sequence[int | None]] | None = None) -> bytes:
+    """Convert ONNX bytes to a float32 TFLite flatbuffer (NCHW inputs/outputs kept); see
+    :func:`export_model` for ``input_shapes``."""
+    data = export_model(load_onnx(onnx_bytes), input_shapes)
     logger.info("exported ONNX (%d B) to TFLite (%d B)", len(onnx_bytes), len(data))
     return data

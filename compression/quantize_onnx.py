@@ -10,15 +10,16 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod
 from edgefleet.compression.inputs import Inputs, count, feed, fixed_batch, onnx_input_specs, take
-from edgefleet.compression.onnx_graph import compact_names
+from edgefleet.compression.onnx_graph import all_graphs, compact_names, subgraphs, weight_inputs
 from edgefleet.protocol.errors import CompressionError
 
 logger = logging.getLogger(__name__)
@@ -83,17 +84,55 @@ def _lean(path: Path, source: onnx.ModelProto) -> bytes:
     model.doc_string = ""
     for node in model.graph.node:
         node.doc_string = ""
-    compact_names(model, {n.name for n in source.graph.node})
+    compact_names(model, {n.name for g in all_graphs(source.graph) for n in g.node})
     lean: bytes = model.SerializeToString()
     return lean
 
 
 def candidates(model: onnx.ModelProto, static: bool) -> list[str]:
-    """Node names the quantizer would rewrite (what the fallback can keep in float)."""
+    """Node names the quantizer would rewrite (what the fallback can keep in float); static int8
+    includes the operators it quantizes dynamically (:func:`dynamic_only_ops`)."""
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 
-    op_types = set(QDQRegistry) | set(QLinearOpsRegistry) if static else set(IntegerOpsRegistry)
+    op_types = set(QDQRegistry) | set(QLinearOpsRegistry) | dynamic_only_ops() if static else set(IntegerOpsRegistry)
     return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+def dynamic_only_ops() -> set[str]:
+    """Operators ONNX Runtime quantizes dynamically but has no QDQ form for (LSTM, Attention):
+    static int8 quantizes their weights dynamically, else they would stay float (an OCR model's
+    LSTM holds half its weights)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    return set(IntegerOpsRegistry) - set(QDQRegistry) - set(QLinearOpsRegistry)
+
+
+def dynamic_in_static(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes static int8 quantizes dynamically: :func:`dynamic_only_ops` of the main graph
+    and the weight operators inside If/Loop/Scan bodies (QDQ does not enter subgraphs)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    kinds = dynamic_only_ops()
+    inner = [n for node in model.graph.node for sub in subgraphs(node) for g in all_graphs(sub) for n in g.node]
+    return [n for n in [*(n for n in model.graph.node if n.op_type in kinds),
+                        *(n for n in inner if n.op_type in IntegerOpsRegistry)] if n.name]
+
+
+def _quantize_dynamic_only(path: Path, out: Path, *, per_channel: bool, exclude: list[str]) -> list[str]:
+    """Quantize dynamically, into ``out``, what static QDQ left float in the model at ``path``:
+    the :func:`dynamic_only_ops` nodes, and the weight operators inside If/Loop/Scan bodies (QDQ
+    does not enter subgraphs). The names of the nodes quantized (none: ``out`` is not written)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    chosen = [n for n in dynamic_in_static(model) if n.name not in exclude]
+    if not chosen:
+        return []
+    quantize_dynamic(path, out, per_channel=per_channel, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=sorted({n.op_type for n in chosen}),
+                     nodes_to_quantize=[n.name for n in chosen],
+                     extra_options={"MatMulConstBOnly": True, "EnableSubgraph": True})
+    return [n.name for n in chosen]
 
 
 def _translate(exc: Exception, what: str) -> CompressionError:
@@ -137,6 +176,12 @@ def prepare_static(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # Short value names first: the quantizer derives names from value names and real exports
+    # ("a;b" fused names) collide with them (a DequantizeLinear of a bias fed a Transpose).
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    compact_names(renamed, {n.name for g in all_graphs(renamed.graph) for n in g.node})
+    model = renamed
     with tempfile.TemporaryDirectory(prefix="edgefleet-pre-") as tmp:
         source, prepared = Path(tmp) / "model.onnx", Path(tmp) / "model.pre.onnx"
         try:
@@ -235,6 +280,12 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
                                 weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                                 calibrate_method=getattr(OrtMethod, _METHODS[config.method]),
                                 extra_options=extra)
+                hybrid = Path(tmp) / "model.qdq.dynamic.onnx"
+                dynamic = _quantize_dynamic_only(out, hybrid, per_channel=False, exclude=exclude)
+            if dynamic:
+                logger.info("static int8: %d node(s) without a QDQ form quantized dynamically: %s",
+                            len(dynamic), ", ".join(dynamic))
+                out = hybrid
         except CompressionError:
             raise
         except Exception as exc:
@@ -247,19 +298,50 @@ def quantize_static_int8(model: onnx.ModelProto, calibration: Inputs, *,
         return _lean(out, model)
 
 
-def to_fp16(model: onnx.ModelProto, *, exclude: list[str]) -> bytes:
-    """float16 weights and compute; inputs and outputs stay float32."""
+def to_fp16(model: onnx.ModelProto, *, exclude: list[str], float32_compute: Sequence[str] = ()) -> bytes:
+    """float16 weights and compute; inputs and outputs stay float32.
+
+    ``exclude``: nodes kept entirely in float32 (the fallback); ``float32_compute``: nodes that
+    compute in float32 (their values exceed float16's range, see :mod:`fp16_range`) from weights
+    stored as float16 (a Cast to float32 ONNX Runtime folds at load).
+    """
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    blocked = list(dict.fromkeys([*exclude, *float32_compute]))
     try:
-        converted = convert_float_to_float16(model, keep_io_types=True,
-                                             node_block_list=list(exclude) or None)
+        converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
     except Exception as exc:
         raise _translate(exc, "fp16 conversion") from exc
     _drop_round_trip_casts(converted)
-    logger.info("ONNX fp16 (%d nodes in float)", len(exclude))
+    _store_weights_fp16(converted, set(float32_compute) - set(exclude))
+    logger.info("ONNX fp16 (%d nodes in float, %d computing in float32 from float16 weights)",
+                len(exclude), len(float32_compute))
     serialized: bytes = converted.SerializeToString()
     return serialized
+
+
+def _store_weights_fp16(model: onnx.ModelProto, nodes: set[str]) -> None:
+    """Store the float32 weight initializers of ``nodes`` (their weight slots only) as float16,
+    each read through a Cast back to float32 under its own name. Weights with values beyond
+    float16's range stay float32."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    listed = {i.name for i in graph.input}
+    weights = {w for node in graph.node if node.name in nodes for w in weight_inputs(node)
+               if w in inits and w not in listed and inits[w].data_type == onnx.TensorProto.FLOAT}
+    casts = []
+    for name in sorted(weights):
+        array = numpy_helper.to_array(inits[name])
+        if array.size and float(np.abs(array).max()) > float(np.finfo(np.float16).max):
+            continue
+        stored = numpy_helper.from_array(array.astype(np.float16), f"{name}_fp16")
+        inits[name].CopyFrom(stored)
+        casts.append(onnx.helper.make_node("Cast", [stored.name], [name], to=onnx.TensorProto.FLOAT,
+                                           name=f"{name}_cast"))
+    if casts:
+        nodes_now = list(graph.node)
+        del graph.node[:]
+        graph.node.extend([*casts, *nodes_now])
 
 
 def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
@@ -269,6 +351,7 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
     """
     graph = model.graph
     outputs = {o.name for o in graph.output}
+    types = _elem_types(model)
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -280,7 +363,7 @@ def _drop_round_trip_casts(model: onnx.ModelProto) -> None:
         first = producers.get(node.input[0]) if _is_cast(node, onnx.TensorProto.FLOAT) else None
         if first is None or not _is_cast(first, onnx.TensorProto.FLOAT16) or id(first) in removed:
             continue
-        if not _bypass(model, first, node, producers=producers, consumers=consumers, outputs=outputs):
+        if not _bypass(types, first, node, producers=producers, consumers=consumers, outputs=outputs):
             continue
         removed.add(id(node))
         if all(id(u) in removed for u in consumers.get(first.output[0], [])):
@@ -295,19 +378,19 @@ def _is_cast(node: onnx.NodeProto | None, dtype: int) -> bool:
             and any(a.name == "to" and a.i == dtype for a in node.attribute))
 
 
-def _bypass(model: onnx.ModelProto, first: onnx.NodeProto, second: onnx.NodeProto, *,
+def _bypass(types: dict[str, int], first: onnx.NodeProto, second: onnx.NodeProto, *,
             producers: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]],
             outputs: set[str]) -> bool:
     """Rewire the graph around the Cast pair ``first`` (to float16) -> ``second`` (back to float32).
 
-    False, and nothing changed, when the value cast is not known to be float32, or when the pair
-    writes a graph output and no node produces its source.
+    False, and nothing changed, when the value cast is not known to be float32 (``types``: the
+    element type of every value type inference could tell; e.g. an int64 shape value cast to
+    float: the pair is then a real conversion, not a round trip), or when the pair writes a graph
+    output and no node produces its source.
     """
     source, target = first.input[0], second.output[0]
     origin = producers.get(source)
-    produces_float32 = origin is not None and (origin.op_type != "Cast"
-                                               or _is_cast(origin, onnx.TensorProto.FLOAT))
-    if not (produces_float32 or _is_float32(model, source)):
+    if types.get(source) != onnx.TensorProto.FLOAT and not _is_cast(origin, onnx.TensorProto.FLOAT):
         return False
     if target in outputs:  # the float32 producer writes the graph output directly
         if origin is None:
@@ -321,9 +404,17 @@ def _bypass(model: onnx.ModelProto, first: onnx.NodeProto, second: onnx.NodeProt
     return True
 
 
-def _is_float32(model: onnx.ModelProto, name: str) -> bool:
-    """``name`` is a float32 graph input or the output of a node kept in float32."""
-    for value in list(model.graph.input) + list(model.graph.value_info):
-        if value.name == name:
-            return bool(value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)
-    return False
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type of every value of the main graph that ONNX type inference can tell
+    (inputs, initializers, node outputs); empty when inference fails."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # inference is best effort: unknown types keep every Cast pair
+        logger.info("fp16: type inference failed; round-trip Casts kept")
+        return {}
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types

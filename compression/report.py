@@ -141,6 +141,8 @@ class GateCheck(_Report):
                  "cosine_similarity": "cosine", "snr_db": "SNR", "iou": "IoU"}
         name = names.get(self.measure, self.measure.replace("_agreement", " agreement")
                          .replace("top", "top-"))
+        if self.measure == "non_finite":
+            return f"{self.output}: {self.value:.0f} non-finite value(s) (inf/nan) where the original is finite"
         if self.measure == "accuracy_drop_points":
             value, threshold = f"{self.value:+.2f} pt", f"{self.threshold:.2f}"
         elif self.measure.endswith("_agreement"):

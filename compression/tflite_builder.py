@@ -6,6 +6,8 @@ them with a ``serving_default`` signature (litert-quantizer calibrates through i
 
 from __future__ import annotations
 
+import hashlib
+
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
@@ -23,7 +25,11 @@ _TENSOR_TYPES = {
     FLOAT32: tfl.TensorType.FLOAT32,
     INT32: tfl.TensorType.INT32,
     np.dtype(np.int64): tfl.TensorType.INT64,
+    np.dtype(np.bool_): tfl.TensorType.BOOL,
 }
+
+#: Operators whose first registered kernel version is above 1.
+_VERSIONS = {tfl.BuiltinOperator.BROADCAST_TO: 2}
 
 
 def options(name: str, **fields: object) -> tuple[object, int]:
@@ -42,12 +48,19 @@ class TfliteBuilder:
         self.buffers: list[tfl.BufferT] = [tfl.BufferT()]  # buffer 0 is the empty sentinel
         self.operators: list[tfl.OperatorT] = []
         self.opcodes: dict[int, int] = {}
+        self._names: set[str] = set()
+        self._shared: dict[tuple[str, tuple[int, ...], bytes], int] = {}
 
     def tensor(self, name: str, shape: Shape, dtype: np.dtype = FLOAT32,
                data: np.ndarray | None = None) -> int:
-        """A new tensor; unknown dimensions (None) are stored as 1 with ``shape_signature`` -1."""
+        """A new tensor; unknown dimensions (None) are stored as 1 with ``shape_signature`` -1.
+        A name already taken gets a numbered suffix (litert-quantizer needs unique names)."""
+        unique, number = name, 1
+        while unique in self._names:
+            unique, number = f"{name}_{number}", number + 1
+        self._names.add(unique)
         t = tfl.TensorT()
-        t.name = name
+        t.name = unique
         t.type = _TENSOR_TYPES[np.dtype(dtype)]
         t.shape = [1 if d is None else int(d) for d in shape]
         if any(d is None for d in shape):
@@ -61,14 +74,21 @@ class TfliteBuilder:
         self.tensors.append(t)
         return len(self.tensors) - 1
 
-    def const(self, name: str, array: np.ndarray) -> int:
-        """A constant tensor; int64 is stored as int32 and float64 as float32."""
+    def const(self, name: str, array: np.ndarray, shared: bool = False) -> int:
+        """A constant tensor; int64 is stored as int32 and float64 as float32. ``shared``: one
+        tensor for equal contents (weights several operators use, as ONNX shares initializers)."""
         array = np.asarray(array)
         if array.dtype == np.int64:
             array = array.astype(np.int32)
         elif array.dtype == np.float64:
             array = array.astype(np.float32)
-        return self.tensor(name, list(array.shape), array.dtype, array)
+        key = (array.dtype.str, array.shape, hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest())
+        if shared and key in self._shared:
+            return self._shared[key]
+        index = self.tensor(name, list(array.shape), array.dtype, array)
+        if shared:
+            self._shared[key] = index
+        return index
 
     def op(self, code: int, inputs: list[int], outputs: list[int],
            opts: object | None = None, options_type: int = 0) -> None:
@@ -96,7 +116,7 @@ class TfliteBuilder:
             oc = tfl.OperatorCodeT()
             oc.builtinCode = code
             oc.deprecatedBuiltinCode = min(code, tfl.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
-            oc.version = 1
+            oc.version = _VERSIONS.get(code, 1)
             codes.append(oc)
         signature = tfl.SignatureDefT()
         signature.signatureKey = SIGNATURE_KEY

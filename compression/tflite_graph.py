@@ -8,7 +8,7 @@ signature for files without one (:func:`add_signature`).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import flatbuffers
@@ -31,6 +31,10 @@ WEIGHT_SLOTS = {
     "FULLY_CONNECTED": (1,), "CONV_2D": (1,), "DEPTHWISE_CONV_2D": (1,), "BATCH_MATMUL": (0, 1),
     "TRANSPOSE_CONV": (1,), "EMBEDDING_LOOKUP": (1,),
 }
+
+#: Bias inputs of those operators: dequantized with the weights (XNNPack cannot delegate a
+#: quantized operator whose bias is computed at run time by a DEQUANTIZE).
+BIAS_SLOTS = {"FULLY_CONNECTED": (2,), "CONV_2D": (2,), "DEPTHWISE_CONV_2D": (2,), "TRANSPOSE_CONV": (3,)}
 
 _INTEGER_TYPES = {tfl.TensorType.INT8, tfl.TensorType.INT16, tfl.TensorType.INT4}
 
@@ -133,15 +137,17 @@ def _is_constant(model: tfl.ModelT, tensor: tfl.TensorT) -> bool:
     return (buffer.data is not None and len(buffer.data) > 0) or buffer.size > 0
 
 
-def weight_tensors(model: tfl.ModelT, subgraph_index: int = 0) -> list[WeightTensor]:
-    """Every constant weight input of the weight operators (:data:`WEIGHT_SLOTS`) of a subgraph,
-    directly or behind a DEQUANTIZE (how float16 and weight-only int8 weights are stored)."""
+def weight_tensors(model: tfl.ModelT, subgraph_index: int = 0,
+                   slots: Mapping[str, tuple[int, ...]] = WEIGHT_SLOTS) -> list[WeightTensor]:
+    """Every constant weight input of the weight operators (:data:`WEIGHT_SLOTS`, or ``slots``)
+    of a subgraph, directly or behind a DEQUANTIZE (how float16 and weight-only int8 weights are
+    stored)."""
     subgraph = model.subgraphs[subgraph_index]
     ops = subgraph.operators or []
     producer = {int(out): i for i, op in enumerate(ops) for out in op.outputs}
     result = []
     for i, op in enumerate(ops):
-        for slot in WEIGHT_SLOTS.get(_op_type(model, op), ()):
+        for slot in slots.get(_op_type(model, op), ()):
             if slot >= len(op.inputs) or op.inputs[slot] < 0:
                 continue
             index, dequantize = int(op.inputs[slot]), None
@@ -173,10 +179,11 @@ def count_quantized_weights(data: bytes, mode: Mode | None = None) -> tuple[int,
 
 
 def dequantize_fp16_weights(model: tfl.ModelT, outputs: Collection[str]) -> int:
-    """Turn the float16 weights behind DEQUANTIZE of the weight operators whose first output is
-    in ``outputs`` into float32 constants feeding the operator directly (DEQUANTIZE removed), so
-    an int8 quantizer reaches them. A DEQUANTIZE that also feeds anything else is left alone.
-    Subgraph 0; returns how many weights were rewritten."""
+    """Turn the float16 weights (and biases) behind DEQUANTIZE of the weight operators whose
+    first output is in ``outputs`` into float32 constants feeding the operator directly
+    (DEQUANTIZE removed), so an int8 quantizer reaches them. A DEQUANTIZE that also feeds
+    anything else is left alone. Subgraph 0; returns how many weights were rewritten (biases
+    not counted)."""
     subgraph = model.subgraphs[0]
     ops = subgraph.operators or []
     wanted = {i for i, op in enumerate(ops) if _name(subgraph.tensors[op.outputs[0]]) in outputs}
@@ -189,14 +196,15 @@ def dequantize_fp16_weights(model: tfl.ModelT, outputs: Collection[str]) -> int:
     for sg in model.subgraphs:
         for tensor in sg.tensors or []:
             buffer_refs[tensor.buffer] = buffer_refs.get(tensor.buffer, 0) + 1
-    weights = {w.dequantize: w for w in weight_tensors(model)
+    weights = {w.dequantize: w for w in [*weight_tensors(model), *weight_tensors(model, 0, BIAS_SLOTS)]
                if w.dequantize is not None and w.type == tfl.TensorType.FLOAT16 and w.op_index in wanted}
-    removed = set()
+    removed, rewritten = set(), 0
     for dequantize, w in weights.items():
         dequantized = int(ops[dequantize].outputs[0])
         consumers = uses.get(dequantized, [])
         if (dequantized in graph_outputs or len(uses.get(w.tensor, [])) != 1
-                or any(i not in wanted or slot not in WEIGHT_SLOTS[_op_type(model, ops[i])]
+                or any(i not in wanted or slot not in (*WEIGHT_SLOTS[_op_type(model, ops[i])],
+                                                       *BIAS_SLOTS.get(_op_type(model, ops[i]), ()))
                        for i, slot in consumers)):
             continue
         tensor = subgraph.tensors[w.tensor]
@@ -215,8 +223,9 @@ def dequantize_fp16_weights(model: tfl.ModelT, outputs: Collection[str]) -> int:
         for i, slot in consumers:
             ops[i].inputs[slot] = w.tensor
         removed.add(dequantize)
+        rewritten += w.slot in WEIGHT_SLOTS[_op_type(model, ops[w.op_index])]
     subgraph.operators = [op for i, op in enumerate(ops) if i not in removed]
-    return len(removed)
+    return rewritten
 
 
 def add_signature(model: tfl.ModelT, key: str) -> bool:
@@ -237,3 +246,61 @@ def add_signature(model: tfl.ModelT, key: str) -> bool:
     signature.outputs = [tensor_map(i) for i in subgraph.outputs]
     model.signatureDefs = [signature]
     return True
+
+
+def set_input_shapes(data: bytes, shapes: Mapping[str, Sequence[int | None]]) -> bytes:
+    """``data`` with the stored shape of subgraph 0's dynamic inputs (``shape_signature`` -1)
+    set to ``shapes`` (by tensor name; None keeps a dimension), the signature unchanged.
+
+    Converters store such an input as e.g. ``[1, 1]`` (signature ``[-1, -1]``), a shape the
+    model cannot run with (an STFT needs 512 samples): interpreters that allocate before being
+    resized (litert-quantizer's calibration) then fail. Unchanged bytes when nothing applies.
+    """
+    model = load_tflite(data)
+    subgraph = model.subgraphs[0]
+    changed = False
+    for index in subgraph.inputs if subgraph.inputs is not None else []:
+        tensor = subgraph.tensors[index]
+        wanted = shapes.get(_name(tensor))
+        signature = list(tensor.shapeSignature) if tensor.shapeSignature is not None else None
+        if wanted is None or signature is None or len(wanted) != len(signature):
+            continue
+        stored = [int(d) for d in tensor.shape]
+        new = [s if w is None or sig >= 0 else int(w) for s, w, sig in zip(stored, wanted, signature, strict=True)]
+        if new != stored:
+            tensor.shape = new
+            changed = True
+    return pack_tflite(model) if changed else bytes(data)
+
+
+def unique_tensor_names(model: tfl.ModelT) -> int:
+    """Rename tensors so that every name is unique across all subgraphs (converters reuse e.g.
+    ``arg0`` in each ``IF`` branch; litert-quantizer keys tensors by name). Subgraph 0 keeps its
+    names; a later one's duplicate gets ``/subgraph<i>`` appended. How many were renamed."""
+    seen: set[str] = set()
+    renamed = 0
+    for number, subgraph in enumerate(model.subgraphs):
+        for tensor in subgraph.tensors or []:
+            name = _name(tensor)
+            if name in seen and number > 0:
+                candidate, k = f"{name}/subgraph{number}", 1
+                while candidate in seen:
+                    candidate, k = f"{name}/subgraph{number}_{k}", k + 1
+                tensor.name = candidate
+                name = candidate
+                renamed += 1
+            seen.add(name)
+    return renamed
+
+
+def scalar_shapes(model: tfl.ModelT) -> int:
+    """Give tensors stored without a shape (scalars, as older converters write them) the empty
+    shape ``[]``, which means the same to LiteRT; litert-quantizer reads the shape as a list.
+    How many were changed."""
+    changed = 0
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors or []:
+            if tensor.shape is None:
+                tensor.shape = np.zeros(0, np.int32)
+                changed += 1
+    return changed

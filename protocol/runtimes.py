@@ -135,11 +135,20 @@ class TFLiteSession:
         Interpreter = importlib.import_module(module).Interpreter
         try:
             self._interp = Interpreter(model_content=bytes(model), num_threads=threads)
-            self._interp.allocate_tensors()
+            self._in = self._interp.get_input_details()
         except Exception as exc:  # the interpreter raises ValueError/RuntimeError with C++ text
             raise InferenceError(f"LiteRT cannot load the model: {exc}".splitlines()[0],
                                  code=Reason.BAD_MODEL, where="model") from None
-        self._in = self._interp.get_input_details()
+        try:
+            self._interp.allocate_tensors()
+            self._allocated = True
+        except Exception as exc:
+            # a dynamic input stored as a shape the model cannot run (e.g. [1, 1] for audio of any
+            # length) is allocated once resized to the first data given
+            if not any(int(s) < 0 for d in self._in for s in d.get("shape_signature", d["shape"])):
+                raise InferenceError(f"LiteRT cannot load the model: {exc}".splitlines()[0],
+                                     code=Reason.BAD_MODEL, where="model") from None
+            self._allocated = False
         self._out = self._interp.get_output_details()
         self.inputs = [TensorSpec(name=d["name"], dtype=np.dtype(d["dtype"]).name,
                                   shape=[None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])])
@@ -147,19 +156,22 @@ class TFLiteSession:
         self.outputs = [TensorSpec(name=d["name"], dtype=np.dtype(d["dtype"]).name,
                                    shape=[None if s < 0 else int(s) for s in d.get("shape_signature", d["shape"])])
                         for d in self._out]
-        self._batch = int(self._in[0]["shape"][0]) if len(self._in) and len(self._in[0]["shape"]) else 1
+        self._shapes = {d["name"]: tuple(int(v) for v in d["shape"]) for d in self._in}
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = _as_arrays(inputs, {d["name"]: np.dtype(d["dtype"]) for d in self._in})
         _check_inputs(self.inputs, arrays)
         feed = {d["name"]: arrays[d["name"]] for d in self._in}
-        n = len(next(iter(feed.values())))
         try:
-            if n != self._batch:
-                for d in self._in:
-                    self._interp.resize_tensor_input(d["index"], [n, *feed[d["name"]].shape[1:]])
+            # every input resized to the shape its array has (the batch of per-sample inputs, the
+            # dynamic dims of e.g. audio of any length; shared inputs such as a state keep theirs)
+            changed = [d for d in self._in if feed[d["name"]].shape != self._shapes[d["name"]]]
+            for d in changed:
+                self._interp.resize_tensor_input(d["index"], list(feed[d["name"]].shape))
+                self._shapes[d["name"]] = feed[d["name"]].shape
+            if changed or not self._allocated:
                 self._interp.allocate_tensors()
-                self._batch = n
+                self._allocated = True
             for d in self._in:
                 self._interp.set_tensor(d["index"], feed[d["name"]])
             self._interp.invoke()

@@ -92,6 +92,15 @@ def test_parse_refuses_a_bad_entry_naming_model_and_key(old: str, new: str, mess
         manifest.parse_manifest(text)
 
 
+def test_output_kinds_declare_what_inference_cannot_tell() -> None:
+    text = _MODEL.format(digest=_DIGEST).replace('traits = ["opset 11"]',
+                                                  'traits = ["opset 11"]\noutput_kinds = { logits = "class_scores" }')
+    (entry,) = manifest.parse_manifest(text)
+    assert entry.output_kinds == (("logits", "class_scores"),)
+    with pytest.raises(manifest.ManifestError, match="output_kinds"):
+        manifest.parse_manifest(text.replace('"class_scores"', '"probabilities"'))
+
+
 def test_parse_refuses_repeated_names_and_empty_manifests() -> None:
     one = _MODEL.format(digest=_DIGEST)
     with pytest.raises(manifest.ManifestError, match="repeats"):

@@ -15,6 +15,9 @@ one ``[[model.inputs]]`` table per model input:
 * ``range = [low, high]`` -- the values the model expects (integers: inclusive), or
   ``column_ranges`` -- one ``[low, high]`` per position of the last axis (e.g. latitude,
   longitude, week).
+
+``output_kinds = { name = "class_scores" }`` declares the gate's kind of an output where the
+inference from its values cannot tell (a logits head looks like an embedding).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class ModelEntry:
     traits: tuple[str, ...]
     inputs: tuple[InputDesc, ...]
     description: str = ""
+    #: output name -> gate kind, where inference cannot tell (e.g. logits look like an embedding)
+    output_kinds: tuple[tuple[str, str], ...] = ()
 
     @property
     def file_name(self) -> str:
@@ -128,6 +133,7 @@ def _input(table: dict[str, Any], where: str) -> InputDesc:
     return InputDesc(name, dtype, tuple(shape), per_sample, value_range, columns)
 
 
+_OUTPUT_KINDS = ("class_scores", "map", "embedding", "coordinates", "regression", "mask")
 _REQUIRED = ("name", "package", "version", "path", "sha256", "format", "task", "license")
 
 
@@ -154,9 +160,12 @@ def _model(table: dict[str, Any], index: int) -> ModelEntry:
     names = [d.name for d in descs]
     if len(set(names)) != len(names):
         raise ManifestError(f"{where}: input names repeat: {names}")
+    kinds = table.get("output_kinds", {})
+    if not isinstance(kinds, dict) or not all(isinstance(k, str) and v in _OUTPUT_KINDS for k, v in kinds.items()):
+        raise ManifestError(f"{where}: output_kinds maps output names to one of {', '.join(_OUTPUT_KINDS)}")
     return ModelEntry(table["name"], table["package"], table["version"], archive, table["path"], digest,
                       table["format"], table["task"], table["license"], tuple(traits), descs,
-                      str(table.get("description", "")))
+                      str(table.get("description", "")), tuple(sorted(kinds.items())))
 
 
 def parse_manifest(text: str) -> list[ModelEntry]:

@@ -69,3 +69,4 @@ def test_missing_table_and_bad_toml(tmp_path):
         load_compression_recipe(bad)
     with pytest.raises(ConfigError):
         load_compression_recipe(tmp_path / "missing.toml")
+

@@ -271,3 +271,18 @@ def test_cli_accepts_dynamic_dims_from_an_npz(tmp_path, capsys):
                                "--no-gate", "--allow-no-gain", "--json"], capsys)
     assert rc == 0, stderr
     assert json.loads(stdout)["fidelity"]["samples"] == 8
+
+
+def test_data_shapes_fix_the_dynamic_dimensions_to_the_data():
+    from edgefleet.compression.inputs import InputSet, InputSpec, data_shapes
+
+    specs = [InputSpec("x", "float32", (None, 3, "h", "w")), InputSpec("state", "float32", (2, None), per_sample=False),
+             InputSpec("fixed", "float32", (None, 4))]
+    calibration = InputSet({"x": np.zeros((5, 3, 8, 16)), "state": np.zeros((2, 7)), "fixed": np.zeros((5, 4))},
+                           shared=["state"])
+    eval_x = InputSet({"x": np.zeros((2, 3, 8, 12)), "state": np.zeros((2, 7)), "fixed": np.zeros((2, 4))},
+                      shared=["state"])
+    # w differs between the sets: it stays dynamic; the batch only when asked
+    assert data_shapes(specs, [calibration, eval_x], None) == {"x": (None, 3, 8, None), "state": (2, 7)}
+    assert data_shapes(specs, [calibration, None], 1) == {"x": (1, 3, 8, 16), "state": (2, 7), "fixed": (1, 4)}
+    assert data_shapes(specs[:1], [np.zeros((4, 3, 8, 16))], None) == {"x": (None, 3, 8, 16)}

@@ -158,11 +158,12 @@ def test_unsupported_operator_is_named():
     assert info.value.code == "unsupported_model"
 
 
-def test_softmax_over_a_middle_axis_is_rejected():
+def test_softmax_over_a_middle_axis_is_moved_last_and_back(run_model):
     model = _model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=1)],
                    [("x", ["N", 3, 5])], ["N", 3, 5])
-    with pytest.raises(UnsupportedModelError, match="sm"):
-        export_tflite(model)
+    x = RNG.standard_normal((2, 3, 5)).astype(np.float32)
+    np.testing.assert_allclose(run_model("tflite", export_tflite(model), x), run_model("onnx", model, x),
+                               atol=TOLERANCE)
 
 
 def test_grouped_convolution_is_rejected_clearly():

@@ -8,7 +8,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.compression import CompressionConfig, GateConfig, Mode, compress
-from edgefleet.protocol.errors import UnsupportedModelError
 
 RNG = np.random.default_rng(3)
 
@@ -63,16 +62,16 @@ def test_constant_weights_export_to_tflite(run_model):
     assert run_model("tflite", result.model, X[:3]).shape == (3, 10)
 
 
-def test_control_flow_quantizes_for_onnx_and_is_named_for_tflite(run_model):
+@pytest.mark.parametrize("runtime", ["onnx", "tflite"])
+def test_control_flow_quantizes(run_model, runtime):
+    """An If on a constant flag: ONNX keeps it, the TFLite export keeps the branch it takes."""
     model = _mlp_with_constants(control_flow=True)
     # random weights give near-ties; at 0.99 the fallback kept both MatMuls in float (no gain)
-    result = compress(model, "onnx", CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0,
-                                                       gate=GateConfig(min_top1_agreement=0.95)),
+    result = compress(model, runtime, CompressionConfig(mode=Mode.DYNAMIC_INT8, latency_runs=0,
+                                                        gate=GateConfig(min_top1_agreement=0.95)),
                       eval_x=X)
     assert result.report.gate.passed and result.report.weights_quantized == 2
-    assert run_model("onnx", result.model, X[:2]).shape == (2, 10)
-    with pytest.raises(UnsupportedModelError, match="If"):
-        compress(model, "tflite", CompressionConfig(latency_runs=0), eval_x=X)
+    assert run_model(runtime, result.model, X[:2]).shape == (2, 10)
 
 
 def _two_inputs() -> bytes:

@@ -60,9 +60,9 @@ def without_signatures(data: bytes) -> bytes:
     return pack(model)
 
 
-def fp16_weights(data: bytes) -> bytes:
-    """Store the weights of every FULLY_CONNECTED as float16 behind a DEQUANTIZE (fp16 -> fp32),
-    as float16 converter output does."""
+def fp16_weights(data: bytes, biases: bool = False) -> bytes:
+    """Store the weights (and with ``biases`` the biases) of every FULLY_CONNECTED as float16
+    behind a DEQUANTIZE (fp16 -> fp32), as float16 converter output does."""
     model = parse(data)
     subgraph = model.subgraphs[0]
     dequantize = next((i for i, c in enumerate(model.operatorCodes)
@@ -77,10 +77,9 @@ def fp16_weights(data: bytes) -> bytes:
     fc = [i for i, c in enumerate(model.operatorCodes)
           if max(c.builtinCode, c.deprecatedBuiltinCode) == tfl.BuiltinOperator.FULLY_CONNECTED]
     inserted = []
-    for op in subgraph.operators:
-        if op.opcodeIndex not in fc:
-            continue
-        weight = subgraph.tensors[op.inputs[1]]
+    for op, slot in [(op, slot) for op in subgraph.operators if op.opcodeIndex in fc
+                     for slot in ((1, 2) if biases else (1,)) if slot < len(op.inputs) and op.inputs[slot] >= 0]:
+        weight = subgraph.tensors[op.inputs[slot]]
         values = np.frombuffer(np.asarray(model.buffers[weight.buffer].data, np.uint8).tobytes(),
                                np.float32)
         buffer = tfl.BufferT()
@@ -92,8 +91,8 @@ def fp16_weights(data: bytes) -> bytes:
         dequantized.shape, dequantized.type, dequantized.buffer = list(weight.shape), tfl.TensorType.FLOAT32, 0
         subgraph.tensors.append(dequantized)
         new = tfl.OperatorT()
-        new.opcodeIndex, new.inputs, new.outputs = dequantize, [op.inputs[1]], [len(subgraph.tensors) - 1]
+        new.opcodeIndex, new.inputs, new.outputs = dequantize, [op.inputs[slot]], [len(subgraph.tensors) - 1]
         inserted.append(new)
-        op.inputs[1] = len(subgraph.tensors) - 1
+        op.inputs[slot] = len(subgraph.tensors) - 1
     subgraph.operators = inserted + list(subgraph.operators)
     return pack(model)
