@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edgefleet.cloud import api, ui
+from edgefleet.cloud.api import guards
 from edgefleet.cloud.controller import Clock, Controller, TransportFactory, WebhookPost
 from edgefleet.cloud.settings import ControllerSettings
 
@@ -49,4 +50,5 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
     api.install(app, upload_body_limit=max(settings.max_bundle_bytes, settings.max_artifact_bytes,
                                            settings.max_dataset_bytes, settings.max_capture_bytes))
     ui.install(app)
+    guards.install(app, controller)
     return app

@@ -28,10 +28,20 @@ from sqlmodel import Session
 from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.mqtt.bridge import MqttBridge
-from edgefleet.cloud.mqtt.broker import EmbeddedBroker
+from edgefleet.cloud.mqtt.broker import EmbeddedBroker, check_listen_address
 from edgefleet.cloud.mqtt.decoding import Decoded
+from edgefleet.cloud.mqtt.dynsec import DynsecClient, DynsecIdentity
 from edgefleet.cloud.mqtt.ingest import Ingestor
-from edgefleet.cloud.services import auth, captures, compression_jobs, deployments, retraining, trust, webhooks
+from edgefleet.cloud.services import (
+    auth,
+    broker_identity,
+    captures,
+    compression_jobs,
+    deployments,
+    retraining,
+    trust,
+    webhooks,
+)
 from edgefleet.cloud.services.device_ca import DeviceCA
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.services.incidents.rule import IncidentRule
@@ -43,6 +53,7 @@ from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.delegation import raw_public_key
+from edgefleet.protocol.errors import ConfigError, EdgeFleetError
 from edgefleet.protocol.keys import TrustedKeys, key_id, public_key_pem
 from edgefleet.protocol.messages import SignedRoot, UploadRequest
 from edgefleet.protocol.topics import controller_subscriptions
@@ -76,6 +87,10 @@ class Controller:
                  webhook_post: WebhookPost | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        if settings.broker_url is None:   # checked before anything is made
+            check_listen_address(settings.embedded_broker_host, insecure=settings.insecure_broker)
+        self.broker_identity: DynsecIdentity | None = managed_broker(settings)
+        """The broker identities the controller keeps itself (``broker_admin``); ``None``: the operator's."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.resolved_database_url)
         create_schema(self.engine)
@@ -112,6 +127,8 @@ class Controller:
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | None = None
         self.broker_url: str | None = settings.broker_url
+        self._broker_problem: str | None = "not checked yet"
+        """Why the controller's own role on the managed broker is not known to be in place (``None``: it is)."""
         self._publish_lock = threading.Lock()
         self._loop = BackgroundLoop(self.reconcile, interval_s=settings.reconcile_interval_s, name="reconciler",
                                     min_gap_s=settings.rollout_wake_interval_s) if reconcile_in_background else None
@@ -157,6 +174,7 @@ class Controller:
                                          port=self.settings.embedded_broker_port,
                                          max_payload_size=self.settings.embedded_broker_max_payload).start()
             self.broker_url = self.broker.url
+        self.sync_broker_identity()   # the controller's own role first: the bridge connects with it
         self.ingestor.start()
         self.transport = self._transport_factory(self.broker_url, self.ingestor.submit)
         self.transport.start()
@@ -308,7 +326,30 @@ class Controller:
         with self.session() as session:
             self._rollout_devices = frozenset(rollouts.devices_in_running_stages(session))
         self.publish_grants()
+        self.sync_broker_identity()
         return report
+
+    def sync_broker_identity(self) -> list[str]:
+        """With a managed broker (``broker_admin``): put the controller's own role in place (at start,
+        then on every reconcile pass until it is) and disable the clients of decommissioned devices the
+        broker could not be told about before. Returns the ids of the devices disabled now."""
+        identity = self.broker_identity
+        if identity is None:
+            return []
+        if self._broker_problem is not None:
+            address = parse_broker_url(self.broker_url or "")
+            try:
+                identity.ensure_controller(username=address.username or "", password=address.password,
+                                           shared_group=self.settings.shared_subscription_group)
+            except EdgeFleetError as exc:
+                if str(exc) != self._broker_problem:   # said once, not on every pass
+                    log.error("dynamic security: the controller's role is not in place (%s); retrying on every "
+                              "reconcile pass", exc)
+                self._broker_problem = str(exc)
+                return []
+            self._broker_problem = None
+        with self.session() as session:
+            return broker_identity.retry_pending(session, identity, now=self.clock())
 
     def publish_grants(self) -> int:
         """Answer the devices' upload requests that no grant answered yet (after ingest stored one,
@@ -402,3 +443,22 @@ def incident_rules(settings: ControllerSettings) -> incidents.Rules:
 
     tags = None if settings.incident_tags is None else frozenset(settings.incident_tags)
     return incidents.Rules(device=rule(1), tag=rule(settings.incident_min_devices), tags=tags)
+
+
+def managed_broker(settings: ControllerSettings) -> DynsecIdentity | None:
+    """The dynamic-security admin the settings ask for (``broker_admin = "dynsec"``), or ``None``."""
+    if settings.broker_admin is None:
+        return None
+    if settings.broker_url is None:
+        raise ConfigError("broker_admin = \"dynsec\" needs Mosquitto: the embedded broker has no dynamic-security "
+                          "plugin", where="broker_admin",
+                          hint="set broker_url to a Mosquitto that loads the plugin, or leave broker_admin unset")
+    if not parse_broker_url(settings.broker_url).username:
+        raise ConfigError("with broker_admin = \"dynsec\" the controller connects as a broker user of its own, and "
+                          "broker_url names none", where="broker_url",
+                          hint="mqtt://edgefleet-controller:<password>@host:port (the controller creates that "
+                               "client on the broker if it does not exist)")
+    where = "broker_admin_url" if settings.broker_admin_url else "broker_url"
+    client = DynsecClient(url=settings.broker_admin_url or settings.broker_url,
+                          timeout_s=settings.broker_admin_timeout_s, where=where)
+    return DynsecIdentity(client, prefix=settings.topic_prefix)

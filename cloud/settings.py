@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -32,9 +33,23 @@ class ControllerSettings(BaseSettings):
     """Broker URL handed to devices at enrollment, when they reach the broker under another name
     than the controller does; ``None`` means ``broker_url`` without its credentials."""
     embedded_broker_host: str = "127.0.0.1"
+    """The embedded broker checks no credentials: anything but a loopback address is refused unless
+    ``insecure_broker`` (docs/operations.md §3)."""
     embedded_broker_port: int = Field(default=0, ge=0, le=65535)
     """0 picks a free port."""
     embedded_broker_max_payload: int = Field(default=1 * MiB, ge=64 * 1024)
+    insecure_broker: bool = False
+    """Let the embedded broker listen on a non-loopback address although any client that reaches it
+    can publish and subscribe anywhere (``edgefleet serve --insecure-broker``); a warning at start."""
+    broker_admin: Literal["dynsec"] | None = None
+    """``"dynsec"``: the controller manages the broker's identities through Mosquitto's dynamic-security
+    plugin (a client and a role per device, its own role; docs/operations.md §3). ``None``: the
+    broker's users and ACLs are the operator's (``GET /api/v1/broker/passwd``)."""
+    broker_admin_url: str | None = None
+    """``mqtt(s)://user:password@host:port`` of the plugin's admin client (made by ``mosquitto_ctrl
+    dynsec init``); ``None`` reuses ``broker_url``, whose user then needs the admin role too."""
+    broker_admin_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """How long one batch of dynamic-security commands may wait for the plugin's answers."""
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = None
@@ -76,6 +91,13 @@ class ControllerSettings(BaseSettings):
     processed_id_retention_s: float = Field(default=7 * 86400.0, gt=0)
     max_request_bytes: int = Field(default=1 * MiB, gt=0)
     """Body limit of every request except the bundle and model-file uploads."""
+    auth_failure_limit: int = Field(default=20, ge=0)
+    """Failed authentications (401 answers: bad API token, enrollment token, device password, UI sign-in)
+    one client address may have within ``auth_failure_window_s``; past it the address gets 429 with
+    ``Retry-After`` until its oldest failure leaves the window. 0: no limit."""
+    auth_failure_window_s: float = Field(default=60.0, gt=0, le=86400)
+    hsts_max_age_s: int = Field(default=365 * 86400, ge=0)
+    """``Strict-Transport-Security: max-age`` sent when ``public_url`` is https (0: no HSTS header)."""
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
     max_artifact_bytes: int = Field(default=256 * MiB, gt=0)
     max_dataset_bytes: int = Field(default=64 * MiB, gt=0)

@@ -61,6 +61,15 @@ class Role(StrEnum):
 OPERATOR_ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
 
 
+class HttpRefusal(StrEnum):
+    """Error codes of the controller's HTTP guards (docs/security.md, "The REST surface")."""
+
+    RATE_LIMITED = "rate_limited"
+    """Too many failed authentications from the client's address (429 with Retry-After)."""
+    CSRF_REFUSED = "csrf_refused"
+    """A UI form post without the session's CSRF token."""
+
+
 class ModelKind(StrEnum):
     SOURCE = "source"
     """As trained."""

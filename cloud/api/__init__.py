@@ -36,8 +36,8 @@ def install(app: FastAPI, *, upload_body_limit: int) -> None:
     """Mount every route and the error handlers on ``app``; the streaming upload routes get
     ``upload_body_limit`` instead of the app's request body limit."""
     errors.install(app)
-    app.include_router(system.router)
+    app.include_router(system.router, responses=errors.ERROR_RESPONSES)
     for module in RESOURCES:
-        app.include_router(module.api)
+        app.include_router(module.api, responses=errors.ERROR_RESPONSES)
     for module in (models, bundles, uploads):
-        app.include_router(module.uploads, max_body_size=upload_body_limit)
+        app.include_router(module.uploads, max_body_size=upload_body_limit, responses=errors.ERROR_RESPONSES)

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.cloud.services.auth import AuthenticationError, PermissionDeniedError
@@ -44,6 +45,31 @@ STATUS: list[tuple[type[EdgeFleetError], int]] = [
 
 HTTP_CODES = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED, 413: Reason.SIZE_LIMIT}
 """Our code for an HTTP error raised by the framework (unknown path, wrong method, body too large)."""
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    """A stable machine-readable reason (docs/protocol.md §8)."""
+    message: str
+    where: str | None = None
+    """The parameter, header or field at fault."""
+    hint: str | None = None
+    """What to do about it."""
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in [
+        (400, "Invalid request"), (401, "Missing, unknown or revoked credentials"), (403, "Not allowed for this role"),
+        (404, "No such resource"), (409, "Conflicts with the current state"), (413, "Body too large"),
+        (422, "A parameter or body field out of its bounds"),
+        (429, "Too many failed authentications from this address (Retry-After says when to try again)")]}
+"""The error answers every API operation documents (the OpenAPI schema the fuzz test checks them against)."""
 
 
 def status_for(exc: EdgeFleetError) -> int:

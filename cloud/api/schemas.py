@@ -335,6 +335,19 @@ class DeviceOut(Out):
     root_version: int | None = None
     """The trust root version the device holds, as its last hello said."""
     decommissioned: bool = False
+    broker_disable_pending: bool = False
+    """Decommissioned, but the managed broker has not disabled its client yet (retried on every reconcile pass)."""
+
+
+class BrokerPassword(BaseModel):
+    """A device's new broker password (``POST /devices/{id}/broker-password``), shown this once."""
+
+    device_id: str
+    mqtt_username: str
+    mqtt_password: str
+    broker_updated: bool
+    """True: the controller gave the broker the new password (``broker_admin``) and dropped the old one's
+    connections; false: re-export the broker's password file (``GET /api/v1/broker/passwd``)."""
 
 
 class DevicePatch(Body):

@@ -93,3 +93,19 @@ def devices_tag(device_id: str, add: list[str] = typer.Option([], "--add"),
         tags = sorted((set(d["tags"]) | set(add)) - set(remove))
         d = c.patch(f"/api/v1/devices/{device_id}", {"tags": tags})
     print_json(d) if json_out else console.print(f"{device_id}: tags {', '.join(d['tags']) or '-'}")
+
+
+@devices_app.command("rotate-broker-password")
+def devices_rotate_broker_password(device_id: str, url: str = URL, token: str = TOKEN, json_out: bool = JSON) -> None:
+    """Give a device a new MQTT password (admin), shown once; the old one stops working."""
+    with client_from_env(url, token) as c:
+        rotated = c.post(f"/api/v1/devices/{device_id}/broker-password")
+    if json_out:
+        return print_json(rotated)
+    console.print(f"new MQTT password of {device_id} (shown once): [bold]{rotated['mqtt_password']}[/]",
+                  highlight=False)
+    console.print(f"on the device: set password = \"{rotated['mqtt_password']}\" in agent.toml and restart "
+                  "edgefleet-agent", highlight=False, soft_wrap=True)
+    if not rotated["broker_updated"]:
+        console.print("the broker is not managed by the controller: re-export its password file "
+                      "(GET /api/v1/broker/passwd) and reload it", highlight=False, soft_wrap=True)

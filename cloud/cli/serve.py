@@ -22,6 +22,9 @@ def serve(
     broker_url: str = typer.Option(None, help="mqtt://host:port; empty starts the embedded broker"),
     release_key: list[str] = typer.Option([], "--release-key",
                                           help="release public key (PEM) trusted to sign bundles (repeatable)"),
+    insecure_broker: bool = typer.Option(False, "--insecure-broker",
+                                         help="let the embedded broker, which checks no credentials, listen beyond "
+                                              "loopback (EDGEFLEET_EMBEDDED_BROKER_HOST)"),
 ) -> None:
     """Run the controller in the foreground until Ctrl-C (REST API, web UI, MQTT bridge; the
     embedded broker unless --broker-url). Every option can also come from EDGEFLEET_* environment
@@ -30,7 +33,8 @@ def serve(
     from edgefleet.cloud.settings import ControllerSettings
 
     overrides: dict[str, Any] = {k: v for k, v in {"listen_host": host, "listen_port": port, "data_dir": data_dir,
-                                   "broker_url": broker_url, "release_key_paths": release_key or None}.items()
+                                   "broker_url": broker_url, "release_key_paths": release_key or None,
+                                   "insecure_broker": insecure_broker or None}.items()
                  if v is not None}
     serve_forever(ControllerSettings(**overrides))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from edgefleet.cloud.services import audit, auth
+from edgefleet.cloud.services import audit, auth, broker_identity
 from edgefleet.cloud.services.auth import AuthenticationError
 from edgefleet.cloud.store.tables import Device, DeviceEvent, EnrollmentToken
 from edgefleet.cloud.vocabulary import Role
@@ -73,7 +73,7 @@ def message_key(pem: str, *, where: str) -> str:
 
 
 def enroll(session: Session, *, token: str, device_id: str | None, now: float, public_key_pem: str | None = None,
-           require_key: bool = True) -> Enrollment:
+           require_key: bool = True, broker: broker_identity.BrokerIdentity | None = None) -> Enrollment:
     """Exchange a one-time enrollment token for the device's own credentials.
 
     A device id that already exists is re-enrolled (credentials and message key replaced) only with
@@ -115,6 +115,7 @@ def enroll(session: Session, *, token: str, device_id: str | None, now: float, p
     session.add(row)
     audit.record(session, actor=f"device:{device_id}", action="device.enroll", target=f"device:{device_id}",
                  details={"enrollment_token": row.id}, now=now)
+    broker_identity.enrolled(broker, device, password)  # raises if the broker refuses: nothing is kept
     log.info("device %s enrolled", device_id)
     return Enrollment(device=device, mqtt_username=device_id, mqtt_password=password, api_token=api_token)
 
@@ -184,7 +185,8 @@ def set_hardware_class(session: Session, *, device_id: str, hardware_class: str,
     return device
 
 
-def decommission(session: Session, *, device_id: str, actor: str, now: float) -> Device:
+def decommission(session: Session, *, device_id: str, actor: str, now: float,
+                 broker: broker_identity.BrokerIdentity | None = None) -> Device:
     """Revoke the device's API token and MQTT password; the row (and its history) stays."""
     device = get_device(session, device_id=device_id)
     auth.revoke_device_tokens(session, device_id=device_id, now=now)
@@ -193,6 +195,7 @@ def decommission(session: Session, *, device_id: str, actor: str, now: float) ->
     device.online = False
     session.add(device)
     audit.record(session, actor=actor, action="device.decommission", target=f"device:{device_id}", now=now)
+    broker_identity.decommissioned(session, broker, device, actor=actor, now=now)
     return device
 
 

@@ -104,6 +104,9 @@ class Device(SQLModel, table=True):
     """Highest order sequence issued to this device (orders must strictly increase)."""
     enrolled_at: float
     enrolled_by: str = ""
+    broker_disable_pending: bool = False
+    """Decommissioned, but the managed broker (``broker_admin``) has not disabled its client yet:
+    the reconciler retries (services/broker_identity.py)."""
 
 
 class EnrollmentToken(SQLModel, table=True):

@@ -18,6 +18,7 @@ from edgefleet.cloud.services import deployments, devices, registry, telemetry
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.store.tables import Bundle, Deployment
 from edgefleet.cloud.ui import charts
+from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
 from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
@@ -314,13 +315,14 @@ def deployment_detail(request: Request, deployment_id: str, session: SessionDep,
 
 
 @router.post("/ui/deployments/{deployment_id}/cancel")
-def cancel_deployment(request: Request, deployment_id: str, controller: ControllerDep) -> Response:
+def cancel_deployment(request: Request, deployment_id: str, controller: ControllerDep,
+                      csrf_token: CsrfField = "") -> Response:
     """Cancel a running deployment (operator or admin): signed cancel orders go out at once."""
     with controller.session() as session:
         user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    refusal = form_refusal(request, user)
+    refusal = form_refusal(request, user, csrf_token)
     if refusal is not None:
         log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, refusal)
         return forbidden(request, user, refusal)

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 from edgefleet.cloud.services.auth import Principal
+from edgefleet.cloud.ui import csrf
 from edgefleet.cloud.ui.filters import FILTERS
 from edgefleet.cloud.vocabulary import DeploymentStatus, Role
 from edgefleet.protocol.errors import EdgeFleetError
@@ -48,6 +49,7 @@ def base_path(request: Request) -> str:
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("now", time.time())
     context.setdefault("refresh", None)
+    context.setdefault("csrf", csrf.page_token(request.cookies))
     html = templates.get_template(name).render(base=base_path(request), path=request.url.path, **context)
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 

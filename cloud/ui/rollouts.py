@@ -41,6 +41,7 @@ from edgefleet.cloud.services.rollouts.policy import (
 from edgefleet.cloud.services.rollouts.states import ROLLOUT_TRANSITIONS, RolloutEvent
 from edgefleet.cloud.store.tables import Bundle, Rollout, RolloutDevice, RolloutStage
 from edgefleet.cloud.ui import charts
+from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, duration, number
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
 from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
@@ -451,13 +452,13 @@ def create_rollout(request: Request, controller: ControllerDep, bundle: Annotate
                    dynamic: Annotated[str, Form(max_length=8)] = "",
                    template: Annotated[str, Form(max_length=64)] = DEFAULT_TEMPLATE,
                    policy: Annotated[str, Form(max_length=100_000)] = "",
-                   note: Annotated[str, Form(max_length=2000)] = "") -> Response:
+                   note: Annotated[str, Form(max_length=2000)] = "", csrf_token: CsrfField = "") -> Response:
     """Create a rollout from the form (operator or admin); a refused form shows why, and creates nothing."""
     with controller.session() as session:
         user = signed_in(request, session)
     if user is None:
         return to_login(request)
-    refusal = form_refusal(request, user)
+    refusal = form_refusal(request, user, csrf_token)
     if refusal is not None:
         log.warning("UI rollout create refused for %s: %s", user.actor, refusal)
         return forbidden(request, user, refusal)
@@ -499,7 +500,7 @@ def rollout_detail(request: Request, rollout_id: str, session: SessionDep, contr
 
 @router.post("/ui/rollouts/{rollout_id}/{name}")
 def act_on_rollout(request: Request, rollout_id: str, name: str, controller: ControllerDep,
-                   reason: Annotated[str, Form(max_length=500)] = "") -> Response:
+                   reason: Annotated[str, Form(max_length=500)] = "", csrf_token: CsrfField = "") -> Response:
     """Approve, pause, resume, promote, abort or cancel (operator or admin), then advance at once,
     as the API does. A refusal by the controller (e.g. the creator approving) is shown on the page."""
     with controller.session() as session:
@@ -509,7 +510,7 @@ def act_on_rollout(request: Request, rollout_id: str, name: str, controller: Con
     action = ACTIONS.get(name)
     if action is None:
         return not_found(request, user, NotFoundError(f"no rollout action {name!r}", where="action"))
-    refusal = form_refusal(request, user)
+    refusal = form_refusal(request, user, csrf_token)
     if refusal is not None:
         log.warning("UI %s of rollout %s refused for %s: %s", name, rollout_id, user.actor, refusal)
         return forbidden(request, user, refusal)

@@ -1,6 +1,7 @@
 """UI sign-in: the operator pastes an API token (viewer, operator or admin role); it is kept in an
 HttpOnly, SameSite=Strict cookie and checked on every request. Without a valid cookie a page
-redirects to the login form."""
+redirects to the login form. Every form post, sign-in and sign-out included, must carry its CSRF
+token (:mod:`edgefleet.cloud.ui.csrf`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.services.auth import Principal
-from edgefleet.cloud.ui.render import base_path, render
-from edgefleet.cloud.vocabulary import OPERATOR_ROLES, Role
+from edgefleet.cloud.ui import csrf
+from edgefleet.cloud.ui.csrf import CsrfField
+from edgefleet.cloud.ui.render import base_path, forbidden, render
+from edgefleet.cloud.vocabulary import OPERATOR_ROLES, HttpRefusal, Role
 from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 
-COOKIE = "edgefleet_ui"
+COOKIE = csrf.SESSION_COOKIE
 COOKIE_MAX_AGE = 12 * 3600
 
 router = APIRouter(include_in_schema=False)
@@ -62,32 +65,63 @@ def same_origin(request: Request) -> bool:
     return len(parts) == 2 and parts[1].split("/", 1)[0] == host
 
 
-def form_refusal(request: Request, user: Principal) -> str | None:
+def csrf_refusal(request: Request, token: str | None) -> str | None:
+    """Why this post fails the CSRF check of the signed-in session (``token``: the form's field);
+    ``None`` when it carries the session's token (in the field or the ``X-CSRF-Token`` header)."""
+    secret = request.cookies.get(COOKIE)
+    given = token or request.headers.get(csrf.HEADER)
+    if secret and csrf.matches(csrf.session_token(secret), given):
+        return None
+    request.app.state.controller.metrics.http_errors.labels(HttpRefusal.CSRF_REFUSED).inc()
+    return ("this form has no valid CSRF token (an old page, or a post from another site): "
+            "reload the page and try again")
+
+
+def form_refusal(request: Request, user: Principal, token: str | None) -> str | None:
     """Why ``user`` may not act through this form post: an operator's (or admin's) role is needed,
-    and the form must come from the controller's own pages. ``None`` when it may."""
+    the form must come from the controller's own pages and carry the session's CSRF token
+    (``token``). ``None`` when it may."""
     return user.refusal(Role.OPERATOR) or (None if same_origin(request) else
-                                           "this form was not posted from the controller's own pages")
+                                           "this form was not posted from the controller's own pages") \
+        or csrf_refusal(request, token)
+
+
+def _login_page(request: Request, *, status_code: int = 200, next: str = "/", error: str | None = None) -> Response:
+    """The sign-in form with its double-submit nonce (kept when the browser has one, else a new one)."""
+    kept = request.cookies.get(csrf.LOGIN_COOKIE)
+    nonce = kept or csrf.new_nonce()
+    response = render(request, "login.html", status_code=status_code, next=safe_next(next), error=error, user=None,
+                      csrf=nonce)
+    if not kept:
+        response.set_cookie(csrf.LOGIN_COOKIE, nonce, max_age=csrf.LOGIN_COOKIE_MAX_AGE, path="/", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+    return response
 
 
 @router.get("/ui/login", response_class=HTMLResponse)
 def login_form(request: Request, session: SessionDep, next: str = "/") -> Response:
     if signed_in(request, session) is not None:
         return RedirectResponse(safe_next(next), status_code=303)
-    return render(request, "login.html", next=safe_next(next), error=None, user=None)
+    return _login_page(request, next=next)
 
 
 @router.post("/ui/login", response_class=HTMLResponse)
 def login(request: Request, session: SessionDep, controller: ControllerDep,
-          token: Annotated[str, Form(max_length=512)] = "", next: Annotated[str, Form(max_length=2048)] = "/"
-          ) -> Response:
+          token: Annotated[str, Form(max_length=512)] = "", next: Annotated[str, Form(max_length=2048)] = "/",
+          csrf_token: CsrfField = "") -> Response:
+    if not csrf.matches(request.cookies.get(csrf.LOGIN_COOKIE), csrf_token or request.headers.get(csrf.HEADER)):
+        log.warning("UI login without the form's CSRF token from %s", request.client.host if request.client else "?")
+        controller.metrics.http_errors.labels(HttpRefusal.CSRF_REFUSED).inc()
+        return _login_page(request, status_code=403, next=next,
+                           error="This sign-in form has expired or was not sent from this site: sign in again.")
     token = token.strip()
     principal = operator(session, token)
     if principal is None:
         log.warning("UI login refused from %s", request.client.host if request.client else "?")
         controller.metrics.http_errors.labels(Reason.UI_LOGIN_REFUSED).inc()
-        return render(request, "login.html", status_code=401, next=safe_next(next), user=None,
-                      error="That token is not valid here. Use an operator API token "
-                            "(viewer, operator or admin role), not a device token.")
+        return _login_page(request, status_code=401, next=next,
+                           error="That token is not valid here. Use an operator API token "
+                                 "(viewer, operator or admin role), not a device token.")
     log.info("UI login by %s", principal.actor)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, path="/", httponly=True, samesite="strict",
@@ -96,7 +130,12 @@ def login(request: Request, session: SessionDep, controller: ControllerDep,
 
 
 @router.post("/ui/logout")
-def logout(request: Request) -> Response:
+def logout(request: Request, session: SessionDep, csrf_token: CsrfField = "") -> Response:
+    if COOKIE in request.cookies:
+        refusal = csrf_refusal(request, csrf_token)
+        user = signed_in(request, session)
+        if refusal is not None and user is not None:
+            return forbidden(request, user, refusal)
     response = RedirectResponse(f"{base_path(request)}/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -113,7 +113,8 @@ def test_labels_in_windows_are_summed_into_accuracy_and_a_confusion_table(fleet,
     assert cli(["devices", "show", "lab-1"]) == 0
     assert "83.3% of 6" in capsys.readouterr().out
 
-    client.post("/ui/login", data={"token": ADMIN, "next": "/"})
+    client.get("/ui/login")   # the sign-in form's CSRF nonce (docs/security.md, "CSRF")
+    client.post("/ui/login", data={"token": ADMIN, "next": "/", "csrf_token": client.cookies.get("edgefleet_login")})
     assert 'id="kpi-accuracy"' in client.get("/ui/devices/lab-1").text
     assert "5 of 6 labels right" in client.get("/ui/devices/lab-1").text
     assert 'id="kpi-accuracy"' not in client.get("/ui/devices/quiet").text

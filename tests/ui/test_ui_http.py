@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.settings import ControllerSettings
+from edgefleet.cloud.ui import csrf
 
 ADMIN = "eft_ui-http-admin"
 
@@ -40,7 +41,13 @@ def client(app):
 
 
 def login(client: TestClient, token: str = ADMIN, next: str = "/"):
-    return client.post("/ui/login", data={"token": token, "next": next})
+    """Sign in as a browser does (the form's CSRF nonce first); later posts carry the session's CSRF
+    token in the X-CSRF-Token header, as the pages' forms carry it in a field."""
+    client.get("/ui/login")
+    r = client.post("/ui/login", data={"token": token, "next": next,
+                                       "csrf_token": client.cookies.get(csrf.LOGIN_COOKIE, "")})
+    client.headers[csrf.HEADER] = csrf.session_token(token)
+    return r
 
 
 def test_pages_redirect_to_login_keeping_the_target(client):

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.cloud.api.params import DigestPath
 from edgefleet.cloud.api.schemas import BundleDetail, BundleOut
 from edgefleet.cloud.api.transfer import OCTET_BODY, LargeFileResponse, receive_upload
 from edgefleet.cloud.deps import BearerDep, ControllerDep, OperatorDep, SessionDep, ViewerDep
@@ -38,25 +39,26 @@ async def upload_bundle(request: Request, response: Response, controller: Contro
 
 
 @api.get("/bundles", tags=["bundles"])
-def list_bundles(session: SessionDep, _: ViewerDep, name: str | None = None) -> list[BundleOut]:
+def list_bundles(session: SessionDep, _: ViewerDep,
+                 name: Annotated[str | None, Query(max_length=128)] = None) -> list[BundleOut]:
     return [BundleOut.model_validate(b) for b in registry.list_bundles(session, name=name)]
 
 
 @api.get("/bundles/{digest}", tags=["bundles"])
-def show_bundle(digest: str, session: SessionDep, _: ViewerDep) -> BundleDetail:
+def show_bundle(digest: DigestPath, session: SessionDep, _: ViewerDep) -> BundleDetail:
     bundle = registry.get_bundle(session, digest=digest)
     return BundleDetail.model_validate(bundle.model_dump() | {
         "download_path": f"/api/v1/bundles/{bundle.digest}/download"})
 
 
 @api.delete("/bundles/{digest}", tags=["bundles"], status_code=204)
-def delete_bundle(digest: str, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> None:
+def delete_bundle(digest: DigestPath, controller: ControllerDep, session: SessionDep, who: OperatorDep) -> None:
     registry.delete_bundle(session, digest=digest, store=controller.bundles, actor=who.actor, now=controller.now())
 
 
 @api.get("/bundles/{digest}/download", tags=["bundles"], response_class=LargeFileResponse,
          responses={206: {"description": "Partial content (Range)"}, 416: {"description": "Range not satisfiable"}})
-def download_bundle(digest: str, controller: ControllerDep, session: SessionDep, credentials: BearerDep,
+def download_bundle(digest: DigestPath, controller: ControllerDep, session: SessionDep, credentials: BearerDep,
                     token: Annotated[str | None, Query(max_length=256)] = None) -> LargeFileResponse:
     """The bundle bytes, with HTTP Range (resume). Authorized by any API token (devices use
     theirs) or by the short-lived signed ``token`` the order's URL carries."""

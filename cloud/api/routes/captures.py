@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 
-from edgefleet.cloud.api.params import RowId
+from edgefleet.cloud.api.params import MAX_TIME, RowId
 from edgefleet.cloud.api.schemas import CapturedDatasetOut
 from edgefleet.cloud.api.transfer import LargeFileResponse
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep
@@ -17,13 +18,16 @@ api = APIRouter(prefix="/api/v1")
 
 
 @api.get("/captures", tags=["captures"])
-def list_captures(session: SessionDep, _: OperatorDep,
-                  model: Annotated[str | None, Query(max_length=128, description="the registry model")] = None,
-                  device_id: Annotated[list[str] | None, Query(description="repeatable")] = None,
-                  since: Annotated[float | None, Query(description="datasets with samples from then on")] = None,
+def list_captures(session: SessionDep, _: OperatorDep, *,
+                  model: Annotated[str | None, Query(min_length=1, max_length=128,
+                                                     description="the registry model")] = None,
+                  device_id: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]],
+                                       Query(max_length=1000, default_factory=list, description="repeatable")],
+                  since: Annotated[float | None, Query(ge=0, le=MAX_TIME, allow_inf_nan=False,
+                                                   description="datasets with samples from then on")] = None,
                   ) -> list[CapturedDatasetOut]:
     return [CapturedDatasetOut.model_validate(d)
-            for d in captures.list_captured(session, model_name=model, device_ids=device_id, since=since)]
+            for d in captures.list_captured(session, model_name=model, device_ids=device_id or None, since=since)]
 
 
 @api.get("/captures/{dataset_id}", tags=["captures"])

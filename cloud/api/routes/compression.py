@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Query
 
-from edgefleet.cloud.api.params import RowId
+from edgefleet.cloud.api.params import NamePath, RowId, VersionPath
 from edgefleet.cloud.api.schemas import CompressionJobCreate, CompressionJobOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import compression_jobs
@@ -16,8 +16,9 @@ api = APIRouter(prefix="/api/v1")
 
 
 @api.post("/models/{name}/versions/{version}/compress", tags=["compression"], status_code=202)
-def create_compression_job(name: str, version: str, body: CompressionJobCreate, background: BackgroundTasks,
-                           controller: ControllerDep, session: SessionDep, who: OperatorDep) -> CompressionJobOut:
+def create_compression_job(name: NamePath, version: VersionPath, body: CompressionJobCreate,
+                           background: BackgroundTasks, controller: ControllerDep, session: SessionDep,
+                           who: OperatorDep) -> CompressionJobOut:
     """Queue a job that compresses this version (which needs its model file) and registers the
     result as the ``compressed`` version ``variant`` (parent: this version). The config is checked
     now; follow the job with ``GET /compression-jobs/{id}``. A result refused by the accuracy gate

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import deployments, registry
@@ -54,12 +55,12 @@ def list_deployments(session: SessionDep, _: ViewerDep, status: DeploymentStatus
 
 
 @api.get("/deployments/{deployment_id}", tags=["deployments"])
-def show_deployment(deployment_id: str, session: SessionDep, _: ViewerDep) -> DeploymentDetail:
+def show_deployment(deployment_id: IdPath, session: SessionDep, _: ViewerDep) -> DeploymentDetail:
     return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
 
 
 @api.post("/deployments/{deployment_id}/cancel", tags=["deployments"])
-def cancel_deployment(deployment_id: str, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
+def cancel_deployment(deployment_id: IdPath, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
     """Send signed cancel orders to devices not yet finished and mark them cancelled."""
     with controller.session() as session:
         deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,

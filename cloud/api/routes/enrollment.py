@@ -43,10 +43,13 @@ def list_enrollment_tokens(session: SessionDep, _: OperatorDep,
 @api.post("/enroll", tags=["devices"], status_code=201)
 def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) -> EnrollResponse:
     """Device side: exchange a one-time enrollment token (in the body, no API token needed) for the
-    device's MQTT credentials, API token and the public keys it must trust."""
+    device's MQTT credentials, API token and the public keys it must trust. With a managed broker
+    (``broker_admin``) a broker that does not take the credentials answers 503 and nothing is kept:
+    the token stays valid."""
     result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now(),
                             public_key_pem=body.device_public_key_pem,
-                            require_key=not controller.settings.accept_unsigned_devices)
+                            require_key=not controller.settings.accept_unsigned_devices,
+                            broker=controller.broker_identity)
     release = [public_key_pem(k).decode() for k in
                trust.release_keys(session, configured=controller.configured_release_keys)]
     return EnrollResponse(device_id=result.device.id, mqtt_username=result.mqtt_username,

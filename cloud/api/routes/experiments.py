@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import (
     ExperimentAction,
     ExperimentCreate,
@@ -73,14 +74,14 @@ def list_experiments(session: SessionDep, _: ViewerDep, state: ExperimentState |
 
 
 @api.get("/experiments/{experiment_id}", tags=["experiments"])
-def show_experiment(experiment_id: str, session: SessionDep, _: ViewerDep) -> ExperimentDetail:
+def show_experiment(experiment_id: IdPath, session: SessionDep, _: ViewerDep) -> ExperimentDetail:
     """The experiment, its devices, and its results so far: per metric A, B, B - A with an
     always-valid confidence interval and p-value, and a verdict."""
     return experiment_detail(session, experiments.get_experiment(session, experiment_id=experiment_id))
 
 
 @api.post("/experiments/{experiment_id}/stop", tags=["experiments"])
-def stop_experiment(experiment_id: str, controller: ControllerDep, who: OperatorDep,
+def stop_experiment(experiment_id: IdPath, controller: ControllerDep, who: OperatorDep,
                     body: ExperimentAction | None = None) -> ExperimentDetail:
     """End it without a winner: devices keep the bundle they run; orders still out are cancelled."""
     with controller.session() as session:
@@ -91,7 +92,7 @@ def stop_experiment(experiment_id: str, controller: ControllerDep, who: Operator
 
 
 @api.post("/experiments/{experiment_id}/promote", tags=["experiments"])
-def promote_experiment(experiment_id: str, body: ExperimentPromote, controller: ControllerDep,
+def promote_experiment(experiment_id: IdPath, body: ExperimentPromote, controller: ControllerDep,
                        who: OperatorDep) -> ExperimentDetail:
     """End it with ``arm`` the winner: a rollout of its bundle to the experiment's selector (by the
     ``policy`` or ``template`` given; devices already on it are skipped). Its id is ``rollout_id``."""

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import (
     IncidentClose,
     IncidentDetail,
@@ -51,13 +52,13 @@ def list_incidents(session: SessionDep, _: ViewerDep, state: IncidentState | Non
 
 
 @api.get("/incidents/{incident_id}", tags=["incidents"])
-def show_incident(incident_id: str, session: SessionDep, controller: ControllerDep, _: ViewerDep) -> IncidentDetail:
+def show_incident(incident_id: IdPath, session: SessionDep, controller: ControllerDep, _: ViewerDep) -> IncidentDetail:
     incident = incidents.get_incident(session, incident_id=incident_id)
     return incident_detail(session, incident, controller.incident_rules.of(incident.cohort_kind))
 
 
 @api.post("/incidents/{incident_id}/close", tags=["incidents"])
-def close_incident(incident_id: str, body: IncidentClose, controller: ControllerDep,
+def close_incident(incident_id: IdPath, body: IncidentClose, controller: ControllerDep,
                    who: OperatorDep) -> IncidentDetail:
     """Close an open incident before its cooldown (e.g. the cause is known and handled). The cohort's
     runs start over: only K new alarm windows open a new incident."""

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import DelegationsOut, ReleaseKeyCreate, ReleaseKeyOut
 from edgefleet.cloud.deps import AdminDep, ControllerDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import trust
@@ -35,7 +36,7 @@ def add_release_key(body: ReleaseKeyCreate, controller: ControllerDep, session: 
 
 
 @api.delete("/release-keys/{key_id}", tags=["keys"], status_code=204)
-def remove_release_key(key_id: str, controller: ControllerDep, session: SessionDep, who: AdminDep) -> None:
+def remove_release_key(key_id: IdPath, controller: ControllerDep, session: SessionDep, who: AdminDep) -> None:
     trust.remove_release_key(session, key_id_=key_id, actor=who.actor, now=controller.now())
 
 

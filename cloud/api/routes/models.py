@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.cloud.api.params import NamePath, VersionPath
 from edgefleet.cloud.api.schemas import (
     BundleBuildRequest,
     BundleOut,
@@ -39,7 +40,7 @@ def create_model(body: ModelCreate, controller: ControllerDep, session: SessionD
 
 
 @api.get("/models/{name}", tags=["models"])
-def show_model(name: str, session: SessionDep, _: ViewerDep) -> ModelDetail:
+def show_model(name: NamePath, session: SessionDep, _: ViewerDep) -> ModelDetail:
     model = registry.get_model(session, name=name)
     versions = [ModelVersionOut.model_validate(v) for v in registry.list_model_versions(session, model_name=name)]
     return ModelDetail.model_validate(model.model_dump() | {"versions": versions,
@@ -47,7 +48,7 @@ def show_model(name: str, session: SessionDep, _: ViewerDep) -> ModelDetail:
 
 
 @api.post("/models/{name}/versions", tags=["models"], status_code=201)
-def create_model_version(name: str, body: ModelVersionCreate, controller: ControllerDep, session: SessionDep,
+def create_model_version(name: NamePath, body: ModelVersionCreate, controller: ControllerDep, session: SessionDep,
                          who: OperatorDep) -> ModelVersionOut:
     row = registry.create_model_version(session, model_name=name, version=body.version, kind=body.kind,
                                         parent_version=body.parent, format=body.format, report=body.report,
@@ -56,12 +57,12 @@ def create_model_version(name: str, body: ModelVersionCreate, controller: Contro
 
 
 @api.get("/models/{name}/versions/{version}", tags=["models"])
-def show_model_version(name: str, version: str, session: SessionDep, _: ViewerDep) -> ModelVersionOut:
+def show_model_version(name: NamePath, version: VersionPath, session: SessionDep, _: ViewerDep) -> ModelVersionOut:
     return ModelVersionOut.model_validate(registry.get_model_version(session, model_name=name, version=version))
 
 
 @uploads.put("/models/{name}/versions/{version}/artifact", tags=["models"], openapi_extra=OCTET_BODY)
-async def upload_artifact(name: str, version: str, request: Request, controller: ControllerDep,
+async def upload_artifact(name: NamePath, version: VersionPath, request: Request, controller: ControllerDep,
                           session: SessionDep, who: OperatorDep) -> ModelVersionOut:
     """Upload the model file (ONNX / TFLite bytes) of a version as the raw request body."""
     await run_in_threadpool(registry.get_model_version, session, model_name=name, version=version)
@@ -73,7 +74,7 @@ async def upload_artifact(name: str, version: str, request: Request, controller:
 
 
 @api.get("/models/{name}/versions/{version}/artifact", tags=["models"], response_class=LargeFileResponse)
-def download_artifact(name: str, version: str, controller: ControllerDep, session: SessionDep,
+def download_artifact(name: NamePath, version: VersionPath, controller: ControllerDep, session: SessionDep,
                       _: ViewerDep) -> LargeFileResponse:
     row = registry.get_model_version(session, model_name=name, version=version)
     if row.artifact_digest is None:
@@ -84,7 +85,7 @@ def download_artifact(name: str, version: str, controller: ControllerDep, sessio
 
 
 @uploads.put("/models/{name}/dataset", tags=["models"], openapi_extra=OCTET_BODY)
-async def upload_dataset(name: str, request: Request, controller: ControllerDep, session: SessionDep,
+async def upload_dataset(name: NamePath, request: Request, controller: ControllerDep, session: SessionDep,
                          who: OperatorDep) -> DatasetOut:
     """Upload the model's sample set as the raw body: an ``.npz`` with ``x`` (inputs, samples
     first) and optional integer labels ``y``. Used by compression jobs and server builds with
@@ -99,12 +100,13 @@ async def upload_dataset(name: str, request: Request, controller: ControllerDep,
 
 
 @api.get("/models/{name}/dataset", tags=["models"])
-def show_dataset(name: str, session: SessionDep, _: ViewerDep) -> DatasetOut:
+def show_dataset(name: NamePath, session: SessionDep, _: ViewerDep) -> DatasetOut:
     return DatasetOut.model_validate(datasets.get_dataset(session, model_name=name))
 
 
 @api.get("/models/{name}/dataset/download", tags=["models"], response_class=LargeFileResponse)
-def download_dataset(name: str, controller: ControllerDep, session: SessionDep, _: OperatorDep) -> LargeFileResponse:
+def download_dataset(name: NamePath, controller: ControllerDep, session: SessionDep,
+                     _: OperatorDep) -> LargeFileResponse:
     """The model's reference dataset as uploaded (``.npz``: ``x``, optional ``y``), e.g. for a training
     pipeline outside the controller (docs/retraining.md)."""
     row = datasets.get_dataset(session, model_name=name)
@@ -113,8 +115,8 @@ def download_dataset(name: str, controller: ControllerDep, session: SessionDep, 
 
 
 @api.post("/models/{name}/versions/{version}/bundles", tags=["bundles"], status_code=201)
-def build_bundle(name: str, version: str, body: BundleBuildRequest, response: Response, controller: ControllerDep,
-                 session: SessionDep, who: OperatorDep) -> BundleOut:
+def build_bundle(name: NamePath, version: VersionPath, body: BundleBuildRequest, response: Response,
+                 controller: ControllerDep, session: SessionDep, who: OperatorDep) -> BundleOut:
     """Build, sign and register a bundle of this version on the controller (opt-in: needs
     ``delegated_signing_key_path``, a key the current delegations document delegates, or
     ``release_signing_key_path``, whose public key must be trusted). The body is the bundle

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.cloud.api.params import RowId
+from edgefleet.cloud.api.params import NamePath, RowId
 from edgefleet.cloud.api.schemas import RecipeOut, RetrainingJobOut, RetrainRequest
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import model_recipes, retraining
@@ -22,13 +22,13 @@ RECIPE_BODY = {"requestBody": {"required": True, "content": {
 
 
 @api.get("/models/{name}/recipe", tags=["retraining"])
-def show_recipe(name: str, session: SessionDep, _: ViewerDep) -> RecipeOut:
+def show_recipe(name: NamePath, session: SessionDep, _: ViewerDep) -> RecipeOut:
     row = model_recipes.get_recipe_row(session, model_name=name)
     return RecipeOut(model=name, recipe=row.recipe, updated_at=row.updated_at, updated_by=row.updated_by)
 
 
 @api.put("/models/{name}/recipe", tags=["retraining"], openapi_extra=RECIPE_BODY)
-async def set_recipe(name: str, request: Request, controller: ControllerDep, session: SessionDep,
+async def set_recipe(name: NamePath, request: Request, controller: ControllerDep, session: SessionDep,
                      who: OperatorDep) -> RecipeOut:
     """Store the model's recipe: TOML (the file format of ``firmware-bundles/``) or JSON with the same
     tables — ``[training]`` (entry point, limits, ``auto``), ``[compression]`` and the bundle tables.
@@ -40,7 +40,7 @@ async def set_recipe(name: str, request: Request, controller: ControllerDep, ses
 
 
 @api.post("/models/{name}/retrain", tags=["retraining"], status_code=202)
-def retrain(name: str, body: RetrainRequest, background: BackgroundTasks, controller: ControllerDep,
+def retrain(name: NamePath, body: RetrainRequest, background: BackgroundTasks, controller: ControllerDep,
             session: SessionDep, who: OperatorDep) -> RetrainingJobOut:
     """Queue a retraining job of ``parent`` (default: the newest source version with a model file). What
     it needs is checked now: the recipe's tables, the model file, the reference dataset, a signing key

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import (
     RolloutAction,
     RolloutCreate,
@@ -84,7 +85,7 @@ def list_rollouts(session: SessionDep, _: ViewerDep, state: RolloutState | None 
 
 
 @api.get("/rollouts/{rollout_id}", tags=["rollouts"])
-def show_rollout(rollout_id: str, session: SessionDep, _: ViewerDep) -> RolloutDetail:
+def show_rollout(rollout_id: IdPath, session: SessionDep, _: ViewerDep) -> RolloutDetail:
     return rollout_detail(session, rollouts.get_rollout(session, rollout_id=rollout_id))
 
 
@@ -103,7 +104,7 @@ NEEDS_ISSUER = {"abort", "cancel"}
 
 
 def _action_route(name: str, act: Callable[..., object], doc: str) -> None:
-    def route(rollout_id: str, controller: ControllerDep, who: OperatorDep,
+    def route(rollout_id: IdPath, controller: ControllerDep, who: OperatorDep,
               body: RolloutAction | None = None) -> RolloutDetail:
         extra = {"issuer": controller.issuer} if name in NEEDS_ISSUER else {}
         return _act(controller, rollout_id, lambda s: act(s, rollout_id=rollout_id, actor=who.actor,

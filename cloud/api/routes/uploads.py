@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from edgefleet.cloud.api.params import IdPath
 from edgefleet.cloud.api.schemas import CapturedDatasetOut
 from edgefleet.cloud.api.transfer import OCTET_BODY
 from edgefleet.cloud.deps import ControllerDep, SessionDep
@@ -26,7 +27,7 @@ OFFSET = "Upload-Offset"
 
 @uploads.head("/uploads/{upload_id}", tags=["captures"],
               responses={200: {"description": "Upload-Offset: bytes received; EdgeFleet-Dataset-Id once stored"}})
-def upload_offset(upload_id: str, controller: ControllerDep, session: SessionDep, token: Token = None) -> Response:
+def upload_offset(upload_id: IdPath, controller: ControllerDep, session: SessionDep, token: Token = None) -> Response:
     upload = captures.get_upload(session, upload_id=upload_id, token=token, key=controller.controller_key,
                                  now=controller.now())
     headers = {OFFSET: str(captures.received(upload, upload_dir=controller.upload_dir)),
@@ -42,7 +43,7 @@ def upload_offset(upload_id: str, controller: ControllerDep, session: SessionDep
                         409: {"description": "The chunk does not start at Upload-Offset"},
                         413: {"description": "More bytes than the grant allows (nothing stored)"},
                         422: {"description": "Wrong sha256 or content at the end (the bytes are discarded)"}})
-async def upload_chunk(upload_id: str, request: Request, controller: ControllerDep, session: SessionDep,
+async def upload_chunk(upload_id: IdPath, request: Request, controller: ControllerDep, session: SessionDep,
                        token: Token = None) -> Response:
     """Append the body at ``Content-Range: bytes <first>-<last>/<total>`` (``first`` must be the offset
     ``HEAD`` gives). The last chunk stores the captured dataset (201, its JSON)."""
