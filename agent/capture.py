@@ -166,7 +166,10 @@ class Reservoir:
                  clock: Callable[[], float] = time.time) -> None:
         self.directory = directory
         self.batches_dir = directory / BATCHES_DIR
-        self.batches_dir.mkdir(parents=True, exist_ok=True)
+        # raw model inputs live here: the agent's user only, whatever the umask or the state dir's mode
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        self.batches_dir.mkdir(mode=0o700, exist_ok=True)
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.clock = clock
         self._lock = threading.Lock()
@@ -416,7 +419,6 @@ class Capture:
             self.weight, self._alarm = 1.0, False
         if policy is not None:
             if self.reservoir is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
                 self.reservoir = Reservoir(self.directory, max_samples=policy.max_samples,
                                            max_bytes=policy.max_bytes, clock=self.clock)
             elif (self.reservoir.max_samples, self.reservoir.max_bytes) != (policy.max_samples, policy.max_bytes):

@@ -174,6 +174,25 @@ def test_a_bundle_without_capture_stores_nothing(tmp_path, clock):
     assert capture.stats()["samples"] == 0
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_captured_inputs_are_readable_by_the_agents_user_only(tmp_path, clock, existing):
+    """Raw model inputs: the capture directory is 0700 under a permissive umask, and a directory left
+    group- or world-readable (by an older agent, a copy, an operator) is narrowed when capture starts."""
+    if existing:
+        (tmp_path / "capture").mkdir(mode=0o755)
+        os.chmod(tmp_path / "capture", 0o755)
+    old = os.umask(0o002)
+    try:
+        capture = make(tmp_path, clock)
+        serve(capture, 5)
+        capture.tick()
+    finally:
+        os.umask(old)
+    assert capture.stats()["samples"] == 5
+    for directory in (tmp_path / "capture", tmp_path / "capture" / "batches"):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+
+
 def test_a_batch_is_sealed_when_due_and_moves_the_samples(tmp_path, clock):
     capture = make(tmp_path, clock, max_samples=50, min_samples_to_upload=10, upload_interval_s=60)
     served = serve(capture, 12, at=clock.now)

@@ -321,6 +321,21 @@ def test_requests_for_a_bundle_without_capture_are_refused(live, release_key, on
     assert live.controller.publish_grants() == 0
 
 
+def test_requests_for_a_bundle_not_in_the_registry_are_refused(live, release_key, onnx_model):
+    """A device asking to upload samples of a bundle the controller never registered (a sideloaded or
+    forged model) gets no grant, and asking again changes nothing."""
+    live.bundle(release_key, onnx_model, capture=CAPTURE)            # some bundle is registered, not this one
+    capture = live.device("dev-1", "5e" * 32, samples=20)
+    batch = capture.reservoir.pending_batch()
+    live.fleet.send(batch.request("dev-1"), "events")
+    assert live.controller.publish_grants() == 0
+    assert [t for t, _ in live.transport.published if t.endswith("/cmd")] == []
+    row = live.upload_row(batch.upload_id)
+    assert row.state == UploadState.REFUSED and "not in the registry" in row.reason
+    live.fleet.send(batch.request("dev-1"), "events")
+    assert live.controller.publish_grants() == 0 and live.datasets() == []
+
+
 def test_a_request_naming_another_devices_upload_is_ignored(live, release_key, onnx_model):
     digest = live.bundle(release_key, onnx_model, capture=CAPTURE)
     capture = live.device("dev-1", digest, samples=20)

@@ -43,6 +43,10 @@ def test_malformed_and_oversized_commands_are_counted_and_ignored(agent_harness)
     dep = json.loads(valid)["order"]["signed"]["deployment_id"]
     h.observer.publish("cmd", valid)  # still takes orders
     assert h.observer.final_status(dep)["outcome"] == "committed"
+    # the events are rate-limited (one per MALFORMED_EVENT_EVERY_S): a flood of bad commands costs the
+    # fleet's event log one line, while the counter above still counts every one. The final status left
+    # the outbox after any later event would have, so none is still on its way.
+    assert [e["kind"] for e in h.observer.of("events")].count("malformed_message") == 1
     assert agent.proc.poll() is None
 
 
