@@ -9,8 +9,8 @@ target, and for the TFLite target through the exporter; TFLite models: for TFLit
 weight_only_int8), ``edgefleet.compression.compress()`` runs with the default gate on synthetic
 inputs drawn from the manifest's input descriptions (calibration and evaluation sets from
 different seeds; shared inputs such as a recurrent state given once). For ONNX models, ONNX
-Runtime's plain ``quantize_dynamic`` (default settings) is the baseline: its size and the cosine
-of its first output against fp32 on the same evaluation inputs.
+Runtime's plain ``quantize_dynamic`` (default settings) is the baseline: its size and its fidelity
+against fp32 on the same evaluation inputs, measured by the same code as compress()'s own rows.
 
 Every row runs in a worker process, so an error, a crash or a time-out costs that row only;
 errors are shown as one line (exception class and message). The fallback is off unless
@@ -173,31 +173,36 @@ def run_compress(entry: ModelEntry, model: bytes, target: str, mode: str, sample
     return row
 
 
-def _ort_outputs(path: str, entry: ModelEntry, inputs: dict[str, np.ndarray], samples: int) -> list[np.ndarray]:
-    """The first output of each single-sample call (per-sample inputs sliced, shared as they are)."""
-    import onnxruntime as ort
+def same_measures(entry: ModelEntry, original: bytes, quantized: bytes,
+                  eval_x: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The fidelity of ``quantized`` against ``original`` measured exactly as ``compress()``
+    measures its own results (``edgefleet.compression.inference.predict``, one sample per call,
+    every output judged by its declared or inferred kind, :func:`fidelity.measures`), in the
+    report's shape, so the baseline row and ours compare like with like. (The cosine of an output
+    ``[T, N, C]`` concatenated over calls is the mean over its rows, not over calls.)"""
+    from edgefleet.compression import fidelity as fm
+    from edgefleet.compression.config import OutputKind
+    from edgefleet.compression.inference import Session, predict
+    from edgefleet.compression.inputs import infer_input_specs, normalise_inputs, resolve_specs
+    from edgefleet.protocol.vocabulary import Runtime
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    first = []
-    for i in range(samples):
-        feed = {d.name: inputs[d.name][i:i + 1] if d.per_sample else inputs[d.name] for d in entry.inputs}
-        first.append(np.asarray(session.run(None, feed)[0], dtype=np.float64).ravel())
-    return first
-
-
-def mean_cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """Mean over samples of the cosine between two flattened outputs (1 when both are zero)."""
-    values = []
-    for x, y in zip(a, b, strict=True):
-        nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
-        values.append(1.0 if nx == ny == 0.0 else float(x @ y) / max(nx * ny, 1e-30))
-    return float(np.mean(values))
+    config = _config(entry, "dynamic_int8", False)
+    data = normalise_inputs(eval_x, "eval_x", resolve_specs(infer_input_specs(original), config.inputs))
+    assert data is not None
+    ref = predict(Session(Runtime.ONNX, original), data, config.eval_batch_size)
+    out = predict(Session(Runtime.ONNX, quantized), data, config.eval_batch_size)
+    declared = dict(entry.output_kinds)
+    outputs: list[dict[str, Any]] = []
+    for name, values in ref.items():
+        kind = OutputKind(declared[name]) if name in declared else fm.infer_kind(values)[0]
+        outputs.append({"name": name, "kind": kind.value,
+                        "measures": fm.measures(kind, values, out[name], top_k=config.gate.top_k)})
+    return {"outputs": outputs, "cosine_similarity": outputs[0]["measures"]["cosine_similarity"]}
 
 
 def run_baseline(entry: ModelEntry, model: bytes, samples: int) -> Row:
-    """ONNX Runtime's plain quantize_dynamic (defaults), in a private temp dir."""
+    """ONNX Runtime's plain quantize_dynamic (defaults), in a private temp dir, measured as
+    compress() measures (:func:`same_measures`)."""
     from onnxruntime.quantization import quantize_dynamic
 
     from edgefleet.compression import stored_size
@@ -214,9 +219,9 @@ def run_baseline(entry: ModelEntry, model: bytes, samples: int) -> Row:
             row.seconds = time.perf_counter() - start
             row.before, row.after = len(model), len(quantized)
             row.stored_ratio = stored_size(model) / max(stored_size(quantized), 1)
-            row.cosine = mean_cosine(_ort_outputs(str(source), entry, eval_x, samples),
-                                     _ort_outputs(str(out), entry, eval_x, samples))
-            row.fidelity = f"cos {row.cosine:.5f} (first output)"
+            fidelity = same_measures(entry, model, quantized, eval_x)
+            row.cosine = float(fidelity["cosine_similarity"])
+            row.fidelity = fidelity_text(fidelity)
     except Exception as exc:  # the baseline may fail where ours does (or not): one line
         row.result = _one_line(exc)
     if row.seconds is None:

@@ -207,7 +207,7 @@ def compact_names(model: onnx.ModelProto, keep_nodes: set[str]) -> None:
             node.input[:] = [rename(n) for n in node.input]
             node.output[:] = [rename(n) for n in node.output]
             if node.name not in keep_nodes:
-                node.name = ""
+                node.ClearField("name")  # not "": an empty name is still stored
 
 
 #: Weight operators and the input slots that hold a weight when it is a constant.

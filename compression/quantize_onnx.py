@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod
 from edgefleet.compression.inputs import Inputs, count, feed, fixed_batch, onnx_input_specs, take
+from edgefleet.compression.onnx_compact import compact_quantized
 from edgefleet.compression.onnx_graph import all_graphs, compact_names, subgraphs, weight_inputs
 from edgefleet.protocol.errors import CompressionError
 
@@ -78,12 +79,12 @@ def _quiet_root() -> Iterator[None]:
 
 def _lean(path: Path, source: onnx.ModelProto) -> bytes:
     """The quantized model without value_info and doc strings (the runtime re-infers shapes),
-    with short value names and only ``source``'s node names."""
+    without the bytes :func:`onnx_compact.compact_quantized` removes, with short value names and
+    only ``source``'s node names."""
     model = onnx.load_model(str(path))
     del model.graph.value_info[:]
-    model.doc_string = ""
-    for node in model.graph.node:
-        node.doc_string = ""
+    model.ClearField("doc_string")
+    compact_quantized(model)
     compact_names(model, {n.name for g in all_graphs(source.graph) for n in g.node})
     lean: bytes = model.SerializeToString()
     return lean

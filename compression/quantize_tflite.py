@@ -28,6 +28,7 @@ from ai_edge_litert import schema_py_generated as tfl
 from edgefleet.compression.config import CalibrationConfig, CalibrationMethod, Mode
 from edgefleet.compression.inputs import Inputs, count, feed, fixed_batch, infer_input_specs, take
 from edgefleet.compression.tflite_builder import SIGNATURE_KEY
+from edgefleet.compression.tflite_compact import compact_tflite
 from edgefleet.compression.tflite_graph import (
     WEIGHT_SLOTS,
     Operator,
@@ -189,9 +190,10 @@ def quantize_tflite(model: bytes, mode: Mode, *, per_channel: bool, exclude: lis
         raise
     except Exception as exc:  # litert-quantizer raises ValueError/RuntimeError/KeyError/...
         raise _failure(exc, mode, parsed, targets) from exc
-    logger.info("TFLite %s: %d -> %d bytes (%d ops in float)", mode.value, len(model),
-                len(quantized), len(exclude))
-    return bytes(quantized)
+    compact = compact_tflite(bytes(quantized))  # each distinct vector (zero points...) stored once
+    logger.info("TFLite %s: %d -> %d bytes (%d with shared vectors; %d ops in float)", mode.value,
+                len(model), len(quantized), len(compact), len(exclude))
+    return compact
 
 
 def _add_configs(qt: Any, targets: list[Operator], mode: Mode, *, per_channel: bool) -> None:
