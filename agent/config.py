@@ -61,6 +61,15 @@ class AgentConfig(BaseModel):
     heartbeat_interval_s: float = Field(30.0, gt=0)
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    ack_timeout_s: float = Field(30.0, gt=0)
+    """How long a published outbox row waits for the controller's acknowledgement before it is sent
+    again (doubling per attempt, with jitter, up to ``ack_retry_cap_s``)."""
+    ack_retry_cap_s: float = Field(600.0, gt=0)
+    delivery: Literal["auto", "broker"] = "auto"
+    """``auto``: end to end once the controller has acknowledged a message (remembered in the outbox);
+    ``broker``: a row leaves the outbox on the broker's PUBACK, whatever the controller does."""
+    outbox_max_rows: int = Field(100_000, ge=1)
+    """The outbox keeps at most this many rows; past it the oldest go first (a very long outage)."""
 
     max_bundle_bytes: int = Field(512 * MiB, gt=0)
     max_payload_bytes: int = Field(32 * 1024, gt=0)

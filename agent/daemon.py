@@ -26,7 +26,7 @@ from edgefleet.agent.feedback import FeedbackJournal
 from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.inference import Predictor
 from edgefleet.agent.mqtt import MqttLink
-from edgefleet.agent.outbox import Outbox, OutboxPump
+from edgefleet.agent.outbox import OUTBOX_FILE, Outbox, OutboxPump
 from edgefleet.agent.server import InferenceServer, bundle_info
 from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import TERMINAL
@@ -36,12 +36,14 @@ from edgefleet.agent.updater import UpdatePolicy, Updater
 from edgefleet.agent.upload import Uploader
 from edgefleet.agent.url_policy import UrlPolicy
 from edgefleet.protocol import topics
+from edgefleet.protocol.acks import verify_ack
 from edgefleet.protocol.errors import EdgeFleetError, MessageError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts
 from edgefleet.protocol.messages import (
     MAX_PAYLOAD,
+    AckMessage,
     DelegationsMessage,
     Event,
     Hello,
@@ -86,8 +88,12 @@ class Agent:
         controller = TrustedKeys.from_files(config.controller_keys, role="controller")
         self.roots = RootStore(state_dir / ROOT_FILE, release=release, controller=controller)
         """The trust root, when the device holds one: it replaces the configured keys in place."""
-        self.outbox = Outbox(state_dir / "outbox.sqlite")
-        self.pump = OutboxPump(self.outbox)
+        self.outbox = Outbox(state_dir / OUTBOX_FILE, max_rows=config.outbox_max_rows)
+        self.pump = OutboxPump(self.outbox, ack_timeout_s=config.ack_timeout_s, retry_cap_s=config.ack_retry_cap_s,
+                               end_to_end=False if config.delivery == "broker" else None)
+        """Rows leave on the controller's signed acknowledgement (``ack`` topic) once it is seen to send them."""
+        self.controller_keys = controller
+        self.acks_refused = 0
         self.predictor = Predictor()
         self.feedback: FeedbackJournal | None = None
         if config.feedback_window_s > 0:
@@ -170,6 +176,7 @@ class Agent:
 
     def _on_connected(self) -> None:
         self.link.subscribe(self._topic("cmd"), qos=1)
+        self.link.subscribe(self._topic("ack"), qos=1)
         self.link.publish(*self._sealed("hello", self._hello()), qos=1)
         self._publish_state()
 
@@ -182,7 +189,26 @@ class Agent:
             self._published_state = (state.update_state, state.deployment_id, state.installed)
             self._next_heartbeat = time.monotonic() + self.config.heartbeat_interval_s
 
+    def _handle_ack(self, topic: str, payload: bytes) -> None:
+        """A delivery acknowledgement: delete what the controller stored, if the controller key signed it."""
+        try:
+            if len(payload) > MAX_PAYLOAD["ack"]:
+                raise MessageError(f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD['ack']}-byte limit",
+                                   code=Reason.PAYLOAD_TOO_LARGE, where="ack")
+            msg = decode("ack", payload)
+            assert isinstance(msg, AckMessage)
+            ids = verify_ack(msg, trusted=self.controller_keys, device_id=self.device_id)
+        except EdgeFleetError as exc:   # forged, altered, for another device, malformed: deletes nothing
+            self.acks_refused += 1
+            log.warning("ignored delivery acknowledgement on %s (%d bytes): %s [%s]", topic, len(payload), exc,
+                        exc.code)
+            return
+        self.pump.delivered(ids)
+
     def _handle_inbound(self, topic: str, payload: bytes) -> None:
+        if topic == self._topic("ack"):
+            self._handle_ack(topic, payload)
+            return
         try:
             if topic != self._topic("cmd"):
                 raise MessageError(f"unexpected topic {topic!r}", where="topic")
@@ -298,6 +324,9 @@ class Agent:
                 "delegations_refused": self.updater.delegations.refused,
                 "root_version": self.roots.version, "roots_refused": self.roots.refused,
                 "outbox_pending": len(self.outbox), "telemetry_windows": self.outbox.counter("window_seq"),
+                "delivery": "end_to_end" if self.pump.end_to_end else "broker",
+                "outbox_awaiting_ack": self.pump.awaiting, "outbox_resent": self.pump.resent,
+                "acks_refused": self.acks_refused,
                 "update_state": r.state.value, "deployment_id": r.deployment_id,
                 "bundle": bundle_info(model.installed) if model is not None else None, "window": window,
                 "capture": self.capture.stats() | {"uploaded": self.uploader.uploaded,

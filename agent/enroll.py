@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -20,12 +21,15 @@ from typing import Any
 
 from edgefleet.agent.config import load_config
 from edgefleet.agent.identity import create_key, registered_marker
+from edgefleet.agent.outbox import OUTBOX_FILE, Outbox
 from edgefleet.agent.trust_root import ROOT_FILE
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, TransportError
 from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import load_public_key_pem, public_key_pem
 from edgefleet.protocol.messages import SignedRoot
 from edgefleet.protocol.root import root_json, verify_self
+
+log = logging.getLogger(__name__)
 
 
 def _toml_value(value: Any) -> str:
@@ -135,7 +139,23 @@ def enroll_device(*, controller_url: str, token: str, state_dir: Path, device_id
     config_path = state_dir / "agent.toml"
     atomic_write(config_path, render_config(values).encode(), secret=True)
     load_config(config_path, environ={})  # the file we wrote must be a valid config
+    _discard_old_messages(state_dir)
     return config_path
+
+
+def _discard_old_messages(state_dir: Path) -> None:
+    """A re-enrollment replaces the device key: messages still queued were signed with the old one, and
+    the controller would refuse them for ever (docs/security.md §8). They go; the counters stay."""
+    path = state_dir / OUTBOX_FILE
+    if not path.exists():
+        return
+    outbox = Outbox(path)
+    try:
+        dropped = outbox.discard_messages()
+    finally:
+        outbox.close()
+    if dropped:
+        log.warning("re-enrolled: dropped %d queued message(s) signed with the replaced device key", dropped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,7 +70,9 @@ class MqttLink:
     def _connected(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason_code: ReasonCode,
                    properties: Properties | None) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the connection: %s", reason_code)
+            hint = " (this broker speaks no MQTT 5: set mqtt_protocol = \"3.1.1\")" \
+                if self.config.mqtt_protocol == "5" and str(reason_code) == "Unsupported protocol version" else ""
+            log.warning("broker refused the connection: %s%s", reason_code, hint)
             return
         self.connected = True
         self.connects += 1

@@ -1,21 +1,38 @@
 """Durable outbox (SQLite, WAL) for everything the device must not lose: telemetry windows,
 deployment status reports, events.
 
-A row is written (and synced) before anything is published and deleted only when the broker
-has acknowledged it (paho's ``on_publish`` for the row's message id, i.e. the PUBACK of a
-QoS 1 publish). Rows handed to the client survive reconnects inside the client (paho re-sends
-unacknowledged QoS 1 messages with the DUP flag); after a process restart every remaining row
-is published again. Every payload carries a ``msg_id`` so the receiver de-duplicates.
+A row is written (and synced) before anything is published and deleted only when it is known to
+be delivered. Delivery is end to end once the controller has been seen acknowledging (a signed
+``ack`` naming the row's ``msg_id`` after the controller committed it, docs/protocol.md "Delivery
+acknowledgements"; the fact is kept in the outbox, so it survives restarts): the broker's PUBACK
+then only starts a timer, and a row the controller has not acknowledged when it runs out is
+published again, with jittered exponential backoff per row, until it is. Before that (a controller
+that never acknowledges) a row goes on the broker's PUBACK (paho's ``on_publish`` of a QoS 1
+publish), as before. Rows handed to the client survive reconnects inside the client (paho re-sends
+unacknowledged QoS 1 messages with the DUP flag); after a process restart every remaining row is
+published again. Every payload carries a ``msg_id`` so the receiver de-duplicates.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgefleet.agent.backoff import delay
+
+log = logging.getLogger(__name__)
+
+OUTBOX_FILE = "outbox.sqlite"
+"""Its name in the state directory."""
+
+CONTROLLER_ACKS = "controller_acks"
+"""Counter set to 1 once the controller has acknowledged a message: delivery is end to end from then on."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -100,9 +117,42 @@ class Outbox:
                 (limit + len(exclude),)).fetchall()
         return [Row(*r) for r in rows if r[0] not in exclude][:limit]
 
+    def discard_messages(self) -> int:
+        """Delete every queued message (the counters stay, so numbers are never reused); returns how many.
+        For a re-enrollment: what is queued was signed with the key it replaces."""
+        with self._lock:
+            return self._db.execute("DELETE FROM outbox").rowcount
+
     def ack(self, row_id: int) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+
+    def delete_msg_ids(self, msg_ids: Iterable[str]) -> list[int]:
+        """Delete the rows of these message ids (those still here); returns their row ids."""
+        ids = list(msg_ids)
+        if not ids:
+            return []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = []
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    found = [r[0] for r in self._db.execute(   # no RETURNING: devices may have SQLite < 3.35
+                        f"SELECT id FROM outbox WHERE msg_id IN ({marks})", chunk).fetchall()]
+                    self._db.execute(f"DELETE FROM outbox WHERE msg_id IN ({marks})", chunk)
+                    rows += found
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return rows
+
+    def set_counter(self, name: str, value: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
+                             "ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
     def __len__(self) -> int:
         with self._lock:
@@ -110,35 +160,68 @@ class Outbox:
 
 
 class OutboxPump:
-    """Moves outbox rows to an MQTT client and deletes them on acknowledgement.
+    """Moves outbox rows to an MQTT client and deletes them once delivered.
 
     ``publish(topic, payload, qos) -> mid | None`` hands a message to the client (None: not
-    connected, try later). ``acked(mid)`` is called from the client's network thread; it only
-    records the mid, the pump thread (``pump()``) does the bookkeeping, so no lock is shared
-    with the client's internals.
+    connected, try later). ``acked(mid)`` (the broker's PUBACK) and ``delivered(msg_ids)`` (the
+    controller's verified acknowledgement) only record what they are told; the pump thread
+    (``pump()``) does the bookkeeping, so no lock is shared with the client's internals.
+
+    ``window`` bounds the rows handed to the client and not yet PUBACKed. Once end to end, a
+    PUBACKed row waits ``delay(attempt, base=ack_timeout_s, cap=retry_cap_s)`` for the controller's
+    acknowledgement, then is published again (attempt + 1).
     """
 
-    def __init__(self, outbox: Outbox, *, window: int = 64) -> None:
+    def __init__(self, outbox: Outbox, *, window: int = 64, ack_timeout_s: float = 30.0,
+                 retry_cap_s: float = 600.0, end_to_end: bool | None = None, rng: random.Random | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.outbox = outbox
         self.window = window
-        self._inflight: dict[int, int] = {}  # mid -> row id
-        self._handed: set[int] = set()       # row ids given to the client in this process
+        self.ack_timeout_s = ack_timeout_s
+        self.retry_cap_s = retry_cap_s
+        self.rng = rng or random.Random()
+        self.monotonic = monotonic
+        self.end_to_end = bool(outbox.counter(CONTROLLER_ACKS)) if end_to_end is None else end_to_end
+        """Wait for the controller's acknowledgement (``None`` at construction: as the outbox remembers)."""
+        self._learn = end_to_end is None
+        self._inflight: dict[int, int] = {}   # mid -> row id, not PUBACKed yet
+        self._awaiting: dict[int, float] = {}  # row id -> when to publish it again (end to end)
+        self._attempts: dict[int, int] = {}    # row id -> times published again
+        self._handed: set[int] = set()         # row ids given to the client and not yet due again
         self._acks: list[int] = []
+        self._delivered: list[str] = []
         self._acks_lock = threading.Lock()
+        self.resent = 0
+        """Rows published again because no acknowledgement came in time (this process)."""
 
     def acked(self, mid: int) -> None:
         with self._acks_lock:
             self._acks.append(mid)
 
+    def delivered(self, msg_ids: Iterable[str]) -> None:
+        """The controller acknowledged these messages (its signature already checked by the caller)."""
+        with self._acks_lock:
+            self._delivered.extend(msg_ids)
+
     def pump(self, publish: Callable[[str, bytes, int], int | None], connected: bool) -> int:
-        """Process acknowledgements, then hand new rows to the client. Returns rows handed."""
+        """Process acknowledgements and timeouts, then hand rows to the client. Returns rows handed."""
         with self._acks_lock:
             acks, self._acks = self._acks, []
+            delivered, self._delivered = self._delivered, []
+        now = self.monotonic()
+        if delivered:
+            self._on_delivered(delivered)
         for acked in acks:
             row_id = self._inflight.pop(acked, None)
-            if row_id is not None:
+            if row_id is None:
+                continue
+            if self.end_to_end:
+                attempt = self._attempts.get(row_id, 0)
+                self._awaiting[row_id] = now + delay(attempt, self.rng, base=self.ack_timeout_s, cap=self.retry_cap_s)
+            else:
                 self.outbox.ack(row_id)
                 self._handed.discard(row_id)
+        self._expire(now)
         if not connected:
             return 0
         room = self.window - len(self._inflight)
@@ -154,6 +237,35 @@ class OutboxPump:
             handed += 1
         return handed
 
+    def _on_delivered(self, msg_ids: list[str]) -> None:
+        if not self.end_to_end and self._learn:
+            self.end_to_end = True
+            self.outbox.set_counter(CONTROLLER_ACKS, 1)
+            log.info("the controller acknowledges what it stores: outbox rows now wait for its acknowledgement")
+        gone = set(self.outbox.delete_msg_ids(msg_ids))
+        for row_id in gone:
+            self._handed.discard(row_id)
+            self._awaiting.pop(row_id, None)
+            self._attempts.pop(row_id, None)
+        if gone and any(row_id in gone for row_id in self._inflight.values()):   # acknowledged before its PUBACK
+            self._inflight = {mid: row_id for mid, row_id in self._inflight.items() if row_id not in gone}
+
+    def _expire(self, now: float) -> None:
+        """Rows whose acknowledgement is overdue become pending again."""
+        due = [row_id for row_id, at in self._awaiting.items() if at <= now]
+        for row_id in due:
+            del self._awaiting[row_id]
+            self._handed.discard(row_id)
+            self._attempts[row_id] = self._attempts.get(row_id, 0) + 1
+        if due:
+            self.resent += len(due)
+            log.info("%d outbox row(s) not acknowledged by the controller in time: publishing them again", len(due))
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    @property
+    def awaiting(self) -> int:
+        """Rows the broker has but the controller has not acknowledged yet."""
+        return len(self._awaiting)

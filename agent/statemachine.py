@@ -39,7 +39,8 @@ class E(StrEnum):
     REACTIVATE = "reactivate"    # restarted mid-activation with nothing to roll back to
 
 
-TERMINAL = frozenset({UpdateState.IDLE, UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK})
+TERMINAL = frozenset({UpdateState.IDLE, UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK,
+                      UpdateState.CANCELLED})
 PRE_ACTIVATION = (UpdateState.DOWNLOADING, UpdateState.VERIFYING, UpdateState.STAGED)
 POST_ACTIVATION = (UpdateState.ACTIVATING, UpdateState.HEALTH_CHECK)
 
@@ -54,7 +55,7 @@ TRANSITIONS: dict[tuple[UpdateState, E], UpdateState] = {
     (UpdateState.HEALTH_CHECK, E.HEALTHY): UpdateState.COMMITTED,
     **{(s, E.UNHEALTHY): UpdateState.ROLLED_BACK for s in POST_ACTIVATION},
     **{(s, E.FAIL): UpdateState.FAILED for s in PRE_ACTIVATION},
-    **{(s, E.CANCEL): UpdateState.FAILED for s in PRE_ACTIVATION},
+    **{(s, E.CANCEL): UpdateState.CANCELLED for s in PRE_ACTIVATION},
     **{(s, E.TIMEOUT): UpdateState.FAILED for s in PRE_ACTIVATION},
     **{(s, E.TIMEOUT): UpdateState.ROLLED_BACK for s in POST_ACTIVATION},
     # Restart: redo idempotent steps; never trust a half-activated model, roll back instead.

@@ -30,7 +30,15 @@ from edgefleet.agent.slots import Slots
 from edgefleet.agent.statemachine import POST_ACTIVATION, PRE_ACTIVATION, TERMINAL, E, RecordStore, next_state
 from edgefleet.agent.url_policy import UrlPolicy
 from edgefleet.protocol.bundle import BundleLimits, VerifiedBundle, verify_bundle_file
-from edgefleet.protocol.errors import EdgeFleetError, InferenceError, SizeLimitError, TransportError, VerificationError
+from edgefleet.protocol.errors import (
+    DigestMismatchError,
+    EdgeFleetError,
+    InferenceError,
+    SizeLimitError,
+    TransportError,
+    VerificationError,
+)
+from edgefleet.protocol.files import atomic_write
 from edgefleet.protocol.keys import TrustedKeys
 from edgefleet.protocol.manifest import DeviceFacts, check_target
 from edgefleet.protocol.messages import DeploymentOrder, SignedOrder, StatusReport
@@ -143,9 +151,9 @@ class Updater:
             return
         if r.state == UpdateState.ROLLED_BACK:
             self._restore_previous()
-        if r.state in (UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK):
+        if r.state in (UpdateState.COMMITTED, UpdateState.FAILED, UpdateState.ROLLED_BACK, UpdateState.CANCELLED):
             for leftover in self.downloads.iterdir():
-                if leftover.is_dir():  # a staging directory left by a verification cut short
+                if leftover.is_dir():  # a staging directory an older agent's verification left
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
                     leftover.unlink(missing_ok=True)
@@ -291,8 +299,9 @@ class Updater:
     def _bundle_file(self) -> Path:
         return self.downloads / f"{self._order().bundle_digest}.bundle"
 
-    def _staging_dir(self) -> Path:
-        return self.downloads / f"{self._order().bundle_digest}.staging"
+    def _fingerprint_file(self) -> Path:
+        """The fingerprint the verifying step recorded for the download (the staging step puts it in the slot)."""
+        return self.downloads / f"{self._order().bundle_digest}.fingerprint"
 
     def _fail(self, exc: EdgeFleetError) -> None:
         outcome = Outcome.REFUSED if isinstance(exc, VerificationError) else Outcome.FAILED
@@ -341,11 +350,11 @@ class Updater:
         self._bytes_done = order.bundle_size
         self._move(E.DOWNLOADED, reason=None, detail=None)
 
-    def _verify_file(self, path: Path, order: DeploymentOrder, *, digest_checked: bool = False,
-                     out_dir: Path | None = None) -> VerifiedBundle:
-        bundle = verify_bundle_file(path, trusted=self.release_keys,
-                                    expected_digest=None if digest_checked else order.bundle_digest,
-                                    expected_size=order.bundle_size, out_dir=out_dir,
+    def _verify_file(self, path: Path, order: DeploymentOrder, *, digest: str | None = None,
+                     fingerprint: str | None = None, keep_files: bool = True) -> VerifiedBundle:
+        bundle = verify_bundle_file(path, trusted=self.release_keys, expected_digest=digest,
+                                    expected_fingerprint=fingerprint, expected_size=order.bundle_size,
+                                    keep_files=keep_files,
                                     limits=BundleLimits(max_bundle_bytes=self.policy.max_bundle_bytes),
                                     delegation=self.delegations.check(hardware_class=self.facts.hardware_class))
         check_target(bundle.manifest, self.facts)
@@ -355,13 +364,12 @@ class Updater:
 
     def _verify(self) -> None:
         order = self._order()
-        staging = self._staging_dir()
-        shutil.rmtree(staging, ignore_errors=True)  # from a verification a restart cut short
         try:
-            # Streamed from disk, each file decoded into the staging directory as it goes by (memory
-            # does not grow with the bundle). The downloader hashed these bytes while streaming and only
-            # moved them into place once size and sha256 matched the order: no digest pass here.
-            bundle = self._verify_file(self._bundle_file(), order, digest_checked=True, out_dir=staging)
+            # Streamed from disk, each file hashed as it goes by and dropped: memory does not grow with the
+            # bundle, and the slot keeps the bundle file, loaded (and verified) from there. The downloader
+            # hashed these bytes while streaming and only moved them into place once size and sha256
+            # matched the order: no whole-file pass here (docs/security.md §2 says why that is enough).
+            bundle = self._verify_file(self._bundle_file(), order, keep_files=False)
         except FileNotFoundError:
             self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
@@ -369,9 +377,8 @@ class Updater:
             self._bundle_file().unlink(missing_ok=True)
             self._fail(exc)
             return
-        finally:
-            # The slot keeps the bundle file (verified again whenever it is loaded), not these.
-            shutil.rmtree(staging, ignore_errors=True)
+        assert bundle.fingerprint is not None  # every verification of a file computes it
+        atomic_write(self._fingerprint_file(), bundle.fingerprint.encode())
         m = bundle.manifest
         via = f" delegation {bundle.delegated.delegation.name!r}" if bundle.delegated is not None else ""
         log.info("bundle %s %s build %d verified (signed by %s%s) device=%s deployment=%s", m.name, m.version,
@@ -382,7 +389,11 @@ class Updater:
         slot, digest = self.record.target_slot, self._order().bundle_digest
         assert slot is not None and digest is not None  # set on accept; verify_order refuses orders without a digest
         try:
-            self.slots.install(slot, self._bundle_file(), digest)
+            fingerprint: str | None = self._fingerprint_file().read_text().strip()
+        except FileNotFoundError:
+            fingerprint = None   # verified by an agent that recorded none: loads check the whole digest
+        try:
+            self.slots.install(slot, self._bundle_file(), digest, fingerprint)
         except FileNotFoundError:
             self._fail(TransportError("downloaded bundle vanished", code=Reason.MISSING_DOWNLOAD))
             return
@@ -450,20 +461,31 @@ class Updater:
     # ------------------------------------------------------------------ models on disk
 
     def _load_slot(self, slot: str, order: DeploymentOrder | None = None) -> LoadedModel:
-        # Streamed from the slot's bundle file with its digest; the files (the model the runtime loads)
-        # come back in memory, the archive is never held.
+        # Streamed from the slot's bundle file and verified again (signature, archive, every file's size and
+        # sha256), bound to the bundle verified at download by the fingerprint recorded then: one pass over
+        # the bytes. A slot without a fingerprint (staged by an older agent) is checked with its whole-file
+        # digest instead, and gets one. The files (the model the runtime loads) come back in memory, the
+        # archive is never held.
         path = self.slots.bundle_path(slot)
+        fingerprint = self.slots.fingerprint(slot)
         if order is not None:
-            bundle = self._verify_file(path, order)
             digest = order.bundle_digest
+            held = self.slots.digest(slot)
+            if held != digest:
+                raise DigestMismatchError(f"slot {slot} holds bundle {held}, the order names {digest}",
+                                          where=f"slot {slot}", hint="stage the bundle again")
+            bundle = self._verify_file(path, order, digest=None if fingerprint else digest, fingerprint=fingerprint)
         else:
             digest = self.slots.digest(slot)
             limits = BundleLimits(max_bundle_bytes=max(self.policy.max_bundle_bytes, path.stat().st_size))
-            bundle = verify_bundle_file(path, trusted=self.release_keys, expected_digest=digest, limits=limits,
+            bundle = verify_bundle_file(path, trusted=self.release_keys, expected_fingerprint=fingerprint,
+                                        expected_digest=None if fingerprint else digest, limits=limits,
                                         delegation=self.delegations.check(hardware_class=self.facts.hardware_class,
                                                                           installing=False))
         # An accepted order carries a digest (verify_order); a slot is only loaded with one (has_bundle).
-        assert digest is not None
+        assert digest is not None and bundle.fingerprint is not None
+        if fingerprint is None:
+            self.slots.record_fingerprint(slot, bundle.fingerprint)
         return load_model(bundle, digest=digest, slot=slot, window_start=self.clock(),
                           max_binned_rows=self.max_binned_rows)
 

@@ -11,11 +11,16 @@ telemetry windows spread over many device ids, published by ONE client in a sepa
   consumer connects and drains it; shows the consumer's own ceiling.
 
 Every window is signed by its device's own key, as agents do, and the controller verifies each
-one (docs/security.md "Message signatures"); a third consumer stores the same windows unsigned
-(``accept_unsigned_devices``), which prices the signature check. Runs alternate between the
-consumers; medians and the ratios to the bare subscriber are printed.
+one (docs/security.md "Message signatures") and, once a batch is committed, publishes one signed
+delivery acknowledgement per device of the batch (docs/protocol.md "Delivery acknowledgements"), as
+``edgefleet serve`` does. Two more consumers price those: the same without acknowledgements, and
+the same windows unsigned (``accept_unsigned_devices``). Runs alternate between the consumers;
+medians and the ratios to the bare subscriber are printed.
 
-    python benchmarks/ingest.py [--messages 20000] [--devices 2000] [--repeats 3]
+``--database postgresql`` stores into a fresh database on the PostgreSQL at 127.0.0.1:5432 (trust
+auth, database ``test`` to connect first) instead of a SQLite file.
+
+    python benchmarks/ingest.py [--messages 20000] [--devices 2000] [--repeats 3] [--database sqlite|postgresql]
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from edgefleet.cloud.services import devices
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
 from edgefleet.cloud.store.tables import TelemetryRecord
+from edgefleet.protocol.acks import ack_messages
 from edgefleet.protocol.device_signatures import seal
-from edgefleet.protocol.keys import public_key_pem
+from edgefleet.protocol.keys import generate_private_key, public_key_pem
 from edgefleet.protocol.messages import DriftScores, Histogram, InstalledBundle, TelemetryWindow, encode
 from edgefleet.protocol.topics import controller_subscriptions, telemetry
 
@@ -173,15 +179,50 @@ class BareSubscriber:
         return self.finished_at
 
 
+class PostgresDatabases:
+    """Fresh databases on the local PostgreSQL, dropped at the end."""
+
+    def __init__(self) -> None:
+        import psycopg
+        self.conn = psycopg.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", autocommit=True)
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"edgefleet_bench_{uuid.uuid4().hex[:12]}"
+        self.conn.execute(f'CREATE DATABASE "{name}"')
+        self.names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    def close(self) -> None:
+        for name in self.names:
+            self.conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.conn.close()
+
+
+DATABASES: dict[str, PostgresDatabases] = {}
+
+
+def database_url(kind: str, workdir: Path, client_id: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / f'{client_id}.db'}"
+    if kind not in DATABASES:
+        DATABASES[kind] = PostgresDatabases()
+    return DATABASES[kind].new()
+
+
 class ControllerIngest:
-    """The production path: MqttBridge -> Ingestor (signatures checked, batched SQLite writes), devices enrolled."""
+    """The production path: MqttBridge -> Ingestor (signatures checked, batched writes) -> signed
+    delivery acknowledgements published per device; devices enrolled."""
 
     signed = True
+    acks = True
+    database = "sqlite"
 
     def __init__(self, port: int, prefix: str, client_id: str, expected: int, n_devices: int, workdir: Path,
                  decode_workers: int) -> None:
         self.expected = expected
-        self.engine = make_engine(f"sqlite:///{workdir / f'{client_id}.db'}")
+        self.acks_published = 0
+        self.engine = make_engine(database_url(self.database, workdir, client_id))
         create_schema(self.engine)
         with session_scope(self.engine) as session:
             for i in range(n_devices):
@@ -191,12 +232,21 @@ class ControllerIngest:
                 pem = public_key_pem(device_key(device_id).public_key()).decode() if self.signed else None
                 devices.enroll(session, token=token, device_id=device_id, now=time.time(), public_key_pem=pem,
                                require_key=self.signed)
+        self.controller_key = generate_private_key()
+        self.prefix = prefix
         self.ingestor = Ingestor(engine=self.engine, prefix=prefix, metrics=ControllerMetrics(),
-                                 decode_workers=decode_workers, accept_keyless=not self.signed)
+                                 decode_workers=decode_workers, accept_keyless=not self.signed,
+                                 on_acked=self._acked if self.acks else None)
         self.ingestor.start()
         self._bridge_args = {"url": f"mqtt://127.0.0.1:{port}", "client_id": client_id,
                              "subscriptions": controller_subscriptions(prefix), "on_message": self.ingestor.submit}
         self.bridge = MqttBridge(**self._bridge_args)
+
+    def _acked(self, acked: dict[str, list[str]]) -> None:
+        """What the controller does after each committed batch (cloud/controller.py ``_acked``)."""
+        for topic, payload in ack_messages(acked, key=self.controller_key, prefix=self.prefix,
+                                           issued_at=int(time.time())):
+            self.acks_published += self.bridge.publish(topic, payload)
 
     def connect(self) -> None:
         self.bridge.start()
@@ -223,6 +273,12 @@ class ControllerIngest:
         return finished
 
 
+class UnacknowledgingControllerIngest(ControllerIngest):
+    """The same without delivery acknowledgements (``delivery_acks = false``)."""
+
+    acks = False
+
+
 class UnsignedControllerIngest(ControllerIngest):
     """The same, for devices without keys whose unsigned messages are accepted (no signature check)."""
 
@@ -230,7 +286,7 @@ class UnsignedControllerIngest(ControllerIngest):
 
 
 CONSUMERS = {"bare paho subscriber": BareSubscriber, "controller ingest (stored)": ControllerIngest,
-             "controller, unsigned": UnsignedControllerIngest}
+             "controller, no acks": UnacknowledgingControllerIngest, "controller, unsigned": UnsignedControllerIngest}
 
 
 def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir: Path,
@@ -262,10 +318,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", default="sustained,capacity")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--decode-workers", type=int,
                         default=ControllerSettings.model_fields["ingest_decode_workers"].default,
                         help="controller decode processes (EDGEFLEET_INGEST_DECODE_WORKERS)")
     args = parser.parse_args()
+    ControllerIngest.database = args.database
 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-ingest-"))
     broker, port = start_mosquitto(workdir)
@@ -282,18 +340,21 @@ def main() -> None:
                     print(f"run {run + 1} {mode:9s} {name:28s} {rate:8.0f} msg/s  (fleet published {pub:6.0f}/s)",
                           flush=True)
     finally:
+        for databases in DATABASES.values():
+            databases.close()
         broker.terminate()
         broker.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
     size = len(payloads("x", 1, 1)[0][1])
     print(f"\n{args.messages} telemetry windows of {size} bytes from {args.devices} devices, QoS 1, Mosquitto, "
-          f"controller decode workers {args.decode_workers}, medians of {args.repeats} runs:")
+          f"{args.database}, controller decode workers {args.decode_workers}, medians of {args.repeats} runs:")
     for mode in modes:
         med = {name: statistics.median(rates[(mode, name)]) for name in CONSUMERS}
-        bare, ctl, unsigned = (med["bare paho subscriber"], med["controller ingest (stored)"],
-                               med["controller, unsigned"])
+        bare, ctl, no_acks, unsigned = (med["bare paho subscriber"], med["controller ingest (stored)"],
+                                        med["controller, no acks"], med["controller, unsigned"])
         print(f"  {mode:9s} bare {bare:8.0f} msg/s   controller {ctl:8.0f} msg/s   ratio {ctl / bare:.2f}x   "
-              f"(unsigned {unsigned:8.0f} msg/s: signed / unsigned {ctl / unsigned:.2f}x)")
+              f"(no acks {no_acks:8.0f} msg/s, {no_acks / bare:.2f}x; unsigned {unsigned:8.0f} msg/s, "
+              f"{unsigned / bare:.2f}x)")
     print(f"  fleet publisher median {statistics.median(publish_rates):.0f} msg/s; target: sustained ratio >= 0.5x")
 
 

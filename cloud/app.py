@@ -43,7 +43,7 @@ def create_app(settings: ControllerSettings | None = None, *, clock: Clock = tim
             controller.stop()
 
     app = FastAPI(title="EdgeFleet controller", version="1", lifespan=lifespan,
-                  max_body_size=settings.max_request_bytes,
+                  max_body_size=settings.max_request_bytes, docs_url=None, redoc_url=None,  # /docs: edgefleet.cloud.ui
                   description="Registry, devices, deployments and telemetry of an EdgeFleet fleet. "
                               "Authenticate with `Authorization: Bearer <API token>`.")
     app.state.controller = controller

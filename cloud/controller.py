@@ -28,13 +28,14 @@ from sqlmodel import Session
 from edgefleet.cloud.background import BackgroundLoop
 from edgefleet.cloud.metrics import ControllerMetrics
 from edgefleet.cloud.mqtt.bridge import MqttBridge
-from edgefleet.cloud.mqtt.broker import EmbeddedBroker, check_listen_address
+from edgefleet.cloud.mqtt.broker import EmbeddedBroker, check_listen_address, embedded_broker_port
 from edgefleet.cloud.mqtt.decoding import Decoded
 from edgefleet.cloud.mqtt.dynsec import DynsecClient, DynsecIdentity
 from edgefleet.cloud.mqtt.ingest import Ingestor
 from edgefleet.cloud.services import (
     auth,
     broker_identity,
+    broker_kinds,
     captures,
     compression_jobs,
     deployments,
@@ -51,6 +52,7 @@ from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.store.blobs import BlobStore
 from edgefleet.cloud.store.engine import create_schema, make_engine, session_scope
+from edgefleet.protocol.acks import ack_messages
 from edgefleet.protocol.brokers import parse_broker_url
 from edgefleet.protocol.delegation import raw_public_key
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError
@@ -89,11 +91,16 @@ class Controller:
         self.clock = clock
         if settings.broker_url is None:   # checked before anything is made
             check_listen_address(settings.embedded_broker_host, insecure=settings.insecure_broker)
+        broker_kinds.check_settings(settings.broker_kind, embedded=settings.broker_url is None,
+                                    topic_prefix=settings.topic_prefix, shared_group=settings.shared_subscription_group)
         self.broker_identity: DynsecIdentity | None = managed_broker(settings)
         """The broker identities the controller keeps itself (``broker_admin``); ``None``: the operator's."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.embedded_broker_port: int | None = None if settings.broker_url is not None else embedded_broker_port(
+            settings.data_dir, host=settings.embedded_broker_host, configured=settings.embedded_broker_port)
+        """Kept in ``data_dir/broker.port`` across restarts (enrolled devices hold it in their ``agent.toml``)."""
         self.engine = make_engine(settings.resolved_database_url)
-        create_schema(self.engine)
+        create_schema(self.engine, auto_upgrade=settings.database_auto_upgrade)
         self.controller_key = trust.load_or_create_controller_key(settings.resolved_controller_key_path)
         self.device_ca = DeviceCA.load_or_create(settings.data_dir / "ca") if settings.device_certificates else None
         """Signs device TLS client certificates at enrollment (``device_certificates``)."""
@@ -122,7 +129,8 @@ class Controller:
         self.ingestor = Ingestor(engine=self.engine, prefix=settings.topic_prefix, metrics=self.metrics, clock=clock,
                                  batch_max=settings.ingest_batch_max, queue_max=settings.ingest_queue_max,
                                  decode_workers=settings.ingest_decode_workers,
-                                 accept_keyless=settings.accept_unsigned_devices, on_stored=self._stored)
+                                 accept_keyless=settings.accept_unsigned_devices, on_stored=self._stored,
+                                 on_acked=self._acked if settings.delivery_acks else None)
         self._transport_factory = transport_factory or self._mqtt_transport
         self.transport: Transport | None = None
         self.broker: EmbeddedBroker | None = None
@@ -171,7 +179,7 @@ class Controller:
     def start(self) -> None:
         if self.broker_url is None:
             self.broker = EmbeddedBroker(host=self.settings.embedded_broker_host,
-                                         port=self.settings.embedded_broker_port,
+                                         port=self.embedded_broker_port or 0,
                                          max_payload_size=self.settings.embedded_broker_max_payload).start()
             self.broker_url = self.broker.url
         self.sync_broker_identity()   # the controller's own role first: the bridge connects with it
@@ -259,6 +267,13 @@ class Controller:
         if self.settings.device_broker_url:
             return self.settings.device_broker_url
         return parse_broker_url(self.broker_url).public_url if self.broker_url else None
+
+    def check_device_id(self, device_id: str | None) -> None:
+        """Refuse (:class:`InvalidRequestError`) a device id the broker would not carry in a topic
+        (``broker_kind``: NATS and RabbitMQ take no ``.``)."""
+        if device_id is not None:
+            broker_kinds.check_device_id(self.settings.broker_kind, device_id,
+                                         embedded=self.settings.broker_url is None)
 
     def publish(self, topic: str, payload: bytes) -> bool:
         return self.transport is not None and self.transport.publish(topic, payload)
@@ -410,6 +425,13 @@ class Controller:
         if report.opened:
             self.wake_jobs()   # an incident may have queued a retraining job
         return report
+
+    def _acked(self, acked: dict[str, list[str]]) -> None:
+        """Ingest committed a batch: tell each device which of its messages are stored (signed by the
+        controller key), so its outbox lets go of exactly those. Lost acks cost a re-send, nothing more."""
+        for topic, payload in ack_messages(acked, key=self.controller_key, prefix=self.settings.topic_prefix,
+                                           issued_at=int(self.clock())):
+            self.publish(topic, payload)
 
     def _stored(self, items: list[Decoded]) -> None:
         """Ingest stored a batch: a telemetry window or status of a device in a running rollout stage

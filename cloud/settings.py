@@ -11,13 +11,16 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from edgefleet.cloud.vocabulary import BrokerKind
 from edgefleet.protocol.topics import DEFAULT_PREFIX
 
 MiB = 1024 * 1024
+PersonRole = Literal["viewer", "operator", "approver", "admin"]
 
 
 class ControllerSettings(BaseSettings):
@@ -27,16 +30,25 @@ class ControllerSettings(BaseSettings):
     """Holds the SQLite database (by default), the bundle store and generated keys."""
     database_url: str | None = None
     """Any SQLAlchemy URL; ``None`` means a SQLite file ``controller.db`` in ``data_dir``."""
+    database_auto_upgrade: bool = False
+    """Upgrade a database at an older schema revision when the controller starts; by default the controller
+    refuses to start and says to run ``edgefleet db upgrade`` (after a backup), docs/operations.md "Upgrading"."""
     broker_url: str | None = None
     """``mqtt://host:port`` of the broker; ``None`` starts the embedded broker."""
     device_broker_url: str | None = None
     """Broker URL handed to devices at enrollment, when they reach the broker under another name
     than the controller does; ``None`` means ``broker_url`` without its credentials."""
+    broker_kind: BrokerKind | None = None
+    """Which broker ``broker_url`` names (``mosquitto``, ``rabbitmq``, ``nats``, ``emqx``, ``hivemq``,
+    ``vernemq``); what it lacks is refused at start and at enrollment instead of failing silently (NATS
+    and RabbitMQ: no MQTT 5 shared subscriptions, no ``.`` in topics; docs/operations.md §3). ``None``:
+    a broker with everything, such as Mosquitto."""
     embedded_broker_host: str = "127.0.0.1"
     """The embedded broker checks no credentials: anything but a loopback address is refused unless
     ``insecure_broker`` (docs/operations.md §3)."""
     embedded_broker_port: int = Field(default=0, ge=0, le=65535)
-    """0 picks a free port."""
+    """0: a free port chosen at the first start and kept in ``data_dir/broker.port``, so a restart keeps
+    every enrolled device (their ``agent.toml`` holds the broker URL)."""
     embedded_broker_max_payload: int = Field(default=1 * MiB, ge=64 * 1024)
     insecure_broker: bool = False
     """Let the embedded broker listen on a non-loopback address although any client that reaches it
@@ -78,6 +90,11 @@ class ControllerSettings(BaseSettings):
     protected_tags: list[str] = ["production"]
     """A rollout to any device with one of these tags waits for approval by someone other than its creator."""
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    ui_drift_span_s: float = Field(default=3600.0, gt=0)
+    """The UI's overview counts a device's drift from its newest judged window of this span only (older
+    verdicts say nothing about now); the page states the span."""
+    ui_feed_span_s: float = Field(default=86400.0, gt=0)
+    """How far back the overview's "Recent events" feed reaches (warnings, drift, devices gone offline)."""
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
     download_token_lifetime_s: float = Field(default=3600.0, gt=0)
@@ -96,6 +113,13 @@ class ControllerSettings(BaseSettings):
     one client address may have within ``auth_failure_window_s``; past it the address gets 429 with
     ``Retry-After`` until its oldest failure leaves the window. 0: no limit."""
     auth_failure_window_s: float = Field(default=60.0, gt=0, le=86400)
+    password_min_length: int = Field(default=12, ge=8, le=256)
+    """Shortest password a user may be given (docs/security.md, "People and roles")."""
+    password_time_cost: int = Field(default=3, ge=1, le=20)
+    """argon2id iterations; with the two below, RFC 9106's second recommended setting. A stored hash
+    made with other parameters is rehashed at the user's next successful sign-in."""
+    password_memory_kib: int = Field(default=64 * 1024, ge=8, le=4 * 1024 * 1024)
+    password_parallelism: int = Field(default=4, ge=1, le=64)
     hsts_max_age_s: int = Field(default=365 * 86400, ge=0)
     """``Strict-Transport-Security: max-age`` sent when ``public_url`` is https (0: no HSTS header)."""
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
@@ -111,6 +135,8 @@ class ControllerSettings(BaseSettings):
     ingest_batch_max: int = Field(default=1000, gt=0)
     ingest_queue_max: int = Field(default=100_000, gt=0)
     ingest_decode_workers: int = Field(default=1, ge=0, le=32)
+    delivery_acks: bool = True
+    """Acknowledge every stored device message, signed, on the device's ``ack`` topic (docs/protocol.md)."""
     """Processes that decode device messages in parallel with storing (0 = in the ingest thread;
     started on the first message)."""
     device_certificates: bool = False
@@ -143,6 +169,54 @@ class ControllerSettings(BaseSettings):
     windows to open, at alarm in their latest window to stay open)."""
     incident_tags: list[str] | None = None
     """The tags that form cohorts (``None``: every tag; ``[]``: none, device cohorts only)."""
+    oidc_issuer: str | None = None
+    """OpenID Connect sign-in for the web UI (docs/operations.md, "Single sign-on"): the provider's issuer URL,
+    exactly as its discovery document names it (``https://...``; ``http`` only on a loopback address).
+    ``None``: no OIDC sign-in."""
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    """``None``: a public client (PKCE only); else sent with HTTP Basic to the token endpoint."""
+    oidc_provider_name: str = Field(default="single sign-on", min_length=1, max_length=64)
+    """Shown on the login page: "Sign in with <name>"."""
+    oidc_scopes: list[str] = ["openid", "profile", "email"]
+    oidc_username_claim: str = Field(default="preferred_username", min_length=1, max_length=128)
+    """The ID token claim that names the user (lower-cased, then a user name); ``sub`` when it is missing."""
+    oidc_role_claim: str = Field(default="groups", min_length=1, max_length=128)
+    """The claim (a string or a list of strings; dotted for nested, e.g. ``realm_access.roles``) whose
+    values ``oidc_role_map`` maps to roles."""
+    oidc_role_map: dict[str, PersonRole] = {}
+    """Claim value -> role; the highest role of the user's values wins."""
+    oidc_default_role: PersonRole | None = None
+    """The role when no value of the claim is mapped; ``None``: such a user is refused."""
+    oidc_create_users: bool = True
+    """Create an unknown user at their first sign-in with the mapped role (no password)."""
+    oidc_sync_role: bool = True
+    """At every sign-in, set a known user's role to the mapped one (the provider decides); ``False``: the
+    mapping decides only for new users, known users keep the role given in the controller."""
+
+    @model_validator(mode="after")
+    def _check_oidc(self) -> ControllerSettings:
+        if self.oidc_issuer is None:
+            if self.oidc_client_id or self.oidc_client_secret:
+                raise ValueError("oidc_client_id/oidc_client_secret are set but oidc_issuer is not: give the "
+                                 "provider's issuer URL too, or remove them")
+            return self
+        url = urlsplit(self.oidc_issuer)
+        loopback = url.hostname in ("127.0.0.1", "::1", "localhost")
+        if url.scheme != "https" and not (url.scheme == "http" and loopback) or not url.hostname:
+            raise ValueError(f"oidc_issuer {self.oidc_issuer!r} is not an https URL (http only on a loopback "
+                             "address): give the provider's issuer URL, e.g. https://sso.example.com/realms/fleet")
+        if url.query or url.fragment:
+            raise ValueError(f"oidc_issuer {self.oidc_issuer!r} has a query or fragment: an issuer URL has neither")
+        if not self.oidc_client_id:
+            raise ValueError("oidc_issuer is set but oidc_client_id is not: give the client id registered "
+                             "at the provider for this controller")
+        if "openid" not in self.oidc_scopes:
+            raise ValueError(f"oidc_scopes {self.oidc_scopes} lacks 'openid': without it there is no ID token")
+        if not self.oidc_role_map and self.oidc_default_role is None:
+            raise ValueError("OIDC sign-in is configured but nobody could get a role: set oidc_role_map "
+                             "(claim value -> role) and/or oidc_default_role")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

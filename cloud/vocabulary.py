@@ -53,12 +53,15 @@ class Role(StrEnum):
 
     VIEWER = "viewer"
     OPERATOR = "operator"
+    APPROVER = "approver"
+    """An operator who may also approve rollouts to protected devices (docs/security.md, "People and roles")."""
     ADMIN = "admin"
     DEVICE = "device"
     """A device's own token: bundle downloads, nothing else."""
 
 
-OPERATOR_ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+OPERATOR_ROLES = (Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN)
+"""The roles of people (and shared tokens), lowest first: each includes the rights of those before it."""
 
 
 class HttpRefusal(StrEnum):
@@ -281,3 +284,15 @@ class TrainingFailure(StrEnum):
     """It ended without writing the output model."""
     BAD_OUTPUT = "bad_output"
     """The output is not a model the runtime loads, or its inputs differ from the parent's."""
+
+
+class BrokerKind(StrEnum):
+    """Which MQTT broker ``broker_url`` names (``broker_kind``): what it lacks is checked at start and at
+    enrollment (services/broker_kinds.py, docs/operations.md §3)."""
+
+    MOSQUITTO = "mosquitto"
+    RABBITMQ = "rabbitmq"
+    NATS = "nats"
+    EMQX = "emqx"
+    HIVEMQ = "hivemq"
+    VERNEMQ = "vernemq"

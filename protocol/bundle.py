@@ -378,6 +378,10 @@ class VerifiedBundle:
     digest: str | None = None
     delegated: DelegatedSigner | None = None
     """Set when a delegated key signed the bundle: its delegation and the document that holds it."""
+    fingerprint: str | None = None
+    """sha256 of every byte of the bundle that is not a file's data (bundle_reader.py): a file with this
+    fingerprint that verifies holds this bundle, byte for byte but for how a deflated file is deflated.
+    What the agent records when it verifies a download, to check its slot's copy without a second pass."""
 
     @property
     def model(self) -> bytes:
@@ -463,20 +467,33 @@ def verify_bundle(data: bytes | memoryview, *, trusted: TrustedKeys, expected_di
 
 def verify_bundle_file(path: str | Path, *, trusted: TrustedKeys, expected_digest: str | None = None,
                        expected_size: int | None = None, limits: BundleLimits | None = None,
-                       delegation: DelegationCheck | None = None, out_dir: str | Path | None = None) -> VerifiedBundle:
+                       delegation: DelegationCheck | None = None, out_dir: str | Path | None = None,
+                       keep_files: bool = True, expected_fingerprint: str | None = None) -> VerifiedBundle:
     """:func:`verify_bundle` for a bundle file, streamed: the archive is read once, forward, a chunk
     at a time, and never held whole, so the memory it takes does not grow with the bundle.
 
     With ``out_dir`` (a new directory: its parent must exist, it must not) every file is written there
     as it streams (inflated in bounded steps), to a temporary name that becomes its manifest path only
     once its size and sha256 matched; on any refusal the directory and everything in it is removed. The
-    returned bundle's ``files`` then read from there when asked for (:class:`StagedFiles`). Without it
-    the files are kept in memory (what a caller that loads the model needs anyway)."""
+    returned bundle's ``files`` then read from there when asked for (:class:`StagedFiles`). With
+    ``keep_files=False`` every file is checked as it streams and then dropped: ``files`` holds only the
+    smoke-test and profile arrays (``smoke/``, ``profile/``), which verification itself reads -- a verdict
+    at the cost of one sha256 pass, for a caller that loads the files later from elsewhere. Otherwise
+    the files are kept in memory (what a caller that loads the model needs anyway).
+
+    ``expected_fingerprint`` (a :attr:`VerifiedBundle.fingerprint` recorded earlier) binds the file to
+    the bundle verified then, as ``expected_digest`` binds it to an order, without hashing the file's
+    data twice; it is compared once everything else passed (:class:`DigestMismatchError`)."""
+    if out_dir is not None and not keep_files:
+        raise ConfigError("out_dir keeps the files, keep_files=False drops them", where="verify_bundle_file",
+                          hint="pass one of them")
     with open(path, "rb", buffering=0) as fh, \
             closing(Source(fh, os.fstat(fh.fileno()).st_size, digest=expected_digest is not None)) as src:
-        sink: _Sink = _DirectorySink(Path(out_dir)) if out_dir is not None else _MemorySink()
+        sink: _Sink = (_DirectorySink(Path(out_dir)) if out_dir is not None else
+                       _MemorySink() if keep_files else _ArraysSink())
         return _verify(src, sink, trusted=trusted, expected_digest=expected_digest, expected_size=expected_size,
-                       limits=limits or BundleLimits(), delegation=delegation)
+                       limits=limits or BundleLimits(), delegation=delegation,
+                       expected_fingerprint=expected_fingerprint)
 
 
 def _check_digest(digest: str, expected: str) -> None:
@@ -485,8 +502,16 @@ def _check_digest(digest: str, expected: str) -> None:
                                   where="bundle", hint="the download was altered or is the wrong file")
 
 
+def _check_fingerprint(fingerprint: str, expected: str) -> None:
+    if fingerprint != expected:
+        raise DigestMismatchError(f"bundle fingerprint {fingerprint[:16]}... differs from the {expected[:16]}... "
+                                  "recorded when it was verified", where="bundle",
+                                  hint="the file changed since it was verified (storage fault or tampering)")
+
+
 def _verify(src: Source, sink: _Sink, *, trusted: TrustedKeys, expected_digest: str | None,
-            expected_size: int | None, limits: BundleLimits, delegation: DelegationCheck | None) -> VerifiedBundle:
+            expected_size: int | None, limits: BundleLimits, delegation: DelegationCheck | None,
+            expected_fingerprint: str | None = None) -> VerifiedBundle:
     """Steps 1-16 of docs/bundle-format.md §4 over ``src``; on any failure ``sink`` is discarded."""
     try:
         if expected_size is not None and src.size != expected_size:
@@ -502,6 +527,9 @@ def _verify(src: Source, sink: _Sink, *, trusted: TrustedKeys, expected_digest: 
         if expected_digest is not None:
             _check_digest(src.digest(), expected_digest)
             verified.digest = expected_digest
+        verified.fingerprint = src.fingerprint()
+        if expected_fingerprint is not None:
+            _check_fingerprint(verified.fingerprint, expected_fingerprint)
         return verified
     except BaseException:
         src.quiesce()   # nothing is still writing into what is discarded
@@ -620,9 +648,10 @@ def _stream_file(src: Source, info: tarfile.TarInfo, entry: FileEntry, sink: _Si
         raise DigestMismatchError(f"stored size {info.size} != manifest {entry.stored_size}", where=entry.path)
     chunks: Iterator[memoryview | bytes]
     if entry.encoding == "deflate":
-        chunks = _inflate(src.chunks(info.offset_data, info.size, where=entry.path), entry.size, entry.path)
-    elif sink.background:
-        chunks = src.chunks(info.offset_data, info.size, where=entry.path)
+        chunks = _inflate(src.chunks(info.offset_data, info.size, where=entry.path, payload=True), entry.size,
+                          entry.path)
+    elif sink.streams(entry.path):
+        chunks = src.chunks(info.offset_data, info.size, where=entry.path, payload=True)
     else:   # kept in memory anyway: read in one piece, the one copy it takes
         chunks = iter([src.take(info.offset_data, info.size, where=entry.path)])
     write = sink.begin(entry.path, entry.size)
@@ -666,6 +695,9 @@ class _Sink(Protocol):
     background: bool
     """Whether its writes are worth a thread of their own (they release the GIL)."""
 
+    def streams(self, path: str) -> bool:
+        """Whether the file ``path`` is better read a chunk at a time than in one piece."""
+
     def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
         """Start the file ``path`` of ``size`` bytes (if it matches); returns the function its decoded bytes
         are written with."""
@@ -687,6 +719,9 @@ class _MemorySink:
         self._files: dict[str, bytes] = {}
         self._open = io.BytesIO()
         self._whole: bytes | None = None
+
+    def streams(self, path: str) -> bool:
+        return False
 
     def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
         self._open, self._whole = io.BytesIO(), None
@@ -711,6 +746,28 @@ class _MemorySink:
         self._open, self._whole = io.BytesIO(), None
 
 
+class _ArraysSink(_MemorySink):
+    """Keeps only the arrays verification reads (``smoke/``, ``profile/``); every other file is hashed as
+    it streams by and dropped (``verify_bundle_file(keep_files=False)``)."""
+
+    _dropping = False
+
+    def streams(self, path: str) -> bool:
+        return not path.startswith(RESERVED)
+
+    def begin(self, path: str, size: int) -> Callable[[memoryview | bytes], object]:
+        self._dropping = not path.startswith(RESERVED)
+        return _drop if self._dropping else super().begin(path, size)
+
+    def keep(self, path: str) -> None:
+        if not self._dropping:
+            super().keep(path)
+
+
+def _drop(piece: memoryview | bytes) -> None:
+    """Where the bytes of a file that is only checked go."""
+
+
 class _DirectorySink:
     """Files under ``root`` (created here: its parent must exist, it must not): each written to
     ``root/~partial`` (``~`` is in no manifest path) and renamed to its path once it matched; on failure
@@ -718,6 +775,9 @@ class _DirectorySink:
     again by the next verification after a crash."""
 
     background = True
+
+    def streams(self, path: str) -> bool:
+        return True
 
     def __init__(self, root: Path) -> None:
         root.mkdir()

@@ -7,6 +7,14 @@ way), so the digest covers exactly the bytes that were parsed: no second pass, n
 a check and a use. The hashing, and writing files out, run on worker threads behind the reader (hashlib
 and file writes release the GIL), so one pass keeps both cores busy.
 
+Whatever ``digest`` says, every byte that is not a file's data (headers, padding, the manifest, the
+signatures, the delegations document, the end-of-archive blocks and anything after them up to ``size``)
+also passes a second sha256, the :meth:`Source.fingerprint`: a few KiB to hash, not a second pass. The
+files' data it leaves out are pinned by the manifest it covers (size and sha256 of each file, checked
+by the verifier), so a file with the fingerprint of a verified bundle holds that bundle's content and
+framing byte for byte (a deflated file may only be deflated differently). That is how the agent checks
+a slot's file against the bundle it verified without hashing it twice (docs/security.md §2).
+
 :func:`walk` yields the members, each checked against the archive rules (regular files only, safe
 names, no duplicates, only the names a bundle has, in the order the builder writes them, inside the
 data) before anything reads it. Every reader of a bundle goes through it.
@@ -31,6 +39,8 @@ DELEGATIONS = "delegations.json"
 FILES_DIR = "files/"
 CHUNK = 1024 * 1024
 """Bytes read at a time: the reader holds two such buffers (one being filled, one still being worked on)."""
+FINGERPRINT_TAG = b"edgefleet bundle fingerprint v1\n"
+"""What the fingerprint hash starts with (then the file's size), so it is never another sha256 of the same bytes."""
 MAX_HEADER_READ = 64 * 1024
 """Largest single read tarfile may ask for: a header block, or a pax / GNU long-name record. A crafted
 extension header with a huge size is refused instead of read into memory."""
@@ -73,7 +83,9 @@ class _Lane:
 
 class Source:
     """The bytes of one bundle, read forward; see the module docstring. ``size`` is the length to
-    read (a file's size when it was opened): bytes past it are never read or hashed.
+    read (a file's size when it was opened): bytes past it are never read or hashed. What the verifier
+    reads with ``payload=True`` (:meth:`chunks`) or :meth:`take` is a file's data: left out of the
+    fingerprint.
 
     Two lanes work behind the reader, each in order and on its own thread: the whole-file sha256
     (``digest=True``) and whatever the caller hands over with :meth:`later` (writing files out). A
@@ -84,7 +96,8 @@ class Source:
         self.size = size
         self._pos = 0        # where tarfile's next read starts (it seeks)
         self._at = 0         # the file position of ``fh``
-        self._hashed = 0     # bytes [0, _hashed) have gone into the digest
+        self._seen = 0       # bytes [0, _seen) have been read (and gone into the digests)
+        self._frame = hashlib.sha256(FINGERPRINT_TAG + b"%d\n" % size)
         self._sha = hashlib.sha256() if digest else None
         self._hashing = _Lane("bundle-sha256") if digest else None
         self._writing: _Lane | None = None
@@ -119,24 +132,25 @@ class Source:
         n = min(n, max(0, self.size - self._pos))
         self._seek_fh(self._pos)
         data = self._fh.read(n) or b""
-        self._advance(memoryview(data), buffered=False)
+        self._advance(memoryview(data), buffered=False, payload=False)
         return data
 
     # ------------------------------------------------------------------ what the verifier uses
 
-    def chunks(self, offset: int, size: int, where: str) -> Iterator[memoryview]:
+    def chunks(self, offset: int, size: int, where: str, *, payload: bool = False) -> Iterator[memoryview]:
         """The ``size`` bytes at ``offset`` (a member's data), at most :data:`CHUNK` at a time. Each view
-        is valid until the next one is asked for (or, handed to :meth:`later`, until that work ran)."""
+        is valid until the next one is asked for (or, handed to :meth:`later`, until that work ran).
+        ``payload``: a file's data, checked against the manifest (left out of the fingerprint)."""
         self._skip_to(offset)
         end = offset + size
         while self._pos < end:
-            view = self._fill(min(CHUNK, end - self._pos))
+            view = self._fill(min(CHUNK, end - self._pos), payload=payload)
             if not view:
                 raise ArchiveError("archive is truncated", where=where)
             yield view
 
     def take(self, offset: int, size: int, where: str) -> bytes:
-        """The ``size`` bytes at ``offset`` in one piece (for a caller that keeps them anyway)."""
+        """The ``size`` bytes at ``offset`` in one piece (a file's data, for a caller that keeps them anyway)."""
         self._skip_to(offset)
         self._seek_fh(self._pos)
         data = self._fh.read(size) or b""
@@ -146,7 +160,7 @@ class Source:
                 self._at += len(data)
                 raise ArchiveError("archive is truncated", where=where)
             data += more
-        self._advance(memoryview(data), buffered=False)
+        self._advance(memoryview(data), buffered=False, payload=True)
         return data
 
     def later(self, fn: Callable[[Any], object], data: memoryview | bytes) -> None:
@@ -180,6 +194,11 @@ class Source:
         self._hashing.settle()
         return self._sha.hexdigest()
 
+    def fingerprint(self) -> str:
+        """Read what is left up to ``size``; the sha256 of every byte that was not a file's data."""
+        self._skip_to(self.size)
+        return self._frame.hexdigest()
+
     # ------------------------------------------------------------------ internals
 
     def _seek_fh(self, pos: int) -> None:
@@ -187,7 +206,7 @@ class Source:
             self._fh.seek(pos)
             self._at = pos
 
-    def _fill(self, n: int) -> memoryview:
+    def _fill(self, n: int, *, payload: bool) -> memoryview:
         """Read up to ``n`` bytes at the current position into the next buffer and hash them."""
         self._seek_fh(self._pos)
         if self._buffers is None:
@@ -204,27 +223,31 @@ class Source:
                 break
             got += r
         view = buf[:got]
-        self._advance(view, buffered=True)
+        self._advance(view, buffered=True, payload=payload)
         return view
 
-    def _advance(self, view: memoryview, *, buffered: bool) -> None:
+    def _advance(self, view: memoryview, *, buffered: bool, payload: bool) -> None:
         """``view`` was just read at ``_pos``: hash what of it is new, move on."""
         start = self._pos
         self._pos += len(view)
         self._at = self._pos
-        if self._sha is None or self._hashing is None or self._pos <= self._hashed:
+        if self._pos <= self._seen:
             return
-        job = self._hashing.submit(self._sha.update, view[max(0, self._hashed - start):])
-        if buffered:
-            self._users[self._turn].append(job)
-        self._hashed = self._pos
+        new = view[max(0, self._seen - start):]
+        self._seen = self._pos
+        if not payload:
+            self._frame.update(new)
+        if self._sha is not None and self._hashing is not None:
+            job = self._hashing.submit(self._sha.update, new)
+            if buffered:
+                self._users[self._turn].append(job)
 
     def _skip_to(self, pos: int) -> None:
-        """Move to ``pos``; bytes skipped on the way (padding) are read and hashed when digesting."""
-        if self._sha is not None and pos > self._hashed:
-            self._pos, stop = self._hashed, min(pos, self.size)
+        """Move to ``pos``; bytes skipped on the way (padding) are read and hashed (they are framing)."""
+        if pos > self._seen:
+            self._pos, stop = self._seen, min(pos, self.size)
             while self._pos < stop:
-                if not self._fill(min(CHUNK, stop - self._pos)):
+                if not self._fill(min(CHUNK, stop - self._pos), payload=False):
                     break
         self._pos = pos
 

@@ -2,7 +2,8 @@
 
 Every device has its own subtree ``{prefix}/devices/{device_id}/{kind}`` so a broker ACL can
 confine a device to it (see docs/security.md). Devices publish ``hello``, ``state``,
-``telemetry``, ``events`` and ``status``; the controller publishes signed orders on ``cmd``.
+``telemetry``, ``events`` and ``status``; the controller publishes signed orders on ``cmd`` and
+signed delivery acknowledgements on ``ack`` (docs/protocol.md "Delivery acknowledgements").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ DEFAULT_PREFIX = "edgefleet/v1"
 
 DEVICE_KINDS = ("hello", "state", "telemetry", "events", "status")
 """Kinds a device publishes (and the controller ingests)."""
-CONTROLLER_KINDS = ("cmd",)
+CONTROLLER_KINDS = ("cmd", "ack")
 """Kinds the controller publishes to a device."""
 KINDS = DEVICE_KINDS + CONTROLLER_KINDS
 
@@ -61,6 +62,10 @@ def status(device_id: str, prefix: str = DEFAULT_PREFIX) -> str:
 
 def cmd(device_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     return device_topic(device_id, "cmd", prefix)
+
+
+def ack(device_id: str, prefix: str = DEFAULT_PREFIX) -> str:
+    return device_topic(device_id, "ack", prefix)
 
 
 def controller_subscriptions(prefix: str = DEFAULT_PREFIX, shared_group: str | None = None) -> list[str]:

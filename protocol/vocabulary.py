@@ -25,6 +25,8 @@ class UpdateState(StrEnum):
     COMMITTED = "committed"
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+    """A ``cancel`` order stopped the update before activation: the old model never stopped serving."""
 
 
 class Outcome(StrEnum):

@@ -25,11 +25,12 @@ from edgefleet.cloud.api.routes import (
     telemetry,
     tokens,
     uploads,
+    users,
     webhooks,
 )
 
-RESOURCES = (system, tokens, keys, audit, enrollment, devices, models, bundles, compression, retraining, deployments,
-             rollouts, experiments, incidents, telemetry, webhooks, captures)
+RESOURCES = (system, tokens, users, keys, audit, enrollment, devices, models, bundles, compression, retraining,
+             deployments, rollouts, experiments, incidents, telemetry, webhooks, captures)
 
 
 def install(app: FastAPI, *, upload_body_limit: int) -> None:

@@ -1,7 +1,7 @@
 """What every request and response passes through, API and UI alike (ASGI middleware, outermost first):
 
-* :class:`SecurityHeaders` -- Content-Security-Policy (the UI's own, a ``default-src 'none'`` one for
-  the API, one that admits only the docs page's CDN and its inline script by hash for ``/docs``),
+* :class:`SecurityHeaders` -- Content-Security-Policy (a ``default-src 'none'`` one for the API and every
+  answer that sets none; the UI's pages and ``/docs`` set their own, ``edgefleet.cloud.ui``),
   ``X-Content-Type-Options``, ``X-Frame-Options``, ``Referrer-Policy``, ``Cache-Control: no-store`` on
   API answers that set no caching of their own, and HSTS when the controller's public URL is https.
 * :class:`AuthFailureLimit` -- a client address that got too many 401 answers within the window gets
@@ -13,11 +13,8 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import math
-import re
 from collections.abc import Awaitable, Callable
 from email.message import Message as MimeMessage
 from typing import Any
@@ -42,29 +39,15 @@ API_PREFIX = "/api/"
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 """For everything that is not a UI page: JSON, files, redirects. The UI's pages set their own
 (``edgefleet.cloud.ui.render``: scripts, styles and images from the controller only, no inline script)."""
-DOCS_CDN = "https://cdn.jsdelivr.net"
-"""Where FastAPI's ``/docs`` and ``/redoc`` pages load Swagger UI and ReDoc from."""
 ALWAYS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin"}
-NO_CREDENTIALS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/redoc", "/ui/static/")
+NO_CREDENTIALS = ("/healthz", "/metrics", "/openapi.json", "/docs", "/ui/static/")
 """Paths that take no credentials: never locked out."""
-_INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
-
-
-def docs_csp(html: bytes) -> str:
-    """The policy of a docs page: its CDN, and its own inline scripts by their sha256 (nothing else inline)."""
-    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'"
-                      for s in _INLINE_SCRIPT.findall(html))
-    return (f"default-src 'none'; script-src {DOCS_CDN} {hashes}; style-src {DOCS_CDN} https://fonts.googleapis.com "
-            f"'unsafe-inline'; font-src https://fonts.gstatic.com; img-src 'self' data: {DOCS_CDN} "
-            "https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-            "form-action 'none'")
 
 
 class SecurityHeaders:
-    def __init__(self, app: ASGIApp, *, hsts: str | None, docs_paths: set[str]) -> None:
+    def __init__(self, app: ASGIApp, *, hsts: str | None) -> None:
         self.app = app
         self.hsts = hsts
-        self.docs_paths = docs_paths
 
     def _add(self, message: Message, path: str, csp: str) -> None:
         headers = MutableHeaders(scope=message)
@@ -81,9 +64,6 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path in self.docs_paths:
-            await self._docs(scope, receive, send)
-            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -91,22 +71,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-    async def _docs(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A docs page is small: held back until complete, so its policy can name its inline scripts."""
-        held: list[Message] = []
-
-        async def hold(message: Message) -> None:
-            held.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
-                start = held[0]
-                self._add(start, scope["path"], docs_csp(body))
-                for m in held:
-                    await send(m)
-                held.clear()
-
-        await self.app(scope, receive, hold)
 
 
 def client_address(scope: Scope) -> str:
@@ -230,5 +194,4 @@ def install(app: FastAPI, controller: ControllerDep) -> None:
     app.add_middleware(AuthFailureLimit, limiter=limiter, clock=controller.now, on_lockout=lockout,
                        on_refusal=lambda: errors.labels(HttpRefusal.RATE_LIMITED).inc())
     https = settings.resolved_public_url.startswith("https://") and settings.hsts_max_age_s > 0
-    app.add_middleware(SecurityHeaders, hsts=f"max-age={settings.hsts_max_age_s}" if https else None,
-                       docs_paths={p for p in (app.docs_url, app.redoc_url) if p})
+    app.add_middleware(SecurityHeaders, hsts=f"max-age={settings.hsts_max_age_s}" if https else None)

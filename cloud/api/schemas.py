@@ -30,7 +30,7 @@ class Out(BaseModel):
 
 class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=128)
-    role: Literal[Role.VIEWER, Role.OPERATOR, Role.ADMIN]
+    role: Literal[Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN]
 
 
 class TokenOut(Out):
@@ -41,11 +41,75 @@ class TokenOut(Out):
     created_at: float
     created_by: str
     revoked_at: float | None
+    user_id: int | None = None
+    """The owner of a personal token (``GET /api/v1/users``); ``None`` for a shared or device token."""
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    """When it last authenticated a request (written at most once a minute)."""
+    ui_session: bool = False
+    """Made by a password sign-in to the web UI; revoked at sign-out."""
 
 
 class TokenCreated(TokenOut):
     token: str
     """The plaintext token; shown only in this response."""
+
+
+UserName = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.@-]*$")
+Password = Field(min_length=1, max_length=1024)
+"""The minimum length is the controller's ``password_min_length`` (a 400 says so)."""
+PersonRole = Literal[Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMIN]
+
+
+class UserCreate(Body):
+    name: str = UserName
+    role: PersonRole
+    display_name: str = Field(default="", max_length=128)
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    """``None``: no password sign-in until one is set (``POST /api/v1/users/{name}/password``)."""
+
+
+class UserUpdate(Body):
+    role: PersonRole | None = None
+    disabled: bool | None = None
+    """``true``: the user can no longer sign in and none of their tokens works; ``false``: enabled again."""
+    display_name: str | None = Field(default=None, max_length=128)
+
+
+class PasswordChange(Body):
+    password: str = Password
+    current_password: str | None = Field(default=None, max_length=1024)
+    """Needed when users change their own password (an admin setting another's does not give it)."""
+
+
+class UserOut(Out):
+    name: str
+    display_name: str
+    role: str
+    created_at: float
+    created_by: str
+    disabled_at: float | None
+    last_login_at: float | None
+    has_password: bool
+
+
+class MeOut(BaseModel):
+    """Who the calling token speaks for."""
+
+    actor: str
+    """The name the audit log gives the caller."""
+    role: str
+    """The rights of this token: the lower of its own role and its owner's."""
+    token_id: int | None
+    user: UserOut | None
+    """``None`` for a shared (not personal) token."""
+
+
+class PersonalTokenCreate(Body):
+    name: str = Field(min_length=1, max_length=128)
+    role: PersonRole | None = None
+    """At most the owner's role (and the calling token's); ``None``: the caller's role."""
+    expires_in_s: int = Field(default=30 * 86400, ge=60, le=366 * 86400)
 
 
 class ReleaseKeyCreate(Body):

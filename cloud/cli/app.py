@@ -19,6 +19,7 @@ from edgefleet.cloud.cli import (
     bundles,
     captures,
     compress,
+    db,
     deployments,
     devices,
     experiments,
@@ -28,8 +29,10 @@ from edgefleet.cloud.cli import (
     retrain,
     rollouts,
     serve,
+    simulate,
     status,
     telemetry,
+    users,
     webhooks,
 )
 from edgefleet.cloud.cli.output import err_console
@@ -39,7 +42,7 @@ app = typer.Typer(name="edgefleet", no_args_is_help=True, pretty_exceptions_enab
                   help="EdgeFleet: compress, sign and roll out ML models to edge devices.")
 
 for group in (keys, bundles, compress, models, retrain, devices, deployments, rollouts, experiments, incidents,
-              webhooks, telemetry, captures, status, serve):
+              webhooks, telemetry, captures, users, status, serve, db, simulate):
     group.register(app)
 
 

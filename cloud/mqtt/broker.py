@@ -1,16 +1,26 @@
-"""The embedded MQTT broker (iotcore: rumqttd in a child process), used when no broker URL is set."""
+"""The embedded MQTT broker (iotcore: rumqttd in a child process), used when no broker URL is set.
+
+Its port is chosen once per data directory and kept in ``<data_dir>/broker.port``: every device
+enrolled with the controller holds the broker's URL in its ``agent.toml``, so a restart must not
+move the broker.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 
 from iotcore import Broker
 
-from edgefleet.cloud.ports import free_port
+from edgefleet.cloud.ports import free_port, port_is_free
 from edgefleet.protocol.errors import ConfigError
+from edgefleet.protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
+
+PORT_FILE = "broker.port"
+"""In the data directory: the embedded broker's port, chosen at the first start and kept."""
 
 
 def is_loopback(host: str) -> bool:
@@ -34,6 +44,39 @@ def check_listen_address(host: str, *, insecure: bool) -> None:
                       hint="for devices on other machines run Mosquitto with the dynamic-security plugin "
                            "(broker_url, broker_admin = \"dynsec\"; docs/operations.md §3), or pass "
                            "--insecure-broker (insecure_broker = true) if that is really meant")
+
+
+def embedded_broker_port(data_dir: Path, *, host: str, configured: int = 0) -> int:
+    """The port the embedded broker listens on: ``configured`` if not 0, else the one kept in
+    ``data_dir/broker.port`` (a free port is chosen and kept there at the first start). Raises
+    :class:`ConfigError` if the file is damaged or another process holds the port."""
+    path = data_dir / PORT_FILE
+    if configured:
+        port, source = configured, "embedded_broker_port"
+    else:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            port = free_port(host)
+            atomic_write(path, f"{port}\n".encode())
+            log.info("embedded MQTT broker: chose port %d, kept in %s", port, path)
+            return port
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the embedded broker's port file: {exc}", where=str(path),
+                              hint="fix its permissions, or write the port the broker had into it") from None
+        if not text.isdigit() or not 0 < int(text) <= 65535:
+            raise ConfigError(f"the embedded broker's port file holds {text[:20]!r}, not a port number",
+                              where=str(path), hint="write the port the broker had into it (the port in the "
+                                                    "broker_url of an enrolled device's agent.toml)")
+        port, source = int(text), str(path)
+    if not port_is_free(port, host):
+        kept = "" if configured else " (kept there since the first start, so enrolled devices find the broker again)"
+        raise ConfigError(f"port {port} of the embedded MQTT broker{kept} is taken by another process on {host}",
+                          where=source,
+                          hint=f"stop whatever listens on {host}:{port} (ss -ltnp 'sport = :{port}' shows it), or "
+                               "give the broker another port with embedded_broker_port; devices enrolled before "
+                               "then keep the old port in their agent.toml (broker_url) and need it changed")
+    return port
 
 
 class EmbeddedBroker:

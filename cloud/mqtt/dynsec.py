@@ -10,10 +10,10 @@ on the broker what EdgeFleet's identities need (docs/operations.md §3):
   as client id), the password handed out at enrollment, and one role of its own,
   ``edgefleet-device-<id>``, with literal topics (the 2.0 plugin substitutes no ``%c``/``%u``):
   publish its own ``hello|state|telemetry|events|status``, subscribe to and receive its own
-  ``cmd`` and ``state`` -- nothing else;
+  ``cmd``, ``ack`` and ``state`` -- nothing else;
 * the controller's role ``edgefleet-controller``: subscribe to the device kinds of every device
   (exactly the filters the MQTT bridge subscribes with, ``$share/...`` ones included), receive
-  them, publish ``cmd`` -- nothing else.
+  them, publish ``cmd`` and ``ack`` -- nothing else.
 
 Every failure is a :class:`TransportError` naming the command and the broker's error text.
 """
@@ -37,7 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.protocol.brokers import BrokerAddress, parse_broker_url
 from edgefleet.protocol.errors import ConfigError, TransportError
-from edgefleet.protocol.topics import DEVICE_KINDS, controller_subscriptions, device_topic
+from edgefleet.protocol.topics import CONTROLLER_KINDS, DEVICE_KINDS, controller_subscriptions, device_topic
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ SUBSCRIBE_LITERAL = "subscribeLiteral"
 
 CONTROLLER_ROLE = "edgefleet-controller"
 DEVICE_ROLE_PREFIX = "edgefleet-device-"
-DEVICE_SUBSCRIBES = ("cmd", "state")
-"""What a device may subscribe to and receive: its orders, and its own retained state."""
+DEVICE_SUBSCRIBES = ("cmd", "ack", "state")
+"""What a device may subscribe to and receive: its orders, delivery acknowledgements, its own retained state."""
 
 CLIENT_NOT_FOUND = "Client not found"
 ROLE_NOT_FOUND = "Role not found"
@@ -117,7 +117,7 @@ def controller_acls(prefix: str, shared_group: str | None = None) -> list[Acl]:
     ``$share/<group>/...`` string, so those are listed as the bridge subscribes."""
     acls = [Acl(SUBSCRIBE_LITERAL, f) for f in controller_subscriptions(prefix, shared_group)]
     acls += [Acl(PUBLISH_RECEIVE, f"{prefix}/devices/+/{kind}") for kind in DEVICE_KINDS]
-    acls.append(Acl(PUBLISH_SEND, f"{prefix}/devices/+/cmd"))
+    acls += [Acl(PUBLISH_SEND, f"{prefix}/devices/+/{kind}") for kind in CONTROLLER_KINDS]
     return acls
 
 

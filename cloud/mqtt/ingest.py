@@ -9,6 +9,11 @@ hello/state/status through the services, each message at most once (by ``msg_id`
 idempotently (by ``upload_id``, services/captures.py).
 A rejected message is logged and counted, never stored; a storage error is logged and the
 batch retried message by message. Nothing here ever raises into the MQTT thread.
+
+Once a batch is committed, ``on_acked`` gets the ids of every message of it that is stored now
+or was before (a duplicate), by device: the controller publishes them, signed, on each device's
+``ack`` topic so the agent deletes exactly those from its outbox (docs/protocol.md "Delivery
+acknowledgements"). Rejected messages are not acknowledged: the agent sends them again, with backoff.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _CONTROL_KINDS = ("hello", "state", "status")
 _REMEMBERED_KINDS = ("hello", "status")
+ACKED_KINDS = ("hello", "telemetry", "events", "status")
+"""Kinds acknowledged end to end (state messages are not kept in an outbox: each replaces the last)."""
 """Kinds whose ids go to ``processed_messages``. State messages (heartbeats, retained state, the
 last will) are not remembered: applying one twice is harmless and they come every heartbeat."""
 # Statements built once, with expanding IN parameters (building an IN of 1000 literals per batch costs).
@@ -66,9 +73,23 @@ class BatchResult:
     stored: int = 0
     duplicates: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
+    acked: dict[str, list[str]] = field(default_factory=dict)
+    """device id -> ids of its messages stored by this batch or before (duplicates), for the acks."""
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def merge(self, other: BatchResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        for reason, n in other.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + n
+        for device_id, ids in other.acked.items():
+            self.acked.setdefault(device_id, []).extend(ids)
+
+    def ack(self, item: Decoded) -> None:
+        if item.kind in ACKED_KINDS:
+            self.acked.setdefault(item.device_id, []).append(item.msg_id)
 
 
 def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> None:
@@ -88,6 +109,7 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         key = (item.device_id, item.msg_id)
         if key in seen:
             result.duplicates += 1
+            result.ack(item)
             continue
         seen.add(key)
         device = loaded.get(item.device_id)
@@ -102,6 +124,7 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         elif not (isinstance(item.message, State) and item.message.status == DeviceStatus.OFFLINE):
             devices.mark_seen(device, now=item.received_at)
         result.stored += 1
+        result.ack(item)
     for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent)):
         if rows[kind]:
             session.connection().execute(insert(table), rows[kind])
@@ -178,7 +201,8 @@ class Ingestor:
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
                  decode_workers: int = 0, accept_keyless: bool = False,
-                 on_stored: Callable[[list[Decoded]], None] | None = None) -> None:
+                 on_stored: Callable[[list[Decoded]], None] | None = None,
+                 on_acked: Callable[[dict[str, list[str]]], None] | None = None) -> None:
         self.engine = engine
         self.accept_keyless = accept_keyless
         self.prefix = prefix
@@ -188,6 +212,8 @@ class Ingestor:
         self.decode_workers = decode_workers
         self.on_stored = on_stored
         """Called on the storer thread with the messages of every batch once they are stored."""
+        self.on_acked = on_acked
+        """Called on the storer thread, after the commit, with ``device id -> msg ids`` to acknowledge."""
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
         self._decoded: queue.Queue[tuple[list[Raw], DeviceKeys, DecodeWork] | None] = queue.Queue(maxsize=4)
         self._pool: ProcessPoolExecutor | None = None
@@ -313,6 +339,11 @@ class Ingestor:
                 self._store_one(item, result)
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
         self._count(items, result)
+        if self.on_acked is not None and result.acked:
+            try:
+                self.on_acked(result.acked)
+            except Exception:  # unacknowledged messages come again and are de-duplicated
+                log.exception("publishing delivery acknowledgements failed")
         if self.on_stored is not None and items:
             try:
                 self.on_stored(items)
@@ -321,14 +352,19 @@ class Ingestor:
         return result
 
     def _store_one(self, item: Decoded, result: BatchResult) -> None:
+        one = BatchResult()   # counted (and acknowledged) only once committed
         try:
             with session_scope(self.engine) as session:
-                store_batch(session, [item], result)
+                store_batch(session, [item], one)
         except IntegrityError:
             result.duplicates += 1
+            result.ack(item)
+            return
         except SQLAlchemyError:
             log.exception("could not store %s message %s from %s", item.kind, item.msg_id, item.device_id)
             result.reject(Reason.STORE_ERROR)
+            return
+        result.merge(one)
 
     def _count(self, items: list[Decoded], result: BatchResult) -> None:
         for reason, n in result.rejected.items():

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, devices
@@ -56,6 +57,35 @@ def _select_devices(session: Session, *, device_ids: list[str] | None, tag: str 
     return devices.list_devices(session), {"all": True}
 
 
+@dataclass(frozen=True)
+class TargetPlan:
+    """The devices a deployment's target matches: those it would order and those it would skip (why)."""
+
+    matching: int
+    chosen: list[Device]
+    skipped: list[dict[str, Any]]
+    selector: dict[str, Any]
+
+
+def plan_targets(session: Session, *, bundle: Bundle, device_ids: list[str] | None = None, tag: str | None = None,
+                 all_devices: bool = False) -> TargetPlan:
+    """Which devices ``create_deployment`` would order (compatible, and for a tag or ``all`` not already
+    running the bundle); nothing is stored. The UI's live count of a target asks this too."""
+    manifest = BundleManifest.model_validate(bundle.manifest)
+    candidates, selector = _select_devices(session, device_ids=device_ids, tag=tag, all_devices=all_devices)
+    chosen: list[Device] = []
+    skipped: list[dict[str, Any]] = []
+    for device in candidates:
+        reason = incompatibility(manifest, device)
+        if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
+            reason = "already runs this bundle"
+        if reason is None:
+            chosen.append(device)
+        else:
+            skipped.append({"device_id": device.id, "reason": reason})
+    return TargetPlan(matching=len(candidates), chosen=chosen, skipped=skipped, selector=selector)
+
+
 def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssuer, actor: str, now: float,
                       timeout_s: float, device_ids: list[str] | None = None, tag: str | None = None,
                       all_devices: bool = False, note: str = "", health_check: HealthCheck | None = None
@@ -69,20 +99,10 @@ def create_deployment(session: Session, *, bundle_digest: str, issuer: OrderIssu
     order and overrides the devices' own health-check window.
     """
     bundle = get_bundle(session, digest=bundle_digest)
-    manifest = BundleManifest.model_validate(bundle.manifest)
-    candidates, selector = _select_devices(session, device_ids=device_ids, tag=tag, all_devices=all_devices)
-    chosen: list[Device] = []
-    skipped: list[dict[str, Any]] = []
-    for device in candidates:
-        reason = incompatibility(manifest, device)
-        if reason is None and not device_ids and (device.installed or {}).get("digest") == bundle.digest:
-            reason = "already runs this bundle"
-        if reason is None:
-            chosen.append(device)
-        elif device_ids:
-            raise TargetMismatchError(f"device {device.id}: {reason}", where="device_ids")
-        else:
-            skipped.append({"device_id": device.id, "reason": reason})
+    plan = plan_targets(session, bundle=bundle, device_ids=device_ids, tag=tag, all_devices=all_devices)
+    chosen, skipped, selector = plan.chosen, plan.skipped, plan.selector
+    if device_ids and skipped:
+        raise TargetMismatchError(f"device {skipped[0]['device_id']}: {skipped[0]['reason']}", where="device_ids")
     if not chosen:
         raise ConflictError("no compatible device matches the target", where="target",
                             hint=f"skipped: {skipped[:5]}{' ...' if len(skipped) > 5 else ''}" if skipped
@@ -181,9 +201,13 @@ def _rollup(session: Session, *, deployment_id: str, now: float) -> None:
     if deployment is None or deployment.finished_at is not None or owned_by_rollout(deployment) \
             or owned_by_experiment(deployment):
         return
-    targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)))
-    if not all(t.final for t in targets):
+    # one COUNT on (deployment_id, final) per status report; the targets are loaded only once, at the end
+    # (loading them all on every report made a rollout to N devices cost N^2)
+    open_targets = session.exec(select(func.count()).select_from(DeploymentTarget).where(
+        DeploymentTarget.deployment_id == deployment_id, col(DeploymentTarget.final) == False)).one()  # noqa: E712
+    if open_targets:
         return
+    targets = list(session.exec(select(DeploymentTarget).where(DeploymentTarget.deployment_id == deployment_id)))
     committed = sum(t.outcome == Outcome.COMMITTED for t in targets)
     if deployment.status == DeploymentStatus.CANCELLED or all(t.outcome == Outcome.CANCELLED for t in targets):
         deployment.status = DeploymentStatus.CANCELLED
@@ -304,6 +328,67 @@ def cancel_deployment(session: Session, *, deployment_id: str, issuer: OrderIssu
     _rollup(session, deployment_id=deployment_id, now=now)
     audit.record(session, actor=actor, action="deployment.cancel", target=f"deployment:{deployment_id}",
                  details={"devices": cancelled}, now=now)
+    return deployment
+
+
+RETRIED_OUTCOMES = (Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.REFUSED)
+"""The final outcomes a retry sends the order again for (committed and cancelled devices are left alone)."""
+
+
+def retry_failed(session: Session, *, deployment_id: str, issuer: OrderIssuer, actor: str, now: float) -> list[str]:
+    """Send the install order again, newly signed, to every device of the deployment whose order
+    failed, was rolled back or refused; the deployment runs again until they finish. A deployment a
+    rollout or an experiment owns is retried by its owner, not here. Returns the devices ordered again."""
+    deployment = get_deployment(session, deployment_id=deployment_id)
+    owner = owned_by_rollout(deployment) or owned_by_experiment(deployment)
+    if owner:
+        raise ConflictError(f"deployment {deployment_id} belongs to {owner}", where="deployment_id",
+                            hint="act on the rollout or experiment instead")
+    if deployment.status == DeploymentStatus.CANCELLED:
+        raise ConflictError(f"deployment {deployment_id} was cancelled", where="deployment_id",
+                            hint="create a new deployment for the devices")
+    failed = [t for t in targets_of(session, deployment_id=deployment_id)
+              if t.final and t.outcome in RETRIED_OUTCOMES]
+    if not failed:
+        raise ConflictError(f"deployment {deployment_id} has no failed device to retry", where="deployment_id")
+    for target in failed:
+        reorder_target(session, target=target, issuer=issuer, now=now)
+    deployment.status, deployment.finished_at = DeploymentStatus.ACTIVE, None
+    session.add(deployment)
+    audit.record(session, actor=actor, action="deployment.retry", target=f"deployment:{deployment_id}",
+                 details={"devices": [t.device_id for t in failed]}, now=now)
+    log.info("deployment %s: %d failed device(s) ordered again by %s", deployment_id, len(failed), actor)
+    return [t.device_id for t in failed]
+
+
+def previous_bundle(session: Session, *, device_id: str) -> Bundle | None:
+    """The bundle the device ran before its current one: the newest other bundle a deployment
+    committed on it (``None`` when it never committed another)."""
+    device = devices.get_device(session, device_id=device_id)
+    current = (device.installed or {}).get("digest")
+    committed = session.exec(select(DeploymentTarget).where(
+        DeploymentTarget.device_id == device_id, DeploymentTarget.outcome == Outcome.COMMITTED
+    ).order_by(col(DeploymentTarget.updated_at).desc())).all()
+    found = deployments_by_id(session, ids={t.deployment_id for t in committed})
+    for target in committed:
+        deployment = found.get(target.deployment_id)
+        if deployment is not None and deployment.bundle_digest != current:
+            return _bundle_of(session, deployment)
+    return None
+
+
+def rollback_device(session: Session, *, device_id: str, issuer: OrderIssuer, actor: str, now: float,
+                    timeout_s: float) -> Deployment:
+    """A deployment of the bundle the device ran before (:func:`previous_bundle`) to that device."""
+    previous = previous_bundle(session, device_id=device_id)
+    if previous is None:
+        raise ConflictError(f"device {device_id} never committed another bundle to roll back to",
+                            where="device_id", hint="deploy the bundle you want instead")
+    deployment = create_deployment(session, bundle_digest=previous.digest, issuer=issuer, actor=actor, now=now,
+                                   timeout_s=timeout_s, device_ids=[device_id],
+                                   note=f"roll back {device_id} to {bundle_label(previous)}")
+    audit.record(session, actor=actor, action="device.rollback", target=f"device:{device_id}",
+                 details={"bundle": previous.digest, "deployment": deployment.id}, now=now)
     return deployment
 
 

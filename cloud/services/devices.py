@@ -63,6 +63,22 @@ def list_enrollment_tokens(session: Session, *, include_used: bool = False) -> l
     return list(session.exec(query))
 
 
+def revoke_enrollment_token(session: Session, *, token_id: int, actor: str, now: float) -> EnrollmentToken:
+    """End an unused token now (it expires at once; the row stays for the list and the audit log)."""
+    row = session.get(EnrollmentToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no enrollment token {token_id}", where="token_id")
+    if row.used_at is not None:
+        raise ConflictError(f"enrollment token {token_id} was already used by {row.used_by_device}",
+                            where="token_id", hint=f"decommission the device {row.used_by_device} instead")
+    if row.expires_at > now:
+        row.expires_at = now
+        session.add(row)
+        audit.record(session, actor=actor, action="enrollment_token.revoke", target=f"enrollment_token:{token_id}",
+                     now=now)
+    return row
+
+
 def message_key(pem: str, *, where: str) -> str:
     """A device's message public key (PEM, Ed25519) as stored: base64 of its raw bytes."""
     try:
@@ -238,15 +254,18 @@ def apply_hello(device: Device, hello: Hello, *, now: float) -> None:
 
 
 def apply_state(device: Device, state: State, *, now: float) -> None:
-    device.update_state = state.update_state
-    device.installed = state.installed.model_dump(mode="json") if state.installed else device.installed
-    device.heartbeat_interval_s = state.heartbeat_interval_s
+    """A heartbeat (online) carries the device's state; an offline state only says it is gone. The
+    last will is built when the agent connects and MQTT cannot change it mid-connection, so what it
+    says of the update state and the installed bundle may be that old: the last known state stays."""
     if state.status == DeviceStatus.OFFLINE:
         if device.online:
             log.info("device %s offline (last will)", device.id)
         device.online = False
-    else:
-        _seen(device, now=now)
+        return
+    device.update_state = state.update_state
+    device.installed = state.installed.model_dump(mode="json") if state.installed else device.installed
+    device.heartbeat_interval_s = state.heartbeat_interval_s
+    _seen(device, now=now)
 
 
 def mark_seen(device: Device, *, now: float) -> None:

@@ -166,6 +166,17 @@ def _grouped(rows: list[TelemetryRecord], keys_of: Callable[[TelemetryRecord], l
     return {k: summarize(v) for k, v in sorted(groups.items())}
 
 
+def drift_episodes(session: Session, *, since: float, levels: tuple[str, ...]) -> list[tuple[str, str, float, float]]:
+    """``(device_id, level, first window_end, peak PSI)`` of the windows since ``since`` at each of ``levels``
+    (e.g. warn, alarm), per device and level: when each device first reported it, and how far it went."""
+    level = col(TelemetryRecord.drift_level)
+    query = select(TelemetryRecord.device_id, level, func.min(TelemetryRecord.window_end),
+                   func.max(TelemetryRecord.drift_psi)) \
+        .where(TelemetryRecord.window_end >= since, level.in_(levels)) \
+        .group_by(col(TelemetryRecord.device_id), level)
+    return [(d, str(lv), float(first), float(peak or 0.0)) for d, lv, first, peak in session.exec(query)]
+
+
 def latest_drift_verdicts(session: Session, *, device_ids: list[str] | None = None) -> dict[str, TelemetryRecord]:
     """Per device, its newest window that judged drift (level ok, warn or alarm). Windows with
     too few samples or no traffic say nothing about drift, so they do not hide the last verdict."""

@@ -1,7 +1,8 @@
 """Database engine and schema. SQLite (default, a file in the data dir) or any SQLAlchemy URL.
 
-The schema is created with ``create_all`` for now; Alembic migrations come once it settles
-(docs/operations.md).
+The schema is versioned with Alembic (:mod:`edgefleet.cloud.store.migrations`): a new database is created at
+the newest revision, an older one is upgraded by ``edgefleet db upgrade`` (or at start with
+``database_auto_upgrade``), docs/operations.md, "Upgrading".
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import pydantic_core
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from edgefleet.cloud.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from edgefleet.cloud.store.migrations import schema
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +54,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine)
-    log.info("database schema ready on %s", engine.url.render_as_string(hide_password=True))
+def create_schema(engine: Engine, *, auto_upgrade: bool = False) -> None:
+    """Make the database ready at start (:data:`schema.STARTUP`): create a new one at the newest schema
+    revision, refuse an older one with "run edgefleet db upgrade" (:class:`schema.DatabaseSchemaError`)
+    unless ``auto_upgrade``."""
+    status = schema.prepare(engine, auto_upgrade=auto_upgrade)
+    log.info("database schema ready on %s at revision %s (found: %s)", engine.url.render_as_string(hide_password=True),
+             status.head, status.state)
 
 
 def ping(session: Session) -> None:

@@ -104,9 +104,10 @@ class Device(SQLModel, table=True):
     """Highest order sequence issued to this device (orders must strictly increase)."""
     enrolled_at: float
     enrolled_by: str = ""
-    broker_disable_pending: bool = False
+    broker_disable_pending: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
     """Decommissioned, but the managed broker (``broker_admin``) has not disabled its client yet:
-    the reconciler retries (services/broker_identity.py)."""
+    the reconciler retries (services/broker_identity.py). The server default fills the rows of an older
+    database (migration 0002)."""
 
 
 class EnrollmentToken(SQLModel, table=True):
@@ -312,6 +313,25 @@ class ProcessedMessage(SQLModel, table=True):
     received_at: float = Field(index=True)
 
 
+class User(SQLModel, table=True):
+    """A person who signs in (docs/security.md, "People and roles"); never deleted, only disabled,
+    so the audit log's ``user:NAME`` always names someone."""
+
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=64)
+    display_name: str = Field(default="", max_length=128)
+    role: str
+    """``viewer``, ``operator``, ``approver`` or ``admin``."""
+    password_hash: str | None = Field(default=None, max_length=512)
+    """argon2id in PHC form (``$argon2id$v=19$m=...``); ``None``: no password sign-in (OIDC or tokens only)."""
+    created_at: float
+    created_by: str = ""
+    disabled_at: float | None = None
+    last_login_at: float | None = None
+
+
 class ApiToken(SQLModel, table=True):
     __tablename__ = "api_tokens"
 
@@ -319,11 +339,18 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(max_length=128)
     token_hash: str = Field(unique=True, index=True, max_length=64)
     role: str
-    """``admin``, ``operator``, ``viewer`` or ``device``."""
+    """``admin``, ``approver``, ``operator``, ``viewer`` or ``device``."""
     device_id: str | None = Field(default=None, index=True, max_length=64)
     created_at: float
     created_by: str = ""
     revoked_at: float | None = None
+    user_id: int | None = Field(default=None, foreign_key="users.id", index=True)
+    """The person who owns this personal token; ``None`` for device and shared (legacy) tokens."""
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    """Updated at most once a minute (services/auth.py ``LAST_USED_EVERY_S``)."""
+    ui_session: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})
+    """Made by a password sign-in to the web UI (revoked at sign-out), not by the person."""
 
 
 class AuditEntry(SQLModel, table=True):

@@ -158,7 +158,9 @@ def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "
     pts = [(x, y) for s in series for x, y in s.points if y is not None and math.isfinite(y)]
     if not pts:
         return _empty(width, height, empty_text, kind)
-    left, right, top, bottom = 52, 16, 34, 28
+    left, top, bottom = 52, 34, 28
+    right = 16 if not thresholds else 12 + round(LABEL_CHAR_W * max(len(line) for t in thresholds
+                                                                    for line in label_lines(t.label)))
     xs = [x for x, _ in pts]
     ys = [y for _, y in pts] + [t.value for t in thresholds]
     x0, x1 = min(xs), max(xs)
@@ -200,15 +202,68 @@ def _grid(plot: _Plot, y_ticks: list[float], height: int) -> list[str]:
     return out
 
 
+LABEL_CHAR_W = 6.2
+"""Width of a character of a threshold label (11 px text), for the right margin that holds them."""
+LABEL_LINE_H = 13.0
+"""Height of a line of a threshold label; two labels keep at least this far apart."""
+LABEL_LINE_CHARS = 16
+"""A longer threshold label is wrapped at spaces into lines of about this many characters."""
+
+
+def label_lines(text: str, width: int = LABEL_LINE_CHARS) -> list[str]:
+    """``text`` wrapped at spaces, an operator (``= × + -``) kept with the word after it."""
+    words: list[str] = []
+    for word in text.split():
+        if words and words[-1] in ("=", "×", "+", "-", "−"):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    lines: list[str] = []
+    for word in words:
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
+def spread(ys: Sequence[float], heights: Sequence[float], *, lo: float, hi: float) -> list[float]:
+    """Tops of labels wanted at ``ys`` (same order), ``heights`` tall: none overlapping, within
+    ``[lo, hi]`` where there is room. Each is pushed down below the one above it, then, from the
+    bottom up, pulled back above ``hi`` and above the one below it."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    h = [heights[i] for i in order]
+    tops: list[float] = []
+    for k, i in enumerate(order):
+        y = max(ys[i], lo)
+        tops.append(max(y, tops[-1] + h[k - 1]) if tops else y)
+    for k in range(len(tops) - 1, -1, -1):
+        limit = hi - h[k] if k == len(tops) - 1 else tops[k + 1] - h[k]
+        tops[k] = min(tops[k], limit)
+    out = [0.0] * len(ys)
+    for i, y in zip(order, tops, strict=True):
+        out[i] = y
+    return out
+
+
 def _threshold_lines(plot: _Plot, thresholds: Sequence[Threshold]) -> list[str]:
+    """Each threshold's line across the plot and its label in the right margin, beside the line's end:
+    outside the plot, so no label covers the curve, and spread apart so two close thresholds stay readable."""
+    shown = [t for t in thresholds if plot.y_lo <= t.value <= plot.y_hi]
+    ys = [plot.sy(t.value) for t in shown]
+    lines = [label_lines(t.label) for t in shown]
+    heights = [LABEL_LINE_H * len(ls) for ls in lines]
+    tops = spread([y - LABEL_LINE_H / 2 for y in ys], heights, lo=plot.top - LABEL_LINE_H / 2,
+                  hi=plot.bottom + LABEL_LINE_H / 2)
     out = []
-    for t in thresholds:
-        if plot.y_lo <= t.value <= plot.y_hi:
-            y = plot.sy(t.value)
-            out.append(f'<line class="threshold th-{escape(t.css)}" x1="{plot.left}" x2="{plot.right}" '
-                       f'y1="{_f(y)}" y2="{_f(y)}"/>')
-            out.append(f'<text class="th-label th-{escape(t.css)}" x="{plot.right - 4}" y="{_f(y - 4)}" '
-                       f'text-anchor="end">{escape(t.label)}</text>')
+    x = _f(plot.right + 5)
+    for t, y, top, ls in zip(shown, ys, tops, lines, strict=True):
+        out.append(f'<line class="threshold th-{escape(t.css)}" x1="{plot.left}" x2="{plot.right}" '
+                   f'y1="{_f(y)}" y2="{_f(y)}"/>')
+        spans = "".join(f'<tspan x="{x}" dy="{_f(LABEL_LINE_H) if k else 0}">{escape(line)}</tspan>'
+                        for k, line in enumerate(ls))
+        out.append(f'<text class="th-label th-{escape(t.css)}" x="{x}" y="{_f(top + LABEL_LINE_H - 3)}" '
+                   f'text-anchor="start" data-lines="{len(ls)}">{spans}</text>')
     return out
 
 

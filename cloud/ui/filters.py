@@ -23,7 +23,7 @@ STATE_CSS: dict[str, str] = {
     TargetState.PENDING: "st-wait", TargetState.SENT: "st-wait", UpdateState.IDLE: "st-idle",
     **{s: "st-run" for s in _RUNNING},
     UpdateState.COMMITTED: "st-ok", UpdateState.FAILED: "st-bad", UpdateState.ROLLED_BACK: "st-warn",
-    Outcome.REFUSED: "st-bad", Outcome.CANCELLED: "st-idle",
+    Outcome.REFUSED: "st-bad", Outcome.CANCELLED: "st-idle",   # also UpdateState.CANCELLED (the same word)
     DeploymentStatus.ACTIVE: "st-run", DeploymentStatus.SUCCEEDED: "st-ok", DeploymentStatus.PARTIAL: "st-warn",
     DriftLevel.OK: "st-ok", DriftLevel.WARN: "st-warn", DriftLevel.ALARM: "st-bad", DriftLevel.INSUFFICIENT: "st-idle",
     DeviceStatus.ONLINE: "st-ok", DeviceStatus.OFFLINE: "st-idle",
@@ -92,5 +92,10 @@ def state_css(state: str | None) -> str:
     return STATE_CSS.get(state or "", "st-idle")
 
 
+def feed_css(level: str) -> str:
+    """Colour of a "Recent events" item: errors and alarms bad, offline grey, the rest a warning."""
+    return {"error": "st-bad", DriftLevel.ALARM: "st-bad", DeviceStatus.OFFLINE: "st-idle"}.get(level, "st-warn")
+
+
 FILTERS = {"ago": ago, "datetime": datetime_utc, "bytes": byte_size, "duration": duration, "num": number,
-           "short": short, "state_css": state_css}
+           "short": short, "state_css": state_css, "feed_css": feed_css}

@@ -17,14 +17,15 @@ from edgefleet.cloud.deps import ControllerDep, SessionDep
 from edgefleet.cloud.services import deployments, devices, registry, telemetry
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.store.tables import Bundle, Deployment
-from edgefleet.cloud.ui import charts
+from edgefleet.cloud.ui import charts, feed, filters
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
+from edgefleet.cloud.ui.report_view import report_view
 from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
 from edgefleet.cloud.vocabulary import DeploymentStatus, IncidentState, TelemetryGroup
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
-from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel, EventLevel
+from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg
 STATS_WINDOW_S = 24 * 3600.0
 """Bundle pages summarise the telemetry of the last day."""
 DEFAULT_THRESHOLDS = {"psi_warn": 0.1, "psi_alarm": 0.25}
+FEED_LIMIT = 15
+"""Items of the overview's "Recent events" feed."""
 
 router = APIRouter(include_in_schema=False)
 
@@ -88,9 +91,10 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
     if user is None:
         return to_login(request)
     now = controller.now()
+    settings = controller.settings
     fleet = devices.list_devices(session)
     online = sum(d.online for d in fleet)
-    latest = telemetry.latest_drift_verdicts(session)
+    latest = feed.recent_verdicts(telemetry.latest_drift_verdicts(session), since=now - settings.ui_drift_span_s)
     drift_counts: dict[str, int] = {}
     alarms: list[dict[str, Any]] = []
     for d in fleet:
@@ -113,7 +117,11 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
         if d.installed:
             label = f"{d.installed.get('name', '?')} {d.installed.get('version', '')}".strip()
             installed[label] = installed.get(label, 0) + 1
-    events = devices.recent_events(session, levels=(EventLevel.WARNING, EventLevel.ERROR), limit=6)
+    since = now - settings.ui_feed_span_s
+    events = feed.build_feed(
+        events=devices.recent_events(session, levels=feed.FEED_EVENT_LEVELS, limit=FEED_LIMIT),
+        episodes=telemetry.drift_episodes(session, since=since, levels=feed.FEED_DRIFT_LEVELS),
+        devices=fleet, since=since, limit=FEED_LIMIT)
     return render(
         request, "overview.html", user=user, now=now, refresh=10,
         total=len(fleet), online=online, offline=len(fleet) - online,
@@ -124,12 +132,14 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
         states_chart=charts.hbars(_state_slices(states), kind="states", title="devices per update state"),
         drift_chart=charts.hbars([charts.Slice(k, drift_counts.get(k, 0), STATE_CSS[k])
                                   for k in DriftLevel],
-                                 kind="drift", title="devices per drift level (latest judged window)"),
+                                 kind="drift", title=f"devices per drift level (newest judged window of the "
+                                                     f"last {filters.duration(settings.ui_drift_span_s)})"),
         installed_chart=charts.hbars([charts.Slice(k, v, "s1") for k, v in sorted(installed.items())],
                                      kind="installed", title="installed bundles"),
         alarms=alarms, n_alarm=drift_counts.get(DriftLevel.ALARM, 0), n_warn=drift_counts.get(DriftLevel.WARN, 0),
         active=_deployment_rows(session, active), recent=_deployment_rows(session, recent),
         bundles=bundles[:6], n_bundles=len(bundles), events=events, n_incidents=incidents.count_open(session),
+        drift_span=settings.ui_drift_span_s, feed_span=settings.ui_feed_span_s,
         open_incidents=incidents.list_incidents(session, state=IncidentState.OPEN, limit=5))
 
 
@@ -190,7 +200,8 @@ def device_detail(request: Request, device_id: str, session: SessionDep, control
     return render(request, "device.html", user=user, now=controller.now(), refresh=10, device=device,
                    bundle=bundle, summary=summary, latest=latest, thresholds=th, latency_chart=latency,
                    drift_chart=drift, predictions_chart=preds, requests_spark=requests_spark, targets=targets,
-                   deps_by_id=deps_by_id, bundles_by_id=bundles_by_id, events=events)
+                   deps_by_id=deps_by_id, bundles_by_id=bundles_by_id, events=events,
+                   previous_bundle=deployments.previous_bundle(session, device_id=device_id))
 
 
 def _natural(key: str) -> tuple[int, int, str]:
@@ -239,48 +250,7 @@ def bundle_detail(request: Request, digest: str, session: SessionDep, controller
     return render(request, "bundle.html", user=user, now=controller.now(), refresh=None, bundle=bundle,
                    manifest=manifest, profile=profile, tree=tree, model_name=model_name, used_by=used_by,
                    on_devices=on_devices, stats=stats, ref_chart=ref_chart,
-                   compression=_flatten(manifest.get("compression") or {}))
-
-
-def _flatten(data: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
-    """A compression report as ``(key, value)`` rows, nested keys joined with dots."""
-    out: list[tuple[str, str]] = []
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and depth < 2:
-            out.extend(_flatten(v, key + ".", depth + 1))
-        elif isinstance(v, float):
-            out.append((key, f"{v:.4g}"))
-        elif isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
-            out.extend(_records(key, v))
-        elif isinstance(v, list | dict):
-            text = str(v)
-            out.append((key, text if len(text) <= 80 else text[:77] + "..."))
-        else:
-            out.append((key, str(v)))
-    return out[:60]
-
-
-_RECORD_KEYS = ("name", "output", "measure")
-
-
-def _records(key: str, items: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """A list of records (the report's per-output fidelity and gate checks) as one row each,
-    named by the record's name / output / measure."""
-    rows = []
-    for item in items:
-        label = ".".join(str(item[k]) for k in _RECORD_KEYS if k in item)
-        text = _compact({k: x for k, x in item.items() if k not in _RECORD_KEYS})
-        rows.append((f"{key}.{label}", text if len(text) <= 200 else text[:197] + "..."))
-    return rows
-
-
-def _compact(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_compact(x)}" for k, x in value.items())
-    return str(value)
+                   compression=report_view(manifest.get("compression")))
 
 
 @router.get("/ui/deployments", response_class=HTMLResponse)

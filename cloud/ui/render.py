@@ -56,8 +56,9 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
 
 def not_found(request: Request, user: Principal, exc: EdgeFleetError) -> HTMLResponse:
     return render(request, "error.html", status_code=404, user=user, now=time.time(), refresh=None,
-                  title="Not found", message=exc.message)
+                  title="Not found", status=404, message=exc.message, where=exc.where, hint=exc.hint)
 
 
-def forbidden(request: Request, user: Principal, message: str) -> HTMLResponse:
-    return render(request, "error.html", status_code=403, user=user, title="Not allowed", message=message)
+def forbidden(request: Request, user: Principal, message: str, hint: str | None = None) -> HTMLResponse:
+    return render(request, "error.html", status_code=403, user=user, title="Not allowed", status=403,
+                  message=message, hint=hint)

@@ -74,11 +74,14 @@ class Action:
     explains: str
     danger: bool = False
     needs_issuer: bool = False
+    needs_role: bool = False
+    """Its rule looks at the signed-in person's role too (approval: approver or admin)."""
 
 
 ACTIONS: dict[str, Action] = {a.event.value: a for a in (
     Action(RolloutEvent.APPROVE, rollouts.approve_rollout, "Approve",
-           "Let it start on the protected devices. The approver must be someone other than its creator."),
+           "Let it start on the protected devices. The approver must be someone other than its creator, "
+           "with the approver (or admin) role.", needs_role=True),
     Action(RolloutEvent.PAUSE, rollouts.pause_rollout, "Pause", "No further orders go out until it is resumed; "
            "devices with an order keep going."),
     Action(RolloutEvent.RESUME, rollouts.resume_rollout, "Resume", "Carry on where it paused."),
@@ -514,7 +517,9 @@ def act_on_rollout(request: Request, rollout_id: str, name: str, controller: Con
     if refusal is not None:
         log.warning("UI %s of rollout %s refused for %s: %s", name, rollout_id, user.actor, refusal)
         return forbidden(request, user, refusal)
-    extra = {"issuer": controller.issuer} if action.needs_issuer else {}
+    extra: dict[str, object] = {"issuer": controller.issuer} if action.needs_issuer else {}
+    if action.needs_role:
+        extra["role"] = user.role
     try:
         with controller.session() as session:
             action.run(session, rollout_id=rollout_id, actor=user.actor, now=controller.now(),

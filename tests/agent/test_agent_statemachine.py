@@ -58,7 +58,7 @@ def test_terminal_states_only_accept_a_new_order(state):
 def test_before_activation_failures_fail_and_restarts_resume(state):
     assert next_state(state, E.FAIL) == UpdateState.FAILED
     assert next_state(state, E.TIMEOUT) == UpdateState.FAILED
-    assert next_state(state, E.CANCEL) == UpdateState.FAILED
+    assert next_state(state, E.CANCEL) == UpdateState.CANCELLED
     assert next_state(state, E.INTERRUPTED) == state
 
 

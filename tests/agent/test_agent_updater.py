@@ -155,7 +155,7 @@ def test_cancel_before_activation(world, keys):
     world.updater.submit(keys.order(data, now=world.now, sequence=2, action="cancel"))
     world.updater.run()
     (final,) = world.finals()
-    assert (final.state, final.outcome) == ("failed", "cancelled")
+    assert (final.state, final.outcome) == ("cancelled", "cancelled")
 
 
 @pytest.mark.parametrize("state,outcome,version", [

@@ -42,10 +42,12 @@ class FakeClock:
 
 @dataclass
 class FakeTransport:
-    """Stands in for the MQTT bridge: publishes are recorded."""
+    """Stands in for the MQTT bridge: publishes are recorded (delivery acknowledgements apart)."""
 
     connected: bool = True
     published: list[tuple[str, bytes]] = field(default_factory=list)
+    acks: list[tuple[str, bytes]] = field(default_factory=list)
+    """What went to the devices' ``ack`` topics (docs/protocol.md "Delivery acknowledgements")."""
 
     def start(self) -> None: ...
 
@@ -54,7 +56,7 @@ class FakeTransport:
     def publish(self, topic: str, payload: bytes) -> bool:
         if not self.connected:
             return False
-        self.published.append((topic, payload))
+        (self.acks if topic.endswith("/ack") else self.published).append((topic, payload))
         return True
 
 

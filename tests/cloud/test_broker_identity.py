@@ -221,6 +221,7 @@ def test_a_device_role_is_its_own_topics_literally_and_nothing_else():
     assert {(a.acltype, a.topic) for a in acls} == {
         *((PUBLISH_SEND, f"{P}/devices/cam-1/{k}") for k in ("hello", "state", "telemetry", "events", "status")),
         (SUBSCRIBE_LITERAL, f"{P}/devices/cam-1/cmd"), (PUBLISH_RECEIVE, f"{P}/devices/cam-1/cmd"),
+        (SUBSCRIBE_LITERAL, f"{P}/devices/cam-1/ack"), (PUBLISH_RECEIVE, f"{P}/devices/cam-1/ack"),
         (SUBSCRIBE_LITERAL, f"{P}/devices/cam-1/state"), (PUBLISH_RECEIVE, f"{P}/devices/cam-1/state")}
     assert all(a.allow and "+" not in a.topic and "#" not in a.topic for a in acls)
 
@@ -230,7 +231,7 @@ def test_the_controller_role_is_what_the_bridge_does():
     kinds = ("hello", "state", "telemetry", "events", "status")
     assert acls == {*((SUBSCRIBE_LITERAL, f"{P}/devices/+/{k}") for k in kinds),
                     *((PUBLISH_RECEIVE, f"{P}/devices/+/{k}") for k in kinds),
-                    (PUBLISH_SEND, f"{P}/devices/+/cmd")}
+                    (PUBLISH_SEND, f"{P}/devices/+/cmd"), (PUBLISH_SEND, f"{P}/devices/+/ack")}
     shared = {a.topic for a in controller_acls(P, "ctl") if a.acltype == SUBSCRIBE_LITERAL}
     assert shared == {f"$share/ctl/{P}/devices/+/{k}" for k in kinds}   # checked as the whole string
 

@@ -12,8 +12,8 @@ import pytest
 from edgefleet.cloud.cli import main as cli
 
 GROUPS = ["keys", "bundle", "models", "devices", "deployments", "rollout", "experiment", "webhook", "captures",
-          "incidents"]
-COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo", "retrain"]
+          "incidents", "users", "tokens", "db"]
+COMMANDS = ["compress", "sample-models", "deploy", "telemetry", "status", "serve", "demo", "retrain", "simulate"]
 """``retrain MODEL`` is a command (its ``status`` and ``list`` take the place of a model name)."""
 HEAVY = ("onnx", "onnxruntime", "ai_edge_litert", "tflite_runtime", "sklearn", "sqlalchemy", "sqlmodel",
          "fastapi", "uvicorn", "numpy", "httpx2", "edgefleet.compression.api", "edgefleet.compression.config",
@@ -59,6 +59,8 @@ def test_bare_group_shows_its_commands(capsys, group):
     (["incidents", "show"], "Missing argument 'INCIDENT_ID'"),
     (["retrain", "start"], "Missing argument 'MODEL'"),
     (["retrain", "status"], "Missing argument 'JOB_ID'"),
+    (["users", "create", "alice"], "Missing option '--role'"),
+    (["tokens", "revoke"], "Missing argument 'TOKEN_ID'"),
 ])
 def test_missing_argument(capsys, args, needle):
     assert_usage_error(*run(capsys, *args), needle=needle)

@@ -107,10 +107,13 @@ def test_a_rollout_to_protected_devices_waits_for_someone_else_to_approve(client
     assert sim.obey() == []                        # nothing goes out before approval
     refused = client.post(f"/api/v1/rollouts/{ro['id']}/approve")
     assert refused.status_code == 403 and "other than its creator" in refused.json()["error"]["message"]
-    other = client.post("/api/v1/tokens", json={"name": "second", "role": "operator"}).json()["token"]
+    operator = client.post("/api/v1/tokens", json={"name": "second", "role": "operator"}).json()["token"]
+    refused = client.post(f"/api/v1/rollouts/{ro['id']}/approve", headers={"Authorization": f"Bearer {operator}"})
+    assert refused.status_code == 403 and "needs the approver role" in refused.json()["error"]["message"]
+    other = client.post("/api/v1/tokens", json={"name": "second", "role": "approver"}).json()["token"]
     approved = client.post(f"/api/v1/rollouts/{ro['id']}/approve", headers={"Authorization": f"Bearer {other}"})
     assert approved.status_code == 200 and approved.json()["state"] == "running"
-    assert approved.json()["approved_by"] == "operator:second" and len(sim.obey()) == 1
+    assert approved.json()["approved_by"] == "approver:second" and len(sim.obey()) == 1
 
 
 def test_pace_limits_orders_per_minute(client, controller, sim, bundles):

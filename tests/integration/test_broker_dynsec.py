@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import subprocess
 
 import pytest
 from dynseckit import ADMIN_USER, Client, DynsecMosquitto, missing_parts
@@ -122,6 +124,13 @@ def test_a_device_speaks_and_listens_only_on_its_own_topics(managed, dynsec, top
         dev_a.publish(topic, signed_hello(a, topic, topic_prefix, about="cam-b"))
     dev_a.publish(cmd("cam-b", topic_prefix), b"forged order for cam-b")
     dev_a.publish(cmd("cam-a", topic_prefix), b"forged order for itself")
+    # and mosquitto_pub with cam-a's credentials (its client id is bound: it must use it), as cam-b
+    forged_topic = hello("cam-b", topic_prefix)
+    sent = subprocess.run([shutil.which("mosquitto_pub") or "mosquitto_pub", "-h", "127.0.0.1", "-p", str(dynsec.port),
+                           "-u", "cam-a", "-P", a["mqtt_password"], "-i", "cam-a-2", "-q", "1", "-t", forged_topic,
+                           "-s"], input=signed_hello(a, forged_topic, topic_prefix, about="cam-b"),
+                          capture_output=True, timeout=30)
+    assert sent.returncode != 0, "a second client id for cam-a must be refused"
     # then speaks on its own topic, and the controller sends it an order
     own = hello("cam-a", topic_prefix)
     dev_a.publish(own, signed_hello(a, own, topic_prefix))
@@ -134,6 +143,15 @@ def test_a_device_speaks_and_listens_only_on_its_own_topics(managed, dynsec, top
     assert observer.received(cmd("cam-a", topic_prefix)) == [b"order from the controller"]
     assert [t for t, _ in observer.messages if "/cam-b/" in t] == []
     assert dev_b.received(cmd("cam-b", topic_prefix)) == []
+    # mosquitto_pub as cam-a, with its bound client id: cam-b's hello is dropped, its own goes through
+    for topic, about in ((hello("cam-b", topic_prefix), "cam-b"), (own, None)):
+        sent = subprocess.run([shutil.which("mosquitto_pub") or "mosquitto_pub", "-h", "127.0.0.1", "-p",
+                               str(dynsec.port), "-u", "cam-a", "-P", a["mqtt_password"], "-i", "cam-a", "-q", "1",
+                               "-t", topic, "-s"], input=signed_hello(a, topic, topic_prefix, about=about),
+                              capture_output=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: len(observer.received(own)) >= 2, "cam-a's second hello routed")
+    assert [t for t, _ in observer.messages if "/cam-b/" in t] == []
     victim = client.get("/api/v1/devices/cam-b").json()
     assert victim["online"] is False and victim["arch"] is None
     dev_a.close()

@@ -2,22 +2,25 @@
 (Mosquitto without ACLs, and the embedded broker, which has no authentication at all).
 
 An enrolled device holds its broker credentials and its own message key; it publishes hello,
-state, telemetry and a status report under another device's topics. The broker lets it; the
-controller stores none of it. An agent enrolled before message signatures registers its key at
-start and is heard from then on.
+state, telemetry and a status report under another device's topics (``mosquitto_pub`` as the
+attacker). The broker lets it; the controller stores none of it. An agent enrolled before message
+signatures registers its key at start and is heard from then on; a re-enrolled one drops what its old
+key signed.
 """
 
 from __future__ import annotations
 
 import secrets
+import shutil
+import signal
+import subprocess
 import tomllib
 
-import paho.mqtt.client as mqtt
 import pytest
 from fleetkit import Agents
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session
 
+from edgefleet.agent.outbox import OUTBOX_FILE, Outbox
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.cloud.server import BackgroundServer
 from edgefleet.cloud.settings import ControllerSettings
@@ -65,10 +68,6 @@ def test_an_enrolled_device_cannot_speak_for_another(fleet, capsys, topic_prefix
     config = tomllib.loads((mallory_dir / "agent.toml").read_text())
     key = load_private_key(config["device_key"])                   # everything mallory has
     broker = parse_broker_url(config["broker_url"])
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"mallory-2-{secrets.token_hex(3)}")
-    client.username_pw_set(config["username"], config["password"])
-    client.connect(broker.host, broker.port)
-    client.loop_start()
     forged = [("hello", Hello(device_id="victim", agent_version="9.9.9", arch="forged-arch", os="linux",
                               runtimes=["onnx"])),
               ("state", State(device_id="victim", status="online", update_state="idle")),
@@ -77,14 +76,17 @@ def test_an_enrolled_device_cannot_speak_for_another(fleet, capsys, topic_prefix
               ("status", StatusReport(device_id="victim", deployment_id="dep-forged", sequence=1, state="committed",
                                       final=True, outcome="committed"))]
     before = _rejected(server, "bad_signature")
-    try:
-        for kind, message in forged:
-            topic = device_topic("victim", kind, topic_prefix)
-            client.publish(topic, seal(key, topic, encode(message)), qos=1).wait_for_publish(10)
-        wait_until(lambda: _rejected(server, "bad_signature") >= before + len(forged), "forgeries rejected")
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    # the attacker is mosquitto_pub with mallory's broker credentials, under another client id
+    pub = [shutil.which("mosquitto_pub") or "mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+           "-i", f"mallory-2-{secrets.token_hex(3)}"]
+    if config.get("username"):
+        pub += ["-u", config["username"], "-P", config["password"]]
+    for kind, message in forged:
+        topic = device_topic("victim", kind, topic_prefix)
+        sent = subprocess.run([*pub, "-t", topic, "-s"], input=seal(key, topic, encode(message)),
+                              capture_output=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+    wait_until(lambda: _rejected(server, "bad_signature") >= before + len(forged), "forgeries rejected")
     victim = api.get("/api/v1/devices/victim")
     assert victim["online"] is False and victim["arch"] != "forged-arch" and victim["agent_version"] != "9.9.9"
     assert api.get("/api/v1/telemetry/windows", device_id="victim") == []
@@ -111,3 +113,36 @@ def test_an_agent_enrolled_before_signatures_registers_its_key_and_is_heard(flee
     assert device["agent_version"]
     assert (state_dir / "keys" / "device.key").exists() and (state_dir / "keys" / "device.key.registered").exists()
     assert "device.message_key" in [e["action"] for e in api.get("/api/v1/audit", target="device:veteran")]
+
+
+def test_a_re_enrolled_device_drops_what_its_old_key_signed(fleet, capsys, topic_prefix):
+    """Messages still queued when a device is re-enrolled were signed with the key the enrollment
+    replaces: the controller would refuse them for ever, so the enrollment drops them (the counters stay)."""
+    server, agents, api = fleet
+    state_dir = agents.enroll(capsys, server.url, "cam")
+    first = agents.run(state_dir)
+    wait_until(lambda: api.get("/api/v1/devices/cam")["online"], "cam online", timeout=60)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    old_key = load_private_key(tomllib.loads((state_dir / "agent.toml").read_text())["device_key"])
+    outbox = Outbox(state_dir / OUTBOX_FILE)
+    topic = device_topic("cam", "telemetry", topic_prefix)
+    window = TelemetryWindow(device_id="cam", window_seq=999, window_start=0, window_end=1, requests=5,
+                             latency_ms=Histogram(bounds=[1.0], counts=[5, 0]))
+    assert outbox.enqueue(topic, seal(old_key, topic, encode(window)), msg_id=window.msg_id)
+    counters = outbox.counter("window_seq")
+    outbox.close()
+
+    agents.enroll(capsys, server.url, "cam")                      # the same state directory, a new key
+    outbox = Outbox(state_dir / OUTBOX_FILE)
+    try:
+        assert len(outbox) == 0 and outbox.counter("window_seq") == counters
+    finally:
+        outbox.close()
+    new_key = tomllib.loads((state_dir / "agent.toml").read_text())["device_key"]
+    assert load_private_key(new_key).public_key() != old_key.public_key()
+    before = _rejected(server, "bad_signature")
+    agents.run(state_dir)
+    wait_until(lambda: api.get("/api/v1/devices/cam")["online"], "cam online with its new key", timeout=60)
+    assert _rejected(server, "bad_signature") == before
+    assert [w for w in api.get("/api/v1/telemetry/windows", device_id="cam") if w["window_seq"] == 999] == []

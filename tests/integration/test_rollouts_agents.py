@@ -237,16 +237,16 @@ def test_a_rollout_to_a_protected_tag_waits_for_someone_else_to_approve(fleet):
     assert rc == 1 and "needs approval by someone other than its creator" in err
     assert fleet.rollout(ro["id"])["state"] == "waiting_approval"
     assert all(fleet.running(d) == fleet.digests["v1"] for d in DEVICES)   # nothing went out
-    approved = cli_json(fleet.capsys, "rollout", "approve", ro["id"], "--token", operator_token(fleet, "second"))
-    assert approved["approved_by"] == "operator:second" and approved["state"] in ("running", "succeeded")
+    approved = cli_json(fleet.capsys, "rollout", "approve", ro["id"], "--token", approver_token(fleet, "second"))
+    assert approved["approved_by"] == "approver:second" and approved["state"] in ("running", "succeeded")
     done = fleet.wait_final(ro["id"])
     assert done["state"] == "succeeded" and all(fleet.running(d) == v2 for d in DEVICES)
 
 
-def operator_token(fleet: Fleet, name: str) -> str:
-    """An API token for another person (the admin creates it over REST)."""
+def approver_token(fleet: Fleet, name: str) -> str:
+    """An API token for another person who may approve (the admin creates it over REST)."""
     with ControllerClient(fleet.controller.url, fleet.controller.env["EDGEFLEET_ADMIN_TOKEN"]) as api:
-        return api.post("/api/v1/tokens", {"name": name, "role": "operator"})["token"]
+        return api.post("/api/v1/tokens", {"name": name, "role": "approver"})["token"]
 
 
 def test_a_controller_killed_mid_stage_resumes_without_skipping_or_reordering(fleet):

@@ -39,4 +39,7 @@ def message_examples() -> dict[str, m.Message]:
             signed=m.DeploymentOrder(device_id="d1", deployment_id="dep1", bundle_digest="cd" * 32,
                                      bundle_size=100, bundle_url="http://c/b", sequence=1, issued_at=1, expires_at=2),
             signatures=[m.Signature(keyid="ef" * 32, sig="AAAA")])),
+        "ack": m.AckMessage(device_id="d1", ack=m.SignedAck(
+            signed=m.AckBody(device_id="d1", acked=["a1", "a2"], issued_at=1),
+            signatures=[m.Signature(keyid="ef" * 32, sig="AAAA")])),
     }

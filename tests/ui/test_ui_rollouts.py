@@ -277,15 +277,15 @@ def test_the_creator_cannot_approve_a_protected_rollout(page, server):
     approve.locator("button[type=submit]").click()
     expect(page.locator("#action-error")).to_contain_text(
         "a rollout to protected devices needs approval by someone other than its creator")
-    expect(page.locator("#action-error")).to_contain_text("ask another operator to approve it")
+    expect(page.locator("#action-error")).to_contain_text("ask another approver to approve it")
     expect(page.locator("h1 .badge")).to_have_text("waiting approval")
     assert rollout_state(server, rollout_id) == "waiting_approval"
     page.click("text=Log out")
-    log_in(page, server, token(server, "operator", "otto"))
+    log_in(page, server, token(server, "approver", "otto"))
     page.goto(f"/ui/rollouts/{rollout_id}")
     expect(page.locator("#act-approve")).not_to_contain_text("You created this rollout")
     page.locator("#act-approve summary").click()
     page.locator("#act-approve button[type=submit]").click()
     expect(page.locator("h1 .badge")).to_have_text("running")
-    expect(page.locator("main")).to_contain_text("approved by operator:otto")
+    expect(page.locator("main")).to_contain_text("approved by approver:otto")
     expect(page.locator("#rollout-devices tr[data-device='p-01']")).to_have_attribute("data-state", "in_progress")

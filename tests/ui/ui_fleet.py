@@ -143,15 +143,30 @@ def build_release() -> Release:
     source = mlp_onnx(seed=0, layers=0)
     samples = np.random.default_rng(1).normal(size=(200, 4)).astype(np.float32)
     bundles = {}
+    reports = {"1.2.0": LEGACY_REPORT, "1.3.0": compression_report()}
     for version, build in (("1.2.0", 3), ("1.3.0", 4)):
         recipe = parse_recipe({"bundle": {"name": "animals", "version": version, "build": build, "runtime": "onnx",
                                           "labels": LABELS, "description": "Tiny animal classifier for the UI tests"},
                                "target": {"min_agent_version": "0.1.0"}})
-        report = {"method": "dynamic_int8", "size_ratio": 0.27, "accuracy": {"original": 0.962, "compressed": 0.958},
-                  "gate": {"max_drop": 0.01, "passed": True}}
         bundles[version] = build_bundle(recipe, source, samples=samples, release_key=release,
-                                        compression_report=report, lineage=Lineage(source="tests/ui/ui_fleet.py"))
+                                        compression_report=reports[version],
+                                        lineage=Lineage(source="tests/ui/ui_fleet.py"))
     return Release(bundles, keys.TrustedKeys.of([release.public_key()], role="release"), source)
+
+
+LEGACY_REPORT = {"method": "dynamic_int8", "size_ratio": 0.27, "accuracy": {"original": 0.962, "compressed": 0.958},
+                 "gate": {"max_drop": 0.01, "passed": True}}
+"""A report of another shape (another tool's, an older one): shown as labelled values."""
+
+
+def compression_report() -> dict:
+    """The report ``edgefleet.compression`` writes, for a tiny model compressed here (dynamic int8)."""
+    from edgefleet.compression import CompressionConfig, compress
+
+    x = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    result = compress(mlp_onnx(n_in=16, n_hidden=128, n_out=3, layers=2), "onnx", CompressionConfig(latency_runs=0),
+                      calibration=x)
+    return result.report.manifest_dict()
 
 
 def register_release(controller: Controller, release: Release, *, now: float) -> None:
@@ -161,7 +176,8 @@ def register_release(controller: Controller, release: Release, *, now: float) ->
         src = registry.create_model_version(session, model_name="animals", version="1.0.0", actor=ACTOR, now=now)
         src.artifact_digest = hashlib.sha256(release.source).hexdigest()
         registry.create_model_version(session, model_name="animals", version="1.0.0-int8", kind="compressed",
-                                      parent_version="1.0.0", actor=ACTOR, now=now)
+                                      parent_version="1.0.0", actor=ACTOR, now=now,
+                                      report=release.bundles["1.3.0"].manifest.compression)
         for built in release.bundles.values():
             registry.register_bundle(session, incoming=_upload(controller, built.data), store=controller.bundles,
                                      trusted=release.trusted, max_bytes=controller.settings.max_bundle_bytes,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from sqlmodel import Session
 
-from edgefleet.cloud.api.params import IdPath
+from edgefleet.cloud.api.params import DeviceIdPath, IdPath
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import deployments, registry
@@ -65,6 +65,31 @@ def cancel_deployment(deployment_id: IdPath, controller: ControllerDep, who: Ope
     with controller.session() as session:
         deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,
                                       actor=who.actor, now=controller.now())
+    controller.publish_pending()
+    with controller.session() as session:
+        return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
+
+
+@api.post("/deployments/{deployment_id}/retry", tags=["deployments"])
+def retry_deployment(deployment_id: IdPath, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
+    """Send the install order again, newly signed, to the devices whose order failed, was rolled
+    back or refused (409 when there is none, or the deployment was cancelled or a rollout owns it)."""
+    with controller.session() as session:
+        deployments.retry_failed(session, deployment_id=deployment_id, issuer=controller.issuer, actor=who.actor,
+                                 now=controller.now())
+    controller.publish_pending()
+    with controller.session() as session:
+        return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
+
+
+@api.post("/devices/{device_id}/rollback", tags=["deployments"], status_code=201)
+def rollback_device(device_id: DeviceIdPath, controller: ControllerDep, who: OperatorDep) -> DeploymentDetail:
+    """Deploy the bundle the device ran before its current one to it (409 when it never ran another)."""
+    with controller.session() as session:
+        deployment = deployments.rollback_device(session, device_id=device_id, issuer=controller.issuer,
+                                                 actor=who.actor, now=controller.now(),
+                                                 timeout_s=controller.settings.deployment_timeout_s)
+        deployment_id = deployment.id
     controller.publish_pending()
     with controller.session() as session:
         return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
+from edgefleet.cloud.api.params import RowId
 from edgefleet.cloud.api.schemas import (
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
@@ -28,6 +29,7 @@ api = APIRouter(prefix="/api/v1")
 def create_enrollment_token(body: EnrollmentTokenCreate, controller: ControllerDep, session: SessionDep,
                             who: OperatorDep) -> EnrollmentTokenCreated:
     """A one-time token a device exchanges at ``POST /api/v1/enroll`` for its credentials."""
+    controller.check_device_id(body.device_id)
     row, secret = devices.create_enrollment_token(session, actor=who.actor, now=controller.now(),
                                                   lifetime_s=body.ttl_s, device_id=body.device_id, tags=body.tags)
     return EnrollmentTokenCreated.model_validate(row.model_dump() | {"token": secret})
@@ -40,12 +42,21 @@ def list_enrollment_tokens(session: SessionDep, _: OperatorDep,
             for t in devices.list_enrollment_tokens(session, include_used=include_used)]
 
 
+@api.delete("/enrollment-tokens/{token_id}", tags=["devices"])
+def revoke_enrollment_token(token_id: RowId, controller: ControllerDep, session: SessionDep,
+                            who: OperatorDep) -> EnrollmentTokenOut:
+    """End an unused token now (409 when a device already used it)."""
+    return EnrollmentTokenOut.model_validate(devices.revoke_enrollment_token(session, token_id=token_id,
+                                                                             actor=who.actor, now=controller.now()))
+
+
 @api.post("/enroll", tags=["devices"], status_code=201)
 def enroll(body: EnrollRequest, controller: ControllerDep, session: SessionDep) -> EnrollResponse:
     """Device side: exchange a one-time enrollment token (in the body, no API token needed) for the
     device's MQTT credentials, API token and the public keys it must trust. With a managed broker
     (``broker_admin``) a broker that does not take the credentials answers 503 and nothing is kept:
     the token stays valid."""
+    controller.check_device_id(body.device_id)
     result = devices.enroll(session, token=body.token, device_id=body.device_id, now=controller.now(),
                             public_key_pem=body.device_public_key_pem,
                             require_key=not controller.settings.accept_unsigned_devices,

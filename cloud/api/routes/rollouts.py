@@ -101,12 +101,16 @@ ACTIONS: dict[str, tuple[Callable[..., object], str]] = {
 }
 """The people's actions on a rollout: each takes an optional ``{"reason": ...}`` kept in the audit log."""
 NEEDS_ISSUER = {"abort", "cancel"}
+NEEDS_ROLE = {"approve"}
+"""Actions whose rule looks at the caller's role too (approval: approver or admin)."""
 
 
 def _action_route(name: str, act: Callable[..., object], doc: str) -> None:
     def route(rollout_id: IdPath, controller: ControllerDep, who: OperatorDep,
               body: RolloutAction | None = None) -> RolloutDetail:
-        extra = {"issuer": controller.issuer} if name in NEEDS_ISSUER else {}
+        extra: dict[str, object] = {"issuer": controller.issuer} if name in NEEDS_ISSUER else {}
+        if name in NEEDS_ROLE:
+            extra["role"] = who.role
         return _act(controller, rollout_id, lambda s: act(s, rollout_id=rollout_id, actor=who.actor,
                                                           now=controller.now(), reason=body.reason if body else "",
                                                           **extra))

@@ -23,7 +23,7 @@ from sqlalchemy import String, cast
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.services import audit, deployments, devices, registry, webhooks
-from edgefleet.cloud.services.auth import PermissionDeniedError
+from edgefleet.cloud.services.auth import PermissionDeniedError, rank
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.rollouts import gates, pacing
 from edgefleet.cloud.services.rollouts.policy import (
@@ -61,7 +61,7 @@ from edgefleet.cloud.store.tables import (
     TelemetryRecord,
     row_id,
 )
-from edgefleet.cloud.vocabulary import DeploymentStatus, DeviceState, RolloutState, StageState, WebhookEvent
+from edgefleet.cloud.vocabulary import DeploymentStatus, DeviceState, Role, RolloutState, StageState, WebhookEvent
 from edgefleet.protocol.errors import ConflictError, InvalidRequestError, NotFoundError
 from edgefleet.protocol.manifest import BundleManifest
 from edgefleet.protocol.messages import histogram_quantile
@@ -221,11 +221,18 @@ def policy_of(rollout: Rollout) -> RolloutPolicy:
 
 # ------------------------------------------------------------------------------------ people act
 
-def approve_rollout(session: Session, *, rollout_id: str, actor: str, now: float, reason: str = "") -> Rollout:
+def approve_rollout(session: Session, *, rollout_id: str, actor: str, role: str, now: float,
+                    reason: str = "") -> Rollout:
+    """Let a rollout to protected devices start. ``actor`` names the person (``user:NAME`` whichever of
+    their tokens they use), ``role`` the rights they act with: approver or admin, and not the creator."""
     rollout = get_rollout(session, rollout_id=rollout_id)
     if actor == rollout.created_by:
         raise PermissionDeniedError("a rollout to protected devices needs approval by someone other than its "
-                                    "creator", where="approve", hint="ask another operator to approve it")
+                                    "creator", where="approve", hint="ask another approver to approve it")
+    if rank(role) < rank(Role.APPROVER):
+        raise PermissionDeniedError(f"approving a rollout to protected devices needs the approver role; {actor} "
+                                    f"acts as {role}", where="approve",
+                                    hint="ask someone with the approver (or admin) role to approve it")
     _move(session, rollout, RolloutEvent.APPROVE, now=now, reason=None)
     rollout.approved_at, rollout.approved_by, rollout.started_at = now, actor, now
     _record(session, rollout, actor, "approve", now, reason=reason)

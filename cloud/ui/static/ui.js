@@ -40,3 +40,27 @@
   var timer = setInterval(tick, every);
   document.addEventListener("visibilitychange", function () { if (!document.hidden) tick(); });
 })();
+
+// The top bar's navigation collapses behind a "Menu" button on narrow screens (ui.css decides when);
+// without this script the links simply wrap.
+(function () {
+  "use strict";
+  var header = document.querySelector("header.top");
+  var button = header && header.querySelector(".nav-toggle");
+  var nav = header && header.querySelector("nav");
+  if (!button || !nav) return;
+  header.classList.add("js-nav");
+  button.hidden = false;
+  button.addEventListener("click", function () {
+    var open = button.getAttribute("aria-expanded") !== "true";
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+    header.classList.toggle("nav-open", open);
+  });
+  document.addEventListener("keydown", function (e) {
+    if (e.key === "Escape" && header.classList.contains("nav-open")) {
+      header.classList.remove("nav-open");
+      button.setAttribute("aria-expanded", "false");
+      button.focus();
+    }
+  });
+})();

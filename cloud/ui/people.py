@@ -1,0 +1,198 @@
+"""People from the UI, through the services ``/api/v1/users`` and ``/api/v1/me/tokens`` call (which
+write the audit entries): the users page (admin: list, create with a role, change the role, disable
+or enable), and the signed-in person's own API tokens (anyone signed in as a person: create -- shown
+once -- and revoke; a shared token has no personal tokens, as in the API)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
+
+from edgefleet.cloud.deps import ControllerDep, PasswordPolicyDep, SessionDep
+from edgefleet.cloud.services import auth, users
+from edgefleet.cloud.services.auth import PermissionDeniedError, Principal
+from edgefleet.cloud.store.tables import User
+from edgefleet.cloud.ui.csrf import CsrfField
+from edgefleet.cloud.ui.device_actions import hours
+from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
+from edgefleet.cloud.ui.session import csrf_refusal, same_origin, signed_in, to_login
+from edgefleet.cloud.vocabulary import OPERATOR_ROLES, Role
+from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+Short = Annotated[str, Form(max_length=200)]
+Secret = Annotated[str, Form(max_length=1024)]
+
+
+def post_refusal(request: Request, user: Principal, token: str, role: Role) -> str | None:
+    """Why ``user`` may not act through this form post: ``role`` is needed, and the form must come
+    from the controller's own pages with the session's CSRF token. ``None`` when it may."""
+    return user.refusal(role) or (None if same_origin(request) else
+                                  "this form was not posted from the controller's own pages") \
+        or csrf_refusal(request, token)
+
+
+def _posted(request: Request, controller: ControllerDep, csrf_token: str, role: Role, what: str
+            ) -> tuple[Principal | None, Response | None]:
+    with controller.session() as session:
+        user = signed_in(request, session)
+    if user is None:
+        return None, to_login(request)
+    refusal = post_refusal(request, user, csrf_token, role)
+    if refusal is not None:
+        log.warning("UI %s refused for %s: %s", what, user.actor, refusal)
+        return user, forbidden(request, user, refusal)
+    return user, None
+
+
+# --------------------------------------------------------------------------- users (admin)
+
+def _users_page(request: Request, session: Session, controller: ControllerDep, user: Principal, *,
+                problem: EdgeFleetError | None = None, status_code: int = 200,
+                form: dict[str, str] | None = None) -> Response:
+    return render(request, "people.html", status_code=status_code, user=user, now=controller.now(),
+                  people=users.list_users(session), roles=list(OPERATOR_ROLES), problem=problem,
+                  form=form or {"name": "", "display_name": "", "role": Role.VIEWER})
+
+
+@router.get("/ui/people", response_class=HTMLResponse)
+def people(request: Request, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    refusal = user.refusal(Role.ADMIN)
+    if refusal is not None:
+        return forbidden(request, user, refusal)
+    return _users_page(request, session, controller, user)
+
+
+@router.post("/ui/people", response_class=HTMLResponse)
+def create_user(request: Request, controller: ControllerDep, policy: PasswordPolicyDep, name: Short = "",
+                display_name: Short = "", role: Short = "", password: Secret = "", confirm: Short = "",
+                csrf_token: CsrfField = "") -> Response:
+    """A new user with a role (and a password, if one is given: else they cannot sign in with one yet)."""
+    user, refused = _posted(request, controller, csrf_token, Role.ADMIN, "user create")
+    if refused is not None or user is None:
+        return refused or to_login(request)
+    form = {"name": name.strip(), "display_name": display_name.strip(), "role": role}
+    try:
+        if confirm != "yes":
+            raise ConfigError("the new user was not confirmed", where="confirm", hint="tick the confirmation box")
+        with controller.session() as session:
+            users.create_user(session, name=form["name"], role=role, display_name=form["display_name"],
+                              password=password or None, actor=user.actor, now=controller.now(), policy=policy)
+    except EdgeFleetError as exc:
+        with controller.session() as session:
+            return _users_page(request, session, controller, user, problem=exc, form=form,
+                               status_code=409 if isinstance(exc, ConflictError) else 400)
+    log.info("user %s created from the UI by %s", form["name"], user.actor)
+    return RedirectResponse(f"{base_path(request)}/ui/people", status_code=303)
+
+
+@router.post("/ui/people/{name}", response_class=HTMLResponse)
+def update_user(request: Request, name: str, controller: ControllerDep, role: Short = "", disabled: Short = "",
+                csrf_token: CsrfField = "") -> Response:
+    """Change the role (``role``) or disable / enable (``disabled``: ``yes`` / ``no``)."""
+    user, refused = _posted(request, controller, csrf_token, Role.ADMIN, f"change of user {name}")
+    if refused is not None or user is None:
+        return refused or to_login(request)
+    try:
+        if disabled not in ("", "yes", "no"):
+            raise ConfigError(f"disabled is yes or no, not {disabled[:20]!r}", where="disabled")
+        with controller.session() as session:
+            users.update_user(session, name=name, role=role or None, actor=user.actor, now=controller.now(),
+                              disabled={"yes": True, "no": False}.get(disabled))
+    except NotFoundError as exc:
+        return not_found(request, user, exc)
+    except EdgeFleetError as exc:
+        with controller.session() as session:
+            return _users_page(request, session, controller, user, problem=exc,
+                               status_code=409 if isinstance(exc, ConflictError) else 400)
+    log.info("user %s changed from the UI by %s", name, user.actor)
+    return RedirectResponse(f"{base_path(request)}/ui/people", status_code=303)
+
+
+# --------------------------------------------------------------------------- one's own tokens
+
+def _owner(session: Session, user: Principal) -> User | None:
+    return users.find_user(session, name=user.user) if user.user else None
+
+
+def _tokens_page(request: Request, session: Session, controller: ControllerDep, user: Principal, *,
+                 created: str | None = None, problem: EdgeFleetError | None = None,
+                 status_code: int = 200) -> Response:
+    owner = _owner(session, user)
+    mine = [t for t in auth.user_tokens(session, user=owner) if not t.ui_session] if owner else []
+    return render(request, "tokens.html", status_code=status_code, user=user, now=controller.now(), owner=owner,
+                  tokens=mine, created=created, problem=problem,
+                  roles=[r for r in OPERATOR_ROLES if auth.rank(r) <= auth.rank(user.role)])
+
+
+@router.get("/ui/tokens", response_class=HTMLResponse)
+def my_tokens(request: Request, session: SessionDep, controller: ControllerDep) -> Response:
+    user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    return _tokens_page(request, session, controller, user)
+
+
+@router.post("/ui/tokens", response_class=HTMLResponse)
+def create_my_token(request: Request, controller: ControllerDep, name: Short = "", role: Short = "",
+                    days: Annotated[str, Form(max_length=20)] = "30", csrf_token: CsrfField = "") -> Response:
+    """A personal token: at most the person's role and the session's, shown this once."""
+    user, refused = _posted(request, controller, csrf_token, Role.VIEWER, "token create")
+    if refused is not None or user is None:
+        return refused or to_login(request)
+    try:
+        if not name.strip():
+            raise ConfigError("give the token a name (where it will be used)", where="name")
+        role = role or user.role
+        if role not in OPERATOR_ROLES or auth.rank(role) > auth.rank(user.role):
+            raise PermissionDeniedError(f"a session with the {user.role} role may not make a token with the "
+                                        f"{role[:20]} role", where="role", hint=f"choose a role up to {user.role}")
+        try:
+            lifetime = hours(str(float(days) * 24), where="days")
+        except ConfigError:
+            raise ConfigError(f"{days[:20]!r} is not 1 hour to 30 days", where="days") from None
+        with controller.session() as session:
+            owner = _owner(session, user)
+            if owner is None:
+                raise PermissionDeniedError(f"{user.actor} is a shared token, not a person's", where="session",
+                                            hint="sign in with a user name and password for personal tokens")
+            now = controller.now()
+            _, secret = auth.create_token(session, name=name.strip(), role=Role(role), actor=user.actor, now=now,
+                                          user=owner, expires_at=now + lifetime)
+    except (EdgeFleetError, ValueError) as exc:
+        problem = exc if isinstance(exc, EdgeFleetError) else ConfigError(f"{days[:20]!r} is not a number of days",
+                                                                          where="days")
+        with controller.session() as session:
+            return _tokens_page(request, session, controller, user, problem=problem,
+                                status_code=403 if isinstance(problem, PermissionDeniedError) else 400)
+    log.info("personal token created from the UI by %s", user.actor)
+    with controller.session() as session:
+        return _tokens_page(request, session, controller, user, created=secret)
+
+
+@router.post("/ui/tokens/{token_id}/revoke")
+def revoke_my_token(request: Request, token_id: str, controller: ControllerDep, csrf_token: CsrfField = "") -> Response:
+    """Revoke one of the signed-in person's tokens (another's is "not found", as in the API)."""
+    user, refused = _posted(request, controller, csrf_token, Role.VIEWER, f"revoke of token {token_id[:20]}")
+    if refused is not None or user is None:
+        return refused or to_login(request)
+    try:
+        with controller.session() as session:
+            owner = _owner(session, user)
+            if owner is None or not token_id.isdigit() or len(token_id) > 18:
+                raise NotFoundError(f"no token {token_id[:20]!r} of {user.actor}", where="token_id")
+            auth.revoke_token(session, token_id=int(token_id), actor=user.actor, now=controller.now(), user=owner)
+    except NotFoundError as exc:
+        return not_found(request, user, exc)
+    log.info("token %s revoked from the UI by %s", token_id, user.actor)
+    return RedirectResponse(f"{base_path(request)}/ui/tokens", status_code=303)
