@@ -82,13 +82,15 @@ def _upload(controller: Controller, data: bytes) -> Upload:
     return Upload(Path(name), hashlib.sha256(data).hexdigest(), len(data))
 
 
-KEYS: dict[str, DeviceKey] = {}
-"""The message key of every device :func:`enroll` enrolled (what its agent would sign with)."""
+KEYS: dict[tuple[int, str], DeviceKey] = {}
+"""``(id(controller), device id)`` -> the message key :func:`enroll` gave the device (what its agent
+would sign with); per controller, since several seeded fleets live in one test session."""
 
 
 def ingest(controller: Controller, device_id: str, kind: str, message: Message, now: float) -> None:
     topic = device_topic(device_id, kind, controller.settings.topic_prefix)
-    result = controller.ingestor.process([Raw(topic, KEYS[device_id].seal(topic, encode(message)), now)])
+    sealed = KEYS[id(controller), device_id].seal(topic, encode(message))
+    result = controller.ingestor.process([Raw(topic, sealed, now)])
     assert result.stored == 1, (kind, device_id, result)
 
 
@@ -189,8 +191,8 @@ def enroll(controller: Controller, device_id: str, tags: list[str], *, now: floa
     """Enroll a device with a one-time token (its first tag on the token, as a hardware class would be)."""
     with controller.session() as session:
         _, token = devices.create_enrollment_token(session, actor=ACTOR, now=now, tags=tags[:1])
-        KEYS[device_id] = DeviceKey()
-        devices.enroll(session, token=token, device_id=device_id, now=now, public_key_pem=KEYS[device_id].pem)
+        key = KEYS[id(controller), device_id] = DeviceKey()
+        devices.enroll(session, token=token, device_id=device_id, now=now, public_key_pem=key.pem)
 
 
 def hello(controller: Controller, device_id: str, tags: list[str], bundle: BuiltBundle, *, now: float) -> None:
