@@ -1,19 +1,30 @@
-"""What tests of every kind share: one free port picker, one polling wait, device message keys."""
+"""What tests of every kind share: one free port picker, one polling wait, device message keys, and one
+rule for a part the machine lacks."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.cloud.ports import free_port
 from edgefleet.protocol.keys import generate_private_key, public_key_pem
 
-__all__ = ["DeviceKey", "free_port", "wait_until"]
+__all__ = ["DeviceKey", "free_port", "missing_part", "wait_until"]
 
 T = TypeVar("T")
+
+
+def missing_part(message: str) -> NoReturn:
+    """A part of the machine a test needs is not there: skip locally, FAIL under CI=true (where every part
+    the README names is meant to be there), never a silent skip in CI."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def wait_until(predicate: Callable[[], T], what: str = "condition", timeout: float = 30.0,

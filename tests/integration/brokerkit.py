@@ -9,7 +9,6 @@ it under ``CI=true``, like the Mosquitto fixture."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -21,14 +20,13 @@ import uuid
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from fleetkit import AGENT_SETTINGS
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.protocol.topics import CONTROLLER_KINDS, DEVICE_KINDS, device_topic
 
-from testkit import free_port
+from testkit import free_port, missing_part
 
 NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
@@ -38,13 +36,6 @@ RABBITMQ_MQTT = ("127.0.0.1", 1884)
 """Where the MQTT plugin listens: ``mqtt.listeners.tcp.local = 127.0.0.1:1884`` in
 /etc/rabbitmq/rabbitmq.conf (read at the node's start); :func:`rabbitmq_mqtt` sets the same at run
 time when it enables the plugin on a running node."""
-
-
-def missing(message: str) -> None:
-    """Skip locally, fail under CI (where every part is meant to be there)."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -115,7 +106,7 @@ class NatsCluster:
 
     def start(self, timeout: float = 90.0) -> NatsCluster:
         if not Path(NATS_BIN).exists():
-            missing("nats-server not found (apt-get install nats-server)")
+            missing_part("nats-server not found (apt-get install nats-server)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for node, name in enumerate(self.names):
             conf = self.workdir / f"{name}.conf"
@@ -165,9 +156,9 @@ def rabbitmq_mqtt(timeout: float = 60.0) -> tuple[str, int]:
     if port_open(*RABBITMQ_MQTT):
         return RABBITMQ_MQTT
     if not Path(RABBITMQCTL).exists():
-        missing("rabbitmqctl not found (apt-get install rabbitmq-server)")
+        missing_part("rabbitmqctl not found (apt-get install rabbitmq-server)")
     if not port_open(*RABBITMQ_AMQP):
-        missing(f"RabbitMQ is not running (nothing on {RABBITMQ_AMQP[0]}:{RABBITMQ_AMQP[1]}); start it: "
+        missing_part(f"RabbitMQ is not running (nothing on {RABBITMQ_AMQP[0]}:{RABBITMQ_AMQP[1]}); start it: "
                 "service rabbitmq-server start")
     host, port = RABBITMQ_MQTT
     # The plugin's listener must not take 1883 (Mosquitto's): set it before the plugin starts. The

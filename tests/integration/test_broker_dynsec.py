@@ -8,7 +8,6 @@ a decommission is finished by the reconciler once the broker is back."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from edgefleet.protocol.topics import DEVICE_KINDS, cmd, device_topic, hello, st
 
 from controllerkit import controller_settings as base_settings
 from controllerkit import enroll, running_controller
-from testkit import wait_until
+from testkit import missing_part, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +33,7 @@ def dynsec(tmp_path):
     """A private Mosquitto with the plugin. Missing parts: skip locally, FAIL under CI=true."""
     missing = missing_parts()
     if missing:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(missing)
-        pytest.skip(missing)
+        missing_part(missing)
     broker = DynsecMosquitto(tmp_path / "mosquitto").start()
     yield broker
     broker.stop()
