@@ -7,10 +7,12 @@ finished file is moved into place with ``os.replace`` only after size and sha256
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
 import os
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,12 +20,16 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import urljoin
 
-from edgefleet.protocol.errors import DigestMismatchError, SizeLimitError, TransportError
+from edgefleet.protocol.errors import DigestMismatchError, NoSpaceError, SizeLimitError, TransportError
 from edgefleet.protocol.vocabulary import Reason
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+RESERVE = 256 * 1024
+"""Bytes a download leaves free on its file system: the agent's own state (update record, outbox of
+status reports) must still be writable to report what happened."""
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _hash_existing(part: Path, limit: int) -> tuple[int, hashlib._Hash]:
@@ -45,13 +51,14 @@ def download(url: str, dest: Path, *, expected_size: int, expected_sha256: str, 
              progress: Callable[[int], None] | None = None,
              should_stop: Callable[[], bool] | None = None,
              headers: dict[str, str] | None = None, check_url: Callable[[str], None] | None = None) -> Path:
-    """Fetch ``url`` into ``dest``; raise TransportError (retryable), SizeLimitError or
-    DigestMismatchError (not retryable: the part file is discarded). ``check_url`` judges every
+    """Fetch ``url`` into ``dest``; raise TransportError (retryable), SizeLimitError,
+    DigestMismatchError or NoSpaceError (not retryable: the part file is discarded). ``check_url`` judges every
     redirect target before it is followed (it raises to refuse; agent/url_policy.py)."""
     if dest.is_file() and dest.stat().st_size == expected_size:
         return dest
     part = dest.with_name(dest.name + ".part")
     done, digest = _hash_existing(part, expected_size)
+    _check_room(dest.parent, expected_size - done, done)
     request = urllib.request.Request(url, headers=dict(headers or {}))
     if done:
         request.add_header("Range", f"bytes={done}-")
@@ -132,13 +139,20 @@ def _receive(response: http.client.HTTPResponse, url: str, part: Path, *, done: 
     if length is not None and length.isdigit() and done + int(length) > expected_size:
         raise SizeLimitError(f"server announces {done + int(length)} bytes, the order signs "
                              f"{expected_size}", where=url)
-    with open(part, mode, buffering=0) as fh:
-        try:
-            done = _stream(response, fh, digest, url, done=done, expected_size=expected_size, progress=progress,
-                           should_stop=should_stop)
-        finally:
-            fh.flush()
-            os.fsync(fh.fileno())
+    try:
+        with open(part, mode, buffering=0) as fh:
+            try:
+                done = _stream(response, fh, digest, url, done=done, expected_size=expected_size, progress=progress,
+                               should_stop=should_stop)
+            finally:
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        written = part.stat().st_size if part.exists() else done
+        part.unlink(missing_ok=True)   # nothing half-written stays behind; the space is given back
+        raise _no_space(part.parent, expected_size, written) from None
     return done, digest
 
 
@@ -157,13 +171,40 @@ def _stream(response: http.client.HTTPResponse, fh: BinaryIO, digest: hashlib._H
                 fh.flush()
                 raise SizeLimitError(f"server sent more than the signed {expected_size} bytes",
                                      where=url)
-            fh.write(chunk)
+            try:
+                fh.write(chunk)
+            except OSError as exc:
+                if exc.errno in _FULL:
+                    raise   # not a transport fault: _receive reports it as such
+                raise TransportError(f"cannot write the download at {done} bytes: {exc}", where=url) from None
             digest.update(chunk)
             done += len(chunk)
             if progress is not None:
                 progress(done)
     except (OSError, ValueError, http.client.HTTPException) as exc:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise
         raise TransportError(f"download interrupted at {done} bytes: {exc}", where=url) from None
+
+
+def _check_room(directory: Path, needed: int, done: int) -> None:
+    """Refuse before reading anything when the file system cannot take the rest of the signed size
+    (and :data:`RESERVE`): a device with a full disk fails at once with a precise reason instead of
+    writing until it runs out."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return   # cannot tell: the write itself will say
+    if needed > 0 and free < needed + RESERVE:
+        raise _no_space(directory, done + needed, done, free=free)
+
+
+def _no_space(directory: Path, size: int, done: int, *, free: int | None = None) -> NoSpaceError:
+    have = f"{free} bytes free" if free is not None else f"the disk filled up after {done} bytes"
+    return NoSpaceError(f"no space for the {size}-byte bundle: {have} (the download needs its size plus "
+                        f"{RESERVE} bytes for the agent's own state)", where=str(directory),
+                        hint="free space on the agent's state_dir file system or give it a larger one, then deploy "
+                             "again; the current model keeps serving")
 
 
 def _content_range_start(value: str | None) -> int:

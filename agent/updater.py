@@ -34,6 +34,7 @@ from edgefleet.protocol.errors import (
     DigestMismatchError,
     EdgeFleetError,
     InferenceError,
+    NoSpaceError,
     SizeLimitError,
     TransportError,
     VerificationError,
@@ -330,7 +331,7 @@ class Updater:
                             progress=progress, **checked,
                             should_stop=lambda: self._stop.is_set() or self.clock() >= deadline
                             or self._cancel.is_set())
-        except VerificationError as exc:
+        except (VerificationError, NoSpaceError) as exc:   # not retried (a full disk rarely frees itself)
             self._bundle_file().with_name(self._bundle_file().name + ".part").unlink(missing_ok=True)
             self._fail(exc)
             return

@@ -10,6 +10,10 @@ telemetry windows spread over many device ids, published by ONE client in a sepa
 * capacity  -- the backlog is queued at the broker first (persistent session), then the
   consumer connects and drains it; shows the consumer's own ceiling.
 
+Next to each rate, the consumer's CPU time per message during the run (its process, and the
+controller's decode processes): on a machine shared with other jobs a rate says how much CPU the
+consumer got, the CPU per message what it needs, so the CPU ratio is the steadier figure.
+
 Every window is signed by its device's own key, as agents do, and the controller verifies each
 one (docs/security.md "Message signatures") and, once a batch is committed, publishes one signed
 delivery acknowledgement per device of the batch (docs/protocol.md "Delivery acknowledgements"), as
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing
+import os
 import shutil
 import socket
 import statistics
@@ -141,10 +146,30 @@ class Fleet:
         return started, ended
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of this process and of the processes ``pids`` (Linux)."""
+    own = os.times()
+    total = own.user + own.system
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
 class BareSubscriber:
     """The baseline: one paho client that only counts what it receives."""
 
     signed = True
+    cpu_at_finish = 0.0
+
+    def cpu(self) -> float:
+        return process_cpu([])
 
     def __init__(self, port: int, prefix: str, client_id: str, expected: int, **_) -> None:
         self.port, self.expected = port, expected
@@ -175,6 +200,7 @@ class BareSubscriber:
     def wait(self) -> float:
         if not self.done.wait(300):
             raise RuntimeError(f"bare subscriber got {self.count}/{self.expected}")
+        self.cpu_at_finish = self.cpu()
         self.disconnect()
         return self.finished_at
 
@@ -222,6 +248,10 @@ class ControllerIngest:
                  decode_workers: int) -> None:
         self.expected = expected
         self.acks_published = 0
+        self.handled = 0            # messages through a committed batch (stored or duplicate)
+        self.acked_ids = 0          # message ids in published acknowledgements
+        self.finished = threading.Event()
+        self.subscribed_once = False
         self.engine = make_engine(database_url(self.database, workdir, client_id))
         create_schema(self.engine)
         with session_scope(self.engine) as session:
@@ -236,7 +266,7 @@ class ControllerIngest:
         self.prefix = prefix
         self.ingestor = Ingestor(engine=self.engine, prefix=prefix, metrics=ControllerMetrics(),
                                  decode_workers=decode_workers, accept_keyless=not self.signed,
-                                 on_acked=self._acked if self.acks else None)
+                                 on_acked=self._acked if self.acks else None, on_stored=self._stored)
         self.ingestor.start()
         self._bridge_args = {"url": f"mqtt://127.0.0.1:{port}", "client_id": client_id,
                              "subscriptions": controller_subscriptions(prefix), "on_message": self.ingestor.submit}
@@ -247,10 +277,25 @@ class ControllerIngest:
         for topic, payload in ack_messages(acked, key=self.controller_key, prefix=self.prefix,
                                            issued_at=int(time.time())):
             self.acks_published += self.bridge.publish(topic, payload)
+        self.acked_ids += sum(len(ids) for ids in acked.values())
+        if self.acked_ids >= self.expected:
+            self.finished.set()
+
+    def cpu(self) -> float:
+        """This process and the decode processes (started with the ingestor, before any run)."""
+        pool = self.ingestor._pool
+        return process_cpu(list(pool._processes) if pool is not None and pool._processes else [])
+
+    def _stored(self, items: list) -> None:
+        self.handled += len(items)
+        if not self.acks and self.handled >= self.expected:
+            self.finished.set()
 
     def connect(self) -> None:
         self.bridge.start()
-        time.sleep(0.3)        # let the SUBACK arrive
+        if not self.subscribed_once:   # the first connection subscribes; later ones resume the session
+            time.sleep(0.3)            # let the SUBACK arrive
+            self.subscribed_once = True
 
     def disconnect(self) -> None:
         self.bridge.stop()
@@ -261,15 +306,18 @@ class ControllerIngest:
             return session.exec(select(func.count()).select_from(TelemetryRecord)).one()
 
     def wait(self) -> float:
-        deadline = time.monotonic() + 300
-        while self.stored() < self.expected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"controller stored {self.stored()}/{self.expected}")
-            time.sleep(0.02)
+        """When the last window is stored (and, with acknowledgements, acknowledged); then checks
+        that every window is a row of the database."""
+        if not self.finished.wait(300):
+            raise RuntimeError(f"controller handled {self.handled}/{self.expected}, acknowledged {self.acked_ids}")
         finished = time.time()
+        self.cpu_at_finish = self.cpu()
         self.bridge.stop()
         self.ingestor.stop()
+        stored = self.stored()
         self.engine.dispose()
+        if stored != self.expected:
+            raise RuntimeError(f"controller stored {stored} rows of {self.expected} windows")
         return finished
 
 
@@ -290,8 +338,8 @@ CONSUMERS = {"bare paho subscriber": BareSubscriber, "controller ingest (stored)
 
 
 def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir: Path,
-             decode_workers: int) -> tuple[float, float]:
-    """Returns (consumer rate, publisher rate) in messages/s."""
+             decode_workers: int) -> tuple[float, float, float]:
+    """Returns (consumer rate, publisher rate) in messages/s and the consumer's CPU us per message."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}/edgefleet/v1"
     consumer = consumer_cls(port, prefix, f"c-{uuid.uuid4().hex[:8]}", n, n_devices=n_devices, workdir=workdir,
                             decode_workers=decode_workers)
@@ -301,15 +349,17 @@ def run_once(mode: str, consumer_cls, port: int, n: int, n_devices: int, workdir
         consumer.disconnect()          # the broker queues everything for the persistent session
         fleet.start()
         published, pub_end = fleet.finish()
+        cpu = consumer.cpu()
         started = time.time()
         consumer.connect()
         finished = consumer.wait()
     else:
+        cpu = consumer.cpu()
         fleet.start()
         finished = consumer.wait()
         published, pub_end = fleet.finish()
         started = published
-    return n / (finished - started), n / (pub_end - published)
+    return n / (finished - started), n / (pub_end - published), (consumer.cpu_at_finish - cpu) / n * 1e6
 
 
 def main() -> None:
@@ -329,16 +379,19 @@ def main() -> None:
     broker, port = start_mosquitto(workdir)
     modes = args.modes.split(",")
     rates = {(m, c): [] for m in modes for c in CONSUMERS}
+    cpus = {(m, c): [] for m in modes for c in CONSUMERS}
     publish_rates = []
     try:
         for run in range(args.repeats):
             for mode in modes:
                 for name, cls in CONSUMERS.items():
-                    rate, pub = run_once(mode, cls, port, args.messages, args.devices, workdir, args.decode_workers)
+                    rate, pub, cpu = run_once(mode, cls, port, args.messages, args.devices, workdir,
+                                              args.decode_workers)
                     rates[(mode, name)].append(rate)
+                    cpus[(mode, name)].append(cpu)
                     publish_rates.append(pub)
-                    print(f"run {run + 1} {mode:9s} {name:28s} {rate:8.0f} msg/s  (fleet published {pub:6.0f}/s)",
-                          flush=True)
+                    print(f"run {run + 1} {mode:9s} {name:28s} {rate:8.0f} msg/s  CPU {cpu:6.1f} us/msg  "
+                          f"(fleet published {pub:6.0f}/s; load average {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         for databases in DATABASES.values():
             databases.close()
@@ -355,7 +408,12 @@ def main() -> None:
         print(f"  {mode:9s} bare {bare:8.0f} msg/s   controller {ctl:8.0f} msg/s   ratio {ctl / bare:.2f}x   "
               f"(no acks {no_acks:8.0f} msg/s, {no_acks / bare:.2f}x; unsigned {unsigned:8.0f} msg/s, "
               f"{unsigned / bare:.2f}x)")
-    print(f"  fleet publisher median {statistics.median(publish_rates):.0f} msg/s; target: sustained ratio >= 0.5x")
+        cpu = {name: statistics.median(cpus[(mode, name)]) for name in CONSUMERS}
+        print(f"  {mode:9s} CPU per message: bare {cpu['bare paho subscriber']:.1f} us; controller "
+              + "; ".join(f"{name.removeprefix('controller').strip(' ,') or 'stored'} {cpu[name]:.1f} us "
+                          f"({cpu['bare paho subscriber'] / cpu[name]:.2f}x the bare's rate per CPU second)"
+                          for name in list(CONSUMERS)[1:]))
+    print(f"  fleet publisher median {statistics.median(publish_rates):.0f} msg/s; target: capacity ratio >= 0.5x")
 
 
 if __name__ == "__main__":

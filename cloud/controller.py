@@ -39,6 +39,8 @@ from edgefleet.cloud.services import (
     captures,
     compression_jobs,
     deployments,
+    fleet_history,
+    leases,
     retraining,
     trust,
     webhooks,
@@ -114,7 +116,8 @@ class Controller:
         self.delegated_signing_key = trust.load_delegated_signing_key(
             settings.delegated_signing_key_path,
             delegated_passphrase.get_secret_value() if delegated_passphrase else None)
-        self.bundles = BlobStore(settings.bundle_dir)
+        self.bundles = bundle_store(settings)
+        """Local directory, or an S3 bucket (``bundle_store``; docs/operations.md, "Downloads that scale")."""
         self.artifacts = BlobStore(settings.data_dir / "artifacts")
         self.captures = BlobStore(settings.data_dir / "captures")
         """Captured datasets uploaded by devices (services/captures.py); their partial uploads: ``upload_dir``."""
@@ -138,16 +141,21 @@ class Controller:
         self._broker_problem: str | None = "not checked yet"
         """Why the controller's own role on the managed broker is not known to be in place (``None``: it is)."""
         self._publish_lock = threading.Lock()
-        self._loop = BackgroundLoop(self.reconcile, interval_s=settings.reconcile_interval_s, name="reconciler",
-                                    min_gap_s=settings.rollout_wake_interval_s) if reconcile_in_background else None
+        self.instance = leases.instance_name()
+        """This process among the controllers sharing the database (the holder of its leases)."""
+        self._loop = BackgroundLoop(self._leased(self.reconcile, "reconciler"),
+                                    interval_s=settings.reconcile_interval_s, name="reconciler",
+                                    min_gap_s=settings.rollout_wake_interval_s) \
+            if reconcile_in_background else None
         self._rollout_devices: frozenset[str] = frozenset()
         """Devices in a running stage of a rollout (refreshed by every pass): their reports wake the reconciler."""
         self._jobs_lock = threading.Lock()
-        self._jobs = BackgroundLoop(self.run_pending_jobs, interval_s=settings.compression_poll_interval_s,
-                                    name="compression-worker") \
+        self._jobs = BackgroundLoop(self._leased(self.run_pending_jobs, "compression-worker"),
+                                    interval_s=settings.compression_poll_interval_s, name="compression-worker") \
             if reconcile_in_background else None
         self._retraining_lock = threading.Lock()
-        self._retraining = BackgroundLoop(self.run_retraining_jobs, interval_s=settings.compression_poll_interval_s,
+        self._retraining = BackgroundLoop(self._leased(self.run_retraining_jobs, "retraining-worker"),
+                                          interval_s=settings.compression_poll_interval_s,
                                           name="retraining-worker") if reconcile_in_background else None
         """Retraining jobs run in a worker of their own: a long training run holds up no compression job."""
         self.retraining = retraining.Workshop(
@@ -161,14 +169,23 @@ class Controller:
                                                    base_s=settings.webhook_retry_base_s,
                                                    cap_s=settings.webhook_retry_cap_s)
         self._webhook_rng = random.Random()
-        self._webhooks = BackgroundLoop(self.deliver_webhooks, interval_s=settings.webhook_interval_s,
+        self._webhooks = BackgroundLoop(self._leased(self.deliver_webhooks, "webhooks"),
+                                        interval_s=settings.webhook_interval_s,
                                         name="webhooks") if reconcile_in_background else None
         self.incident_rules = incident_rules(settings)
-        self._incidents = BackgroundLoop(self.process_incidents, interval_s=settings.reconcile_interval_s,
+        self._incidents = BackgroundLoop(self._leased(self.process_incidents, "incidents"),
+                                         interval_s=settings.reconcile_interval_s,
                                          name="incidents", min_gap_s=settings.rollout_wake_interval_s) \
             if reconcile_in_background else None
         """Judges new telemetry windows for drift incidents when ingest stored some, and closes the
         incidents that cooled down every ``reconcile_interval_s``."""
+        self.leases = leases.LeaseKeeper(self.session, holder=self.instance, names=LEASED_LOOPS,
+                                         ttl_s=settings.lease_ttl_s, clock=clock) \
+            if self.engine.dialect.name != "sqlite" else None
+        """With several controllers on one database, each loop runs in the one process that holds its lease
+        (services/leases.py). SQLite is one controller's database (one host, one writer): no leases there."""
+        self._lease_loop = BackgroundLoop(self.keep_leases, interval_s=settings.lease_ttl_s / 3, name="leases") \
+            if reconcile_in_background and self.leases is not None else None
         with self.session() as session:
             self.initial_admin_token = auth.ensure_admin_token(session, secret=settings.admin_token, now=clock())
         if self.initial_admin_token:  # the plaintext is handed to whoever started us, never logged
@@ -186,12 +203,13 @@ class Controller:
         self.ingestor.start()
         self.transport = self._transport_factory(self.broker_url, self.ingestor.submit)
         self.transport.start()
+        if self._lease_loop is None:   # one process (SQLite, or no background loops): jobs left "running" are dead
+            self._recover({"retraining-worker", "compression-worker"})
+        else:   # the first pass now, so a lone controller runs its loops from the start
+            self.keep_leases()
+            self._lease_loop.start()
         if self._loop is not None:
             self._loop.start()
-        with self.session() as session:  # retraining first: it fails the compression jobs it was running
-            retraining.recover_interrupted(session, now=self.clock())
-        with self.session() as session:
-            compression_jobs.recover_interrupted(session, now=self.clock())
         if self._jobs is not None:
             self._jobs.start()
         if self._retraining is not None:
@@ -216,6 +234,10 @@ class Controller:
             self._retraining.stop()
         if self._loop is not None:
             self._loop.stop()
+        if self._lease_loop is not None:
+            self._lease_loop.stop()
+        if self.leases is not None:
+            self.leases.release_all()   # another controller takes the loops over at once
         if self.transport is not None:
             self.transport.stop()
             self.transport = None
@@ -231,6 +253,37 @@ class Controller:
                           subscriptions=controller_subscriptions(self.settings.topic_prefix,
                                                                  self.settings.shared_subscription_group),
                           shared_group=self.settings.shared_subscription_group)
+
+    def _leased(self, step: Callable[[], object], lease: str) -> Callable[[], object]:
+        """``step`` as a background loop runs it: only while this process holds ``lease`` (if it takes leases)."""
+        def run() -> object:
+            return step() if self.leases is None or self.leases.holds(lease) else None
+        return run
+
+    def keep_leases(self) -> leases.KeeperPass | None:
+        """Take or renew this process's leases; for a loop taken over from a controller that died, first
+        do what its holder left undone, then run the loop at once."""
+        if self.leases is None:
+            return None
+        report = self.leases.run_pass()
+        if report.taken:
+            self._recover(report.taken)
+            for loop, name in ((self._loop, "reconciler"), (self._jobs, "compression-worker"),
+                               (self._retraining, "retraining-worker"), (self._webhooks, "webhooks"),
+                               (self._incidents, "incidents")):
+                if loop is not None and name in report.taken:
+                    loop.wake()
+        return report
+
+    def _recover(self, taken: set[str] | frozenset[str]) -> None:
+        """Jobs a worker's previous holder left "running" can no longer finish: fail them "interrupted"
+        (retraining first: it fails the compression jobs it was running)."""
+        if "retraining-worker" in taken:
+            with self.session() as session:
+                retraining.recover_interrupted(session, now=self.clock())
+        if "compression-worker" in taken:
+            with self.session() as session:
+                compression_jobs.recover_interrupted(session, now=self.clock())
 
     # ------------------------------------------------------------------ helpers used by the API
 
@@ -337,7 +390,7 @@ class Controller:
                                heartbeat_timeout_s=self.settings.heartbeat_timeout_s,
                                processed_id_retention_s=self.settings.processed_id_retention_s,
                                publish=self.publish, issuer=self.issuer, prefix=self.settings.topic_prefix,
-                               metrics=self.metrics)
+                               metrics=self.metrics, history=fleet_history.HistoryPolicy.of(self.settings))
         with self.session() as session:
             self._rollout_devices = frozenset(rollouts.devices_in_running_stages(session))
         self.publish_grants()
@@ -457,6 +510,10 @@ class Controller:
             self._loop.wake()
 
 
+LEASED_LOOPS = ("reconciler", "compression-worker", "retraining-worker", "webhooks", "incidents")
+"""The background loops that run in one controller at a time, each under the lease of its name."""
+
+
 def incident_rules(settings: ControllerSettings) -> incidents.Rules:
     """The drift-incident rules the settings say (``incident_*``): device cohorts need one device at alarm."""
     def rule(min_devices: int) -> IncidentRule:
@@ -484,3 +541,19 @@ def managed_broker(settings: ControllerSettings) -> DynsecIdentity | None:
     client = DynsecClient(url=settings.broker_admin_url or settings.broker_url,
                           timeout_s=settings.broker_admin_timeout_s, where=where)
     return DynsecIdentity(client, prefix=settings.topic_prefix)
+
+
+def bundle_store(settings: ControllerSettings) -> BlobStore:
+    """The bundle store ``settings.bundle_store`` names (boto3, the ``[s3]`` extra, is imported only for ``s3``)."""
+    if settings.bundle_store != "s3":
+        return BlobStore(settings.bundle_dir)
+    from edgefleet.cloud.store.s3 import S3BlobStore
+    assert settings.s3_bucket is not None   # the settings refuse s3 without a bucket
+    secret = settings.s3_secret_access_key
+    return S3BlobStore.connect(settings.bundle_dir, bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+                               endpoint_url=settings.s3_endpoint_url,
+                               presign_endpoint_url=settings.s3_presign_endpoint_url, region=settings.s3_region,
+                               addressing_style=settings.s3_addressing_style,
+                               access_key_id=settings.s3_access_key_id,
+                               secret_access_key=secret.get_secret_value() if secret else None,
+                               content_type="application/x-tar")

@@ -84,6 +84,10 @@ class ControllerSettings(BaseSettings):
     """If set, this token is stored (hashed) as an admin token at start instead of a generated one."""
     topic_prefix: str = DEFAULT_PREFIX
     shared_subscription_group: str | None = None
+    lease_ttl_s: float = Field(default=10.0, ge=1.0)
+    """How long a controller's hold on a background loop lasts without renewal (renewed every third of it):
+    with several controllers on one PostgreSQL database, the longest a loop waits after its holder died
+    (services/leases.py; SQLite serves one controller and takes no leases)."""
     mqtt_client_id: str | None = None
     """``None`` derives a stable id from the data dir, database URL and topic prefix: the same
     controller keeps its persistent session across restarts, two never take over each other's."""
@@ -95,11 +99,42 @@ class ControllerSettings(BaseSettings):
     verdicts say nothing about now); the page states the span."""
     ui_feed_span_s: float = Field(default=86400.0, gt=0)
     """How far back the overview's "Recent events" feed reaches (warnings, drift, devices gone offline)."""
+    fleet_snapshot_interval_s: float = Field(default=300.0, gt=0)
+    """The reconciler writes a fleet snapshot (devices per version, per tag and drift level) this often, for
+    the UI's trends (services/fleet_history.py)."""
+    fleet_history_retention_s: float = Field(default=8 * 86400.0, gt=0)
+    """Fleet snapshots and online/offline transitions older than this are pruned (the trends reach 7 days)."""
     deployment_timeout_s: float = Field(default=1800.0, gt=0)
     order_lifetime_s: float = Field(default=3600.0, gt=0)
     download_token_lifetime_s: float = Field(default=3600.0, gt=0)
     """How long the signed download link in an order works (capped at the order's own lifetime); a
     device downloads as soon as it accepts the order and retries within a few minutes."""
+    # ---- bundle downloads that scale (docs/operations.md "Downloads that scale")
+    download_offload: Literal["nginx"] | None = None
+    """``"nginx"``: the download endpoint checks the token (or API token) as always, then answers with an
+    empty body and ``X-Accel-Redirect: <download_offload_prefix><digest>``, and nginx in front of the
+    controller serves the file from ``data_dir/bundles`` (Range, HEAD). ``None``: the controller sends the bytes."""
+    download_offload_prefix: str = Field(default="/_edgefleet/bundles/", pattern=r"^/([A-Za-z0-9._~-]+/)+$")
+    """nginx's ``internal`` location that aliases the bundle directory (docs/nginx-edgefleet.conf)."""
+    bundle_store: Literal["local", "s3"] = "local"
+    """Where bundle bytes live: ``local`` (``data_dir/bundles``), or ``s3``: an S3-compatible bucket (the ``[s3]``
+    extra, boto3); downloads are answered with a 307 to a short-lived presigned URL of the bucket."""
+    s3_bucket: str | None = None
+    s3_prefix: str = Field(default="bundles/", pattern=r"^([A-Za-z0-9._-]+/)*$")
+    """Key prefix of the bundles in the bucket (``<prefix><sha256>``)."""
+    s3_endpoint_url: str | None = None
+    """The S3 API the controller talks to; ``None``: AWS's endpoint for ``s3_region``."""
+    s3_presign_endpoint_url: str | None = None
+    """The S3 endpoint named in the presigned URLs devices follow, when they reach the store under another name
+    than the controller does; ``None``: ``s3_endpoint_url``. Devices need its origin in ``bundle_origins``."""
+    s3_region: str = "us-east-1"
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    """``None`` (both): boto3's own credential chain (``AWS_*`` environment, shared files, instance role)."""
+    s3_presign_lifetime_s: int = Field(default=300, ge=1, le=7 * 86400)
+    """How long a presigned download URL works (never past the download token's own expiry); the device
+    asks the controller again when it resumes later."""
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     rollout_wake_interval_s: float = Field(default=1.0, ge=0)
     """A telemetry window or status report of a device in a running rollout stage wakes the
@@ -193,6 +228,17 @@ class ControllerSettings(BaseSettings):
     oidc_sync_role: bool = True
     """At every sign-in, set a known user's role to the mapped one (the provider decides); ``False``: the
     mapping decides only for new users, known users keep the role given in the controller."""
+
+    @model_validator(mode="after")
+    def _check_bundle_store(self) -> ControllerSettings:
+        if self.bundle_store == "s3" and not self.s3_bucket:
+            raise ValueError("bundle_store = 's3' needs s3_bucket: give the bucket's name (EDGEFLEET_S3_BUCKET)")
+        if self.bundle_store == "s3" and self.download_offload is not None:
+            raise ValueError("download_offload = 'nginx' serves the local bundle directory, but bundle_store is "
+                             "'s3' (downloads already go to the bucket): remove one of them")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("give both s3_access_key_id and s3_secret_access_key, or neither (boto3's own chain)")
+        return self
 
     @model_validator(mode="after")
     def _check_oidc(self) -> ControllerSettings:

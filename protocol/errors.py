@@ -164,6 +164,13 @@ class TransportError(EdgeFleetError):
     code: str = Reason.TRANSPORT_FAILED
 
 
+class NoSpaceError(EdgeFleetError):
+    """The device's disk has no room for what must be written (``where`` names the directory); not
+    retried: space rarely frees itself."""
+
+    code: str = Reason.NO_SPACE
+
+
 class ConfigError(EdgeFleetError):
     """A configuration value is missing or wrong. ``where`` names the key (and file)."""
 

@@ -77,6 +77,7 @@ class Reason(StrEnum):
     TRUNCATED = "truncated"
     STOPPED = "stopped"
     MISSING_DOWNLOAD = "missing_download"
+    NO_SPACE = "no_space"
     # the device's update path
     BUSY = "busy"
     INSTALL_FAILED = "install_failed"

@@ -77,3 +77,59 @@ class CutProxy:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class Balancer:
+    """A round-robin TCP load balancer on ``127.0.0.1:<port>`` in front of several controllers, as an
+    operator's haproxy or nginx stream block would be: each new connection goes to the next upstream that
+    accepts it, so a dead controller is passed over. ``upstreams`` may be set after the port is known
+    (the controllers' ``public_url`` names the balancer)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstreams: list[int] = []
+        self._next = 0
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, name="balancer", daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        ports = list(self.upstreams)
+        for i in range(len(ports)):
+            port = ports[(self._next + i) % len(ports)]
+            try:
+                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
+            except OSError:
+                continue
+            self._next = (self._next + i + 1) % len(ports)
+            upstream.settimeout(None)
+            return upstream
+        return None
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = self._connect()
+            if upstream is None:
+                client.close()
+                continue
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()

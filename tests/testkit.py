@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NoReturn, TypeVar
 
 import pytest
@@ -14,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.cloud.ports import free_port
 from edgefleet.protocol.keys import generate_private_key, public_key_pem
 
-__all__ = ["DeviceKey", "free_port", "missing_part", "wait_until"]
+__all__ = ["DeviceKey", "free_port", "missing_part", "postgres_database", "wait_until"]
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 T = TypeVar("T")
 
@@ -25,6 +29,31 @@ def missing_part(message: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (127.0.0.1:5432, trust auth), dropped afterwards; its SQLAlchemy URL.
+    Not reachable: skip locally, FAIL under CI=true."""
+    import psycopg
+
+    errors, conn, user = [], None, ""
+    for user in ("postgres", "root"):
+        try:
+            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="test", user=user, autocommit=True,
+                                   connect_timeout=3)
+            break
+        except psycopg.OperationalError as exc:
+            errors.append(f"{user}: {exc}".strip())
+    if conn is None:
+        missing_part(f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})")
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
 
 
 def wait_until(predicate: Callable[[], T], what: str = "condition", timeout: float = 30.0,

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.cloud.services.auth import AuthenticationError, PermissionDeniedError
+from edgefleet.cloud.store.engine import DatabaseUnavailable
 from edgefleet.protocol.errors import (
     ConfigError,
     ConflictError,
@@ -97,6 +98,18 @@ def install(app: FastAPI) -> None:
         count(exc.code)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        """The database went away (restarted, unreachable): say so and when to come back, not a bare 500.
+        The connection pool checks connections before use, so the first request after it is back works."""
+        log.error("%s %s: the database does not answer: %s", request.method, request.url.path,
+                  str(exc.orig or exc).strip().splitlines()[0][:200])
+        count(Reason.TRANSPORT_FAILED)
+        return JSONResponse(error_body(Reason.TRANSPORT_FAILED, "the controller's database does not answer",
+                                       "database", "retry in a few seconds; if it lasts, check the database server "
+                                       "and the controller's database_url"),
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

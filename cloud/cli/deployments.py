@@ -87,7 +87,7 @@ def follow_deployment(c: ControllerClient, deployment_id: str, *, quiet: bool = 
             dep = c.get(f"/api/v1/deployments/{deployment_id}")
             targets = dep["targets"]
             for t in targets:   # say once what each device is waiting for (e.g. its health window)
-                if not t["final"] and t.get("detail") and (t["device_id"], t["state"]) not in told:
+                if not quiet and not t["final"] and t.get("detail") and (t["device_id"], t["state"]) not in told:
                     told.add((t["device_id"], t["state"]))
                     progress.console.print(f"{t['device_id']}: {t['detail']}", highlight=False, markup=False)
             states: dict[str, int] = {}

@@ -14,10 +14,17 @@ Once a batch is committed, ``on_acked`` gets the ids of every message of it that
 or was before (a duplicate), by device: the controller publishes them, signed, on each device's
 ``ack`` topic so the agent deletes exactly those from its outbox (docs/protocol.md "Delivery
 acknowledgements"). Rejected messages are not acknowledged: the agent sends them again, with backoff.
+In the threaded pipeline an acknowledging thread does this, after the storer: it takes every batch
+committed since its last call and merges them by device, so one signed acknowledgement covers all of
+a device's messages stored meanwhile. It waits ``ack_gap_s`` (20 ms) for a next batch, and while
+batches keep coming that fast (a backlog being drained) up to ``ack_linger_s`` (1 s) in all, so a
+device's windows of several batches share one signature and one publish; agents wait
+``ack_timeout_s`` (30 s) before sending a window again.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import queue
@@ -29,14 +36,16 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import Insert, bindparam, insert, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.mqtt.decoding import Decoded, DeviceKeys, Raw, Rejected, decode_many
-from edgefleet.cloud.services import captures, deployments, devices
+from edgefleet.cloud.mqtt.decoding import Decoded, DeviceKeys, Raw, Rejected, decode_many, warm_up
+from edgefleet.cloud.services import captures, deployments, devices, fleet_history
 from edgefleet.cloud.store.engine import session_scope
 from edgefleet.cloud.store.tables import Device, DeviceEvent, ProcessedMessage, TelemetryRecord
 from edgefleet.protocol.device_signatures import decode_public_key
@@ -92,6 +101,17 @@ class BatchResult:
             self.acked.setdefault(item.device_id, []).append(item.msg_id)
 
 
+def merge_acked(batches: list[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """The acknowledgements of several committed batches as one: each device once, its ids in order."""
+    if len(batches) == 1:
+        return batches[0]
+    merged: dict[str, list[str]] = {}
+    for acked in batches:
+        for device_id, ids in acked.items():
+            merged.setdefault(device_id, []).extend(ids)
+    return merged
+
+
 def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> None:
     """Apply decoded messages in arrival order, each at most once; the caller commits.
 
@@ -127,9 +147,24 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         result.ack(item)
     for kind, table in (("telemetry", TelemetryRecord), ("events", DeviceEvent)):
         if rows[kind]:
-            session.connection().execute(insert(table), rows[kind])
+            connection = session.connection()
+            connection.execute(_insert_once(connection.dialect.name, table), rows[kind])
     if last_seen:
+        fleet_history.record_heard(session, seen=last_seen)
         session.connection().execute(_SEEN, [{"device": d, "seen": t} for d, t in last_seen.items()])
+
+
+@functools.cache
+def _insert_once(dialect: str, table: type[TelemetryRecord] | type[DeviceEvent]) -> Insert:
+    """A multi-row insert that skips a row whose ``(device_id, msg_id)`` is stored already: another
+    controller storing the same message at the same moment (a redelivery while the first copy was
+    being stored) must neither double it nor fail the whole batch."""
+    unique = ["device_id", "msg_id"]
+    if dialect == "sqlite":
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=unique)
+    if dialect == "postgresql":
+        return postgresql_insert(table).on_conflict_do_nothing(index_elements=unique)
+    return insert(table)   # other databases: the batch fails on the unique key and is stored one by one
 
 
 def _from_enrolled_devices(session: Session, items: list[Decoded], result: BatchResult) -> list[Decoded]:
@@ -200,7 +235,8 @@ class Ingestor:
 
     def __init__(self, *, engine: Engine, prefix: str, metrics: ControllerMetrics,
                  clock: Callable[[], float] = time.time, batch_max: int = 1000, queue_max: int = 100_000,
-                 decode_workers: int = 0, accept_keyless: bool = False,
+                 decode_workers: int = 0, accept_keyless: bool = False, ack_gap_s: float = 0.02,
+                 ack_linger_s: float = 1.0,
                  on_stored: Callable[[list[Decoded]], None] | None = None,
                  on_acked: Callable[[dict[str, list[str]]], None] | None = None) -> None:
         self.engine = engine
@@ -210,12 +246,16 @@ class Ingestor:
         self.clock = clock
         self.batch_max = batch_max
         self.decode_workers = decode_workers
+        self.ack_gap_s = ack_gap_s
+        self.ack_linger_s = ack_linger_s
         self.on_stored = on_stored
         """Called on the storer thread with the messages of every batch once they are stored."""
         self.on_acked = on_acked
-        """Called on the storer thread, after the commit, with ``device id -> msg ids`` to acknowledge."""
+        """Called after the commit with ``device id -> msg ids`` to acknowledge: on the acknowledging
+        thread (batches merged), or in the caller of :meth:`process`."""
         self._queue: queue.Queue[Raw | None] = queue.Queue(maxsize=queue_max)
         self._decoded: queue.Queue[tuple[list[Raw], DeviceKeys, DecodeWork] | None] = queue.Queue(maxsize=4)
+        self._acks: queue.Queue[dict[str, list[str]] | None] = queue.Queue()
         self._pool: ProcessPoolExecutor | None = None
         self._threads: list[threading.Thread] = []
 
@@ -227,9 +267,10 @@ class Ingestor:
         if self._threads:
             return
         if self.decode_workers > 0:
-            self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+            self._start_pool()
         self._threads = [threading.Thread(target=self._collect, name="edgefleet-ingest-collect", daemon=True),
-                         threading.Thread(target=self._store_loop, name="edgefleet-ingest-store", daemon=True)]
+                         threading.Thread(target=self._store_loop, name="edgefleet-ingest-store", daemon=True),
+                         threading.Thread(target=self._ack_loop, name="edgefleet-ingest-ack", daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -238,19 +279,22 @@ class Ingestor:
         if not self._threads:
             return
         self._queue.put(None)
-        for t in self._threads:
+        for t in self._threads[:2]:
             t.join(timeout)
+        self._acks.put(None)     # after the storer: every committed batch is acknowledged first
+        self._threads[2].join(timeout)
         self._threads = []
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
     def flush(self) -> None:
-        """Block until everything submitted so far is stored (tests, shutdown)."""
+        """Block until everything submitted so far is stored and acknowledged (tests, shutdown)."""
         self._queue.join()
+        self._acks.join()
 
     def process(self, raws: list[Raw]) -> BatchResult:
-        """Decode and store ``raws`` synchronously in the calling thread; never raises."""
+        """Decode, store and acknowledge ``raws`` synchronously in the calling thread; never raises."""
         return self._store(decode_many(raws, self.prefix, self._keys(raws)))
 
     def _keys(self, raws: list[Raw]) -> DeviceKeys:
@@ -296,7 +340,14 @@ class Ingestor:
         log.error("a decode worker process died; starting a new pool")
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._start_pool()
+
+    def _start_pool(self) -> None:
+        """The decode processes, started now (not at the first batch), so a backlog waiting at the
+        broker when the controller starts does not wait for them to start and import the protocol."""
         self._pool = ProcessPoolExecutor(self.decode_workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(self.decode_workers):
+            self._pool.submit(warm_up)
 
     def _store_loop(self) -> None:
         while True:
@@ -310,7 +361,7 @@ class Ingestor:
                         work = work.result()
                     except BrokenProcessPool:   # the worker died mid-batch: decode it here instead
                         work = decode_many(raws, self.prefix, keys)
-                self._store(work)
+                self._store(work, ack_later=True)
             except Exception:  # a bug: count, log, carry on with the next batch
                 log.exception("ingest of a batch of %d messages failed", len(raws))
                 self.metrics.mqtt_rejected.labels(Reason.INGEST_ERROR).inc(len(raws))
@@ -319,7 +370,8 @@ class Ingestor:
                     self._queue.task_done()
                 self.metrics.ingest_queue_depth.set(self._queue.qsize())
 
-    def _store(self, decoded: list[Decoded | Rejected]) -> BatchResult:
+    def _store(self, decoded: list[Decoded | Rejected], *, ack_later: bool = False) -> BatchResult:
+        """Store one batch; acknowledge it now, or (``ack_later``, the storer thread) on the ack thread."""
         result = BatchResult()
         items = []
         for d in decoded:
@@ -340,16 +392,52 @@ class Ingestor:
         self.metrics.ingest_batch_seconds.observe(time.perf_counter() - started)
         self._count(items, result)
         if self.on_acked is not None and result.acked:
-            try:
-                self.on_acked(result.acked)
-            except Exception:  # unacknowledged messages come again and are de-duplicated
-                log.exception("publishing delivery acknowledgements failed")
+            if ack_later:
+                self._acks.put(result.acked)
+            else:
+                self._publish_acks(result.acked)
         if self.on_stored is not None and items:
             try:
                 self.on_stored(items)
             except Exception:  # a listener's bug must not stop ingest
                 log.exception("ingest listener failed")
         return result
+
+    def _ack_loop(self) -> None:
+        """Acknowledge what the storer committed: everything waiting, merged by device, in one call."""
+        while True:
+            pending = [self._acks.get()]
+            deadline = time.monotonic() + self.ack_linger_s
+            while pending[-1] is not None:
+                try:
+                    pending.append(self._acks.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    pending.append(self._acks.get(timeout=min(remaining, self.ack_gap_s)))
+                except queue.Empty:   # no batch within the gap: not a backlog, acknowledge now
+                    break
+            batches = [p for p in pending if p is not None]
+            try:
+                if batches:
+                    self._publish_acks(merge_acked(batches))
+            finally:
+                for _ in pending:
+                    self._acks.task_done()
+            if pending[-1] is None:
+                return
+
+    def _publish_acks(self, acked: dict[str, list[str]]) -> None:
+        if self.on_acked is None:
+            return
+        try:
+            self.on_acked(acked)
+        except Exception:  # unacknowledged messages come again and are de-duplicated
+            log.exception("publishing delivery acknowledgements failed")
 
     def _store_one(self, item: Decoded, result: BatchResult) -> None:
         one = BatchResult()   # counted (and acknowledged) only once committed

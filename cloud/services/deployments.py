@@ -366,9 +366,9 @@ def previous_bundle(session: Session, *, device_id: str) -> Bundle | None:
     committed on it (``None`` when it never committed another)."""
     device = devices.get_device(session, device_id=device_id)
     current = (device.installed or {}).get("digest")
-    committed = session.exec(select(DeploymentTarget).where(
+    committed = session.exec(select(DeploymentTarget).where(   # at the same time: the newer order first
         DeploymentTarget.device_id == device_id, DeploymentTarget.outcome == Outcome.COMMITTED
-    ).order_by(col(DeploymentTarget.updated_at).desc())).all()
+    ).order_by(col(DeploymentTarget.updated_at).desc(), col(DeploymentTarget.sequence).desc())).all()
     found = deployments_by_id(session, ids={t.deployment_id for t in committed})
     for target in committed:
         deployment = found.get(target.deployment_id)
@@ -485,13 +485,15 @@ def expire_silent_targets(session: Session, *, now: float) -> list[tuple[str, st
 def publish_pending(session: Session, *, publish: Publish, prefix: str, issuer: OrderIssuer,
                     now: float) -> int:
     """Publish every stored order not yet handed to the broker (install orders of open targets,
-    cancel orders); re-sign orders that expired unsent."""
+    cancel orders); re-sign orders that expired unsent. Each order is locked while it goes out (on
+    PostgreSQL; SQLite has one writer anyway): a second controller publishing at the same time skips it,
+    so no order is sent twice."""
     sent = 0
     pending = list(session.exec(
         select(DeploymentTarget).where(col(DeploymentTarget.published_at).is_(None),
                                        or_(col(DeploymentTarget.final) == False,  # noqa: E712
                                            col(DeploymentTarget.reason) == Reason.CANCELLED_BY_OPERATOR))
-        .order_by(col(DeploymentTarget.id))))
+        .order_by(col(DeploymentTarget.id)).with_for_update(skip_locked=True)))
     for target in pending:
         message = OrderMessage.model_validate(target.order)
         if message.order.signed.expires_at <= now + 60:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from edgefleet.cloud.services import audit, auth, broker_identity
+from edgefleet.cloud.services import audit, auth, broker_identity, fleet_history
 from edgefleet.cloud.services.auth import AuthenticationError
 from edgefleet.cloud.store.tables import Device, DeviceEvent, EnrollmentToken
-from edgefleet.cloud.vocabulary import Role
+from edgefleet.cloud.vocabulary import Role, TransitionCause
 from edgefleet.protocol.device_signatures import encode_public_key
 from edgefleet.protocol.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
 from edgefleet.protocol.keys import load_public_key_pem
@@ -208,6 +208,8 @@ def decommission(session: Session, *, device_id: str, actor: str, now: float,
     auth.revoke_device_tokens(session, device_id=device_id, now=now)
     device.mqtt_password_hash = ""
     device.message_key = ""
+    if device.online:
+        fleet_history.note(device, online=False, cause=TransitionCause.DECOMMISSIONED, at=now)
     device.online = False
     session.add(device)
     audit.record(session, actor=actor, action="device.decommission", target=f"device:{device_id}", now=now)
@@ -260,6 +262,7 @@ def apply_state(device: Device, state: State, *, now: float) -> None:
     if state.status == DeviceStatus.OFFLINE:
         if device.online:
             log.info("device %s offline (last will)", device.id)
+            fleet_history.note(device, online=False, cause=TransitionCause.LAST_WILL, at=now)
         device.online = False
         return
     device.update_state = state.update_state
@@ -275,6 +278,7 @@ def mark_seen(device: Device, *, now: float) -> None:
 def _seen(device: Device, *, now: float) -> None:
     if not device.online:
         log.info("device %s online", device.id)
+        fleet_history.note(device, online=True, cause=TransitionCause.HEARD, at=now)
     device.online = True
     device.last_seen = max(device.last_seen or 0.0, now)
 
@@ -287,6 +291,7 @@ def expire_heartbeats(session: Session, *, now: float, timeout_s: float) -> list
     for device in session.exec(candidates):
         limit = max(timeout_s, 3 * (device.heartbeat_interval_s or 0.0))
         if device.last_seen is None or now - device.last_seen > limit:
+            fleet_history.note(device, online=False, cause=TransitionCause.HEARTBEAT_TIMEOUT, at=now)
             device.online = False
             session.add(device)
             gone.append(device.id)

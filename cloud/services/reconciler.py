@@ -14,7 +14,7 @@ from sqlalchemy import delete, func
 from sqlmodel import col, select
 
 from edgefleet.cloud.metrics import ControllerMetrics
-from edgefleet.cloud.services import deployments, devices, experiments
+from edgefleet.cloud.services import deployments, devices, experiments, fleet_history
 from edgefleet.cloud.services.orders import OrderIssuer
 from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.store.engine import OpenSession
@@ -31,14 +31,17 @@ class ReconcileReport:
     experiments_advanced: list[str] = field(default_factory=list)
     orders_published: int = 0
     pruned_ids: int = 0
+    history: fleet_history.PassReport = field(default_factory=fleet_history.PassReport)
 
 
 def reconcile(open_session: OpenSession, *, now: float, heartbeat_timeout_s: float, processed_id_retention_s: float,
               publish: deployments.Publish, issuer: OrderIssuer, prefix: str,
-              metrics: ControllerMetrics | None = None) -> ReconcileReport:
+              metrics: ControllerMetrics | None = None,
+              history: fleet_history.HistoryPolicy | None = None) -> ReconcileReport:
     """One pass: devices silent too long go offline and their open targets time out; every running
     rollout and every running experiment advances (each in its own transaction and row lock); then
-    every stored, unsent order is published and old message ids are pruned."""
+    every stored, unsent order is published, old message ids are pruned, and a fleet snapshot is taken when
+    one is due (``history``; old snapshots and online/offline transitions pruned)."""
     report = ReconcileReport()
     with open_session() as session:
         report.went_offline = devices.expire_heartbeats(session, now=now, timeout_s=heartbeat_timeout_s)
@@ -51,6 +54,7 @@ def reconcile(open_session: OpenSession, *, now: float, heartbeat_timeout_s: flo
         pruned = session.exec(delete(ProcessedMessage)
                               .where(col(ProcessedMessage.received_at) < now - processed_id_retention_s))
         report.pruned_ids = pruned.rowcount or 0
+        report.history = fleet_history.reconcile_pass(session, now=now, policy=history or fleet_history.HistoryPolicy())
         if metrics is not None:
             metrics.devices_online.set(session.exec(select(func.count()).select_from(Device)
                                                     .where(col(Device.online) == True)).one())  # noqa: E712

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import and_, func
 from sqlalchemy.orm import QueryableAttribute, defer
@@ -23,7 +23,14 @@ from edgefleet.protocol.messages import histogram_quantile
 from edgefleet.protocol.vocabulary import JUDGED_DRIFT_LEVELS
 
 
-def merge_histograms(rows: Iterable[TelemetryRecord]) -> tuple[list[float], list[int]]:
+class Histogrammed(Protocol):
+    @property
+    def latency_bounds(self) -> list[float]: ...
+    @property
+    def latency_counts(self) -> list[int]: ...
+
+
+def merge_histograms(rows: Iterable[Histogrammed]) -> tuple[list[float], list[int]]:
     """Sum the latency histograms of ``rows`` that share the most common bounds."""
     by_bounds: dict[tuple[float, ...], list[int]] = {}
     for r in rows:

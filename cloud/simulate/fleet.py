@@ -325,14 +325,7 @@ class Fleet:
         sha, parts, done = hashlib.sha256(), [], 0
         async with self.download_gate:
             while done < size or size == 0:
-                last = min(size, done + self.knobs.chunk_bytes) - 1
-                try:
-                    resp = await self.http.get(url, headers={"Range": f"bytes={done}-{last}"})
-                except Exception as exc:   # httpx2's transport errors, translated here (the boundary)
-                    raise TransportError(f"download failed: {exc!s:.200}", where=url.split("?")[0]) from None
-                if resp.status_code not in (200, 206):
-                    raise TransportError(f"download answered {resp.status_code}", where=url.split("?")[0],
-                                         code=Reason.TRANSPORT_FAILED)
+                resp = await self._range(url, done, min(size, done + self.knobs.chunk_bytes) - 1)
                 chunk = resp.content if resp.status_code == 206 else resp.content[done:]
                 if done + len(chunk) > size:
                     raise SizeLimitError(f"the download is longer than the signed {size} bytes",
@@ -349,6 +342,25 @@ class Fleet:
         self.counts["downloads"] += 1
         self.counts["download_bytes"] += done
         return b"".join(parts)
+
+    async def _range(self, url: str, first: int, last: int) -> Any:
+        """One ``Range`` request, tried again from the same byte after a lost connection or a 5xx."""
+        for attempt in range(self.knobs.download_retries + 1):
+            if attempt:
+                self.counts["download_resumes"] += 1
+                await asyncio.sleep(0.5 * attempt)
+            try:
+                resp = await self.http.get(url, headers={"Range": f"bytes={first}-{last}"})
+            except Exception as exc:   # httpx2's transport errors, translated here (the boundary)
+                problem = TransportError(f"download failed: {exc!s:.200}", where=url.split("?")[0])
+                continue
+            if resp.status_code in (200, 206):
+                return resp
+            problem = TransportError(f"download answered {resp.status_code}", where=url.split("?")[0],
+                                     code=Reason.TRANSPORT_FAILED)
+            if resp.status_code < 500:
+                break   # refused (an expired link, a bad token): trying again changes nothing
+        raise problem
 
     # ------------------------------------------------------------------ reporting and shutdown
     def mark(self) -> None:

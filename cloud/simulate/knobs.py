@@ -43,6 +43,9 @@ class Knobs(BaseModel):
     connect_rate: float = Field(default=500.0, gt=0, le=100_000)
     """New connections per second while ramping up (and coming back from a storm)."""
     download_concurrency: int = Field(default=64, ge=1, le=10_000)
+    download_retries: int = Field(default=3, ge=0, le=100)
+    """A range request that fails (connection lost, 5xx) is tried again this many times, from where it
+    stopped, after 0.5 s, 1 s, ... (the agent resumes a download the same way) before the update fails."""
     chunk_bytes: int = Field(default=64 * 1024, ge=1024)
     """HTTP Range request size: a bundle larger than this downloads in several ranged requests."""
     enroll_concurrency: int = Field(default=16, ge=1, le=1000)

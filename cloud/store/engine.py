@@ -16,6 +16,7 @@ from typing import Any
 import pydantic_core
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, create_engine
 
 from edgefleet.cloud.store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -24,6 +25,10 @@ from edgefleet.cloud.store.migrations import schema
 log = logging.getLogger(__name__)
 
 OpenSession = Callable[[], AbstractContextManager[Session]]
+
+DatabaseUnavailable = OperationalError
+"""What a query raises when the database does not answer (restarted, unreachable, out of connections):
+the API answers it with 503 and ``Retry-After`` (cloud/api/errors.py)."""
 """What long-running work (reconciler passes, job runners) is given: a factory of sessions, one
 transaction each (``Controller.session``)."""
 

@@ -721,3 +721,53 @@ class IncidentCursor(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=32)
     last_id: int = Field(default=0, sa_type=BigInteger)
     updated_at: float
+
+
+class Lease(SQLModel, table=True):
+    """Who runs a background loop (reconciler, workers) right now, when several controllers share the
+    database (services/leases.py): held until ``expires_at`` and renewed well before; a controller that
+    dies loses it when it expires, and another one takes it over."""
+
+    __tablename__ = "leases"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    """The holding controller process (``controller_instance`` of the settings: host, pid, random part)."""
+    expires_at: float
+    acquired_at: float
+    """When the current holder took it (renewals keep it)."""
+    generation: int = Field(default=1, sa_type=BigInteger)
+    """Bumped each time the lease changes hands: a takeover is visible in the row."""
+
+
+class DeviceTransition(SQLModel, table=True):
+    """A device going offline or coming back, when the controller saw it (services/fleet_history.py): the
+    history behind the UI's online-over-time trend and the "went offline" / "came back" feed items. Pruned
+    after ``fleet_history_retention_s``."""
+
+    __tablename__ = "device_transitions"
+    __table_args__ = (Index("ix_device_transitions_device_at", "device_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64)
+    at: float = Field(index=True)
+    online: bool
+    """The state the device went to."""
+    cause: str = Field(max_length=32)
+    """Why (``TransitionCause``): heard from it, its last will, no heartbeat, decommissioned."""
+
+
+class FleetSnapshot(SQLModel, table=True):
+    """Counts of the fleet at one moment, written by the reconciler every ``fleet_snapshot_interval_s``
+    (services/fleet_history.py): devices per installed bundle version, devices per tag and drift level.
+    One row per ``(at, metric, key)``; pruned after ``fleet_history_retention_s``."""
+
+    __tablename__ = "fleet_snapshots"
+
+    at: float = Field(primary_key=True)
+    metric: str = Field(primary_key=True, max_length=16)
+    """``SnapshotMetric``: ``devices``, ``version``, ``drift``."""
+    key: str = Field(primary_key=True, max_length=256)
+    """``devices``: ``total``/``online``; ``version``: ``name version`` (or ``none``); ``drift``: ``tag`` and
+    level joined by a tab."""
+    value: int = 0

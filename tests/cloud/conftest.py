@@ -4,7 +4,6 @@ a tiny ONNX model and signed bundles built from it, and a fleet of played device
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import BuiltBundle, build_bundle, parse_recipe
 
 from cloudkit import ADMIN, FakeClock, FakeTransport, Fleet, make_onnx_model
-from testkit import missing_part
+from testkit import postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -104,30 +103,8 @@ def upload(client) -> Callable[[BuiltBundle], dict]:
     return do
 
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
-
-
 @pytest.fixture(scope="module")
 def pg_url():
-    """A PostgreSQL database of its own (127.0.0.1:5432, trust auth), dropped afterwards. Not
-    reachable: skip locally, FAIL under CI=true."""
-    import psycopg
-
-    errors, conn, user = [], None, ""
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="test", user=user, autocommit=True,
-                                   connect_timeout=3)
-            break
-        except psycopg.OperationalError as exc:
-            errors.append(f"{user}: {exc}".strip())
-    if conn is None:
-        message = f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})"
-        missing_part(message)
-    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    """A PostgreSQL database of its own for the module (``testkit.postgres_database``)."""
+    with postgres_database() as url:
+        yield url

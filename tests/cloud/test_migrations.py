@@ -46,7 +46,7 @@ ADDED_SINCE_RELEASE = {("devices", "broker_disable_pending"): False, ("api_token
                        ("api_tokens", "expires_at"): None, ("api_tokens", "last_used_at"): None,
                        ("api_tokens", "ui_session"): False}
 """Columns revisions after the baseline add to the release's tables, and what old rows get."""
-TABLES_SINCE_RELEASE = {"users"}
+TABLES_SINCE_RELEASE = {"users", "leases", "device_transitions", "fleet_snapshots"}
 """Tables revisions after the baseline add (empty after an upgrade)."""
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, pytest.mark.integration])]

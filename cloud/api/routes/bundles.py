@@ -9,7 +9,16 @@ from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api.params import DigestPath
 from edgefleet.cloud.api.schemas import BundleDetail, BundleOut
-from edgefleet.cloud.api.transfer import OCTET_BODY, LargeFileResponse, receive_upload
+from edgefleet.cloud.api.transfer import (
+    BUNDLE_MEDIA_TYPE,
+    OCTET_BODY,
+    LargeFileResponse,
+    accel_redirect,
+    attachment,
+    presigned_redirect,
+    receive_upload,
+    token_expiry,
+)
 from edgefleet.cloud.deps import BearerDep, ControllerDep, OperatorDep, SessionDep, ViewerDep
 from edgefleet.cloud.services import auth, registry
 from edgefleet.protocol.errors import NotFoundError
@@ -57,11 +66,17 @@ def delete_bundle(digest: DigestPath, controller: ControllerDep, session: Sessio
 
 
 @api.get("/bundles/{digest}/download", tags=["bundles"], response_class=LargeFileResponse,
-         responses={206: {"description": "Partial content (Range)"}, 416: {"description": "Range not satisfiable"}})
-def download_bundle(digest: DigestPath, controller: ControllerDep, session: SessionDep, credentials: BearerDep,
-                    token: Annotated[str | None, Query(max_length=256)] = None) -> LargeFileResponse:
+         responses={206: {"description": "Partial content (Range)"}, 416: {"description": "Range not satisfiable"},
+                    307: {"description": "To a short-lived presigned URL of the S3 bundle store "
+                                         "(``bundle_store = \"s3\"``)"}})
+def download_bundle(request: Request, digest: DigestPath, controller: ControllerDep, session: SessionDep,
+                    credentials: BearerDep,
+                    token: Annotated[str | None, Query(max_length=256)] = None) -> Response:
     """The bundle bytes, with HTTP Range (resume). Authorized by any API token (devices use
-    theirs) or by the short-lived signed ``token`` the order's URL carries."""
+    theirs) or by the short-lived signed ``token`` the order's URL carries. Behind nginx
+    (``download_offload``) the bytes come from nginx, with an S3 store from the bucket (a 307 to a
+    presigned URL): the authorization is the same (docs/operations.md, "Downloads that scale")."""
+    authorized_until: float | None = None
     if token is not None and credentials is None:
         try:
             auth.check_download_token(controller.controller_key, digest=digest, token=token, now=controller.now())
@@ -70,14 +85,27 @@ def download_bundle(digest: DigestPath, controller: ControllerDep, session: Sess
                 raise
             auth.check_download_token(controller.previous_controller_key, digest=digest, token=token,
                                       now=controller.now())
+        authorized_until = token_expiry(token)
     else:
         auth.authenticate(session, secret=credentials.credentials if credentials else None)
     bundle = registry.get_bundle(session, digest=digest)
     if bundle.digest != digest:
         raise NotFoundError("download needs the full digest", where="digest")
-    return LargeFileResponse(controller.bundles.open_path(bundle.digest), media_type="application/x-tar",
-                             headers={"etag": f'"{bundle.digest}"',
-                                      "cache-control": "private, max-age=31536000, immutable"})
+    headers = {"etag": f'"{bundle.digest}"', "cache-control": "private, max-age=31536000, immutable",
+               "content-disposition": attachment(f"{bundle.name}-{bundle.version}+{bundle.build}.efb")}
+    settings = controller.settings
+    if settings.bundle_store == "s3":
+        lifetime = settings.s3_presign_lifetime_s
+        if authorized_until is not None:   # the presigned URL never outlives the controller's authorization
+            lifetime = max(1, min(lifetime, int(authorized_until - controller.now())))
+        return presigned_redirect(controller.bundles, bundle.digest, method=request.method, expires_in=lifetime,
+                                  disposition=headers["content-disposition"])
+    if settings.download_offload == "nginx":
+        controller.bundles.open_path(bundle.digest)   # 404 here, not a bare nginx 404, when the file is gone
+        return accel_redirect(settings.download_offload_prefix, bundle.digest, headers=headers,
+                              media_type=BUNDLE_MEDIA_TYPE)
+    return LargeFileResponse(controller.bundles.open_path(bundle.digest), media_type=BUNDLE_MEDIA_TYPE,
+                             headers=headers)
 
 
 api.add_api_route("/bundles/{digest}/download", download_bundle, methods=["HEAD"], include_in_schema=False,

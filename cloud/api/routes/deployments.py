@@ -1,16 +1,18 @@
-"""Deployments: create (signed orders go out at once), list, show with per-device progress, cancel."""
+"""Deployments: create (signed orders go out at once), list, show with per-device progress, cancel, retry;
+roll back one device, or a cohort (a deployment's devices, or a tag) to the bundles they ran before."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from edgefleet.cloud.api.params import DeviceIdPath, IdPath
 from edgefleet.cloud.api.schemas import BundleOut, DeploymentCreate, DeploymentDetail, DeploymentOut, TargetOut
 from edgefleet.cloud.deps import ControllerDep, OperatorDep, SessionDep, ViewerDep
-from edgefleet.cloud.services import deployments, registry
+from edgefleet.cloud.services import cohort_rollback, deployments, registry
 from edgefleet.cloud.store.tables import Bundle, Deployment, DeploymentTarget
 from edgefleet.cloud.vocabulary import DeploymentStatus
 
@@ -93,3 +95,78 @@ def rollback_device(device_id: DeviceIdPath, controller: ControllerDep, who: Ope
     controller.publish_pending()
     with controller.session() as session:
         return deployment_detail(session, deployments.get_deployment(session, deployment_id=deployment_id))
+
+
+class CohortRollbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tag: str = Field(min_length=1, max_length=64)
+    """The cohort: every device with this tag."""
+    dry_run: bool = False
+    """Only say what would be ordered (200); nothing is stored."""
+
+
+class RollbackGroupOut(BaseModel):
+    bundle: str
+    bundle_label: str
+    device_ids: list[str]
+    deployment: str | None
+    """The deployment that holds the group's orders (``None`` in a dry run)."""
+
+
+class SkippedOut(BaseModel):
+    device_id: str
+    reason: str
+
+
+class CohortRollbackOut(BaseModel):
+    cohort: str
+    matching: int
+    """Devices in the cohort."""
+    devices: int
+    """Devices ordered back (or that would be, in a dry run)."""
+    groups: list[RollbackGroupOut]
+    skipped: list[SkippedOut]
+    dry_run: bool
+
+
+def _cohort_out(plan: cohort_rollback.CohortPlan, made: list[Deployment], *, dry_run: bool) -> CohortRollbackOut:
+    ids: list[str | None] = [d.id for d in made] if made else [None] * len(plan.groups)
+    return CohortRollbackOut(
+        cohort=plan.cohort, matching=plan.matching, devices=plan.devices, dry_run=dry_run,
+        skipped=[SkippedOut(**s) for s in plan.skipped],
+        groups=[RollbackGroupOut(bundle=g.bundle.digest, bundle_label=deployments.bundle_label(g.bundle),
+                                 device_ids=g.device_ids, deployment=i) for g, i in zip(plan.groups, ids, strict=True)])
+
+
+def _roll_back_cohort(controller: ControllerDep, who: OperatorDep, response: Response, *, dry_run: bool,
+                      deployment_id: str | None = None, tag: str | None = None) -> CohortRollbackOut:
+    with controller.session() as session:
+        if dry_run:
+            plan = cohort_rollback.plan_cohort_rollback(session, deployment_id=deployment_id, tag=tag)
+            return _cohort_out(plan, [], dry_run=True)
+        done = cohort_rollback.rollback_cohort(session, issuer=controller.issuer, actor=who.actor,
+                                               now=controller.now(), timeout_s=controller.settings.deployment_timeout_s,
+                                               deployment_id=deployment_id, tag=tag)
+        out = _cohort_out(done.plan, done.deployments, dry_run=False)
+    controller.publish_pending()
+    response.status_code = 201
+    return out
+
+
+@api.post("/deployments/{deployment_id}/rollback", tags=["deployments"],
+          responses={201: {"description": "Rolled back: the deployments made, the devices skipped"}})
+def rollback_deployment(deployment_id: IdPath, controller: ControllerDep, who: OperatorDep, response: Response,
+                        dry_run: bool = False) -> CohortRollbackOut:
+    """Roll every device of the deployment that still runs its bundle back to the bundle it ran before
+    (per device, as ``POST /devices/{id}/rollback``): one deployment per bundle (201). Devices that
+    cannot be are listed in ``skipped`` with the reason; none can: 409. ``dry_run``: only the plan (200)."""
+    return _roll_back_cohort(controller, who, response, dry_run=dry_run, deployment_id=deployment_id)
+
+
+@api.post("/devices/rollback", tags=["deployments"],
+          responses={201: {"description": "Rolled back: the deployments made, the devices skipped"}})
+def rollback_tag(body: CohortRollbackBody, controller: ControllerDep, who: OperatorDep,
+                 response: Response) -> CohortRollbackOut:
+    """Roll every device with ``tag`` back to the bundle it ran before, as
+    ``POST /deployments/{id}/rollback`` does for a deployment's devices."""
+    return _roll_back_cohort(controller, who, response, dry_run=body.dry_run, tag=body.tag)
