@@ -94,13 +94,13 @@ def format_number(v: float) -> str:
 
 
 def _time_label(t: float, span: float) -> str:
+    """A tick's UTC label, as short as the span allows: dates over two days; clock times below, where a tick
+    at midnight is written as its date (so a 24-hour axis says which day starts)."""
     st = time.gmtime(t)
     if span > 2 * 86400:
         return time.strftime("%m-%d", st)
-    if span > 6 * 3600:
-        return time.strftime("%m-%d %H:%M", st)
     if span > 600:
-        return time.strftime("%H:%M", st)
+        return time.strftime("%m-%d" if (st.tm_hour, st.tm_min) == (0, 0) and span > 3 * 3600 else "%H:%M", st)
     return time.strftime("%H:%M:%S", st)
 
 
@@ -153,8 +153,13 @@ class _Plot:
 
 def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "",
                thresholds: Sequence[Threshold] = (), width: int = 640, height: int = 240,
-               y_min: float | None = 0.0, empty_text: str = "no telemetry yet") -> Markup:
-    """A time-series chart (x = Unix seconds, shown in UTC) with optional threshold lines/bands."""
+               y_min: float | None = 0.0, empty_text: str = "no telemetry yet",
+               x_range: tuple[float, float] | None = None) -> Markup:
+    """A time-series chart (x = Unix seconds, shown in UTC) with optional threshold lines/bands. The x axis
+    spans the points, or ``x_range`` (a chosen time range: points outside it are left out)."""
+    if x_range is not None:
+        series = [Series(s.name, [(x, y) for x, y in s.points if x_range[0] <= x <= x_range[1]], s.css)
+                  for s in series]
     pts = [(x, y) for s in series for x, y in s.points if y is not None and math.isfinite(y)]
     if not pts:
         return _empty(width, height, empty_text, kind)
@@ -163,7 +168,7 @@ def line_chart(series: Sequence[Series], *, kind: str, title: str, unit: str = "
                                                                     for line in label_lines(t.label)))
     xs = [x for x, _ in pts]
     ys = [y for _, y in pts] + [t.value for t in thresholds]
-    x0, x1 = min(xs), max(xs)
+    x0, x1 = (min(xs), max(xs)) if x_range is None else x_range
     if x1 == x0:
         x0, x1 = x0 - 30, x1 + 30
     lo = min(ys) if y_min is None else min(y_min, min(ys))

@@ -20,7 +20,7 @@ from edgefleet.cloud.services import deployments, devices, registry
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.render import SECURITY_HEADERS, base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import Role
 from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError
 
@@ -99,25 +99,13 @@ def deploy_count(request: Request, session: SessionDep, bundle: str = "", device
     return JSONResponse(count_of(session, form), headers=SECURITY_HEADERS)
 
 
-def _posted(request: Request, controller: ControllerDep, csrf_token: str) -> tuple[Principal | None, Response | None]:
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return None, to_login(request)
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI deployment create refused for %s: %s", user.actor, refusal)
-        return user, forbidden(request, user, refusal)
-    return user, None
-
-
 @router.post("/ui/deploy/confirm", response_class=HTMLResponse)
 def deploy_confirm(request: Request, controller: ControllerDep, bundle: Short = "", device_ids: Long = "",
                    tag: Short = "", all: Short = "", note: Long = "", csrf_token: CsrfField = "") -> Response:
     """The confirmation step: the devices that would get the order and those skipped; nothing is stored."""
-    user, refused = _posted(request, controller, csrf_token)
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, "deployment create")
+    if isinstance(user, Response):
+        return user
     form = DeployForm(bundle=bundle.strip(), device_ids=device_ids, tag=tag, all=bool(all), note=note.strip())
     with controller.session() as session:
         try:
@@ -142,9 +130,9 @@ def deploy_create(request: Request, controller: ControllerDep, bundle: Short = "
                   tag: Short = "", all: Short = "", note: Long = "", confirm: Short = "",
                   csrf_token: CsrfField = "") -> Response:
     """Create the deployment (operator or admin) once confirmed; signed orders go out at once."""
-    user, refused = _posted(request, controller, csrf_token)
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, "deployment create")
+    if isinstance(user, Response):
+        return user
     form = DeployForm(bundle=bundle.strip(), device_ids=device_ids, tag=tag, all=bool(all), note=note.strip())
     try:
         if confirm != "yes":
@@ -173,9 +161,9 @@ def retry_deployment(request: Request, deployment_id: str, controller: Controlle
                      csrf_token: CsrfField = "") -> Response:
     """Order the failed devices again (operator or admin), as ``POST /api/v1/deployments/{id}/retry``;
     a refusal (nothing failed, cancelled, owned by a rollout) is shown on the deployment's page."""
-    user, refused = _posted(request, controller, csrf_token)
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"retry of {deployment_id}")
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             deployments.retry_failed(session, deployment_id=deployment_id, issuer=controller.issuer,

@@ -19,7 +19,7 @@ from edgefleet.cloud.services import deployments, devices
 from edgefleet.cloud.services.auth import Principal
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import Role
 from edgefleet.protocol.errors import ConfigError, EdgeFleetError, NotFoundError
 
@@ -48,19 +48,6 @@ def hours(text: str, *, where: str) -> float:
     return value * 3600.0
 
 
-def _posted(request: Request, controller: ControllerDep, csrf_token: str, what: str
-            ) -> tuple[Principal | None, Response | None]:
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return None, to_login(request)
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI %s refused for %s: %s", what, user.actor, refusal)
-        return user, forbidden(request, user, refusal)
-    return user, None
-
-
 def _to_device(request: Request, device_id: str) -> Response:
     return RedirectResponse(f"{base_path(request)}/ui/devices/{quote(device_id)}", status_code=303)
 
@@ -69,9 +56,9 @@ def _to_device(request: Request, device_id: str) -> Response:
 def edit_tags(request: Request, device_id: str, controller: ControllerDep, tags: Long = "",
               csrf_token: CsrfField = "") -> Response:
     """Replace the device's tags with those typed (the form shows the current ones)."""
-    user, refused = _posted(request, controller, csrf_token, f"tags of {device_id}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"tags of {device_id}")
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             devices.update_tags(session, device_id=device_id, actor=user.actor, now=controller.now(),
@@ -86,9 +73,9 @@ def edit_tags(request: Request, device_id: str, controller: ControllerDep, tags:
 def decommission(request: Request, device_id: str, controller: ControllerDep, confirm: Short = "",
                  csrf_token: CsrfField = "") -> Response:
     """Decommission once the device id is typed again (the confirmation): credentials revoked."""
-    user, refused = _posted(request, controller, csrf_token, f"decommission of {device_id}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"decommission of {device_id}")
+    if isinstance(user, Response):
+        return user
     if confirm.strip() != device_id:
         return render(request, "error.html", status_code=400, user=user, title="Not confirmed", status=400,
                       message=f"type the device id {device_id!r} to confirm its decommissioning",
@@ -127,9 +114,9 @@ def create_enrollment_token(request: Request, controller: ControllerDep, device_
                             hours_valid: Annotated[str, Form(max_length=20, alias="hours")] = "24",
                             confirm: Short = "", csrf_token: CsrfField = "") -> Response:
     """A one-time token, shown on the page this once (only its hash is kept)."""
-    user, refused = _posted(request, controller, csrf_token, "enrollment token")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, "enrollment token")
+    if isinstance(user, Response):
+        return user
     form = {"device_id": device_id.strip(), "tags": tags, "hours": hours_valid}
     try:
         if confirm != "yes":
@@ -152,9 +139,9 @@ def create_enrollment_token(request: Request, controller: ControllerDep, device_
 def rollback(request: Request, device_id: str, controller: ControllerDep, csrf_token: CsrfField = "") -> Response:
     """Deploy the bundle the device ran before to it (``POST /api/v1/devices/{id}/rollback``), then show
     that deployment; a device that never ran another bundle gets the refusal on a page."""
-    user, refused = _posted(request, controller, csrf_token, f"rollback of {device_id}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"rollback of {device_id}")
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             deployment = deployments.rollback_device(session, device_id=device_id, issuer=controller.issuer,
@@ -175,9 +162,9 @@ def rollback(request: Request, device_id: str, controller: ControllerDep, csrf_t
 def revoke_enrollment_token(request: Request, token_id: str, controller: ControllerDep,
                             csrf_token: CsrfField = "") -> Response:
     """End an unused enrollment token now (``DELETE /api/v1/enrollment-tokens/{id}``)."""
-    user, refused = _posted(request, controller, csrf_token, f"revoke of enrollment token {token_id[:20]}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"revoke of enrollment token {token_id[:20]}")
+    if isinstance(user, Response):
+        return user
     try:
         if not token_id.isdigit() or len(token_id) > 18:
             raise NotFoundError(f"no enrollment token {token_id[:20]!r}", where="token_id")

@@ -93,8 +93,10 @@ def state_css(state: str | None) -> str:
 
 
 def feed_css(level: str) -> str:
-    """Colour of a "Recent events" item: errors and alarms bad, offline grey, the rest a warning."""
-    return {"error": "st-bad", DriftLevel.ALARM: "st-bad", DeviceStatus.OFFLINE: "st-idle"}.get(level, "st-warn")
+    """Colour of a "Recent events" item: errors and alarms bad, offline grey, back online good, the rest a
+    warning."""
+    return {"error": "st-bad", DriftLevel.ALARM: "st-bad", DeviceStatus.OFFLINE: "st-idle",
+            DeviceStatus.ONLINE: "st-ok"}.get(level, "st-warn")
 
 
 FILTERS = {"ago": ago, "datetime": datetime_utc, "bytes": byte_size, "duration": duration, "num": number,

@@ -23,8 +23,8 @@ from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.store.tables import Bundle, Incident, TelemetryRecord
 from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.csrf import CsrfField
-from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.ui.render import base_path, not_found, render
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import CohortKind, IncidentState, Role
 from edgefleet.protocol.drift import DriftThresholds, ReferenceProfile
 from edgefleet.protocol.errors import ConflictError, EdgeFleetError, InvalidRequestError, NotFoundError
@@ -106,14 +106,9 @@ def incident_detail(request: Request, incident_id: str, session: SessionDep, con
 def close_incident(request: Request, incident_id: str, controller: ControllerDep,
                    reason: Annotated[str, Form(max_length=500)] = "", csrf_token: CsrfField = "") -> Response:
     """Close an open incident (operator or admin) with a reason; a refusal is shown on the page."""
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return to_login(request)
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI close of incident %s refused for %s: %s", incident_id, user.actor, refusal)
-        return forbidden(request, user, refusal)
+    user = posted_by(request, controller, csrf_token, f"close of incident {incident_id}")
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             incidents.get_incident(session, incident_id=incident_id)

@@ -7,24 +7,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from edgefleet.cloud.deps import ControllerDep, SessionDep
-from edgefleet.cloud.services import deployments, devices, registry, telemetry
+from edgefleet.cloud.services import deployments, devices, downsample, fleet_history, live_marks, registry, telemetry
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.store.tables import Bundle, Deployment
-from edgefleet.cloud.ui import charts, feed, filters
+from edgefleet.cloud.ui import charts, feed, filters, ranges
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, STATE_ORDER
-from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
+from edgefleet.cloud.ui.render import base_path, not_found, render
 from edgefleet.cloud.ui.report_view import report_view
-from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import DeploymentStatus, IncidentState, TelemetryGroup
-from edgefleet.protocol.errors import ConflictError, EdgeFleetError, NotFoundError
+from edgefleet.protocol.errors import ConflictError, EdgeFleetError, InvalidRequestError, NotFoundError
 from edgefleet.protocol.vocabulary import DeviceStatus, DriftLevel
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,14 @@ STATS_WINDOW_S = 24 * 3600.0
 DEFAULT_THRESHOLDS = {"psi_warn": 0.1, "psi_alarm": 0.25}
 FEED_LIMIT = 15
 """Items of the overview's "Recent events" feed."""
+FEED_TRANSITIONS = 20 * FEED_LIMIT
+"""The newest online/offline transitions the feed reads (more than it shows: a device offline now without one
+among them is shown at the time it was last heard from)."""
+DEVICE_RANGE = ranges.ChartRange.H6
+"""The device page's charts show the last 6 hours unless ``?range=`` says otherwise (about the 240 one-minute
+windows they showed before ranges)."""
+MAX_WINDOWS = 20_000
+"""At most this many windows are read for a device's charts (7 days of one-minute windows is 10 080)."""
 
 router = APIRouter(include_in_schema=False)
 
@@ -90,6 +98,7 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
     user = signed_in(request, session)
     if user is None:
         return to_login(request)
+    mark = live_marks.fleet_mark(session)   # before reading: the page is at least as new as its mark
     now = controller.now()
     settings = controller.settings
     fleet = devices.list_devices(session)
@@ -118,12 +127,15 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
             label = f"{d.installed.get('name', '?')} {d.installed.get('version', '')}".strip()
             installed[label] = installed.get(label, 0) + 1
     since = now - settings.ui_feed_span_s
+    changes = fleet_history.transitions(session, since=since, limit=FEED_TRANSITIONS)
     events = feed.build_feed(
         events=devices.recent_events(session, levels=feed.FEED_EVENT_LEVELS, limit=FEED_LIMIT),
         episodes=telemetry.drift_episodes(session, since=since, levels=feed.FEED_DRIFT_LEVELS),
-        devices=fleet, since=since, limit=FEED_LIMIT)
+        devices=fleet, since=since, limit=FEED_LIMIT, transitions=changes,
+        offline_since=fleet_history.last_offline_before(
+            session, pairs=[(t.device_id, t.at) for t in changes[:FEED_LIMIT] if t.online]))
     return render(
-        request, "overview.html", user=user, now=now, refresh=10,
+        request, "overview.html", user=user, now=now, refresh=10, live_version=mark,
         total=len(fleet), online=online, offline=len(fleet) - online,
         donut=charts.donut([charts.Slice(DeviceStatus.ONLINE, online, "st-ok"),
                             charts.Slice(DeviceStatus.OFFLINE, len(fleet) - online, "st-idle")],
@@ -143,46 +155,39 @@ def overview(request: Request, session: SessionDep, controller: ControllerDep) -
         open_incidents=incidents.list_incidents(session, state=IncidentState.OPEN, limit=5))
 
 
-@router.get("/ui/devices", response_class=HTMLResponse)
-def device_list(request: Request, session: SessionDep, controller: ControllerDep, tag: str | None = None,
-                online: str | None = None, q: str | None = None) -> Response:
-    user = signed_in(request, session)
-    if user is None:
-        return to_login(request)
-    want_online = {"yes": True, "no": False}.get(online or "")
-    fleet = devices.list_devices(session, tag=tag or None, online=want_online)
-    if q:
-        fleet = [d for d in fleet if q.lower() in d.id.lower()]
-    latest = telemetry.latest_drift_verdicts(session, device_ids=[d.id for d in fleet])
-    all_tags = sorted({t for d in devices.list_devices(session) for t in d.tags})
-    return render(request, "devices.html", user=user, now=controller.now(), refresh=10, devices=fleet,
-                   latest=latest, tag=tag or "", online=online or "", q=q or "", all_tags=all_tags)
-
-
 @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
-def device_detail(request: Request, device_id: str, session: SessionDep, controller: ControllerDep) -> Response:
+def device_detail(request: Request, device_id: str, session: SessionDep, controller: ControllerDep,
+                  chart_range: Annotated[str | None, Query(alias="range")] = None) -> Response:
     user = signed_in(request, session)
     if user is None:
         return to_login(request)
     try:
+        chosen = ranges.parse(chart_range, default=DEVICE_RANGE)
         device = devices.get_device(session, device_id=device_id)
+    except InvalidRequestError as exc:
+        return ranges.refused(request, user, exc)
     except NotFoundError as exc:
         return not_found(request, user, exc)
-    points = telemetry.series(session, device_id=device_id, limit=240)
-    windows = telemetry.list_windows(session, device_id=device_id, limit=240)
+    mark = live_marks.device_mark(session, device_id=device_id)   # before reading (see overview)
+    now = controller.now()
+    span = (now - ranges.SECONDS[chosen], now)
+    windows = telemetry.list_windows(session, device_id=device_id, since=span[0], limit=MAX_WINDOWS)
+    points = downsample.window_points(windows, since=span[0], until=span[1])
+    merged = any(p["windows"] > 1 for p in points)
     summary = telemetry.summarize(windows)
     installed_digest = (device.installed or {}).get("digest")
     bundle = registry.bundles_by_digest(session, digests={installed_digest} if installed_digest else set()
                                         ).get(installed_digest or "")
     th = _thresholds(bundle)
+    per = "per merged windows" if merged else "per window"
     latency = charts.line_chart(
-        [charts.Series("p50", [(p["window_end"], p["p50_ms"]) for p in points], "s1"),
-         charts.Series("p95", [(p["window_end"], p["p95_ms"]) for p in points], "s2")],
-        kind="latency", title=f"inference latency of {device.id} (ms per window)", unit="ms")
+        [charts.Series("p50", _line(points, "p50_ms"), "s1"), charts.Series("p95", _line(points, "p95_ms"), "s2")],
+        kind="latency", title=f"inference latency of {device.id} (ms {per}, last {ranges.LABELS[chosen]})",
+        unit="ms", x_range=span, empty_text=f"no telemetry yet (last {ranges.LABELS[chosen]})")
     drift = charts.line_chart(
-        [charts.Series("PSI", [(p["window_end"], p["psi"]) for p in points], "s3"),
-         charts.Series("Jensen–Shannon", [(p["window_end"], p["js"]) for p in points], "s4")],
-        kind="drift", title=f"input drift of {device.id} per window", empty_text="no drift scores yet",
+        [charts.Series("PSI", _line(points, "psi"), "s3"), charts.Series("Jensen–Shannon", _line(points, "js"), "s4")],
+        kind="drift", title=f"input drift of {device.id} {per} (last {ranges.LABELS[chosen]})",
+        empty_text=f"no drift scores yet (last {ranges.LABELS[chosen]})", x_range=span,
         thresholds=[charts.Threshold(th["psi_warn"], f"warn {th['psi_warn']:g}", DriftLevel.WARN, band=False),
                     charts.Threshold(th["psi_alarm"], f"alarm {th['psi_alarm']:g}", DriftLevel.ALARM, band=True)])
     reference = ((bundle.manifest or {}).get("reference_profile") or {}).get("predictions", {}) if bundle else {}
@@ -197,11 +202,24 @@ def device_detail(request: Request, device_id: str, session: SessionDep, control
     bundles_by_id = registry.bundles_by_id(session, ids={d.bundle_id for d in deps_by_id.values()})
     events = devices.recent_events(session, device_id=device_id, limit=10)
     latest = telemetry.latest_drift_verdicts(session, device_ids=[device_id]).get(device_id)
-    return render(request, "device.html", user=user, now=controller.now(), refresh=10, device=device,
+    return render(request, "device.html", user=user, now=now, refresh=10, device=device,
                    bundle=bundle, summary=summary, latest=latest, thresholds=th, latency_chart=latency,
                    drift_chart=drift, predictions_chart=preds, requests_spark=requests_spark, targets=targets,
                    deps_by_id=deps_by_id, bundles_by_id=bundles_by_id, events=events,
-                   previous_bundle=deployments.previous_bundle(session, device_id=device_id))
+                   previous_bundle=deployments.previous_bundle(session, device_id=device_id),
+                   chart_range=chosen, range_label=ranges.LABELS[chosen], merged=merged,
+                   range_choices=ranges.choices(request.url.path, chosen, anchor="#charts"),
+                   live_version=mark, live_device=device.id)
+
+
+def _line(points: list[dict[str, Any]], key: str) -> list[tuple[float, float | None]]:
+    """A chart series of ``key``, broken (a ``None`` point) where the telemetry has a gap."""
+    out: list[tuple[float, float | None]] = []
+    for p in points:
+        if p["after_gap"]:
+            out.append((p["at"], None))
+        out.append((p["at"], p[key]))
+    return out
 
 
 def _natural(key: str) -> tuple[int, int, str]:
@@ -288,14 +306,9 @@ def deployment_detail(request: Request, deployment_id: str, session: SessionDep,
 def cancel_deployment(request: Request, deployment_id: str, controller: ControllerDep,
                       csrf_token: CsrfField = "") -> Response:
     """Cancel a running deployment (operator or admin): signed cancel orders go out at once."""
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return to_login(request)
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI cancel of %s refused for %s: %s", deployment_id, user.actor, refusal)
-        return forbidden(request, user, refusal)
+    user = posted_by(request, controller, csrf_token, f"cancel of {deployment_id}")
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             deployments.cancel_deployment(session, deployment_id=deployment_id, issuer=controller.issuer,

@@ -19,7 +19,7 @@ from edgefleet.cloud.store.tables import User
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.device_actions import hours
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import csrf_refusal, same_origin, signed_in, to_login
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import OPERATOR_ROLES, Role
 from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError
 
@@ -29,27 +29,6 @@ router = APIRouter(include_in_schema=False)
 
 Short = Annotated[str, Form(max_length=200)]
 Secret = Annotated[str, Form(max_length=1024)]
-
-
-def post_refusal(request: Request, user: Principal, token: str, role: Role) -> str | None:
-    """Why ``user`` may not act through this form post: ``role`` is needed, and the form must come
-    from the controller's own pages with the session's CSRF token. ``None`` when it may."""
-    return user.refusal(role) or (None if same_origin(request) else
-                                  "this form was not posted from the controller's own pages") \
-        or csrf_refusal(request, token)
-
-
-def _posted(request: Request, controller: ControllerDep, csrf_token: str, role: Role, what: str
-            ) -> tuple[Principal | None, Response | None]:
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return None, to_login(request)
-    refusal = post_refusal(request, user, csrf_token, role)
-    if refusal is not None:
-        log.warning("UI %s refused for %s: %s", what, user.actor, refusal)
-        return user, forbidden(request, user, refusal)
-    return user, None
 
 
 # --------------------------------------------------------------------------- users (admin)
@@ -78,9 +57,9 @@ def create_user(request: Request, controller: ControllerDep, policy: PasswordPol
                 display_name: Short = "", role: Short = "", password: Secret = "", confirm: Short = "",
                 csrf_token: CsrfField = "") -> Response:
     """A new user with a role (and a password, if one is given: else they cannot sign in with one yet)."""
-    user, refused = _posted(request, controller, csrf_token, Role.ADMIN, "user create")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, "user create", role=Role.ADMIN)
+    if isinstance(user, Response):
+        return user
     form = {"name": name.strip(), "display_name": display_name.strip(), "role": role}
     try:
         if confirm != "yes":
@@ -100,9 +79,9 @@ def create_user(request: Request, controller: ControllerDep, policy: PasswordPol
 def update_user(request: Request, name: str, controller: ControllerDep, role: Short = "", disabled: Short = "",
                 csrf_token: CsrfField = "") -> Response:
     """Change the role (``role``) or disable / enable (``disabled``: ``yes`` / ``no``)."""
-    user, refused = _posted(request, controller, csrf_token, Role.ADMIN, f"change of user {name}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"change of user {name}", role=Role.ADMIN)
+    if isinstance(user, Response):
+        return user
     try:
         if disabled not in ("", "yes", "no"):
             raise ConfigError(f"disabled is yes or no, not {disabled[:20]!r}", where="disabled")
@@ -147,9 +126,9 @@ def my_tokens(request: Request, session: SessionDep, controller: ControllerDep) 
 def create_my_token(request: Request, controller: ControllerDep, name: Short = "", role: Short = "",
                     days: Annotated[str, Form(max_length=20)] = "30", csrf_token: CsrfField = "") -> Response:
     """A personal token: at most the person's role and the session's, shown this once."""
-    user, refused = _posted(request, controller, csrf_token, Role.VIEWER, "token create")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, "token create", role=Role.VIEWER)
+    if isinstance(user, Response):
+        return user
     try:
         if not name.strip():
             raise ConfigError("give the token a name (where it will be used)", where="name")
@@ -183,9 +162,9 @@ def create_my_token(request: Request, controller: ControllerDep, name: Short = "
 @router.post("/ui/tokens/{token_id}/revoke")
 def revoke_my_token(request: Request, token_id: str, controller: ControllerDep, csrf_token: CsrfField = "") -> Response:
     """Revoke one of the signed-in person's tokens (another's is "not found", as in the API)."""
-    user, refused = _posted(request, controller, csrf_token, Role.VIEWER, f"revoke of token {token_id[:20]}")
-    if refused is not None or user is None:
-        return refused or to_login(request)
+    user = posted_by(request, controller, csrf_token, f"revoke of token {token_id[:20]}", role=Role.VIEWER)
+    if isinstance(user, Response):
+        return user
     try:
         with controller.session() as session:
             owner = _owner(session, user)

@@ -44,7 +44,7 @@ from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, duration, number
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
-from edgefleet.cloud.ui.session import form_refusal, signed_in, to_login
+from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import DeviceState, Role, RolloutState
 from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError, first_problem
 
@@ -457,14 +457,9 @@ def create_rollout(request: Request, controller: ControllerDep, bundle: Annotate
                    policy: Annotated[str, Form(max_length=100_000)] = "",
                    note: Annotated[str, Form(max_length=2000)] = "", csrf_token: CsrfField = "") -> Response:
     """Create a rollout from the form (operator or admin); a refused form shows why, and creates nothing."""
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return to_login(request)
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI rollout create refused for %s: %s", user.actor, refusal)
-        return forbidden(request, user, refusal)
+    user = posted_by(request, controller, csrf_token, "rollout create")
+    if isinstance(user, Response):
+        return user
     form = CreateForm(bundle=bundle.strip(), tags=tags, device_ids=device_ids, exclude_tags=exclude_tags,
                       exclude_device_ids=exclude_device_ids, dynamic=bool(dynamic), template=template, policy=policy,
                       note=note.strip())
@@ -506,17 +501,12 @@ def act_on_rollout(request: Request, rollout_id: str, name: str, controller: Con
                    reason: Annotated[str, Form(max_length=500)] = "", csrf_token: CsrfField = "") -> Response:
     """Approve, pause, resume, promote, abort or cancel (operator or admin), then advance at once,
     as the API does. A refusal by the controller (e.g. the creator approving) is shown on the page."""
-    with controller.session() as session:
-        user = signed_in(request, session)
-    if user is None:
-        return to_login(request)
+    user = posted_by(request, controller, csrf_token, f"{name[:20]} of rollout {rollout_id}")
+    if isinstance(user, Response):
+        return user
     action = ACTIONS.get(name)
     if action is None:
         return not_found(request, user, NotFoundError(f"no rollout action {name!r}", where="action"))
-    refusal = form_refusal(request, user, csrf_token)
-    if refusal is not None:
-        log.warning("UI %s of rollout %s refused for %s: %s", name, rollout_id, user.actor, refusal)
-        return forbidden(request, user, refusal)
     extra: dict[str, object] = {"issuer": controller.issuer} if action.needs_issuer else {}
     if action.needs_role:
         extra["role"] = user.role

@@ -83,13 +83,27 @@ def csrf_refusal(request: Request, token: str | None) -> str | None:
             "reload the page and try again")
 
 
-def form_refusal(request: Request, user: Principal, token: str | None) -> str | None:
-    """Why ``user`` may not act through this form post: an operator's (or admin's) role is needed,
-    the form must come from the controller's own pages and carry the session's CSRF token
-    (``token``). ``None`` when it may."""
-    return user.refusal(Role.OPERATOR) or (None if same_origin(request) else
-                                           "this form was not posted from the controller's own pages") \
+def form_refusal(request: Request, user: Principal, token: str | None, role: Role = Role.OPERATOR) -> str | None:
+    """Why ``user`` may not act through this form post: ``role`` (or a higher one) is needed, the form must
+    come from the controller's own pages and carry the session's CSRF token (``token``). ``None`` when it may."""
+    return user.refusal(role) or (None if same_origin(request) else
+                                  "this form was not posted from the controller's own pages") \
         or csrf_refusal(request, token)
+
+
+def posted_by(request: Request, controller: ControllerDep, csrf_token: str | None, what: str,
+              role: Role = Role.OPERATOR) -> Principal | Response:
+    """The signed-in person who may post this form (:func:`form_refusal`), or the response that refuses
+    it: the sign-in page, or a 403 page saying why (logged with ``what`` the post would have done)."""
+    with controller.session() as session:
+        user = signed_in(request, session)
+    if user is None:
+        return to_login(request)
+    refusal = form_refusal(request, user, csrf_token, role)
+    if refusal is not None:
+        log.warning("UI %s refused for %s: %s", what, user.actor, refusal)
+        return forbidden(request, user, refusal)
+    return user
 
 
 def _login_page(request: Request, *, status_code: int = 200, next: str = "/", error: str | None = None,

@@ -4,6 +4,7 @@ the DevTools protocol, so the pages' Content-Security-Policy stays as it is)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -31,9 +32,12 @@ def axe_source() -> str | None:
         if npm is None:
             return None
         cache_dir().mkdir(parents=True, exist_ok=True)
-        subprocess.run([npm, "install", "--prefix", str(cache_dir()), "--no-save", "--no-audit", "--no-fund",
-                        "--ignore-scripts", "--loglevel=error", f"axe-core@{AXE_VERSION}"],
-                       check=True, timeout=300, stdout=subprocess.DEVNULL)
+        with open(cache_dir() / ".install.lock", "w") as lock:   # test processes running side by side
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not js.is_file():
+                subprocess.run([npm, "install", "--prefix", str(cache_dir()), "--no-save", "--no-audit", "--no-fund",
+                                "--ignore-scripts", "--loglevel=error", f"axe-core@{AXE_VERSION}"],
+                               check=True, timeout=300, stdout=subprocess.DEVNULL)
     return js.read_text()
 
 

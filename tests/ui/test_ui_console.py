@@ -55,7 +55,8 @@ def ui_pages(server) -> list[tuple[str, int]]:
              (f"/ui/bundles/{fleet.bundles['1.2.0'].digest}", 200), ("/ui/deployments", 200),
              (f"/ui/deployments/{fleet.deployment_id}", 200), ("/ui/models", 200), ("/ui/models/animals", 200),
              ("/ui/audit", 200), ("/ui/audit?since=yesterday", 422), ("/ui/incidents", 200),
-             ("/ui/rollouts", 200), ("/ui/rollouts/new", 200), ("/ui/no-such-page", 404),
+             ("/ui/rollouts", 200), ("/ui/rollouts/new", 200), ("/ui/trends", 200), ("/ui/webhooks", 200),
+             ("/ui/no-such-page", 404),
              ("/ui/devices/no-such-device", 404)]
     return pages + [(f"/ui/incidents/{i.id}", 200) for i in incident]
 

@@ -127,7 +127,7 @@ def test_every_ui_post_route_checks_the_token(app):
     with TestClient(app):
         client, _ = sign_in(app)
         for path in posts:
-            url = re.sub(r"\{name\}", "pause", re.sub(r"\{(?!name)[^}]+\}", "x", path))
+            url = re.sub(r"\{name\}", "pause", re.sub(r"\{(?!name)[^}]+\}", "1", path))   # "1": a valid int id too
             r = client.post(url, data={"reason": "x", "token": ADMIN})
             assert r.status_code == 403 and ("CSRF" in r.text or "sign in again" in r.text), (path, r.status_code)
 
