@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/edgefleet demo
 
 test: install
-	$(BIN)/python -m pytest --durations=30
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=30
 
 bench: install
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done

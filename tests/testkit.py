@@ -3,12 +3,14 @@ rule for a part the machine lacks."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.cloud.ports import free_port
 from edgefleet.protocol.keys import generate_private_key, public_key_pem
 
-__all__ = ["DeviceKey", "free_port", "missing_part", "postgres_database", "wait_until"]
+__all__ = ["DeviceKey", "free_port", "missing_part", "postgres_database", "run_coroutine", "wait_until"]
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -54,6 +56,13 @@ def postgres_database() -> Iterator[str]:
     finally:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.close()
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)`` on a thread of its own: the test process may already run an event loop on its
+    main thread (Playwright's sync API keeps one there once a browser test ran in it)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="test-asyncio") as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def wait_until(predicate: Callable[[], T], what: str = "condition", timeout: float = 30.0,

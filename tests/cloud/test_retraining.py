@@ -570,7 +570,7 @@ def test_retraining_on_postgresql(pg_url, settings, clock, transport, release_ke
 def test_cli_an_external_pipeline_downloads_registers_with_lineage_compresses_and_builds(run, client, controller,
                                                                                           digits, tmp_path):
     reference, parent = tmp_path / "reference.npz", tmp_path / "parent.onnx"
-    assert "reference.npz" in run("models", "dataset-download", "digits", "--out", str(reference))
+    assert "reference.npz" in run("models", "dataset-download", "digits", "--out", str(reference)).replace("\n", "")
     with np.load(reference) as npz:
         assert len(npz["x"]) == len(digits.x_train)
     run("models", "download", "digits", "1.0.0", "--out", str(parent))

@@ -23,6 +23,7 @@ from edgefleet.protocol.bundle import build_bundle, parse_recipe
 from edgefleet.protocol.errors import ConfigError
 
 from controllerkit import ADMIN
+from testkit import run_coroutine
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +122,7 @@ def test_two_hundred_devices_enroll_report_update_and_survive_a_storm(controller
                 save_state(state, again)
         assert load_state(state, controller.url).devices[f"{prefix}-00000"].sequence >= 1
 
-    asyncio.run(scenario())
+    run_coroutine(scenario())
 
 
 async def _true(value: bool) -> bool:

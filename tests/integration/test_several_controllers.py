@@ -27,7 +27,7 @@ from edgefleet.cloud.simulate.run import http_client
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
 
 from controllerkit import ADMIN
-from testkit import postgres_database
+from testkit import postgres_database, run_coroutine
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -180,7 +180,7 @@ def test_two_controllers_share_the_work_and_one_finishes_the_rollout_the_other_w
             finally:
                 await fleet.stop()
 
-    asyncio.run(scenario())
+    run_coroutine(scenario())
 
 
 async def _true(value: bool) -> bool:
