@@ -382,8 +382,9 @@ class Ingestor:
                 items.append(d)
         started = time.perf_counter()
         try:
-            with session_scope(self.engine) as session:
-                store_batch(session, items, result)
+            if items:   # a batch of rejected messages only has nothing to store
+                with session_scope(self.engine) as session:
+                    store_batch(session, items, result)
         except SQLAlchemyError as exc:
             log.warning("batch of %d messages failed (%s); storing one by one", len(items), exc.__class__.__name__)
             result = BatchResult(rejected=result.rejected)

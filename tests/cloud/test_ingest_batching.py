@@ -197,3 +197,17 @@ def test_libsodium_verifies_what_the_agent_seals_and_nothing_altered():
             with pytest.raises(MessageError) as info:
                 device_signatures.verify(public, altered_topic, altered)
             assert info.value.code == Reason.BAD_SIGNATURE
+
+
+def test_a_batch_of_rejected_messages_only_does_not_touch_the_database(tmp_path, caplog):
+    """Nothing to store, nothing asked of the database: with the database gone (here: a file that cannot
+    be opened) such a batch is counted as rejected, with no "batch failed" warning and no store error."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'missing' / 'controller.db'}")
+    metrics = ControllerMetrics()
+    ingestor = Ingestor(engine=engine, prefix=PREFIX, metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.mqtt.ingest"):
+        result = ingestor.process([Raw(topic="not/an/edgefleet/topic", payload=b"{}", received_at=1.0)])
+    assert result.stored == 0 and sum(result.rejected.values()) == 1
+    assert Reason.STORE_ERROR not in result.rejected
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+    engine.dispose()
