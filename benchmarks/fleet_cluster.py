@@ -1,48 +1,32 @@
 """What ``benchmarks/fleet.py`` needs to run several controllers: a PostgreSQL database of its own, a
 round-robin TCP balancer in front of the controllers (their ``public_url``), the CPU and RSS of a
-process with its children from /proc, and who holds a lease. Benchmarks do not import from tests/."""
+process with its children from /proc, and who holds a lease. The database and the balancer are the test
+kits' own (tests/testkit.py, tests/proxykit.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import threading
-import uuid
-from collections.abc import Iterator
+import sys
 from pathlib import Path
+from typing import NoReturn
 
-from edgefleet.cloud.ports import free_port
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from proxykit import Balancer  # noqa: E402
+
+import testkit  # noqa: E402
+
+__all__ = ["Balancer", "cpu_s", "holder_pid", "lease", "load_average", "postgres_database", "rss_mb"]
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A database of its own on 127.0.0.1:5432 (trust auth, user postgres or root), dropped afterwards;
-    its SQLAlchemy URL. No other database is touched."""
-    import psycopg
-
-    errors, conn, user = [], None, ""
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, dbname="postgres", user=user, autocommit=True,
-                                   connect_timeout=3)
-            break
-        except psycopg.OperationalError as exc:
-            errors.append(f"{user}: {exc}".strip())
-    if conn is None:
-        raise SystemExit(f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)}): "
-                         "start it, or give --database-url a reachable server")
-    name = f"edgefleet_bench_{uuid.uuid4().hex[:12]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
-    finally:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+def postgres_database() -> contextlib.AbstractContextManager[str]:
+    """A database of its own on 127.0.0.1:5432 (``tests/testkit.py``), dropped afterwards; its SQLAlchemy URL."""
+    def missing(why: str) -> NoReturn:
+        raise SystemExit(f"{why}: start it, or give --database-url a reachable server")
+    return testkit.postgres_database(missing)
 
 
 def lease(database_url: str, name: str) -> tuple[str, int, float]:
@@ -94,62 +78,3 @@ def rss_mb(pid: int, *, children: bool = False) -> float:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-class Balancer:
-    """Round-robin TCP balancer on ``127.0.0.1:<port>``, as an operator's haproxy would be: each new
-    connection goes to the next upstream that accepts it, so a dead controller is passed over."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.upstreams: list[int] = []
-        self._next = 0
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", self.port), backlog=1024)
-        threading.Thread(target=self._accept, name="balancer", daemon=True).start()
-
-    def _connect(self) -> socket.socket | None:
-        with self._lock:
-            ports, start = list(self.upstreams), self._next
-            self._next += 1
-        for i in range(len(ports)):
-            try:
-                upstream = socket.create_connection(("127.0.0.1", ports[(start + i) % len(ports)]), timeout=2)
-            except OSError:
-                continue
-            upstream.settimeout(None)
-            return upstream
-        return None
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = self._connect()
-        if upstream is None:
-            client.close()
-            return
-        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
-        _pipe(client, upstream)
-
-    def close(self) -> None:
-        self._listener.close()
-
-
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    for s in (src, dst):
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
-        s.close()
-

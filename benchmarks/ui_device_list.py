@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,14 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi.testclient import TestClient
-from sqlalchemy import insert
 
-from edgefleet.cloud.app import create_app
-from edgefleet.cloud.settings import ControllerSettings
-from edgefleet.cloud.store.tables import Device, TelemetryRecord
-from edgefleet.cloud.ui import csrf
+sys.path.insert(0, str(Path(__file__).parent))
+from ui_common import insert_fleet, signed_in  # noqa: E402
 
-ADMIN = "eft_bench-admin-0123456789abcdef"
 PAGES = {
     "first page": "/ui/devices",
     "tag filter, by last seen": "/ui/devices?tag=north&sort=last_seen&dir=desc",
@@ -37,46 +34,13 @@ PAGES = {
 }
 
 
-class NoTransport:
-    connected = True
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        return True
-
-
-def seed(app, n: int, now: float) -> None:
-    with app.state.controller.session() as session:
-        session.execute(insert(Device), [
-            {"id": f"dev-{i:05d}", "tags": ["north" if i % 2 else "south"] + (["gpu"] if i % 10 == 0 else []),
-             "online": i % 3 != 0, "update_state": "failed" if i % 25 == 0 else "committed", "last_seen": now - i,
-             "installed": {"name": "animals", "version": "1.3.0" if i % 4 == 0 else "1.2.0", "build": 1,
-                           "digest": "a" * 64, "runtime": "onnx"},
-             "enrolled_at": now - 86400, "mqtt_password_hash": "", "message_key": "", "runtimes": ["onnx"],
-             "last_sequence": 0, "enrolled_by": "", "broker_disable_pending": False} for i in range(n)])
-        session.execute(insert(TelemetryRecord), [
-            {"msg_id": f"w{i}", "device_id": f"dev-{i:05d}", "window_seq": 1, "window_start": now - 120,
-             "window_end": now - 60, "drift_level": ("alarm", "warn", "ok")[i % 3], "drift_psi": 0.3 - 0.1 * (i % 3),
-             "received_at": now - 60, "requests": 100, "batches": 100, "samples": 100, "errors": 0, "labelled": 0,
-             "correct": 0, "latency_bounds": [], "latency_counts": [], "predictions": {}, "confusion": {}, "raw": ""}
-            for i in range(0, n, 10)])
-        session.commit()
-
-
 @contextmanager
 def fleet_client(n: int, root: Path) -> Iterator[TestClient]:
     """A signed-in client of a controller holding ``n`` devices."""
-    settings = ControllerSettings(data_dir=root / f"fleet-{n}", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    app = create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                     reconcile_in_background=False)
-    with TestClient(app, follow_redirects=False) as client:
-        seed(app, n, time.time())
-        client.get("/ui/login")
-        client.post("/ui/login", data={"token": ADMIN, "next": "/",
-                                       "csrf_token": client.cookies.get(csrf.LOGIN_COOKIE, "")})
+    def seed(session, now: float) -> None:
+        insert_fleet(session, n, now, tags=lambda i: ["north" if i % 2 else "south"] + (["gpu"] if i % 10 == 0 else []),
+                     update_state=lambda i: "failed" if i % 25 == 0 else "committed")
+    with signed_in(root / f"fleet-{n}", seed) as (client, _, _):
         yield client
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,43 +22,20 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import insert
 
-from edgefleet.cloud.app import create_app
-from edgefleet.cloud.services import fleet_history
-from edgefleet.cloud.settings import ControllerSettings
-from edgefleet.cloud.store.tables import Device, DeviceTransition, FleetSnapshot, TelemetryRecord
-from edgefleet.cloud.ui import csrf
+sys.path.insert(0, str(Path(__file__).parent))
+from ui_common import insert_fleet, signed_in  # noqa: E402
 
-ADMIN = "eft_bench-admin-0123456789abcdef"
+from edgefleet.cloud.services import fleet_history  # noqa: E402
+from edgefleet.cloud.store.tables import DeviceTransition, FleetSnapshot  # noqa: E402
+
 TAGS = ("north", "south", "gpu")
 WEEK = 7 * 86400.0
 
 
-class NoTransport:
-    connected = True
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def publish(self, topic: str, payload: bytes) -> bool:
-        return True
-
-
-def seed(app, n: int, now: float) -> None:
-    with app.state.controller.session() as session:
-        session.execute(insert(Device), [
-            {"id": f"dev-{i:05d}", "tags": [TAGS[i % 2]] + (["gpu"] if i % 10 == 0 else []), "online": i % 3 != 0,
-             "update_state": "committed", "last_seen": now - i,
-             "installed": {"name": "animals", "version": "1.3.0" if i % 4 == 0 else "1.2.0", "build": 1,
-                           "digest": "a" * 64, "runtime": "onnx"},
-             "enrolled_at": now - WEEK, "mqtt_password_hash": "", "message_key": "", "runtimes": ["onnx"],
-             "last_sequence": 0, "enrolled_by": "", "broker_disable_pending": False} for i in range(n)])
-        session.execute(insert(TelemetryRecord), [
-            {"msg_id": f"w{i}", "device_id": f"dev-{i:05d}", "window_seq": 1, "window_start": now - 120,
-             "window_end": now - 60, "drift_level": ("alarm", "warn", "ok")[i % 3], "drift_psi": 0.3 - 0.1 * (i % 3),
-             "received_at": now - 60, "requests": 100, "batches": 100, "samples": 100, "errors": 0, "labelled": 0,
-             "correct": 0, "latency_bounds": [], "latency_counts": [], "predictions": {}, "confusion": {}, "raw": ""}
-            for i in range(0, n, 10)])
+def seed(n: int):
+    def into(session, now: float) -> None:
+        insert_fleet(session, n, now, tags=lambda i: [TAGS[i % 2]] + (["gpu"] if i % 10 == 0 else []),
+                     enrolled_ago_s=WEEK)
         session.execute(insert(DeviceTransition), [
             {"device_id": f"dev-{(7 * k) % n:05d}", "at": now - WEEK + k * WEEK / 20_000, "online": k % 2 == 1,
              "cause": "heartbeat_timeout" if k % 2 == 0 else "heard"} for k in range(20_000)])
@@ -70,7 +48,7 @@ def seed(app, n: int, now: float) -> None:
             rows += [{"at": at, "metric": "drift", "key": f"{tag}\t{level}", "value": (s + len(tag)) % 50}
                      for tag in TAGS for level in ("devices", "ok", "warn", "alarm")]
         session.execute(insert(FleetSnapshot), rows)
-        session.commit()
+    return into
 
 
 def median_ms(client: TestClient, path: str, repeat: int) -> float:
@@ -89,25 +67,16 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as root:
-        settings = ControllerSettings(data_dir=Path(root), broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-        app = create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                         reconcile_in_background=False)
-        with TestClient(app, follow_redirects=False) as client:
-            now = time.time()
-            seed(app, args.devices, now)
-            client.get("/ui/login")
-            client.post("/ui/login", data={"token": ADMIN, "next": "/",
-                                           "csrf_token": client.cookies.get(csrf.LOGIN_COOKIE, "")})
-            live = median_ms(client, "/ui/live.json", args.repeat)
-            device = median_ms(client, "/ui/live.json?device=dev-00042", args.repeat)
-            overview = median_ms(client, "/", args.repeat)
-            day = median_ms(client, "/ui/trends?range=24h", args.repeat)
-            week = median_ms(client, "/ui/trends?range=7d", args.repeat)
-            started = time.perf_counter()
-            with app.state.controller.session() as session:
-                rows = fleet_history.snapshot(session, now=now, drift_span_s=3600.0)
-            snap = (time.perf_counter() - started) * 1000
+    with tempfile.TemporaryDirectory() as root, signed_in(Path(root), seed(args.devices)) as (client, app, now):
+        live = median_ms(client, "/ui/live.json", args.repeat)
+        device = median_ms(client, "/ui/live.json?device=dev-00042", args.repeat)
+        overview = median_ms(client, "/", args.repeat)
+        day = median_ms(client, "/ui/trends?range=24h", args.repeat)
+        week = median_ms(client, "/ui/trends?range=7d", args.repeat)
+        started = time.perf_counter()
+        with app.state.controller.session() as session:
+            rows = fleet_history.snapshot(session, now=now, drift_span_s=3600.0)
+        snap = (time.perf_counter() - started) * 1000
     print(f"{args.devices} devices, 20 000 transitions and 2 016 snapshots over 7 days; medians of {args.repeat}")
     print(f"  poll now:    GET /ui/live.json               {live:8.1f} ms")
     print(f"               GET /ui/live.json?device=...    {device:8.1f} ms")

@@ -83,25 +83,26 @@ class Balancer:
     """A round-robin TCP load balancer on ``127.0.0.1:<port>`` in front of several controllers, as an
     operator's haproxy or nginx stream block would be: each new connection goes to the next upstream that
     accepts it, so a dead controller is passed over. ``upstreams`` may be set after the port is known
-    (the controllers' ``public_url`` names the balancer)."""
+    (the controllers' ``public_url`` names the balancer). benchmarks/fleet.py uses it too."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.upstreams: list[int] = []
         self._next = 0
-        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", self.port), backlog=1024)
         threading.Thread(target=self._accept, name="balancer", daemon=True).start()
 
     def _connect(self) -> socket.socket | None:
-        ports = list(self.upstreams)
+        with self._lock:
+            ports, start = list(self.upstreams), self._next
+            self._next += 1
         for i in range(len(ports)):
-            port = ports[(self._next + i) % len(ports)]
             try:
-                upstream = socket.create_connection(("127.0.0.1", port), timeout=2)
+                upstream = socket.create_connection(("127.0.0.1", ports[(start + i) % len(ports)]), timeout=2)
             except OSError:
                 continue
-            self._next = (self._next + i + 1) % len(ports)
             upstream.settimeout(None)
             return upstream
         return None
@@ -112,12 +113,15 @@ class Balancer:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = self._connect()
-            if upstream is None:
-                client.close()
-                continue
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = self._connect()   # on the connection's own thread: a slow upstream holds up no other client
+        if upstream is None:
+            client.close()
+            return
+        threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
+        _pipe(client, upstream)
 
     def close(self) -> None:
         self._listener.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -18,9 +20,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgefleet.cloud.ports import free_port
 from edgefleet.protocol.keys import generate_private_key, public_key_pem
 
-__all__ = ["DeviceKey", "free_port", "missing_part", "postgres_database", "run_coroutine", "wait_until"]
+__all__ = ["MOSQUITTO_BIN", "DeviceKey", "free_port", "missing_part", "port_open", "postgres_database", "run_coroutine",
+           "wait_until"]
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
+MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` (within ``timeout`` seconds)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 T = TypeVar("T")
 
@@ -34,9 +47,9 @@ def missing_part(message: str) -> NoReturn:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
+def postgres_database(missing: Callable[[str], NoReturn] = missing_part) -> Iterator[str]:
     """A PostgreSQL database of its own (127.0.0.1:5432, trust auth), dropped afterwards; its SQLAlchemy URL.
-    Not reachable: skip locally, FAIL under CI=true."""
+    Not reachable: ``missing(why)`` (for a test: skip locally, FAIL under CI=true)."""
     import psycopg
 
     errors, conn, user = [], None, ""
@@ -48,7 +61,7 @@ def postgres_database() -> Iterator[str]:
         except psycopg.OperationalError as exc:
             errors.append(f"{user}: {exc}".strip())
     if conn is None:
-        missing_part(f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})")
+        missing(f"PostgreSQL not reachable on {PG_HOST}:{PG_PORT} ({'; '.join(errors)})")
     name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
     conn.execute(f'CREATE DATABASE "{name}"')
     try:

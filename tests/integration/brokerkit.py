@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgefleet.cloud.cli.client import ControllerClient
 from edgefleet.protocol.topics import CONTROLLER_KINDS, DEVICE_KINDS, device_topic
 
-from testkit import free_port, missing_part
+from testkit import free_port, missing_part, port_open
 
 NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
@@ -37,13 +36,6 @@ RABBITMQ_MQTT = ("127.0.0.1", 1884)
 /etc/rabbitmq/rabbitmq.conf (read at the node's start); :func:`rabbitmq_mqtt` sets the same at run
 time when it enables the plugin on a running node."""
 
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def mqtt_round_trip(host: str, port: int, *, timeout: float = 5.0, username: str | None = None,
@@ -153,11 +145,11 @@ def _ctl(*args: str, tool: str = RABBITMQCTL) -> str:
 
 def rabbitmq_mqtt(timeout: float = 60.0) -> tuple[str, int]:
     """RabbitMQ's MQTT listener, enabled first if it is not: ``(host, port)``."""
-    if port_open(*RABBITMQ_MQTT):
+    if port_open(*RABBITMQ_MQTT, 0.5):
         return RABBITMQ_MQTT
     if not Path(RABBITMQCTL).exists():
         missing_part("rabbitmqctl not found (apt-get install rabbitmq-server)")
-    if not port_open(*RABBITMQ_AMQP):
+    if not port_open(*RABBITMQ_AMQP, 0.5):
         missing_part(f"RabbitMQ is not running (nothing on {RABBITMQ_AMQP[0]}:{RABBITMQ_AMQP[1]}); start it: "
                 "service rabbitmq-server start")
     host, port = RABBITMQ_MQTT
@@ -167,7 +159,7 @@ def rabbitmq_mqtt(timeout: float = 60.0) -> tuple[str, int]:
                  f'[{{"{host}", {port}}}]).')
     _ctl("enable", "rabbitmq_mqtt", tool=RABBITMQ_PLUGINS)
     end = time.monotonic() + timeout
-    while not port_open(host, port):
+    while not port_open(host, port, 0.5):
         if time.monotonic() > end:
             raise AssertionError(f"rabbitmq_mqtt enabled but nothing listens on {host}:{port}: "
                                  f"{_ctl('status')[-2000:]}")

@@ -4,8 +4,6 @@ a tiny ONNX model and an HTTP file server with Range support and fault injection
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -16,11 +14,10 @@ import pytest
 
 from edgefleet.protocol.keys import generate_private_key, save_private_key, save_public_key
 
-from testkit import free_port, missing_part
+from testkit import MOSQUITTO_BIN, free_port, missing_part, port_open
 
 MOSQUITTO_HOST = "127.0.0.1"
 MOSQUITTO_PORT = 1883
-MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 @dataclass(frozen=True)
@@ -33,18 +30,11 @@ class Broker:
         return f"mqtt://{self.host}:{self.port}"
 
 
-def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="session")
 def mqtt_broker() -> Broker:
     """The real Mosquitto on 127.0.0.1:1883. Missing: skip locally, FAIL under CI=true."""
-    if not _port_open(MOSQUITTO_HOST, MOSQUITTO_PORT):
+    if not port_open(MOSQUITTO_HOST, MOSQUITTO_PORT):
         message = (f"Mosquitto is not listening on {MOSQUITTO_HOST}:{MOSQUITTO_PORT} "
                    "(start it: mosquitto -d -c /etc/mosquitto/mosquitto.conf)")
         missing_part(message)
@@ -74,7 +64,7 @@ class PrivateMosquitto:
             self.proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(self.conf)], stdout=log, stderr=log)
         # (a TLS listener accepts TCP connections too, so the port check below works for both)
         end = time.monotonic() + 10
-        while not _port_open("127.0.0.1", self.port, 0.2):
+        while not port_open("127.0.0.1", self.port, 0.2):
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError("private mosquitto did not start")
             time.sleep(0.05)

@@ -17,9 +17,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from testkit import free_port, wait_until
+from testkit import MOSQUITTO_BIN, free_port, wait_until
 
-MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 """The broker binary (Debian installs it outside a user's PATH). Defined here, not taken from the
 integration tests' conftest, so this kit imports cleanly from tests/ui too."""
 PLUGIN = "mosquitto_dynamic_security.so"

@@ -24,17 +24,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testkit import free_port, missing_part, wait_until
-
-MOSQUITTO_BIN = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+from testkit import MOSQUITTO_BIN, free_port, missing_part, port_open, wait_until
 
 
 def _run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:

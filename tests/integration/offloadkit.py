@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from edgefleet.cloud.ports import free_port
 
+from testkit import port_open
+
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SITE_TEMPLATE = DOCS / "nginx-edgefleet.conf"
 NGINX_BIN = shutil.which("nginx") or "/usr/sbin/nginx"
 S3_ACCESS = {"s3_access_key_id": "edgefleet-test", "s3_secret_access_key": "edgefleet-test-secret"}
 
-
-def port_open(port: int, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def site_config(*, listen: str, controller: str, bundle_dir: Path, static_dir: Path | None = None) -> str:
@@ -73,7 +67,7 @@ class Nginx:
         with open(self.workdir / "logs" / "stderr.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         end = time.monotonic() + 10
-        while not port_open(self.port):
+        while not port_open("127.0.0.1", self.port, 0.2):
             if self.proc.poll() is not None or time.monotonic() > end:
                 raise AssertionError(f"nginx did not start:\n{self.log()}")
             time.sleep(0.05)

@@ -15,13 +15,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dynseckit import MOSQUITTO_BIN, Client
+from dynseckit import Client
 
 from edgefleet.protocol.messages import Hello, encode
 from edgefleet.protocol.topics import DEFAULT_PREFIX, DEVICE_KINDS, cmd, device_topic, hello
 
 from controllerkit import controller_settings, enroll, running_controller
-from testkit import free_port, missing_part, wait_until
+from testkit import MOSQUITTO_BIN, free_port, missing_part, wait_until
 
 pytestmark = pytest.mark.integration
 

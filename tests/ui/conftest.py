@@ -8,7 +8,6 @@ Chromium missing: the browser tests skip locally and FAIL under CI=true.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import urllib.request
@@ -29,17 +28,10 @@ from edgefleet.cloud.settings import ControllerSettings
 from .ui_fleet import seed
 from .ui_rollout_fleet import seed_rollouts
 from .ui_support import CHROMIUM, CHROMIUM_ARGS
-from testkit import free_port, missing_part
+from testkit import free_port, missing_part, port_open
 
 ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
 
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -59,7 +51,7 @@ def serve(data_dir: Path, seed_with: Callable[..., Any], *, reconcile_in_backgro
     prefix = f"uitest-{uuid.uuid4().hex[:8]}/v1"
     settings = ControllerSettings(
         data_dir=data_dir, listen_port=port, admin_token=ADMIN_TOKEN,
-        broker_url="mqtt://127.0.0.1:1883" if _port_open("127.0.0.1", 1883) else None,
+        broker_url="mqtt://127.0.0.1:1883" if port_open("127.0.0.1", 1883) else None,
         topic_prefix=prefix, mqtt_client_id=f"edgefleet-ui-test-{uuid.uuid4().hex[:8]}",
         heartbeat_timeout_s=6 * 3600, reconcile_interval_s=1.0)
     app = create_app(settings, reconcile_in_background=reconcile_in_background)

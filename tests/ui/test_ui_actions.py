@@ -18,6 +18,7 @@ import pytest
 from edgefleet.compression.samples import load_digits_split, train_mlp
 
 from . import test_ui_console as console
+from .ui_support import sign_in, watched_page
 from testkit import wait_until
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
@@ -90,17 +91,9 @@ def live(tmp_path, monkeypatch, capsys, chromium_path):
 
 def test_an_operator_deploys_from_the_ui_and_the_agent_installs_then_decommissions_it(live, browser):
     controller, admin, digest = live
-    context = browser.new_context(base_url=controller.url, viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    context, page, problems = watched_page(browser, controller.url)
     try:
-        page.goto("/ui/login")
-        page.fill("#username", "olga")
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{controller.url}/")
+        sign_in(page, controller.url, username="olga", password=PASSWORD)
         page.goto("/ui/deployments")
         page.click("#new-deployment")
         page.select_option("#bundle", digest)

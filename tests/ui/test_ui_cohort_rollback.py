@@ -21,6 +21,7 @@ from edgefleet.compression.samples import load_digits_split, train_mlp
 
 from . import test_ui_console as console
 from .test_ui_actions import PASSWORD, api
+from .ui_support import sign_in, watched_page
 from testkit import missing_part, wait_until
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
@@ -105,17 +106,9 @@ def managed(tmp_path, monkeypatch, capsys, chromium_path):
 def test_deploy_roll_back_and_decommission_from_the_ui_with_real_agents(managed, browser):
     controller, admin, digests, new_file, agents, broker = managed
     old, new = digests["1.0.0"], digests["2.0.0"]
-    context = browser.new_context(base_url=controller.url, viewport={"width": 1280, "height": 800})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    context, page, problems = watched_page(browser, controller.url)
     try:
-        page.goto("/ui/login")
-        page.fill("#username", "olga")
-        page.fill("#password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(f"{controller.url}/")
+        sign_in(page, controller.url, username="olga", password=PASSWORD)
 
         # upload 2.0.0 from the bundle list (verified as the REST upload does), then deploy it to the tag
         page.goto("/ui/bundles")

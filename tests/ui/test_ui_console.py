@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from edgefleet.cloud.services.incidents import service as incidents
 
 from .axe import axe_source, violations
-from .ui_support import screenshot
+from .ui_support import screenshot, sign_in, watched_page
 from testkit import missing_part
 
 pytestmark = pytest.mark.browser
@@ -33,16 +33,8 @@ def axe() -> str:
 def open_page(browser, server, width: int):
     """A signed-in page at ``width`` px, recording page errors and console errors (an error answer the
     page itself is, e.g. a 404 page, logs "Failed to load resource": that one is expected)."""
-    context = browser.new_context(base_url=server.url, viewport={"width": width, "height": 800})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(f"console {msg.type}: {msg.text}")
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-    page.goto("/ui/login")
-    page.fill("#token", server.admin_token)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{server.url}/")
+    context, page, problems = watched_page(browser, server.url, width=width, ignore_failed_loads=True)
+    sign_in(page, server.url, token=server.admin_token)
     return context, page, problems
 
 
