@@ -38,6 +38,7 @@ from edgefleet.protocol import keys
 from edgefleet.protocol.bundle import build_bundle, parse_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from download import tiny_model, wait_port  # noqa: E402  (benchmarks/download.py)
 

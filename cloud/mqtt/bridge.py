@@ -45,7 +45,9 @@ class MqttBridge:
             self.client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
             self.client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        self.client.max_inflight_messages_set(1000)
+        # No window of our own (paho's is 20): orders and acknowledgements go out in bursts of one per
+        # device, and with a window paho scans every message in flight on each PUBACK (up to 1000 before).
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect

@@ -368,7 +368,8 @@ class Ingestor:
             finally:
                 for _ in raws:
                     self._queue.task_done()
-                self.metrics.ingest_queue_depth.set(self._queue.qsize())
+                # received and not yet stored: the raw queue and the batches taken from it, decoding or waiting
+                self.metrics.ingest_queue_depth.set(self._queue.unfinished_tasks)
 
     def _store(self, decoded: list[Decoded | Rejected], *, ack_later: bool = False) -> BatchResult:
         """Store one batch; acknowledge it now, or (``ack_later``, the storer thread) on the ack thread."""

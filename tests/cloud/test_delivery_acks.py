@@ -135,6 +135,18 @@ def test_an_ack_verifies_only_with_a_trusted_key_and_for_its_own_device():
         acks.verify_ack(altered, trusted=trusted, device_id="d1")
 
 
+def test_an_ack_signed_by_libsodium_is_the_signature_openssl_makes():
+    """ack_messages signs with libsodium for speed; Ed25519 is deterministic, so the bytes are the
+    ones ``cryptography`` gives for the same key and body, and they name the key's id."""
+    from edgefleet.protocol.keys import key_id, sign
+
+    key = generate_private_key()
+    ((_, payload),) = acks.ack_messages({"d1": ["m1"]}, key=key, prefix="edgefleet/v1", issued_at=5)
+    signed = decode("ack", payload).ack
+    assert signed.signed.key_id == key_id(key.public_key())
+    assert signed.signatures == [sign(key, acks.ack_bytes(signed.signed))]
+
+
 def test_the_documented_ack_verifies_with_the_documented_key():
     """docs/protocol.md §9 "ack" is a test vector: its signature verifies over the bytes shown."""
     import json

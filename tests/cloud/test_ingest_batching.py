@@ -175,6 +175,37 @@ def test_an_idle_ingest_acknowledges_at_once(tmp_path):
         ingestor.stop()
 
 
+def test_the_queue_depth_counts_the_batches_taken_but_not_yet_stored(tmp_path):
+    """edgefleet_ingest_queue_depth is what was received and is not stored yet: with the storer held
+    in its second batch of 4, the first one is counted out and the 8 others count, whether still
+    queued or already taken by the collector."""
+    url = f"sqlite:///{tmp_path / 'controller.db'}"
+    keys = _enroll(url, 3)
+    raws = _windows(keys, 4)          # 12 windows, batches of 4
+    calls: list[int] = []
+    held, release = threading.Event(), threading.Event()
+
+    def on_stored(items: list) -> None:
+        calls.append(len(items))
+        if len(calls) == 2:           # the storer holds the second batch here, before it counts it
+            held.set()
+            release.wait(30)
+
+    ingestor = _ingestor(url, batch_max=4, on_stored=on_stored)
+    ingestor.start()
+    try:
+        for raw in raws:
+            ingestor.submit(raw.topic, raw.payload)
+        assert held.wait(30)
+        assert ingestor.metrics.registry.get_sample_value("edgefleet_ingest_queue_depth") == 8
+        release.set()
+        ingestor.flush()
+        assert ingestor.metrics.registry.get_sample_value("edgefleet_ingest_queue_depth") == 0
+    finally:
+        release.set()
+        ingestor.stop()
+
+
 @pytest.mark.parametrize("key", [b"", b"\x01" * 31, b"\x01" * 33])
 def test_a_key_of_the_wrong_size_refuses_the_message(key):
     signer = Ed25519PrivateKey.generate()
