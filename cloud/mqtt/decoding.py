@@ -2,16 +2,19 @@
 or rejections out) that the ingest worker runs in its own thread or, for throughput, in worker
 processes. A message is stored only if it verifies with the key of the device its topic names.
 
-This module imports only the protocol, so a decode worker process starts light. Telemetry and
-events are turned into ready table rows here, so only small dicts travel back to the storer; the
-items are named tuples, which pickle (to and from the decode processes) several times faster than
-dataclasses.
+This module imports only the protocol (and pydantic-core, which the protocol uses), so a decode
+worker process starts light. Telemetry and events are turned into ready table rows here (a telemetry
+row as the database driver takes it, its JSON columns serialized), so the storer only hands them to
+the database; the items are named tuples, which pickle (to and from the decode processes) several
+times faster than dataclasses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import pydantic_core
 
 from edgefleet.protocol import device_signatures
 from edgefleet.protocol.errors import MessageError
@@ -44,8 +47,8 @@ class Decoded(NamedTuple):
     received_at: float
     message: Message | None = None
     """hello / state / status: the typed message, applied through the services."""
-    row: dict[str, Any] | None = None
-    """telemetry / events: the row to bulk-insert."""
+    row: tuple[Any, ...] | dict[str, Any] | None = None
+    """telemetry (a tuple, :func:`telemetry_row`) / events (a dict): the row to bulk-insert."""
 
 
 class Rejected(NamedTuple):
@@ -55,23 +58,33 @@ class Rejected(NamedTuple):
     text: str
 
 
-def telemetry_row(window: TelemetryWindow, *, raw: bytes, now: float) -> dict[str, Any]:
-    """The ``telemetry_windows`` row of a window; ``raw`` is kept verbatim (unknown fields too)."""
+TELEMETRY_COLUMNS = ("msg_id", "device_id", "bundle_digest", "bundle_name", "bundle_version", "window_seq",
+                     "window_start", "window_end", "requests", "batches", "samples", "errors", "latency_bounds",
+                     "latency_counts", "predictions", "drift_psi", "drift_js", "drift_ks", "drift_level",
+                     "drift_samples", "labelled", "correct", "confusion", "raw", "received_at")
+"""The ``telemetry_windows`` columns a window fills, in the order of :func:`telemetry_row`."""
+JSON_COLUMNS = frozenset({"latency_bounds", "latency_counts", "predictions", "confusion"})
+
+
+def _json(value: Any) -> str:
+    return pydantic_core.to_json(value).decode("utf-8")   # as the engine's JSON columns write it
+
+
+def telemetry_row(window: TelemetryWindow, *, raw: bytes, now: float) -> tuple[Any, ...]:
+    """The ``telemetry_windows`` row of a window as the database driver takes it (values in
+    :data:`TELEMETRY_COLUMNS` order, JSON columns already serialized), so the storer's thread, which
+    holds the controller's GIL, only hands rows to the driver. ``raw`` is kept verbatim (unknown fields too)."""
     drift, bundle, feedback = window.drift, window.bundle, window.feedback
-    return {
-        "msg_id": window.msg_id, "device_id": window.device_id,
-        "bundle_digest": bundle.digest if bundle else None, "bundle_name": bundle.name if bundle else None,
-        "bundle_version": bundle.version if bundle else None, "window_seq": window.window_seq,
-        "window_start": window.window_start, "window_end": window.window_end, "requests": window.requests,
-        "batches": window.batches, "samples": window.samples, "errors": window.errors,
-        "latency_bounds": window.latency_ms.bounds, "latency_counts": window.latency_ms.counts,
-        "predictions": window.predictions,
-        "drift_psi": drift.psi if drift else None, "drift_js": drift.js if drift else None,
-        "drift_ks": drift.ks if drift else None, "drift_level": drift.level if drift else None,
-        "drift_samples": drift.samples if drift else None,
-        "labelled": feedback.labelled if feedback else 0, "correct": feedback.correct if feedback else 0,
-        "confusion": feedback.confusion if feedback else {}, "raw": raw.decode("utf-8"), "received_at": now,
-    }
+    return (
+        window.msg_id, window.device_id, bundle.digest if bundle else None, bundle.name if bundle else None,
+        bundle.version if bundle else None, window.window_seq, window.window_start, window.window_end,
+        window.requests, window.batches, window.samples, window.errors,
+        _json(window.latency_ms.bounds), _json(window.latency_ms.counts), _json(window.predictions),
+        drift.psi if drift else None, drift.js if drift else None, drift.ks if drift else None,
+        drift.level if drift else None, drift.samples if drift else None,
+        feedback.labelled if feedback else 0, feedback.correct if feedback else 0,
+        _json(feedback.confusion if feedback else {}), raw.decode("utf-8"), now,
+    )
 
 
 def event_row(event: Event, *, now: float) -> dict[str, Any]:
