@@ -69,17 +69,18 @@ def get(url: str, *, follow: bool = False) -> int:
         conn.close()
 
 
-def head_ms(url: str) -> float:
-    """Milliseconds for a ``HEAD`` of ``url`` on a new connection (what a download costs before its first byte)."""
+def head_ms(url: str, *, method: str = "HEAD", status: int = 200) -> float:
+    """Milliseconds for a ``HEAD`` of ``url`` on a new connection (what a download costs before its
+    first byte); with ``method="GET", status=307`` the time of a redirect's answer."""
     parts = urlsplit(url)
     started = time.perf_counter()
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        conn.request("HEAD", f"{parts.path}?{parts.query}" if parts.query else parts.path)
+        conn.request(method, f"{parts.path}?{parts.query}" if parts.query else parts.path)
         response = conn.getresponse()
         response.read()
-        if response.status != 200:
-            raise RuntimeError(f"HEAD {url}: HTTP {response.status}")
+        if response.status != status:
+            raise RuntimeError(f"{method} {url}: HTTP {response.status}")
     finally:
         conn.close()
     return (time.perf_counter() - started) * 1000
@@ -206,6 +207,11 @@ def main() -> None:
         print(f"HEAD through nginx, medians of 31: static {statistics.median(heads['static']):.1f} ms, X-Accel "
               f"{statistics.median(heads['X-Accel']):.1f} ms: the controller's check adds {added:.1f} ms a download "
               f"(alone it would give {seconds / (seconds + added / 1000):.2f}x for this bundle at the static rate)")
+        redirect = statistics.median(head_ms(f"{with_s3}{path}", method="GET", status=307) for _ in range(31))
+        seconds = len(data) / (medians["S3 direct (moto)"] * 1e6)
+        print(f"the controller's 307 to a presigned URL, median of 31: {redirect:.1f} ms a download (alone it "
+              f"would give {seconds / (seconds + redirect / 1000):.2f}x for this bundle at the direct S3 rate; "
+              "the rest of the gap is moto's, a Python test server, from one download to the next)")
     finally:
         if nginx is not None:
             nginx.stop()

@@ -175,6 +175,26 @@ def test_an_idle_ingest_acknowledges_at_once(tmp_path):
         ingestor.stop()
 
 
+def test_a_window_fills_every_column_of_its_table_and_reads_back_as_sent(tmp_path):
+    """Telemetry rows go to the driver as tuples in decoding.TELEMETRY_COLUMNS order: the list names
+    every column of the table (a column added later cannot be left out silently) and a stored window
+    reads back through the ORM with its JSON columns intact."""
+    from edgefleet.cloud.mqtt.decoding import TELEMETRY_COLUMNS
+
+    assert sorted(TELEMETRY_COLUMNS) == sorted(c.name for c in TelemetryRecord.__table__.columns if c.name != "id")
+    url = f"sqlite:///{tmp_path / 'controller.db'}"
+    keys = _enroll(url, 1)
+    ((device_id, key),) = keys.items()
+    window = TelemetryWindow(device_id=device_id, window_seq=7, window_start=1.0, window_end=2.0, requests=3,
+                             latency_ms=Histogram(bounds=[1.0, 5.0], counts=[2, 1, 0]), predictions={"7": 3})
+    topic = telemetry(device_id, PREFIX)
+    assert _ingestor(url).process([Raw(topic, device_signatures.seal(key, topic, encode(window)), 2.0)]).stored == 1
+    with Session(make_engine(url)) as session:
+        row = session.exec(select(TelemetryRecord)).one()
+    assert (row.msg_id, row.window_seq, row.requests, row.latency_bounds, row.latency_counts, row.predictions,
+            row.confusion, row.received_at) == (window.msg_id, 7, 3, [1.0, 5.0], [2, 1, 0], {"7": 3}, {}, 2.0)
+
+
 def test_the_queue_depth_counts_the_batches_taken_but_not_yet_stored(tmp_path):
     """edgefleet_ingest_queue_depth is what was received and is not stored yet: with the storer held
     in its second batch of 4, the first one is counted out and the 8 others count, whether still
