@@ -348,7 +348,9 @@ class Ingestor:
                     keys = self._keys(raws)
                     work: DecodeWork = self._decode(raws, keys)
                 except SQLAlchemyError as exc:   # the database is away: the storer would fail the same way
-                    log.error("cannot read the device keys of a batch of %d messages: %s", len(raws), exc)
+                    log.error("database unavailable (%s): %d messages not stored and not acknowledged; their "
+                              "devices send them again", getattr(exc, "orig", None) or exc.__class__.__name__,
+                              len(raws))
                     keys = DeviceKeys({})
                     work = [Rejected(Reason.STORE_ERROR, r.topic[:200], len(r.payload), "database unavailable")
                             for r in raws]
@@ -410,7 +412,8 @@ class Ingestor:
         for d in decoded:
             if isinstance(d, Rejected):
                 result.reject(d.code)
-                log.warning("rejected MQTT message on %s (%d bytes): %s", d.topic, d.size, d.text)
+                if d.code != Reason.STORE_ERROR:   # the database was away: logged once for the batch
+                    log.warning("rejected MQTT message on %s (%d bytes): %s", d.topic, d.size, d.text)
             else:
                 items.append(d)
         started = time.perf_counter()

@@ -4,6 +4,7 @@ the libsodium verifier refuses what it cannot check."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 
@@ -193,6 +194,41 @@ def test_a_window_fills_every_column_of_its_table_and_reads_back_as_sent(tmp_pat
         row = session.exec(select(TelemetryRecord)).one()
     assert (row.msg_id, row.window_seq, row.requests, row.latency_bounds, row.latency_counts, row.predictions,
             row.confusion, row.received_at) == (window.msg_id, 7, 3, [1.0, 5.0], [2, 1, 0], {"7": 3}, {}, 2.0)
+
+
+def test_a_database_outage_logs_once_a_batch_and_loses_nothing_the_device_sends_again(tmp_path, monkeypatch,
+                                                                                       caplog):
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'controller.db'}"
+    raws = _windows(_enroll(url, 5), 1)
+    acked: list[dict[str, list[str]]] = []
+    ingestor = _ingestor(url, on_acked=acked.append)
+
+    def away(batch: list[Raw]) -> None:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(ingestor, "_keys", away)
+    ingestor.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger=ingest.__name__):
+            for raw in raws:
+                ingestor.submit(raw.topic, raw.payload)
+            ingestor.flush()
+        lines = [r.getMessage() for r in caplog.records]
+        assert lines == ["database unavailable (connection refused): 5 messages not stored and not acknowledged; "
+                         "their devices send them again"]
+        assert ingestor.metrics.registry.get_sample_value("edgefleet_mqtt_rejected_total",
+                                                          {"reason": Reason.STORE_ERROR}) == 5
+        assert acked == [] and _rows(url) == (0, 0)
+        monkeypatch.undo()             # the database is back; the devices send the same windows again
+        for raw in raws:
+            ingestor.submit(raw.topic, raw.payload)
+        ingestor.flush()
+    finally:
+        ingestor.stop()
+    assert _rows(url) == (5, 5) and sorted(i for batch in acked for ids in batch.values() for i in ids) == \
+        sorted(json.loads(r.payload)["msg_id"] for r in raws)
 
 
 def test_the_queue_depth_counts_the_batches_taken_but_not_yet_stored(tmp_path):
