@@ -217,8 +217,14 @@ def test_docs_render_with_nothing_from_another_origin(page, ui_server):
 
 
 def test_drift_chart_labels_do_not_overlap_each_other_or_the_curve(logged_in):
-    logged_in.goto("/ui/devices/cam-03")
-    chart = logged_in.locator("#drift-chart svg[data-chart=drift]")
+    assert_drift_labels_clear(logged_in)
+
+
+def assert_drift_labels_clear(page) -> None:
+    """On cam-03's page: the threshold labels sit in the right margin, one above the other, the
+    points left of them (also run at 400 px, test_ui_post_pages_axe.py)."""
+    page.goto("/ui/devices/cam-03")
+    chart = page.locator("#drift-chart svg[data-chart=drift]")
     labels = [chart.locator("text.th-label").nth(i).bounding_box() for i in range(2)]
     plot_right = chart.locator("line.threshold").first.evaluate("l => l.getBoundingClientRect().right")
     assert all(b is not None and b["x"] >= plot_right for b in labels)       # in the margin, off the curve
