@@ -1,7 +1,8 @@
 """People from the UI, through the services ``/api/v1/users`` and ``/api/v1/me/tokens`` call (which
 write the audit entries): the users page (admin: list, create with a role, change the role, disable
 or enable), and the signed-in person's own API tokens (anyone signed in as a person: create -- shown
-once -- and revoke; a shared token has no personal tokens, as in the API)."""
+once -- and revoke; a shared token has no personal tokens, as in the API), and for admins every API
+token, people's and shared (``/api/v1/tokens``: list, revoke behind a confirmation)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlmodel import Session
 from edgefleet.cloud.deps import ControllerDep, PasswordPolicyDep, SessionDep
 from edgefleet.cloud.services import auth, users
 from edgefleet.cloud.services.auth import PermissionDeniedError, Principal
-from edgefleet.cloud.store.tables import User
+from edgefleet.cloud.store.tables import ApiToken, User
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.device_actions import hours
 from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
@@ -98,19 +99,28 @@ def update_user(request: Request, name: str, controller: ControllerDep, role: Sh
     return RedirectResponse(f"{base_path(request)}/ui/people", status_code=303)
 
 
-# --------------------------------------------------------------------------- one's own tokens
+# --------------------------------------------------------------------------- tokens: one's own, and every one (admin)
 
 def _owner(session: Session, user: Principal) -> User | None:
     return users.find_user(session, name=user.user) if user.user else None
 
 
+def token_rows(session: Session) -> list[dict[str, object]]:
+    """Every API token but the devices' (``GET /api/v1/tokens``), newest first, with whose it is: a
+    person's (and whether a password sign-in to the UI made it) or shared."""
+    names = {u.id: u.name for u in users.list_users(session)}
+    return [{"token": t, "owner": names.get(t.user_id, "?") if t.user_id is not None else None}
+            for t in sorted(auth.list_tokens(session), key=lambda t: t.id or 0, reverse=True)]
+
+
 def _tokens_page(request: Request, session: Session, controller: ControllerDep, user: Principal, *,
-                 created: str | None = None, problem: EdgeFleetError | None = None,
+                 created: str | None = None, problem: EdgeFleetError | None = None, unchanged: str = "created",
                  status_code: int = 200) -> Response:
     owner = _owner(session, user)
     mine = [t for t in auth.user_tokens(session, user=owner) if not t.ui_session] if owner else []
     return render(request, "tokens.html", status_code=status_code, user=user, now=controller.now(), owner=owner,
-                  tokens=mine, created=created, problem=problem,
+                  tokens=mine, created=created, problem=problem, unchanged=unchanged,
+                  everyone=token_rows(session) if user.refusal(Role.ADMIN) is None else None,
                   roles=[r for r in OPERATOR_ROLES if auth.rank(r) <= auth.rank(user.role)])
 
 
@@ -160,18 +170,32 @@ def create_my_token(request: Request, controller: ControllerDep, name: Short = "
 
 
 @router.post("/ui/tokens/{token_id}/revoke")
-def revoke_my_token(request: Request, token_id: str, controller: ControllerDep, csrf_token: CsrfField = "") -> Response:
-    """Revoke one of the signed-in person's tokens (another's is "not found", as in the API)."""
+def revoke_token(request: Request, token_id: str, controller: ControllerDep, confirm: Short = "",
+                 csrf_token: CsrfField = "") -> Response:
+    """Revoke one of the signed-in person's tokens, or (an admin, ``confirm=yes``) anyone's, as
+    ``DELETE /api/v1/me/tokens/{id}`` and ``DELETE /api/v1/tokens/{id}`` do; to anyone else another's
+    token is "not found", as in the API."""
     user = posted_by(request, controller, csrf_token, f"revoke of token {token_id[:20]}", role=Role.VIEWER)
     if isinstance(user, Response):
         return user
+    admin = user.refusal(Role.ADMIN) is None
     try:
         with controller.session() as session:
             owner = _owner(session, user)
-            if owner is None or not token_id.isdigit() or len(token_id) > 18:
+            row = session.get(ApiToken, int(token_id)) if token_id.isdigit() and len(token_id) <= 18 else None
+            if row is None or ((owner is None or row.user_id != owner.id) and not admin):
                 raise NotFoundError(f"no token {token_id[:20]!r} of {user.actor}", where="token_id")
-            auth.revoke_token(session, token_id=int(token_id), actor=user.actor, now=controller.now(), user=owner)
+            mine = owner is not None and row.user_id == owner.id
+            if not mine and confirm != "yes":
+                raise ConfigError(f"the revoke of token {row.id} ({row.name}) was not confirmed", where="confirm",
+                                  hint="tick the box that says what revoking it does")
+            auth.revoke_token(session, token_id=row.id or 0, actor=user.actor, now=controller.now(),
+                              user=owner if mine else None)
     except NotFoundError as exc:
         return not_found(request, user, exc)
+    except ConfigError as exc:
+        with controller.session() as session:
+            return _tokens_page(request, session, controller, user, problem=exc, unchanged="revoked",
+                                status_code=400)
     log.info("token %s revoked from the UI by %s", token_id, user.actor)
-    return RedirectResponse(f"{base_path(request)}/ui/tokens", status_code=303)
+    return RedirectResponse(f"{base_path(request)}/ui/tokens{'' if mine else '#all-tokens'}", status_code=303)

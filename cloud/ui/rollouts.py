@@ -1,6 +1,8 @@
 """The UI's staged rollouts: the list, a rollout's stage timeline with every gate's verdict and
-chart (the canary against its limit, per telemetry window), its devices, the create form, and the
-people's actions, each behind a confirmation step. Pages read and act through the rollout service,
+chart (the canary against its limit, per telemetry window), its devices, the create form with the live
+count of matching and compatible devices (``/ui/rollouts/count``, polled by ``static/deploy.js``) and its
+confirmation step (the stages with their devices, the policy, the devices skipped), and the people's
+actions, each behind a confirmation step. Pages read and act through the rollout service,
 like the REST API (``cloud/api/routes/rollouts.py``), and every action advances the rollouts at once."""
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import statistics
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from markupsafe import Markup
 from pydantic import ValidationError
 from sqlmodel import Session
@@ -43,7 +45,7 @@ from edgefleet.cloud.store.tables import Bundle, Rollout, RolloutDevice, Rollout
 from edgefleet.cloud.ui import charts
 from edgefleet.cloud.ui.csrf import CsrfField
 from edgefleet.cloud.ui.filters import STATE_CSS, duration, number
-from edgefleet.cloud.ui.render import base_path, forbidden, not_found, render
+from edgefleet.cloud.ui.render import SECURITY_HEADERS, base_path, forbidden, not_found, render
 from edgefleet.cloud.ui.session import posted_by, signed_in, to_login
 from edgefleet.cloud.vocabulary import DeviceState, Role, RolloutState
 from edgefleet.protocol.errors import ConfigError, ConflictError, EdgeFleetError, NotFoundError, first_problem
@@ -54,6 +56,10 @@ router = APIRouter(include_in_schema=False)
 
 CUSTOM = "custom"
 """The template choice that takes the policy pasted into the form."""
+COUNTED_AS = "all-at-once"
+"""The template the live count plans a pasted policy with (its stages are counted on the confirmation step)."""
+SHOWN_DEVICES = 100
+"""The confirmation step names at most this many devices that get orders (and says how many more)."""
 DEVICE_ORDER: list[str] = [DeviceState.SUCCEEDED, DeviceState.IN_PROGRESS, DeviceState.QUEUED, DeviceState.REVERTING,
                            DeviceState.REVERTED, DeviceState.SKIPPED, DeviceState.ROLLED_BACK, DeviceState.TIMED_OUT,
                            DeviceState.REJECTED, DeviceState.FAILED, DeviceState.REVERT_FAILED]
@@ -403,7 +409,8 @@ def rollout_list(request: Request, session: SessionDep, controller: ControllerDe
 
 @dataclass
 class CreateForm:
-    """What was typed into the create form (shown again, as typed, when it is refused)."""
+    """What was typed into the create form (shown again, as typed, when it is refused, and carried
+    through the confirmation step)."""
 
     bundle: str = ""
     tags: str = ""
@@ -422,6 +429,36 @@ class CreateForm:
         if head == "selector":
             return rest.strip().split(".")[0]
         return {"digest": "bundle"}.get(head, head)
+
+    def selector(self) -> Selector:
+        return parse_selector(tags=self.tags, device_ids=self.device_ids, exclude_tags=self.exclude_tags,
+                              exclude_device_ids=self.exclude_device_ids, dynamic=self.dynamic)
+
+
+def plan_of(session: Session, controller: ControllerDep, form: CreateForm
+            ) -> tuple[Selector, RolloutPolicy, rollouts.RolloutPlan]:
+    """The selector, the policy and what the rollout would do (nothing stored); refusals as raised."""
+    if not form.bundle:
+        raise ConfigError("choose the bundle to roll out", where="bundle")
+    selector = form.selector()
+    chosen = choose_policy(form.template, form.policy)
+    found = rollouts.plan_rollout(session, bundle_digest=form.bundle, selector=selector, policy=chosen,
+                                  protected_tags=controller.settings.protected_tags)
+    return selector, chosen, found
+
+
+def rollout_count(session: Session, controller: ControllerDep, form: CreateForm) -> dict[str, object]:
+    """The live count: matching and compatible devices and, for a template, the devices per stage; or
+    the problem with the form as it stands. A pasted policy is judged at the confirmation step."""
+    counted = form if form.template in TEMPLATES else replace(form, template=COUNTED_AS, policy="")
+    try:
+        _, _, found = plan_of(session, controller, counted)
+    except EdgeFleetError as exc:
+        return {"matching": 0, "compatible": 0, "problem": exc.message, "where": exc.where or "", "stages": []}
+    stages = [{"name": s.name, "devices": s.devices, "exact": s.exact} for s in found.stages] \
+        if counted is form else []
+    return {"matching": found.matching, "compatible": len(found.chosen), "problem": "", "where": "",
+            "skipped": found.skipped[:20], "stages": stages, "protected_tags": found.protected_tags}
 
 
 def _render_form(request: Request, session: Session, controller: ControllerDep, user: Principal, form: CreateForm,
@@ -446,28 +483,86 @@ def new_rollout(request: Request, session: SessionDep, controller: ControllerDep
     return _render_form(request, session, controller, user, CreateForm(bundle=bundle))
 
 
+@router.get("/ui/rollouts/count")
+def count_rollout(request: Request, session: SessionDep, controller: ControllerDep, bundle: str = "",
+                  tags: str = "", device_ids: str = "", exclude_tags: str = "", exclude_device_ids: str = "",
+                  template: str = DEFAULT_TEMPLATE) -> Response:
+    """How many devices the selector matches and how many of them would get an order (operators only)."""
+    user = signed_in(request, session)
+    if user is None or user.refusal(Role.OPERATOR) is not None:
+        return JSONResponse({"problem": "sign in as an operator"}, status_code=403, headers=SECURITY_HEADERS)
+    form = CreateForm(bundle=bundle[:64].strip(), tags=tags[:20_000], device_ids=device_ids[:20_000],
+                      exclude_tags=exclude_tags[:20_000], exclude_device_ids=exclude_device_ids[:20_000],
+                      template=template[:64])
+    return JSONResponse(rollout_count(session, controller, form), headers=SECURITY_HEADERS)
+
+
 Text = Annotated[str, Form(max_length=20_000)]
+Name = Annotated[str, Form(max_length=64)]
+Flag = Annotated[str, Form(max_length=8)]
+PolicyText = Annotated[str, Form(max_length=100_000)]
+Note = Annotated[str, Form(max_length=2000)]
 
 
-@router.post("/ui/rollouts")
-def create_rollout(request: Request, controller: ControllerDep, bundle: Annotated[str, Form(max_length=64)] = "",
-                   tags: Text = "", device_ids: Text = "", exclude_tags: Text = "", exclude_device_ids: Text = "",
-                   dynamic: Annotated[str, Form(max_length=8)] = "",
-                   template: Annotated[str, Form(max_length=64)] = DEFAULT_TEMPLATE,
-                   policy: Annotated[str, Form(max_length=100_000)] = "",
-                   note: Annotated[str, Form(max_length=2000)] = "", csrf_token: CsrfField = "") -> Response:
-    """Create a rollout from the form (operator or admin); a refused form shows why, and creates nothing."""
+def _typed(bundle: str, tags: str, device_ids: str, exclude_tags: str, exclude_device_ids: str, dynamic: str,
+           template: str, policy: str, note: str) -> CreateForm:
+    return CreateForm(bundle=bundle.strip(), tags=tags, device_ids=device_ids, exclude_tags=exclude_tags,
+                      exclude_device_ids=exclude_device_ids, dynamic=bool(dynamic), template=template, policy=policy,
+                      note=note.strip())
+
+
+@router.post("/ui/rollouts/confirm", response_class=HTMLResponse)
+def confirm_rollout(request: Request, controller: ControllerDep, bundle: Name = "", tags: Text = "",
+                    device_ids: Text = "", exclude_tags: Text = "", exclude_device_ids: Text = "", dynamic: Flag = "",
+                    template: Name = DEFAULT_TEMPLATE, policy: PolicyText = "", note: Note = "", edit: Flag = "",
+                    csrf_token: CsrfField = "") -> Response:
+    """The confirmation step: the stages with their devices, the policy, the devices that get orders
+    and those skipped; nothing is stored. ``edit=yes`` goes back to the form as typed."""
     user = posted_by(request, controller, csrf_token, "rollout create")
     if isinstance(user, Response):
         return user
-    form = CreateForm(bundle=bundle.strip(), tags=tags, device_ids=device_ids, exclude_tags=exclude_tags,
-                      exclude_device_ids=exclude_device_ids, dynamic=bool(dynamic), template=template, policy=policy,
-                      note=note.strip())
+    form = _typed(bundle, tags, device_ids, exclude_tags, exclude_device_ids, dynamic, template, policy, note)
+    with controller.session() as session:
+        if edit == "yes":
+            return _render_form(request, session, controller, user, form)
+        try:
+            selector, chosen, found = plan_of(session, controller, form)
+            if not found.matching:
+                raise ConflictError("no device matches the selector", where="selector", hint=selector.describe())
+            if not found.chosen:
+                first = found.skipped[0]
+                raise ConflictError(f"none of the {found.matching} matching devices can get the bundle "
+                                    f"({first['device_id']}: {first['reason']})", where="selector",
+                                    hint="change the selector, or choose another bundle")
+        except EdgeFleetError as exc:
+            return _render_form(request, session, controller, user, form, problem=exc,
+                                status_code=409 if isinstance(exc, ConflictError) else 400)
+        stages = [{"spec": spec, "kind": stage_kind(spec), "terms": stage_terms(spec), "plan": planned,
+                   "gates": enabled_gates(chosen.gates_of(i))}
+                  for i, (spec, planned) in enumerate(zip(chosen.stages, found.stages, strict=True))]
+        return render(request, "rollout_confirm.html", user=user, now=controller.now(), form=form, plan=found,
+                      bundle=registry.get_bundle(session, digest=form.bundle), target=selector.describe(),
+                      policy=chosen, stages=stages, shown=SHOWN_DEVICES, custom=CUSTOM)
+
+
+@router.post("/ui/rollouts")
+def create_rollout(request: Request, controller: ControllerDep, bundle: Name = "", tags: Text = "",
+                   device_ids: Text = "", exclude_tags: Text = "", exclude_device_ids: Text = "", dynamic: Flag = "",
+                   template: Name = DEFAULT_TEMPLATE, policy: PolicyText = "", note: Note = "", confirm: Flag = "",
+                   csrf_token: CsrfField = "") -> Response:
+    """Create a rollout (operator or admin) once confirmed on the confirmation step; a refused form
+    shows why, and creates nothing."""
+    user = posted_by(request, controller, csrf_token, "rollout create")
+    if isinstance(user, Response):
+        return user
+    form = _typed(bundle, tags, device_ids, exclude_tags, exclude_device_ids, dynamic, template, policy, note)
     try:
+        if confirm != "yes":
+            raise ConfigError("the rollout was not confirmed", where="confirm",
+                              hint="check its stages and devices on the confirmation step and press Create")
         if not form.bundle:
             raise ConfigError("choose the bundle to roll out", where="bundle")
-        selector = parse_selector(tags=form.tags, device_ids=form.device_ids, exclude_tags=form.exclude_tags,
-                                  exclude_device_ids=form.exclude_device_ids, dynamic=form.dynamic)
+        selector = form.selector()
         chosen = choose_policy(form.template, form.policy)
         with controller.session() as session:
             rollout = rollouts.create_rollout(session, bundle_digest=form.bundle, selector=selector, policy=chosen,

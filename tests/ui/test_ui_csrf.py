@@ -74,7 +74,8 @@ def state(app, world) -> dict[str, object]:
 FORMS = {
     "cancel a deployment": (lambda w: f"/ui/deployments/{w['deployment']}/cancel", lambda w: {}, "deployment"),
     "create a rollout": (lambda w: "/ui/rollouts", lambda w: {"bundle": w["bundle"], "device_ids": "cam-01",
-                                                             "template": "all-at-once"}, "rollouts"),
+                                                             "template": "all-at-once", "confirm": "yes"},
+                          "rollouts"),
     "pause a rollout": (lambda w: f"/ui/rollouts/{w['rollout']}/pause", lambda w: {"reason": "x"}, "rollout"),
     "close an incident": (lambda w: f"/ui/incidents/{w['incident']}/close", lambda w: {"reason": "x"}, "incident"),
 }

@@ -180,6 +180,8 @@ def test_create_from_a_template_leads_to_the_running_rollout(logged_in, server):
     page.select_option("#template", "canary-half-rest")
     page.fill("#note", "from the form")
     page.click("#rollout-form button[type=submit]")
+    expect(page.locator("#confirm-stages tbody tr")).to_have_count(3)          # the confirmation step
+    page.click("#rollout-confirm")
     expect(page).to_have_url(re.compile(rf"{server.url}/ui/rollouts/ro-[0-9a-f]+$"))
     rollout_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("h1 .badge")).to_have_text("running")
@@ -268,6 +270,8 @@ def test_the_creator_cannot_approve_a_protected_rollout(page, server):
     page.select_option("#bundle", server.fleet.bundles["1.3.0"].digest)
     page.fill("#device_ids", "p-01")
     page.click("#rollout-form button[type=submit]")
+    expect(page.locator("#confirm-approval")).to_contain_text("devices tagged production are protected")
+    page.click("#rollout-confirm")
     expect(page.locator("h1 .badge")).to_have_text("waiting approval")
     rollout_id = page.url.rsplit("/", 1)[1]
     expect(page.locator("#reason")).to_contain_text("waiting for approval: devices tagged production")

@@ -48,7 +48,10 @@ def count(app) -> int:
 
 
 def form(fleet, **fields) -> dict[str, str]:
-    return {"bundle": fleet.bundles["1.3.0"].digest, "device_ids": "gate-02", "template": "all-at-once"} | fields
+    """The create post of the confirmation step (``confirm=yes``; the form's own post is a confirmation
+    step: ``test_ui_rollout_confirm_http.py``)."""
+    return {"bundle": fleet.bundles["1.3.0"].digest, "device_ids": "gate-02", "template": "all-at-once",
+            "confirm": "yes"} | fields
 
 
 def viewer(app) -> str:
@@ -102,8 +105,11 @@ def test_a_pasted_json_policy_creates_the_rollout(client, app, fleet):
 ])
 def test_a_refused_form_says_where_and_creates_nothing(client, app, fleet, fields, status, where, message):
     login(client)
-    r = client.post("/ui/rollouts", data=form(fleet, **fields))
-    assert r.status_code == status, r.text[:400]
+    for step in ("/ui/rollouts/confirm", "/ui/rollouts"):                 # the confirmation step, the create post
+        r = client.post(step, data=form(fleet, **fields))
+        assert r.status_code == status, (step, r.text[:400])
+        assert f'data-where="{where}"' in r.text
+    r = client.post("/ui/rollouts/confirm", data=form(fleet, **fields))
     assert f'data-where="{where}"' in r.text
     assert message in r.text.replace("&#39;", "'")
     assert "Nothing was created" in r.text
@@ -112,8 +118,8 @@ def test_a_refused_form_says_where_and_creates_nothing(client, app, fleet, field
 
 def test_a_refused_form_keeps_what_was_typed_escaped(client, fleet):
     login(client)
-    r = client.post("/ui/rollouts", data=form(fleet, template="custom", policy='{"x": "</textarea><b>hi</b>"}',
-                                              note="<i>n</i>"))
+    r = client.post("/ui/rollouts/confirm", data=form(fleet, template="custom",
+                                                      policy='{"x": "</textarea><b>hi</b>"}', note="<i>n</i>"))
     assert r.status_code == 400
     assert "</textarea><b>" not in r.text and "&lt;/textarea&gt;&lt;b&gt;hi" in r.text
     assert 'value="&lt;i&gt;n&lt;/i&gt;"' in r.text
@@ -123,8 +129,9 @@ def test_a_refused_form_keeps_what_was_typed_escaped(client, fleet):
 def test_viewers_may_not_create_or_act(client, app, fleet):
     login(client, token=viewer(app))
     assert client.get("/ui/rollouts/new").status_code == 403
-    r = client.post("/ui/rollouts", data=form(fleet))
-    assert r.status_code == 403 and "needs operator" in r.text
+    for step in ("/ui/rollouts/confirm", "/ui/rollouts"):
+        r = client.post(step, data=form(fleet))
+        assert r.status_code == 403 and "needs operator" in r.text, step
     assert count(app) == 0
     assert 'id="new-rollout"' not in client.get("/ui/rollouts").text
 

@@ -15,7 +15,7 @@ import logging
 import math
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,6 +35,7 @@ from edgefleet.cloud.services.rollouts.policy import (
     OnSuccess,
     RolloutPolicy,
     Selector,
+    StageKind,
     fill_devices,
 )
 from edgefleet.cloud.services.rollouts.states import (
@@ -160,18 +161,82 @@ def _heal(session: Session, *, bundle: Bundle, incident_ids: Sequence[str], sele
     return [i.id for i in named], drifted, selector, fill_devices(policy, drifted)
 
 
+def skip_reason(manifest: BundleManifest, device: Device, bundle: Bundle) -> str | None:
+    """Why a matching device gets no order of the rollout (``None``: it gets one)."""
+    reason = deployments.incompatibility(manifest, device)
+    if reason is None and (device.installed or {}).get("digest") == bundle.digest:
+        reason = "already runs this bundle"
+    return reason
+
+
 def _add_device(session: Session, *, rollout: Rollout, device: Device, manifest: BundleManifest, bundle: Bundle,
                 now: float, stage_index: int | None = None) -> RolloutDevice:
     installed = (device.installed or {}).get("digest")
-    reason = deployments.incompatibility(manifest, device)
-    if reason is None and installed == bundle.digest:
-        reason = "already runs this bundle"
+    reason = skip_reason(manifest, device, bundle)
     row = RolloutDevice(rollout_id=rollout.id, device_id=device.id, state=DeviceState.QUEUED,
                         previous_digest=installed, stage_index=stage_index, updated_at=now)
     if reason is not None:
         row.state, row.reason = DeviceState.SKIPPED, reason
     session.add(row)
     return row
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """How many devices a stage of a rollout not yet created would take."""
+
+    name: str
+    devices: int
+    exact: bool
+    """False when an earlier stage picks devices at random (a count or a percent) and this one takes
+    devices by tag or id, or follows such a stage: which ones the random pick takes is decided with
+    the rollout's id, so ``devices`` is one possible outcome."""
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What :func:`create_rollout` would do with a bundle, a selector and a policy; nothing stored."""
+
+    matching: int
+    chosen: list[str]
+    """The matching devices that would get an order, in id order."""
+    skipped: list[dict[str, str]]
+    """The matching devices that would not (``device_id``, ``reason``)."""
+    protected_tags: list[str]
+    """The protected tags among the matching devices: the rollout would wait for approval."""
+    stages: list[StagePlan]
+
+
+def plan_rollout(session: Session, *, bundle_digest: str, selector: Selector, policy: RolloutPolicy,
+                 protected_tags: Iterable[str]) -> RolloutPlan:
+    """The devices a rollout would match, order and skip, and how many each stage would take if every
+    order went out now. Refuses what :func:`create_rollout` refuses about the bundle and the policy
+    (not an empty match: the plan says 0)."""
+    bundle = registry.get_bundle(session, digest=bundle_digest)
+    manifest = BundleManifest.model_validate(bundle.manifest)
+    _heal(session, bundle=bundle, incident_ids=(), selector=selector, policy=policy)
+    matched = [d for d in devices.list_devices(session) if selector.matches(d.id, d.tags)]
+    chosen: list[Device] = []
+    skipped: list[dict[str, str]] = []
+    for device in matched:
+        reason = skip_reason(manifest, device, bundle)
+        if reason is None:
+            chosen.append(device)
+        else:
+            skipped.append({"device_id": device.id, "reason": reason})
+    tags = {d.id: d.tags for d in chosen}
+    remaining = [(d, tags[d]) for d in pacing.rollout_order("plan", list(tags))]
+    stages: list[StagePlan] = []
+    picked_at_random, exact = False, True
+    for spec in policy.stages:
+        exact = exact and not (picked_at_random and spec.select in (StageKind.TAG, StageKind.DEVICES))
+        taken = set(pacing.stage_size(spec, remaining))
+        picked_at_random = picked_at_random or (spec.select in (StageKind.COUNT, StageKind.PERCENT) and bool(taken))
+        remaining = [(d, t) for d, t in remaining if d not in taken]
+        stages.append(StagePlan(spec.name, len(taken), exact))
+    protected = sorted({t for d in matched for t in d.tags} & set(protected_tags))
+    return RolloutPlan(matching=len(matched), chosen=[d.id for d in chosen], skipped=skipped,
+                       protected_tags=protected, stages=stages)
 
 
 # ------------------------------------------------------------------------------------ reading
