@@ -133,6 +133,10 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
     loaded = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(control_ids)))} \
         if control_ids else {}
     seen = _already_processed(session, accepted)
+    # the targets the batch's status reports and heartbeats name, in one query; each deployment rolled up once
+    reports = deployments.report_batch(session, [(i.device_id, i.message) for i in accepted
+                                                 if isinstance(i.message, (StatusReport, State))
+                                                 and (i.device_id, i.msg_id) not in seen])
     rows: dict[str, list[Any]] = {"telemetry": [], "events": []}
     last_seen: dict[str, float] = {}
     for item in accepted:
@@ -148,13 +152,14 @@ def store_batch(session: Session, items: list[Decoded], result: BatchResult) -> 
         elif isinstance(item.message, UploadRequest):
             captures.record_request(session, device_id=item.device_id, request=item.message, now=item.received_at)
         elif device is not None:
-            _apply_control(session, item, device)
+            _apply_control(session, item, device, reports)
         if device is None:
             last_seen[item.device_id] = item.received_at
         elif not (isinstance(item.message, State) and item.message.status == DeviceStatus.OFFLINE):
             devices.mark_seen(device, now=item.received_at)
         result.stored += 1
         result.ack(item)
+    deployments.finish_batch(session, reports)
     if rows["telemetry"]:
         _insert_windows(session.connection(), rows["telemetry"])
     if rows["events"]:
@@ -211,8 +216,9 @@ def _from_enrolled_devices(session: Session, items: list[Decoded], result: Batch
     return accepted
 
 
-def _apply_control(session: Session, item: Decoded, device: Device) -> None:
-    """hello, state and status: through the services, which keep devices and deployments right."""
+def _apply_control(session: Session, item: Decoded, device: Device, reports: deployments.ReportBatch) -> None:
+    """hello, state and status: through the services, which keep devices and deployments right (the
+    deployments ``reports`` names are rolled up when the batch ends)."""
     message = item.message
     if item.kind in _REMEMBERED_KINDS:
         session.add(ProcessedMessage(msg_id=item.msg_id, device_id=item.device_id, kind=item.kind,
@@ -222,10 +228,12 @@ def _apply_control(session: Session, item: Decoded, device: Device) -> None:
         deployments.resend_unacknowledged(session, device_id=item.device_id, now=item.received_at)
     elif isinstance(message, State):
         devices.apply_state(device, message, now=item.received_at)
-        deployments.apply_heartbeat(session, device_id=item.device_id, state=message, now=item.received_at)
+        deployments.apply_heartbeat(session, device_id=item.device_id, state=message, now=item.received_at,
+                                    batch=reports)
     elif isinstance(message, StatusReport):
         devices.mark_seen(device, now=item.received_at)
-        deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at)
+        deployments.apply_status(session, device_id=item.device_id, report=message, now=item.received_at,
+                                 batch=reports)
     session.add(device)
 
 

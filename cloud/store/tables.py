@@ -147,7 +147,8 @@ class Deployment(SQLModel, table=True):
 class DeploymentTarget(SQLModel, table=True):
     __tablename__ = "deployment_targets"
     __table_args__ = (UniqueConstraint("deployment_id", "device_id"),
-                      Index("ix_targets_open", "final", "device_id"))
+                      Index("ix_targets_open", "final", "device_id"),
+                      Index("ix_targets_deployment_open", "deployment_id", "final"))
 
     id: int | None = Field(default=None, primary_key=True)
     deployment_id: str = Field(foreign_key="deployments.id", index=True, max_length=64)
