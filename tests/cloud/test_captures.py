@@ -51,7 +51,8 @@ def live(tmp_path, release_pub, clock):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, "uvicorn started")
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN}"})
+    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {ADMIN}"},
+                       timeout=60)  # httpx waits 5 s by default; a bundle upload on a loaded machine can take longer
     yield Live(app.state.controller, http, transport, proxy, clock, tmp_path)
     http.close()
     proxy.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 
 from edgefleet.cloud.app import create_app
 from edgefleet.cloud.controller import Controller
@@ -31,6 +32,23 @@ from .ui_support import CHROMIUM, CHROMIUM_ARGS
 from testkit import free_port, missing_part, port_open
 
 ADMIN_TOKEN = "eft_ui-test-admin-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+def app(tmp_path):
+    """For the HTTP tests (*_http.py): the app with a stand-in MQTT transport, admin token
+    ``test_ui_http.ADMIN``, no background reconciler."""
+    from .test_ui_http import ADMIN, NoTransport
+
+    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
+    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
+                      reconcile_in_background=False)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app, follow_redirects=False) as c:
+        yield c
 
 
 

@@ -10,31 +10,16 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud.app import create_app
 from edgefleet.cloud.deps import password_policy
 from edgefleet.cloud.services import audit, auth, deployments, devices, users
 from edgefleet.cloud.services.auth import AuthenticationError
-from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.ui import csrf
 from edgefleet.cloud.ui.device_actions import split_words
 from edgefleet.protocol.messages import State, StatusReport
 
-from .test_ui_http import ADMIN, NoTransport, login
+from .test_ui_http import login
 from .ui_fleet import ingest, installed, seed
 from testkit import DeviceKey
-
-
-@pytest.fixture
-def app(tmp_path):
-    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                      reconcile_in_background=False)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app, follow_redirects=False) as c:
-        yield c
 
 
 @pytest.fixture

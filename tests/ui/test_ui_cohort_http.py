@@ -15,7 +15,7 @@ from .test_ui_actions_http import entries, n_deployments, token_of, without_csrf
 from .test_ui_http import login
 from .ui_fleet import ingest, installed
 
-app, client, fleet = actions.app, actions.client, actions.fleet
+fleet = actions.fleet   # app and client: tests/ui/conftest.py
 """The action tests' fixtures: the app with a stand-in transport, its test client, the seeded fleet."""
 
 

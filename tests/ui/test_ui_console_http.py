@@ -19,7 +19,6 @@ from edgefleet.cloud.ui.error_pages import error_fields, wants_page
 from edgefleet.cloud.ui.report_view import report_view
 from edgefleet.protocol.errors import InvalidRequestError
 
-from . import test_ui_http
 from .test_ui_http import login
 from .ui_fleet import (
     LEGACY_REPORT,
@@ -32,9 +31,6 @@ from .ui_fleet import (
     ingest,
     register_release,
 )
-
-app = test_ui_http.app
-client = test_ui_http.client
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +175,9 @@ def test_a_compression_report_becomes_tables(real_report):
     assert size.rows[0][0] == "model file" and size.rows[0][3].endswith("×")
     fidelity = next(t for t in view.tables if t.title.startswith("Fidelity"))
     assert [r[0] for r in fidelity.rows] == ["probs"] and "top-1 agreement 100.00%" in fidelity.rows[0][2]
-    assert view.float_operators == []
+    # which operators the fallback keeps in float depends on the CPU's int8 kernels (an AVX2-only EPYC keeps
+    # matmul_0 for this model, a VNNI one none): the view lists exactly what the report says
+    assert view.float_operators == real_report["float_operators"]
 
 
 def test_a_failed_gate_is_shown_failed_with_its_check(real_report):

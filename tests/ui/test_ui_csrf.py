@@ -12,24 +12,15 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud.app import create_app
 from edgefleet.cloud.services import auth, deployments
 from edgefleet.cloud.services.incidents import service as incidents
 from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.services.rollouts.policy import TEMPLATES, Selector
-from edgefleet.cloud.settings import ControllerSettings
 
-from .test_ui_http import ADMIN, NoTransport
+from .test_ui_http import ADMIN
 from .ui_fleet import seed
 
 REFUSED = "no valid CSRF token"
-
-
-@pytest.fixture
-def app(tmp_path):
-    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                      reconcile_in_background=False)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud.app import create_app
 from edgefleet.cloud.services import auth
-from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.ui import csrf
 
 ADMIN = "eft_ui-http-admin"
@@ -25,19 +23,6 @@ class NoTransport:
 
     def publish(self, topic: str, payload: bytes) -> bool:
         return True
-
-
-@pytest.fixture
-def app(tmp_path):
-    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                      reconcile_in_background=False)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app, follow_redirects=False) as c:
-        yield c
 
 
 def login(client: TestClient, token: str = ADMIN, next: str = "/"):

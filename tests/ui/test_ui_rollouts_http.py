@@ -7,34 +7,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
-from edgefleet.cloud.app import create_app
 from edgefleet.cloud.services import auth
 from edgefleet.cloud.services.rollouts import service as rollouts
 from edgefleet.cloud.services.rollouts.gates import Verdict
 from edgefleet.cloud.services.rollouts.policy import TEMPLATES
-from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.ui.filters import STATE_CSS
 from edgefleet.cloud.ui.rollouts import available_actions, choose_policy, describe_stages, parse_selector
 from edgefleet.cloud.vocabulary import DeviceState, RolloutState, StageState
 from edgefleet.protocol.errors import ConfigError
 
-from .test_ui_http import ADMIN, NoTransport, login
+from .test_ui_http import login
 from .ui_fleet import seed
-
-
-@pytest.fixture
-def app(tmp_path):
-    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                      reconcile_in_background=False)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app, follow_redirects=False) as c:
-        yield c
 
 
 @pytest.fixture

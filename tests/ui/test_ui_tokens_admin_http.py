@@ -9,29 +9,13 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 from fastapi.testclient import TestClient
 
-from edgefleet.cloud.app import create_app
 from edgefleet.cloud.deps import password_policy
 from edgefleet.cloud.services import audit, auth, users
-from edgefleet.cloud.settings import ControllerSettings
 from edgefleet.cloud.ui import csrf
 
-from .test_ui_http import ADMIN, NoTransport, login
-
-
-@pytest.fixture
-def app(tmp_path):
-    settings = ControllerSettings(data_dir=tmp_path / "controller", broker_url="mqtt://127.0.0.1:1", admin_token=ADMIN)
-    return create_app(settings, transport_factory=lambda url, on_message: NoTransport(),
-                      reconcile_in_background=False)
-
-
-@pytest.fixture
-def client(app):
-    with TestClient(app, follow_redirects=False) as c:
-        yield c
+from .test_ui_http import login
 
 
 def person(app, name: str, role: str, token_name: str) -> tuple[int, str]:

@@ -43,12 +43,6 @@ def app(tmp_path, release):
                       reconcile_in_background=False)
 
 
-@pytest.fixture
-def client(app):
-    with TestClient(app, follow_redirects=False) as c:
-        yield c
-
-
 def stored(app) -> tuple[int, int, list[str]]:
     """Bundles in the registry, uploads entries, and the files in the bundle store (temp files too)."""
     controller = app.state.controller
